@@ -1,0 +1,104 @@
+"""hebdo's web service: the Flask app factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, render_template, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import i18n
+from .config import load_settings
+from .extensions import celery_init_app, db, migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "templates"
+MIGRATIONS = ROOT / "migrations"
+
+
+def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
+    """Build the app: defaults, then the environment, then the test's overrides (HEBDO_* names)."""
+    environ: dict[str, Any] = dict(os.environ)
+    if test_config:
+        environ.update(test_config)
+    settings = load_settings(environ)
+
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    for key in ("data_folder_in", "control_folder"):
+        if key in settings.broker_transport_options:
+            Path(settings.broker_transport_options[key]).mkdir(parents=True, exist_ok=True)
+
+    app = Flask("hebdo", template_folder=str(TEMPLATES), static_folder=None)
+    app.config.update(
+        SETTINGS=settings,
+        SECRET_KEY=settings.secret_key,
+        SECRET_KEY_FALLBACKS=list(settings.secret_key_fallbacks),
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(settings.database_url),
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        MAX_FORM_MEMORY_SIZE=settings.max_request_bytes,
+        TESTING=settings.env == "test",
+    )
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(MIGRATIONS), render_as_batch=True)
+    celery_init_app(app, settings)
+
+    from . import api, public
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(public.bp)
+    if settings.capture_mail and settings.env != "production":
+        from . import devmail
+
+        app.register_blueprint(devmail.bp)
+
+    app.jinja_env.globals["_"] = i18n.translate
+    app.jinja_env.globals["site_name"] = settings.site_name
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response | tuple[str, int]:
+        if request.path.startswith("/api/"):
+            return api.json_error(exc)
+        locale = i18n.pick_locale(request.args.get("lang"), accept=[lang for lang, _q in request.accept_languages])
+        key = "not_found" if exc.code == 404 else "bad_link"
+        if exc.code in (404, 400):
+            return render_template("pages/message.html", locale=locale, key=key), exc.code
+        return exc.get_response()  # type: ignore[return-value]
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if response.mimetype == "text/html":
+            response.headers.setdefault(
+                "Content-Security-Policy",
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; frame-src 'self'",
+            )
+            response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+    from .cli import init_app as cli_init_app
+
+    cli_init_app(app)
+    return app
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        # Web and worker processes share the file: wait for a lock instead of failing.
+        return {"connect_args": {"timeout": 30}}
+    # Recycle connections a restarted database closed, instead of failing the next request.
+    return {"pool_pre_ping": True}

@@ -1,0 +1,130 @@
+"""Public JSON/form API: POST /api/v1/subscriptions.
+
+The answer never depends on whether the address was already known: new,
+pending, active and unsubscribed addresses all get the same body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from . import i18n, jobs
+from .subscriptions import Consent, InvalidEmail, subscribe
+from .web import client_ip, now, page_locale, settings, user_agent
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+MAX_SOURCE_LENGTH = 2048
+MAX_CONSENT_LENGTH = 64
+
+
+class PayloadError(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def _payload() -> dict[str, Any]:
+    if request.mimetype in FORM_TYPES:
+        return request.form.to_dict()
+    if request.mimetype == "application/json" or request.mimetype.endswith("+json"):
+        try:
+            data = request.get_json(force=True, silent=False)
+        except BadRequest:
+            raise PayloadError(400, "malformed_json", "the body is not valid UTF-8 JSON") from None
+        if not isinstance(data, dict):
+            raise PayloadError(400, "malformed_json", "the body must be a JSON object")
+        return data
+    raise PayloadError(415, "unsupported_media_type", "send application/json or a form")
+
+
+def _optional_string(data: dict[str, Any], name: str, limit: int) -> str | None:
+    value = data.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise PayloadError(422, "invalid_field", f"{name} must be a string")
+    if len(value) > limit:
+        raise PayloadError(422, "invalid_field", f"{name} is longer than {limit} characters")
+    return value.strip()
+
+
+def _source(value: str | None) -> str | None:
+    """The page the form was on; recorded only when it is an http(s) URL."""
+    if value and value.startswith(("https://", "http://")) and value.isprintable():
+        return value
+    return None
+
+
+def _consent_version(value: Any) -> str:
+    if value is True or value is None or value in ("", "on", "true", "1", "yes"):
+        return settings().consent_version
+    if isinstance(value, str) and len(value) <= MAX_CONSENT_LENGTH and value.isprintable():
+        return value.strip()
+    raise PayloadError(422, "invalid_field", "consent must be a consent text version (string)")
+
+
+@bp.post("/subscriptions")
+def create_subscription() -> Response | tuple[Response, int] | tuple[str, int]:
+    """Sign an address up; 202 (JSON) or 303 to the thank-you page (form)."""
+    form_post = request.mimetype in FORM_TYPES
+    locale = page_locale(request.form.get("locale") if form_post else None)
+    try:
+        data = _payload()
+        locale = page_locale(data.get("locale") if isinstance(data.get("locale"), str) else None)
+        source = _source(_optional_string(data, "source", MAX_SOURCE_LENGTH))
+        consent = Consent(
+            source=source,
+            text_version=_consent_version(data.get("consent")),
+            ip=client_ip(),
+            user_agent=user_agent(),
+        )
+        result = subscribe(
+            data.get("email"), locale=locale, consent=consent, now=now(), settings=settings()
+        )
+    except PayloadError as exc:
+        body = {"error": exc.code, "message": i18n.translate(locale, "bad_request", detail=exc.detail)}
+        if exc.status == 415:
+            body["message"] = i18n.translate(locale, "unsupported_type")
+        return jsonify(body), exc.status
+    except InvalidEmail as exc:
+        message = exc.message(locale)
+        if form_post:
+            return render_template("pages/invalid.html", message=message, locale=locale), 422
+        body = {"error": "invalid_email", "code": exc.code, "message": message}
+        if exc.detail:
+            body["detail"] = exc.detail
+        return jsonify(body), 422
+
+    if result.confirmation_due:
+        jobs.enqueue(jobs.SEND_CONFIRMATION, result.subscriber_id)
+
+    suggestion = result.suggestion
+    if form_post:
+        domain = suggestion.rpartition("@")[2] if suggestion else None
+        return redirect(url_for("public.thanks", lang=locale, domain=domain), 303)  # type: ignore[return-value]
+    body = {"status": "accepted", "message": i18n.translate(locale, "accepted")}
+    if suggestion:
+        body["suggestion"] = suggestion
+        body["suggestion_message"] = i18n.translate(locale, "suggestion", suggestion=suggestion)
+    return jsonify(body), 202
+
+
+def json_error(exc: HTTPException) -> Response:
+    """JSON body for an HTTP error under /api (413, 405, 404...), never an HTML page."""
+    locale = i18n.pick_locale(accept=[lang for lang, _q in request.accept_languages])
+    code = exc.code or 500
+    message = i18n.translate(locale, "too_large") if code == 413 else (exc.description or exc.name)
+    response = exc.get_response()
+    body = jsonify({"error": exc.name.lower().replace(" ", "_"), "message": message})
+    body.status_code = code
+    for header in ("Allow", "Retry-After"):
+        if header in response.headers:
+            body.headers[header] = response.headers[header]
+    return body

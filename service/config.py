@@ -1,0 +1,275 @@
+"""Every HEBDO_* setting: its default, its meaning, and how it is parsed.
+
+`SETTINGS` is the one list the README table, docker-compose.yml and the tests
+are checked against, so a setting that is read here is documented there.
+Configuration is read when the app is created, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("HEBDO_ENV", "development", "`development`, `production` or `test`. Production refuses to start without `HEBDO_SECRET_KEY` and hides `/dev/mailbox`."),
+    Setting("HEBDO_DATA_DIR", "./var", "Folder of the embedded default: SQLite database, broker files, beat schedule, captured mail, generated development secret key."),
+    Setting("HEBDO_DATABASE_URL", "sqlite:///<HEBDO_DATA_DIR>/hebdo.sqlite3", "SQLAlchemy URL, e.g. `postgresql+psycopg://hebdo@db/hebdo`."),
+    Setting("HEBDO_BROKER_URL", "filesystem://", "Celery broker, e.g. `redis://127.0.0.1:6379/0`. The default is kombu's file-system transport under `<HEBDO_DATA_DIR>/broker` (single machine only)."),
+    Setting("HEBDO_SMTP_HOST", "", "SMTP relay host. Empty: every outgoing mail is captured as an `.eml` file under `<HEBDO_DATA_DIR>/mail` and shown at `/dev/mailbox`."),
+    Setting("HEBDO_SMTP_PORT", "25", "SMTP relay port (587 for STARTTLS submission, 465 for SSL)."),
+    Setting("HEBDO_SMTP_USER", "", "SMTP login; empty for no authentication."),
+    Setting("HEBDO_SMTP_PASSWORD", "", "SMTP password."),
+    Setting("HEBDO_SMTP_TLS", "none", "`none`, `starttls` or `ssl`."),
+    Setting("HEBDO_SMTP_TIMEOUT", "30", "Seconds to wait on any SMTP connect or reply before treating it as a transient failure."),
+    Setting("HEBDO_MAIL_FROM", "L'Hebdo <newsletter@hebdo.localhost>", "From address. Its domain is used for Message-ID, List-Id and the unsubscribe mailto."),
+    Setting("HEBDO_BASE_URL", "http://127.0.0.1:8000", "Public URL of this service, used in every link of every mail."),
+    Setting("HEBDO_SECRET_KEY", "", "Signs tokens. Required in production; in development a random key is generated once into `<HEBDO_DATA_DIR>/secret_key`."),
+    Setting("HEBDO_SECRET_KEY_FALLBACKS", "", "Comma-separated former secret keys: links signed with them keep working after a rotation."),
+    Setting("HEBDO_SITE_NAME", "L'Hebdo", "Name of the newsletter shown in mails and pages."),
+    Setting("HEBDO_LIST_ID", "", "List-Id identifier; default `hebdo.<domain of HEBDO_MAIL_FROM>`."),
+    Setting("HEBDO_UNSUBSCRIBE_MAILTO", "", "Address of the mailto in List-Unsubscribe; default `unsubscribe@<domain of HEBDO_MAIL_FROM>`."),
+    Setting("HEBDO_CHECK_DELIVERABILITY", "0", "`1` to check that the address's domain has MX/A records at sign-up (DNS answers are cached)."),
+    Setting("HEBDO_DNS_TIMEOUT", "1.5", "Seconds a deliverability DNS lookup may take; when it times out the address is accepted."),
+    Setting("HEBDO_CONFIRM_TTL_HOURS", "48", "Hours a confirmation link stays valid."),
+    Setting("HEBDO_CONFIRM_RESEND_HOURS", "24", "At most one confirmation mail per address in this many hours, however often it is posted."),
+    Setting("HEBDO_CONSENT_VERSION", "form-2026-11", "Version of the consent text shown by the form, recorded with each sign-up unless the post names another."),
+    Setting("HEBDO_SWEEP_SECONDS", "60", "Beat interval of the sweep that sends confirmation mails committed but never sent (broker down, worker killed)."),
+    Setting("HEBDO_CLAIM_TIMEOUT_SECONDS", "300", "After this long a claimed but unfinished mail is considered abandoned and sent again by the sweep."),
+    Setting("HEBDO_TRUSTED_PROXIES", "0", "Number of reverse proxies in front of the web app whose X-Forwarded-For/-Proto are trusted."),
+    Setting("HEBDO_MAX_REQUEST_BYTES", "65536", "Largest request body accepted; larger gets 413."),
+    Setting("HEBDO_WEB_WORKERS", "2", "gunicorn worker processes started by `hebdo run`."),
+    Setting("HEBDO_WORKER_CONCURRENCY", "2", "Celery worker processes started by `hebdo run`."),
+    Setting("HEBDO_LOG_LEVEL", "INFO", "Python logging level."),
+)
+
+_NAMES = {s.name for s in SETTINGS}
+
+
+def _int(name: str, raw: str, minimum: int = 0) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name} must be 0 or 1, got {raw!r}")
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str
+    data_dir: Path
+    database_url: str
+    broker_url: str
+    broker_transport_options: dict[str, Any]
+    smtp_host: str
+    smtp_port: int
+    smtp_user: str
+    smtp_password: str
+    smtp_tls: str
+    smtp_timeout: float
+    mail_from: str
+    mail_from_address: str
+    mail_domain: str
+    base_url: str
+    secret_key: str
+    secret_key_fallbacks: tuple[str, ...]
+    site_name: str
+    list_id: str
+    unsubscribe_mailto: str
+    check_deliverability: bool
+    dns_timeout: float
+    confirm_ttl_hours: int
+    confirm_resend_hours: int
+    consent_version: str
+    sweep_seconds: float
+    claim_timeout_seconds: int
+    trusted_proxies: int
+    max_request_bytes: int
+    web_workers: int
+    worker_concurrency: int
+    log_level: str
+
+    @property
+    def capture_mail(self) -> bool:
+        """True when no SMTP relay is configured: mail is written to the data folder."""
+        return not self.smtp_host
+
+    @property
+    def mail_capture_dir(self) -> Path:
+        return self.data_dir / "mail"
+
+    @property
+    def signing_keys(self) -> list[str]:
+        """Oldest first, current last: the order itsdangerous expects for rotation."""
+        return [*reversed(self.secret_key_fallbacks), self.secret_key]
+
+    def public(self) -> dict[str, Any]:
+        """Settings safe to print (no passwords or keys)."""
+        hidden = {"smtp_password", "secret_key", "secret_key_fallbacks"}
+        return {
+            f.name: ("***" if f.name in hidden and getattr(self, f.name) else getattr(self, f.name))
+            for f in fields(self)
+        }
+
+
+def _dev_secret_key(data_dir: Path) -> str:
+    """A random key kept in the data folder, so development links survive restarts."""
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    # O_EXCL: when several processes start at once, the first one's key wins.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from `environ` (default: the process environment)."""
+    source = dict(os.environ if environ is None else environ)
+    unknown = sorted(k for k in source if k.startswith("HEBDO_") and k not in _NAMES)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)} (see the README's table)")
+
+    def get(name: str) -> str:
+        value = source.get(name)
+        if value is None:
+            return next(s.default for s in SETTINGS if s.name == name)
+        return value.strip()
+
+    env = _choice("HEBDO_ENV", get("HEBDO_ENV"), ("development", "production", "test"))
+    data_dir = Path(get("HEBDO_DATA_DIR")).expanduser().resolve()
+
+    database_url = source.get("HEBDO_DATABASE_URL", "").strip()
+    if not database_url:
+        database_url = f"sqlite:///{data_dir / 'hebdo.sqlite3'}"
+
+    broker_url = get("HEBDO_BROKER_URL")
+    transport_options: dict[str, Any] = {}
+    if broker_url.startswith("filesystem://"):
+        folder = data_dir / "broker"
+        transport_options = {
+            # One folder in and out: producers and consumers on this machine share it.
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            # Absolute, or kombu uses ./control relative to whatever cwd a process has.
+            "control_folder": str(folder / "control"),
+            # Consumed messages are deleted, so the folder does not grow.
+            "store_processed": False,
+            "polling_interval": 0.2,
+        }
+    elif broker_url.startswith(("redis://", "rediss://")):
+        transport_options = {
+            # Must exceed the longest task (see worker.celery_app task_time_limit):
+            # an unacknowledged message is redelivered after this many seconds.
+            "visibility_timeout": 3600,
+            "socket_connect_timeout": 2,
+        }
+
+    mail_from = get("HEBDO_MAIL_FROM")
+    _, mail_from_address = parseaddr(mail_from)
+    if "@" not in mail_from_address or any(c in mail_from for c in "\r\n"):
+        raise ConfigError(f"HEBDO_MAIL_FROM must be an address like 'Name <news@example.fr>', got {mail_from!r}")
+    mail_domain = mail_from_address.rsplit("@", 1)[1].lower()
+
+    base_url = get("HEBDO_BASE_URL").rstrip("/")
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"HEBDO_BASE_URL must start with http:// or https://, got {base_url!r}")
+
+    secret_key = get("HEBDO_SECRET_KEY")
+    if not secret_key:
+        if env == "production":
+            raise ConfigError(
+                "HEBDO_SECRET_KEY is required when HEBDO_ENV=production; "
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        secret_key = _dev_secret_key(data_dir)
+    fallbacks = tuple(k.strip() for k in get("HEBDO_SECRET_KEY_FALLBACKS").split(",") if k.strip())
+
+    smtp_host = get("HEBDO_SMTP_HOST")
+    if env == "production" and not smtp_host:
+        raise ConfigError("HEBDO_SMTP_HOST is required when HEBDO_ENV=production (mail capture is for development)")
+
+    return Settings(
+        env=env,
+        data_dir=data_dir,
+        database_url=database_url,
+        broker_url=broker_url,
+        broker_transport_options=transport_options,
+        smtp_host=smtp_host,
+        smtp_port=_int("HEBDO_SMTP_PORT", get("HEBDO_SMTP_PORT"), 1),
+        smtp_user=get("HEBDO_SMTP_USER"),
+        smtp_password=source.get("HEBDO_SMTP_PASSWORD", ""),
+        smtp_tls=_choice("HEBDO_SMTP_TLS", get("HEBDO_SMTP_TLS"), ("none", "starttls", "ssl")),
+        smtp_timeout=_float("HEBDO_SMTP_TIMEOUT", get("HEBDO_SMTP_TIMEOUT")),
+        mail_from=mail_from,
+        mail_from_address=mail_from_address,
+        mail_domain=mail_domain,
+        base_url=base_url,
+        secret_key=secret_key,
+        secret_key_fallbacks=fallbacks,
+        site_name=get("HEBDO_SITE_NAME"),
+        list_id=get("HEBDO_LIST_ID") or f"hebdo.{mail_domain}",
+        unsubscribe_mailto=get("HEBDO_UNSUBSCRIBE_MAILTO") or f"unsubscribe@{mail_domain}",
+        check_deliverability=_bool("HEBDO_CHECK_DELIVERABILITY", get("HEBDO_CHECK_DELIVERABILITY")),
+        dns_timeout=_float("HEBDO_DNS_TIMEOUT", get("HEBDO_DNS_TIMEOUT")),
+        confirm_ttl_hours=_int("HEBDO_CONFIRM_TTL_HOURS", get("HEBDO_CONFIRM_TTL_HOURS"), 1),
+        confirm_resend_hours=_int("HEBDO_CONFIRM_RESEND_HOURS", get("HEBDO_CONFIRM_RESEND_HOURS"), 0),
+        consent_version=get("HEBDO_CONSENT_VERSION"),
+        sweep_seconds=_float("HEBDO_SWEEP_SECONDS", get("HEBDO_SWEEP_SECONDS")),
+        claim_timeout_seconds=_int("HEBDO_CLAIM_TIMEOUT_SECONDS", get("HEBDO_CLAIM_TIMEOUT_SECONDS"), 1),
+        trusted_proxies=_int("HEBDO_TRUSTED_PROXIES", get("HEBDO_TRUSTED_PROXIES")),
+        max_request_bytes=_int("HEBDO_MAX_REQUEST_BYTES", get("HEBDO_MAX_REQUEST_BYTES"), 1024),
+        web_workers=_int("HEBDO_WEB_WORKERS", get("HEBDO_WEB_WORKERS"), 1),
+        worker_concurrency=_int("HEBDO_WORKER_CONCURRENCY", get("HEBDO_WORKER_CONCURRENCY"), 1),
+        log_level=get("HEBDO_LOG_LEVEL").upper(),
+    )
+

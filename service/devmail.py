@@ -1,0 +1,76 @@
+"""/dev/mailbox: the mail captured in local mode, for a developer's browser.
+
+Registered only when no SMTP relay is configured and not in production.
+Captured HTML is shown in a sandboxed iframe (no scripts, no same-origin).
+"""
+
+from __future__ import annotations
+
+import re
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+
+from flask import Blueprint, Response, abort, render_template
+
+from .web import settings
+
+bp = Blueprint("devmail", __name__, url_prefix="/dev/mailbox")
+
+_NAME = re.compile(r"\d{8}T\d{12}-[0-9a-f]{8}\.eml")
+MAX_LISTED = 200
+
+
+def _folder() -> Path:
+    return settings().mail_capture_dir
+
+
+def _load(name: str) -> tuple[bytes, EmailMessage]:
+    if not _NAME.fullmatch(name):
+        abort(404)
+    path = _folder() / name
+    if not path.is_file():
+        abort(404)
+    raw = path.read_bytes()
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    return raw, message
+
+
+def _part(message: EmailMessage, subtype: str) -> str:
+    part = message.get_body(preferencelist=(subtype,))
+    if part is None or part.get_content_subtype() != subtype:
+        return ""
+    content = part.get_content()  # type: ignore[attr-defined]
+    return content if isinstance(content, str) else ""
+
+
+@bp.get("/")
+def index() -> str:
+    """The newest captured mails first."""
+    folder = _folder()
+    names = sorted((p.name for p in folder.glob("*.eml") if _NAME.fullmatch(p.name)), reverse=True)
+    mails = []
+    for name in names[:MAX_LISTED]:
+        _raw, message = _load(name)
+        mails.append({"name": name, "to": message["To"], "subject": message["Subject"], "date": message["Date"]})
+    return render_template("dev/mailbox.html", mails=mails, total=len(names))
+
+
+@bp.get("/<name>")
+def show(name: str) -> str:
+    """One mail: headers, text part, HTML part (sandboxed)."""
+    raw, message = _load(name)
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    return render_template(
+        "dev/mail.html", name=name, head=head, text=_part(message, "plain"),
+        html=_part(message, "html"), subject=message["Subject"],
+    )  # fmt: skip
+
+
+@bp.get("/<name>/raw")
+def raw(name: str) -> Response:
+    """The .eml as captured, byte for byte."""
+    data, _message = _load(name)
+    return Response(data, mimetype="message/rfc822", headers={"Content-Disposition": f"attachment; filename={name}"})

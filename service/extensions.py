@@ -1,0 +1,119 @@
+"""Extension objects (database, migrations, Celery) and the one function that wires Celery.
+
+Objects only: nothing here reads configuration at import time.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery, Task
+from flask import Flask
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, registry
+from sqlalchemy.types import TypeDecorator
+
+from .config import Settings
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on PostgreSQL and on SQLite (which has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets the web process read while a worker writes; busy_timeout waits for the lock."""
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+
+class Base(DeclarativeBase):
+    # Stable constraint names, so Alembic migrations can refer to them on every backend.
+    # The type map sits on the registry: flask-sqlalchemy subclasses this base.
+    registry = registry(
+        metadata=MetaData(
+            naming_convention={
+                "ix": "ix_%(column_0_label)s",
+                "uq": "uq_%(table_name)s_%(column_0_name)s",
+                "ck": "ck_%(table_name)s_%(constraint_name)s",
+                "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+                "pk": "pk_%(table_name)s",
+            }
+        ),
+        type_annotation_map={datetime: UTCDateTime()},
+    )
+
+
+db = SQLAlchemy(model_class=Base)
+migrate = Migrate()
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings, chosen for a database-is-the-truth pipeline.
+
+    Tasks are acknowledged late and prefetched one at a time, so a message is
+    only gone from the broker once its task finished. Tasks are idempotent
+    (they claim database rows), so a redelivered message does no harm, and the
+    sweep finds whatever a lost message left undone.
+    """
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": settings.broker_transport_options,
+        "broker_connection_retry_on_startup": True,
+        # A web request must not hang when the broker is down: fail fast, the sweep catches up.
+        "broker_connection_timeout": 2,
+        "task_publish_retry_policy": {
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        },
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        # Far below the Redis visibility timeout (3600 s), so a running task is never redelivered.
+        "task_soft_time_limit": 240,
+        "task_time_limit": 300,
+        "task_default_queue": "default",
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def celery_init_app(app: Flask, settings: Settings) -> Celery:
+    """Create the Celery app whose tasks each run inside a Flask app context."""
+
+    class FlaskTask(Task):  # type: ignore[misc]
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object(celery_config(settings))
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app

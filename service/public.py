@@ -1,0 +1,133 @@
+"""Public pages: thank-you, confirm, unsubscribe, resubscribe, health.
+
+GET and HEAD only show pages; every change is a POST, so mail scanners that
+prefetch links neither confirm nor unsubscribe. These pages set no cookie:
+the signed token in the URL is the only credential, hence no CSRF token.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, render_template, request
+
+from .models import Status
+from .subscriptions import (
+    Consent,
+    check_confirm_token,
+    confirm,
+    resubscribe_by_token,
+    resubscribe_token,
+    subscriber_for_unsubscribe,
+    unsubscribe,
+)
+from .tokens import BadToken
+from .web import client_ip, now, page_locale, settings, user_agent
+
+bp = Blueprint("public", __name__)
+
+
+def _page(name: str, locale: str, status: int = 200, **context: object) -> tuple[str, int]:
+    return render_template(f"pages/{name}.html", locale=locale, **context), status
+
+
+def _bad_link(exc: BadToken, locale: str) -> tuple[str, int]:
+    if exc.expired:
+        return _page("message", locale, 400, key="expired_link", offer_subscribe=True)
+    if "stale" in str(exc):
+        return _page("message", locale, 400, key="stale_link", offer_subscribe=True)
+    return _page("message", locale, 400, key="bad_link", offer_subscribe=True)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Liveness: the web process answers."""
+    return Response('{"status": "ok"}\n', mimetype="application/json")
+
+
+@bp.get("/subscribe")
+def subscribe_page() -> tuple[str, int]:
+    """Hosted sign-up form."""
+    locale = page_locale()
+    return _page("subscribe", locale)
+
+
+@bp.get("/merci")
+def thanks() -> tuple[str, int]:
+    """Where a form post lands: check your inbox."""
+    locale = page_locale()
+    domain = request.args.get("domain", "")
+    # Only the suggested domain travels in the URL, never the address, and only a plain hostname.
+    if not (0 < len(domain) <= 64 and all(c.isalnum() or c in ".-" for c in domain)):
+        domain = ""
+    return _page("thanks", locale, domain=domain)
+
+
+@bp.get("/confirm/<token>")
+def confirm_page(token: str) -> tuple[str, int]:
+    """Show the confirmation button; changes nothing."""
+    try:
+        check = check_confirm_token(settings(), token)
+    except BadToken as exc:
+        return _bad_link(exc, page_locale())
+    locale = page_locale(check.subscriber.locale)
+    if check.already_confirmed:
+        return _page("message", locale, key="already")
+    return _page("confirm", locale, token=token)
+
+
+@bp.post("/confirm/<token>")
+def confirm_post(token: str) -> tuple[str, int]:
+    """Confirm the subscription (idempotent)."""
+    try:
+        check = confirm(settings(), token, ip=client_ip(), now=now())
+    except BadToken as exc:
+        return _bad_link(exc, page_locale())
+    locale = page_locale(check.subscriber.locale)
+    return _page("message", locale, key="already" if check.already_confirmed else "confirmed")
+
+
+@bp.get("/unsubscribe/<token>")
+def unsubscribe_page(token: str) -> tuple[str, int]:
+    """Show the unsubscribe button, or the resubscribe one when already unsubscribed."""
+    try:
+        sub = subscriber_for_unsubscribe(settings(), token)
+    except BadToken as exc:
+        return _bad_link(exc, page_locale())
+    locale = page_locale(sub.locale if sub else None)
+    if sub is None or sub.status != Status.UNSUBSCRIBED or sub.unsubscribed_at is None:
+        if sub is None or sub.status not in (Status.ACTIVE, Status.PENDING):
+            return _page("unsubscribed", locale, resubscribe=None)
+        return _page("unsubscribe", locale, token=token)
+    return _page("unsubscribed", locale, resubscribe=resubscribe_token(settings(), sub))
+
+
+@bp.post("/unsubscribe/<token>")
+def unsubscribe_post(token: str) -> tuple[str, int]:
+    """Unsubscribe: the page's button and RFC 8058 one-click (200, no redirect)."""
+    try:
+        sub = subscriber_for_unsubscribe(settings(), token)
+    except BadToken as exc:
+        return _bad_link(exc, page_locale())
+    locale = page_locale(sub.locale if sub else None)
+    if sub is None:
+        # Erased: nothing is mailed to it any more, which is what was asked.
+        return _page("unsubscribed", locale, resubscribe=None)
+    one_click = request.form.get("List-Unsubscribe") == "One-Click"
+    unsubscribe(sub.id, channel="one-click" if one_click else "page", now=now(), ip=client_ip())
+    resubscribe = (
+        resubscribe_token(settings(), sub)
+        if sub.status == Status.UNSUBSCRIBED and sub.unsubscribed_at
+        else None
+    )
+    return _page("unsubscribed", locale, resubscribe=resubscribe)
+
+
+@bp.post("/resubscribe/<token>")
+def resubscribe_post(token: str) -> tuple[str, int]:
+    """Undo an unsubscription from the link on the unsubscribed page."""
+    consent = Consent(source="resubscribe-link", text_version=settings().consent_version,
+                      ip=client_ip(), user_agent=user_agent())  # fmt: skip
+    try:
+        sub = resubscribe_by_token(settings(), token, consent=consent, now=now())
+    except BadToken as exc:
+        return _bad_link(exc, page_locale())
+    return _page("message", page_locale(sub.locale), key="resubscribed")

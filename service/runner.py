@@ -1,0 +1,99 @@
+"""`hebdo run`: web (gunicorn), Celery worker and Celery beat in the foreground.
+
+Each child gets its own session, so the terminal's Ctrl-C reaches only this
+supervisor; it then sends SIGTERM to each child's main process, never to a
+process group (signalling a Celery worker's pool children first can deadlock
+its parent). A child that dies takes the others down: a half-running service
+is worse than a stopped one.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import IO
+
+from flask import Flask
+from flask_migrate import upgrade
+
+from .config import Settings
+
+STOP_GRACE_SECONDS = 20
+
+
+def commands(settings: Settings, host: str, port: int) -> dict[str, list[str]]:
+    python = sys.executable
+    return {
+        "web": [
+            python, "-m", "gunicorn", "--bind", f"{host}:{port}",
+            "--workers", str(settings.web_workers), "--access-logfile", "-",
+            "--graceful-timeout", "10", "service.wsgi:app",
+        ],
+        "worker": [
+            python, "-m", "celery", "-A", "worker.celery_app", "worker",
+            "--concurrency", str(settings.worker_concurrency), "--loglevel", settings.log_level,
+            "--without-gossip", "--without-mingle",
+        ],
+        "beat": [
+            python, "-m", "celery", "-A", "worker.celery_app", "beat",
+            "--schedule", str(settings.data_dir / "celerybeat-schedule"),
+            "--loglevel", settings.log_level,
+        ],
+    }  # fmt: skip
+
+
+def _pump(name: str, stream: IO[bytes]) -> None:
+    """Prefix each line of a child's output with its name."""
+    for line in iter(stream.readline, b""):
+        sys.stdout.write(f"[{name}] {line.decode('utf-8', 'replace')}")
+        sys.stdout.flush()
+
+
+def run_all(app: Flask, *, host: str, port: int) -> int:
+    settings: Settings = app.config["SETTINGS"]
+    print(f"hebdo: migrating {settings.database_url.split('@')[-1]}", flush=True)
+    upgrade()
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    for name, argv in commands(settings, host, port).items():
+        child = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        children[name] = child
+        threading.Thread(target=_pump, args=(name, child.stdout), daemon=True).start()
+    mode = "mail captured in " + str(settings.mail_capture_dir) if settings.capture_mail else "SMTP " + settings.smtp_host
+    print(f"hebdo: http://{host}:{port}  ({mode}; Ctrl-C stops)", flush=True)
+
+    status = 0
+    while not stopping.is_set():
+        for name, child in children.items():
+            if child.poll() is not None:
+                print(f"hebdo: {name} exited with {child.returncode}; stopping the rest", flush=True)
+                status = 1
+                stopping.set()
+                break
+        stopping.wait(0.5)
+
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for name, child in children.items():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"hebdo: {name} did not stop in {STOP_GRACE_SECONDS}s; killing it", flush=True)
+            child.kill()
+            child.wait()
+    print("hebdo: stopped", flush=True)
+    return status

@@ -1,0 +1,7 @@
+"""WSGI entry point for gunicorn: `gunicorn service.wsgi:app`."""
+
+from __future__ import annotations
+
+from . import create_app
+
+app = create_app()

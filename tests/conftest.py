@@ -1,0 +1,301 @@
+"""Fixtures that build real components: a migrated database (SQLite, or PostgreSQL when
+HEBDO_DATABASE_URL is set), the configured broker (Redis when HEBDO_BROKER_URL is set,
+else the embedded file-system broker), an aiosmtpd server on loopback, Celery workers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from flask import Flask
+from flask.testing import FlaskClient
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, text
+
+from service import create_app
+from service.extensions import db
+
+ROOT = Path(__file__).resolve().parent.parent
+DATABASE_URL = os.environ.get("HEBDO_DATABASE_URL", "")
+BROKER_URL = os.environ.get("HEBDO_BROKER_URL", "")
+SECRET = "test-secret-key-not-for-production-0123456789"
+BASE_URL = "https://hebdo.example.fr"
+
+
+def free_port() -> int:
+    """A free loopback port (aiosmtpd's Controller cannot take port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- SMTP -------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    mail_options: list[str]
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = BytesParser(policy=policy.default).parsebytes(self.data)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+    def part(self, subtype: str) -> str:
+        body = self.message.get_body(preferencelist=(subtype,))
+        assert body is not None and body.get_content_subtype() == subtype
+        content = body.get_content()
+        assert isinstance(content, str)
+        return content
+
+
+@dataclass
+class SMTPSink:
+    """aiosmtpd handler that records every accepted message, with optional fault injection."""
+
+    port: int = 0
+    messages: list[Received] = field(default_factory=list)
+    sessions: int = 0
+    # address -> "4xx/5xx reply" to give at RCPT (fault injection)
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
+        reply = self.rcpt_replies.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self._cond:
+            self.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, list(envelope.mail_options))
+            )
+            self._cond.notify_all()
+        return "250 2.0.0 Message accepted"
+
+    def wait_for(self, count: int, timeout: float = 60) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.messages) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"expected {count} message(s), got {len(self.messages)} after {timeout}s")
+                self._cond.wait(remaining)
+            return list(self.messages)
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SMTPSink]:
+    sink = SMTPSink(port=free_port())
+    controller = Controller(sink, hostname="127.0.0.1", port=sink.port, enable_SMTPUTF8=True, decode_data=False)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+# --- Database ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Run the Alembic migrations once; return the URL (PostgreSQL) or the template file (SQLite)."""
+    if DATABASE_URL:
+        engine = create_engine(DATABASE_URL)
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        engine.dispose()
+        url = DATABASE_URL
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('template') / 'hebdo.sqlite3'}"
+    data_dir = tmp_path_factory.mktemp("migrate")
+    app = create_app({"HEBDO_ENV": "test", "HEBDO_DATA_DIR": str(data_dir), "HEBDO_DATABASE_URL": url,
+                      "HEBDO_SECRET_KEY": SECRET, "HEBDO_BROKER_URL": "memory://"})  # fmt: skip
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    return url
+
+
+def _fresh_database(template: str, data_dir: Path) -> str:
+    if DATABASE_URL:
+        engine = create_engine(DATABASE_URL)
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE subscribers, suppressions, audit_events RESTART IDENTITY CASCADE"))
+        engine.dispose()
+        return DATABASE_URL
+    path = data_dir / "hebdo.sqlite3"
+    shutil.copyfile(template.removeprefix("sqlite:///"), path)
+    return f"sqlite:///{path}"
+
+
+def _fresh_broker() -> None:
+    if BROKER_URL.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(BROKER_URL)
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path, migrated_database: str) -> dict[str, str]:
+    """HEBDO_* settings of one test: its own database, broker and data folder; mail captured."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _fresh_broker()
+    values = {
+        "HEBDO_ENV": "test",
+        "HEBDO_DATA_DIR": str(data_dir),
+        "HEBDO_DATABASE_URL": _fresh_database(migrated_database, data_dir),
+        "HEBDO_SECRET_KEY": SECRET,
+        "HEBDO_BASE_URL": BASE_URL,
+        "HEBDO_MAIL_FROM": "L'Hebdo <newsletter@news.example.fr>",
+        "HEBDO_SMTP_HOST": "",
+    }
+    if BROKER_URL:
+        values["HEBDO_BROKER_URL"] = BROKER_URL
+    return values
+
+
+@pytest.fixture
+def smtp_env(env: dict[str, str], smtp_server: SMTPSink) -> dict[str, str]:
+    """Settings that send through the loopback aiosmtpd server."""
+    return {**env, "HEBDO_SMTP_HOST": "127.0.0.1", "HEBDO_SMTP_PORT": str(smtp_server.port), "HEBDO_SMTP_TIMEOUT": "5"}
+
+
+def _build(values: dict[str, str]) -> Iterator[Flask]:
+    app = create_app(values)
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def app(env: dict[str, str]) -> Iterator[Flask]:
+    """The app on the embedded default (mail captured to the data folder)."""
+    yield from _build(env)
+
+
+@pytest.fixture
+def smtp_app(smtp_env: dict[str, str]) -> Iterator[Flask]:
+    """The app sending through the loopback SMTP server."""
+    yield from _build(smtp_env)
+
+
+@pytest.fixture
+def make_app() -> Iterator[Callable[[dict[str, str]], Flask]]:
+    """Build further apps (other keys, other brokers) that are disposed of after the test."""
+    built: list[Iterator[Flask]] = []
+
+    def make(values: dict[str, str]) -> Flask:
+        generator = _build(values)
+        built.append(generator)
+        return next(generator)
+
+    yield make
+    for generator in built:
+        next(generator, None)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def smtp_client(smtp_app: Flask) -> FlaskClient:
+    return smtp_app.test_client()
+
+
+# --- Processes --------------------------------------------------------------------
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM to the main process only (see KNOWN-TRAPS), SIGKILL if it hangs."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """Start a command with HEBDO_* settings; wait for a line in its output; stop it after the test."""
+    started: list[Process] = []
+
+    def start(argv: list[str], values: dict[str, str], ready: str, timeout: float = 60) -> Process:
+        log = tmp_path / f"proc-{len(started)}.log"
+        handle = log.open("wb")
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
+        popen = subprocess.Popen(argv, env={**environ, **values}, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+        handle.close()
+        process = Process(popen, log)
+        started.append(process)
+        deadline = time.monotonic() + timeout
+        while ready not in process.output():
+            if popen.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{argv[:6]} did not get ready:\n{process.output()[-3000:]}")
+            time.sleep(0.1)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def celery_worker(spawn: Callable[..., Process]) -> Callable[..., Process]:
+    """Start a real Celery worker (prefork) on the given settings; `beat=True` embeds beat."""
+
+    def start(values: dict[str, str], *, beat: bool = False, concurrency: int = 1) -> Process:
+        argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+                "--concurrency", str(concurrency), "--loglevel", "INFO",
+                "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+        if beat:
+            argv += ["--beat", "--schedule", str(Path(values["HEBDO_DATA_DIR"]) / "beat-schedule")]
+        return spawn(argv, values, ready="ready.")
+
+    return start

@@ -1,0 +1,25 @@
+"""The Celery app, built from the Flask app so tasks share its configuration.
+
+`celery -A worker.celery_app worker` and `celery -A worker.celery_app beat`.
+"""
+
+from __future__ import annotations
+
+from service import create_app
+
+flask_app = create_app()
+celery = flask_app.extensions["celery"]
+settings = flask_app.config["SETTINGS"]
+
+celery.conf.beat_schedule = {
+    # Sends confirmation mails that were committed but never sent (broker down, worker killed).
+    "sweep-confirmations": {
+        "task": "hebdo.sweep_confirmations",
+        "schedule": settings.sweep_seconds,
+        # A sweep that could not run in time is skipped, not piled up.
+        "options": {"expires": max(5.0, settings.sweep_seconds)},
+    },
+}
+
+# Registers the tasks; imported at module top so a worker never imports inside a task.
+from worker import tasks  # noqa: E402,F401

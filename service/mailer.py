@@ -247,11 +247,9 @@ class SMTPTransport:
             options = ["SMTPUTF8", "BODY=8BITMIME"]
         try:
             code, resp = conn.mail(env.sender, options)
-        except smtplib.SMTPServerDisconnected:
+        except (smtplib.SMTPServerDisconnected, OSError):
+            # Nothing of this message was handed over yet: safe to reconnect and retry.
             raise _StaleConnection() from None
-        except OSError as exc:
-            self._drop()
-            raise TransientFailure(None, f"connection error: {exc}") from None
         try:
             if code != 250:
                 raise self._refused(conn, code, resp)

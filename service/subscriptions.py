@@ -99,16 +99,21 @@ def normalise_email(raw: object, *, check_deliverability: bool = False, dns_time
     except EmailUndeliverableError as exc:
         raise InvalidEmail("undeliverable", str(exc)) from None
     except EmailNotValidError as exc:
-        detail = str(exc)
-        local, _, _domain = email.rpartition("@")
-        code = "local" if ("before the @" in detail or not local) else "domain"
-        if "too long" in detail:
-            code = "too_long"
-        raise InvalidEmail(code, detail) from None
+        raise InvalidEmail(_faulty_part(email), str(exc)) from None
     normalised = info.normalized.lower()
     if len(normalised) > MAX_EMAIL_LENGTH:
         raise InvalidEmail("too_long")
     return normalised
+
+
+def _faulty_part(email: str) -> str:
+    """'local' or 'domain': which side of the @ made validation fail."""
+    local = email.rpartition("@")[0]
+    try:
+        validate_email(f"{local}@example.com", check_deliverability=False, allow_quoted_local=False)
+    except EmailNotValidError:
+        return "local"
+    return "domain"
 
 
 def _osa_distance(a: str, b: str) -> int:

@@ -66,7 +66,7 @@ class Received:
         assert body is not None and body.get_content_subtype() == subtype
         content = body.get_content()
         assert isinstance(content, str)
-        return content
+        return content.replace("\r\n", "\n")
 
 
 @dataclass

@@ -1,0 +1,155 @@
+"""The mailer, judged by the bytes that leave: headers, structure, transports."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+import pytest
+from flask import Flask
+from aiosmtpd.controller import Controller
+from flask.testing import FlaskClient
+
+from service.mailer import CaptureTransport, Outgoing, PermanentFailure, SMTPTransport, TransientFailure, build_message
+from tests.conftest import BASE_URL, SMTPSink, free_port
+from tests.test_lifecycle import sweep
+
+LONG_TOKEN = "WzEyMzQ1Njc4OSwxNzk1Njg3MDUyLDFd.awgCjA." + "A" * 90
+
+
+def mail_to(app: Flask, address: str, *, subject: str = "Confirmez votre inscription à L'Hebdo") -> Outgoing:
+    with app.app_context():
+        return build_message(
+            app.config["SETTINGS"], to=address, subject=subject, text="Bonjour, voilà.\n",
+            html="<p>Bonjour, voilà.</p>", unsubscribe_url=f"{BASE_URL}/unsubscribe/{LONG_TOKEN}",
+            now=datetime(2026, 11, 30, 7, 0, tzinfo=UTC),
+        )  # fmt: skip
+
+
+def headers_of(data: bytes) -> list[bytes]:
+    head = data.split(b"\r\n\r\n", 1)[0]
+    return head.split(b"\r\n")
+
+
+def test_wire_bytes_are_standards_clean(smtp_app: Flask, smtp_server: SMTPSink) -> None:
+    with SMTPTransport(smtp_app.config["SETTINGS"]) as transport:
+        reply = transport.send(mail_to(smtp_app, "lecteur@exemple.fr"))
+    assert reply.startswith("250")
+    (received,) = smtp_server.wait_for(1)
+    data = received.data
+    lines = headers_of(data)
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+    assert b"\n" not in data.replace(b"\r\n", b"")  # CRLF only
+    head = b"\r\n".join(lines).decode("ascii")  # all headers are ASCII on the wire
+    unfolded = head.replace("\r\n", "\n")
+    # List-Unsubscribe: plain ASCII URIs folded after the comma, never an encoded-word.
+    assert (
+        f"List-Unsubscribe: <{BASE_URL}/unsubscribe/{LONG_TOKEN}>,\r\n"
+        " <mailto:unsubscribe@news.example.fr?subject=unsubscribe>\r\n"
+    ) in head + "\r\n"
+    assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in head + "\r\n"
+    assert "List-Id: <hebdo.news.example.fr>" in head
+    assert "=?" not in head.split("Subject:")[0] + head.split("Subject:")[1].split("\r\n", 1)[1]
+    assert re.search(r"^Message-ID: <[^@\s]+@news\.example\.fr>$", unfolded, re.M)
+    assert re.search(r"^Date: Mon, 30 Nov 2026 07:00:00 \+0000$", unfolded, re.M)
+    assert re.search(r"^To: lecteur@exemple\.fr$", unfolded, re.M)
+    assert re.search(r"^From: L'Hebdo <newsletter@news\.example\.fr>$", unfolded, re.M)
+    assert re.search(r"^Subject: Confirmez votre inscription =\?utf-8\?q\?=C3=A0\?= L'Hebdo$", unfolded, re.M)
+    message = received.message
+    assert message["Subject"] == "Confirmez votre inscription à L'Hebdo"
+    assert message.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
+    assert received.part("plain") == "Bonjour, voilà.\n"
+    assert received.mail_from == "newsletter@news.example.fr"
+
+
+def test_internationalised_addresses_on_the_wire(smtp_app: Flask, smtp_server: SMTPSink) -> None:
+    with SMTPTransport(smtp_app.config["SETTINGS"]) as transport:
+        transport.send(mail_to(smtp_app, "user@exämple.fr"))
+        transport.send(mail_to(smtp_app, "josé@exemple.fr"))
+    idn, utf8 = smtp_server.wait_for(2)
+    # An ASCII local part goes out with the domain in punycode, no SMTPUTF8 needed.
+    assert idn.rcpt_tos == ["user@xn--exmple-cua.fr"] and "SMTPUTF8" not in idn.mail_options
+    assert b"\r\nTo: user@xn--exmple-cua.fr\r\n" in idn.data
+    # A non-ASCII local part needs SMTPUTF8, and the header carries UTF-8, not an encoded-word.
+    assert utf8.rcpt_tos == ["josé@exemple.fr"] and "SMTPUTF8" in utf8.mail_options
+    assert "\r\nTo: josé@exemple.fr\r\n".encode() in utf8.data
+
+
+def test_one_connection_for_many_messages_and_reconnect_after_idle_hangup(
+    smtp_env: dict[str, str], make_app: object
+) -> None:
+    # A server that hangs up on connections idle for more than one second.
+    sink = SMTPSink(port=free_port())
+    controller = Controller(sink, hostname="127.0.0.1", port=sink.port, timeout=1)
+    controller.start()
+    try:
+        app = make_app({**smtp_env, "HEBDO_SMTP_PORT": str(sink.port)})  # type: ignore[operator]
+        with SMTPTransport(app.config["SETTINGS"]) as transport:
+            for i in range(5):
+                transport.send(mail_to(app, f"lecteur{i}@exemple.fr"))
+            assert sink.sessions == 1
+            time.sleep(1.5)
+            transport.send(mail_to(app, "apres@exemple.fr"))
+        assert len(sink.wait_for(6)) == 6
+        assert sink.sessions == 2
+    finally:
+        controller.stop()
+
+
+def test_smtp_replies_are_classified(smtp_app: Flask, smtp_server: SMTPSink) -> None:
+    smtp_server.rcpt_replies["gone@exemple.fr"] = "550 5.1.1 User unknown"
+    smtp_server.rcpt_replies["later@exemple.fr"] = "452 4.2.2 Mailbox full, retry in 30 seconds"
+    with SMTPTransport(smtp_app.config["SETTINGS"]) as transport:
+        with pytest.raises(PermanentFailure) as permanent:
+            transport.send(mail_to(smtp_app, "gone@exemple.fr"))
+        with pytest.raises(TransientFailure) as transient:
+            transport.send(mail_to(smtp_app, "later@exemple.fr"))
+        transport.send(mail_to(smtp_app, "ok@exemple.fr"))  # the connection is still usable
+    assert permanent.value.code == 550
+    assert transient.value.code == 452 and transient.value.retry_after == 30
+    assert [m.rcpt_tos for m in smtp_server.wait_for(1)] == [["ok@exemple.fr"]]
+    assert smtp_server.sessions == 1
+
+
+def test_unreachable_server_is_a_transient_failure(smtp_env: dict[str, str], make_app: object) -> None:
+    app = make_app({**smtp_env, "HEBDO_SMTP_PORT": str(free_port())})  # type: ignore[operator]
+    with SMTPTransport(app.config["SETTINGS"]) as transport, pytest.raises(TransientFailure):
+        transport.send(mail_to(app, "lecteur@exemple.fr"))
+
+
+def test_header_injection_through_the_subject_or_links_is_impossible(app: Flask) -> None:
+    with pytest.raises(ValueError, match="unsafe value"), app.app_context():
+        build_message(app.config["SETTINGS"], to="a@exemple.fr", subject="s", text="t", html="h",
+                      unsubscribe_url=f"{BASE_URL}/x\r\nBcc: victim@exemple.fr")  # fmt: skip
+    with pytest.raises(ValueError, match="linefeed or carriage return"):
+        mail_to(app, "a@exemple.fr", subject="Salut\r\nBcc: victim@exemple.fr")
+
+
+def test_capture_transport_and_dev_mailbox(app: Flask, client: FlaskClient) -> None:
+    settings = app.config["SETTINGS"]
+    outgoing = mail_to(app, "capture@exemple.fr")
+    CaptureTransport(settings.mail_capture_dir).send(outgoing)
+    (eml,) = settings.mail_capture_dir.glob("*.eml")
+    assert eml.read_bytes() == outgoing.data
+    index = client.get("/dev/mailbox/")
+    assert index.status_code == 200 and "capture@exemple.fr" in index.text
+    page = client.get(f"/dev/mailbox/{eml.name}")
+    assert page.status_code == 200
+    assert "Bonjour, voilà." in page.text
+    assert "<iframe sandbox" in page.text
+    assert client.get(f"/dev/mailbox/{eml.name}/raw").data == outgoing.data
+    assert client.get("/dev/mailbox/..%2Fsecret_key").status_code == 404
+    assert client.get("/dev/mailbox/../secret_key").status_code == 404
+
+
+def test_local_mode_captures_the_confirmation_mail(app: Flask, client: FlaskClient) -> None:
+    client.post("/api/v1/subscriptions", json={"email": "local@exemple.fr"})
+    assert sweep(app) == 1
+    index = client.get("/dev/mailbox/")
+    assert "local@exemple.fr" in index.text and "Confirmez votre inscription" in index.text
+
+
+def test_dev_mailbox_is_absent_with_smtp_or_in_production(smtp_client: FlaskClient) -> None:
+    assert smtp_client.get("/dev/mailbox/").status_code == 404

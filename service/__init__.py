@@ -71,7 +71,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     def http_error(exc: HTTPException) -> Response | tuple[str, int]:
         if request.path.startswith("/api/"):
             return api.json_error(exc)
-        locale = i18n.pick_locale(request.args.get("lang"), accept=[lang for lang, _q in request.accept_languages])
+        locale = i18n.pick_locale(
+            request.args.get("lang"), accept=[lang for lang, _q in request.accept_languages]
+        )
         key = "not_found" if exc.code == 404 else "bad_link"
         if exc.code in (404, 400):
             return render_template("pages/message.html", locale=locale, key=key), exc.code

@@ -89,7 +89,10 @@ def create_subscription() -> Response | tuple[Response, int] | tuple[str, int]:
             data.get("email"), locale=locale, consent=consent, now=now(), settings=settings()
         )
     except PayloadError as exc:
-        body = {"error": exc.code, "message": i18n.translate(locale, "bad_request", detail=exc.detail)}
+        body = {
+            "error": exc.code,
+            "message": i18n.translate(locale, "bad_request", detail=exc.detail),
+        }
         if exc.status == 415:
             body["message"] = i18n.translate(locale, "unsupported_type")
         return jsonify(body), exc.status

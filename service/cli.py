@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 from flask import Flask, current_app
@@ -22,7 +23,9 @@ def _settings() -> Settings:
 
 
 @click.command("run")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address the web app listens on.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address the web app listens on."
+)
 @click.option("--port", default=8000, show_default=True, type=int, help="Port of the web app.")
 def run_command(host: str, port: int) -> None:
     """Migrate the database, then run web, worker and beat in the foreground (Ctrl-C stops all)."""
@@ -54,9 +57,9 @@ def init_app(app: Flask) -> None:
 class HebdoGroup(FlaskGroup):
     """Flask's CLI on hebdo's app, with configuration errors shown as one clear line."""
 
-    def main(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().main(*args, **kwargs)  # type: ignore[arg-type]
+            return super().main(*args, **kwargs)
         except ConfigError as exc:
             click.echo(f"hebdo: configuration error: {exc}", err=True)
             sys.exit(2)
@@ -72,3 +75,7 @@ main = HebdoGroup(
 )
 main.add_command(shell_command)
 main.add_command(routes_command)
+
+
+if __name__ == "__main__":
+    main()

@@ -28,31 +28,105 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("HEBDO_ENV", "development", "`development`, `production` or `test`. Production refuses to start without `HEBDO_SECRET_KEY` and hides `/dev/mailbox`."),
-    Setting("HEBDO_DATA_DIR", "./var", "Folder of the embedded default: SQLite database, broker files, beat schedule, captured mail, generated development secret key."),
-    Setting("HEBDO_DATABASE_URL", "sqlite:///<HEBDO_DATA_DIR>/hebdo.sqlite3", "SQLAlchemy URL, e.g. `postgresql+psycopg://hebdo@db/hebdo`."),
-    Setting("HEBDO_BROKER_URL", "filesystem://", "Celery broker, e.g. `redis://127.0.0.1:6379/0`. The default is kombu's file-system transport under `<HEBDO_DATA_DIR>/broker` (single machine only)."),
-    Setting("HEBDO_SMTP_HOST", "", "SMTP relay host. Empty: every outgoing mail is captured as an `.eml` file under `<HEBDO_DATA_DIR>/mail` and shown at `/dev/mailbox`."),
+    Setting(
+        "HEBDO_ENV",
+        "development",
+        "`development`, `production` or `test`. Production refuses to start without `HEBDO_SECRET_KEY` and hides `/dev/mailbox`.",
+    ),
+    Setting(
+        "HEBDO_DATA_DIR",
+        "./var",
+        "Folder of the embedded default: SQLite database, broker files, beat schedule, captured mail, generated development secret key.",
+    ),
+    Setting(
+        "HEBDO_DATABASE_URL",
+        "sqlite:///<HEBDO_DATA_DIR>/hebdo.sqlite3",
+        "SQLAlchemy URL, e.g. `postgresql+psycopg://hebdo@db/hebdo`.",
+    ),
+    Setting(
+        "HEBDO_BROKER_URL",
+        "filesystem://",
+        "Celery broker, e.g. `redis://127.0.0.1:6379/0`. The default is kombu's file-system transport under `<HEBDO_DATA_DIR>/broker` (single machine only).",
+    ),
+    Setting(
+        "HEBDO_SMTP_HOST",
+        "",
+        "SMTP relay host. Empty: every outgoing mail is captured as an `.eml` file under `<HEBDO_DATA_DIR>/mail` and shown at `/dev/mailbox`.",
+    ),
     Setting("HEBDO_SMTP_PORT", "25", "SMTP relay port (587 for STARTTLS submission, 465 for SSL)."),
     Setting("HEBDO_SMTP_USER", "", "SMTP login; empty for no authentication."),
     Setting("HEBDO_SMTP_PASSWORD", "", "SMTP password."),
     Setting("HEBDO_SMTP_TLS", "none", "`none`, `starttls` or `ssl`."),
-    Setting("HEBDO_SMTP_TIMEOUT", "30", "Seconds to wait on any SMTP connect or reply before treating it as a transient failure."),
-    Setting("HEBDO_MAIL_FROM", "L'Hebdo <newsletter@hebdo.localhost>", "From address. Its domain is used for Message-ID, List-Id and the unsubscribe mailto."),
-    Setting("HEBDO_BASE_URL", "http://127.0.0.1:8000", "Public URL of this service, used in every link of every mail."),
-    Setting("HEBDO_SECRET_KEY", "", "Signs tokens. Required in production; in development a random key is generated once into `<HEBDO_DATA_DIR>/secret_key`."),
-    Setting("HEBDO_SECRET_KEY_FALLBACKS", "", "Comma-separated former secret keys: links signed with them keep working after a rotation."),
+    Setting(
+        "HEBDO_SMTP_TIMEOUT",
+        "30",
+        "Seconds to wait on any SMTP connect or reply before treating it as a transient failure.",
+    ),
+    Setting(
+        "HEBDO_MAIL_FROM",
+        "L'Hebdo <newsletter@hebdo.localhost>",
+        "From address. Its domain is used for Message-ID, List-Id and the unsubscribe mailto.",
+    ),
+    Setting(
+        "HEBDO_BASE_URL",
+        "http://127.0.0.1:8000",
+        "Public URL of this service, used in every link of every mail.",
+    ),
+    Setting(
+        "HEBDO_SECRET_KEY",
+        "",
+        "Signs tokens. Required in production; in development a random key is generated once into `<HEBDO_DATA_DIR>/secret_key`.",
+    ),
+    Setting(
+        "HEBDO_SECRET_KEY_FALLBACKS",
+        "",
+        "Comma-separated former secret keys: links signed with them keep working after a rotation.",
+    ),
     Setting("HEBDO_SITE_NAME", "L'Hebdo", "Name of the newsletter shown in mails and pages."),
-    Setting("HEBDO_LIST_ID", "", "List-Id identifier; default `hebdo.<domain of HEBDO_MAIL_FROM>`."),
-    Setting("HEBDO_UNSUBSCRIBE_MAILTO", "", "Address of the mailto in List-Unsubscribe; default `unsubscribe@<domain of HEBDO_MAIL_FROM>`."),
-    Setting("HEBDO_CHECK_DELIVERABILITY", "0", "`1` to check that the address's domain has MX/A records at sign-up (DNS answers are cached)."),
-    Setting("HEBDO_DNS_TIMEOUT", "1.5", "Seconds a deliverability DNS lookup may take; when it times out the address is accepted."),
+    Setting(
+        "HEBDO_LIST_ID", "", "List-Id identifier; default `hebdo.<domain of HEBDO_MAIL_FROM>`."
+    ),
+    Setting(
+        "HEBDO_UNSUBSCRIBE_MAILTO",
+        "",
+        "Address of the mailto in List-Unsubscribe; default `unsubscribe@<domain of HEBDO_MAIL_FROM>`.",
+    ),
+    Setting(
+        "HEBDO_CHECK_DELIVERABILITY",
+        "0",
+        "`1` to check that the address's domain has MX/A records at sign-up (DNS answers are cached).",
+    ),
+    Setting(
+        "HEBDO_DNS_TIMEOUT",
+        "2",
+        "Whole seconds a deliverability DNS lookup may take; when it times out the address is accepted.",
+    ),
     Setting("HEBDO_CONFIRM_TTL_HOURS", "48", "Hours a confirmation link stays valid."),
-    Setting("HEBDO_CONFIRM_RESEND_HOURS", "24", "At most one confirmation mail per address in this many hours, however often it is posted."),
-    Setting("HEBDO_CONSENT_VERSION", "form-2026-11", "Version of the consent text shown by the form, recorded with each sign-up unless the post names another."),
-    Setting("HEBDO_SWEEP_SECONDS", "60", "Beat interval of the sweep that sends confirmation mails committed but never sent (broker down, worker killed)."),
-    Setting("HEBDO_CLAIM_TIMEOUT_SECONDS", "300", "After this long a claimed but unfinished mail is considered abandoned and sent again by the sweep."),
-    Setting("HEBDO_TRUSTED_PROXIES", "0", "Number of reverse proxies in front of the web app whose X-Forwarded-For/-Proto are trusted."),
+    Setting(
+        "HEBDO_CONFIRM_RESEND_HOURS",
+        "24",
+        "At most one confirmation mail per address in this many hours, however often it is posted.",
+    ),
+    Setting(
+        "HEBDO_CONSENT_VERSION",
+        "form-2026-11",
+        "Version of the consent text shown by the form, recorded with each sign-up unless the post names another.",
+    ),
+    Setting(
+        "HEBDO_SWEEP_SECONDS",
+        "60",
+        "Beat interval of the sweep that sends confirmation mails committed but never sent (broker down, worker killed).",
+    ),
+    Setting(
+        "HEBDO_CLAIM_TIMEOUT_SECONDS",
+        "300",
+        "After this long a claimed but unfinished mail is considered abandoned and sent again by the sweep.",
+    ),
+    Setting(
+        "HEBDO_TRUSTED_PROXIES",
+        "0",
+        "Number of reverse proxies in front of the web app whose X-Forwarded-For/-Proto are trusted.",
+    ),
     Setting("HEBDO_MAX_REQUEST_BYTES", "65536", "Largest request body accepted; larger gets 413."),
     Setting("HEBDO_WEB_WORKERS", "2", "gunicorn worker processes started by `hebdo run`."),
     Setting("HEBDO_WORKER_CONCURRENCY", "2", "Celery worker processes started by `hebdo run`."),
@@ -120,7 +194,7 @@ class Settings:
     list_id: str
     unsubscribe_mailto: str
     check_deliverability: bool
-    dns_timeout: float
+    dns_timeout: int
     confirm_ttl_hours: int
     confirm_resend_hours: int
     consent_version: str
@@ -217,7 +291,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     mail_from = get("HEBDO_MAIL_FROM")
     _, mail_from_address = parseaddr(mail_from)
     if "@" not in mail_from_address or any(c in mail_from for c in "\r\n"):
-        raise ConfigError(f"HEBDO_MAIL_FROM must be an address like 'Name <news@example.fr>', got {mail_from!r}")
+        raise ConfigError(
+            f"HEBDO_MAIL_FROM must be an address like 'Name <news@example.fr>', got {mail_from!r}"
+        )
     mail_domain = mail_from_address.rsplit("@", 1)[1].lower()
 
     base_url = get("HEBDO_BASE_URL").rstrip("/")
@@ -236,7 +312,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     smtp_host = get("HEBDO_SMTP_HOST")
     if env == "production" and not smtp_host:
-        raise ConfigError("HEBDO_SMTP_HOST is required when HEBDO_ENV=production (mail capture is for development)")
+        raise ConfigError(
+            "HEBDO_SMTP_HOST is required when HEBDO_ENV=production (mail capture is for development)"
+        )
 
     return Settings(
         env=env,
@@ -260,16 +338,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         list_id=get("HEBDO_LIST_ID") or f"hebdo.{mail_domain}",
         unsubscribe_mailto=get("HEBDO_UNSUBSCRIBE_MAILTO") or f"unsubscribe@{mail_domain}",
         check_deliverability=_bool("HEBDO_CHECK_DELIVERABILITY", get("HEBDO_CHECK_DELIVERABILITY")),
-        dns_timeout=_float("HEBDO_DNS_TIMEOUT", get("HEBDO_DNS_TIMEOUT")),
+        dns_timeout=_int("HEBDO_DNS_TIMEOUT", get("HEBDO_DNS_TIMEOUT"), 1),
         confirm_ttl_hours=_int("HEBDO_CONFIRM_TTL_HOURS", get("HEBDO_CONFIRM_TTL_HOURS"), 1),
-        confirm_resend_hours=_int("HEBDO_CONFIRM_RESEND_HOURS", get("HEBDO_CONFIRM_RESEND_HOURS"), 0),
+        confirm_resend_hours=_int(
+            "HEBDO_CONFIRM_RESEND_HOURS", get("HEBDO_CONFIRM_RESEND_HOURS"), 0
+        ),
         consent_version=get("HEBDO_CONSENT_VERSION"),
         sweep_seconds=_float("HEBDO_SWEEP_SECONDS", get("HEBDO_SWEEP_SECONDS")),
-        claim_timeout_seconds=_int("HEBDO_CLAIM_TIMEOUT_SECONDS", get("HEBDO_CLAIM_TIMEOUT_SECONDS"), 1),
+        claim_timeout_seconds=_int(
+            "HEBDO_CLAIM_TIMEOUT_SECONDS", get("HEBDO_CLAIM_TIMEOUT_SECONDS"), 1
+        ),
         trusted_proxies=_int("HEBDO_TRUSTED_PROXIES", get("HEBDO_TRUSTED_PROXIES")),
         max_request_bytes=_int("HEBDO_MAX_REQUEST_BYTES", get("HEBDO_MAX_REQUEST_BYTES"), 1024),
         web_workers=_int("HEBDO_WEB_WORKERS", get("HEBDO_WEB_WORKERS"), 1),
         worker_concurrency=_int("HEBDO_WORKER_CONCURRENCY", get("HEBDO_WORKER_CONCURRENCY"), 1),
         log_level=get("HEBDO_LOG_LEVEL").upper(),
     )
-

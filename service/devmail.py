@@ -42,7 +42,7 @@ def _part(message: EmailMessage, subtype: str) -> str:
     part = message.get_body(preferencelist=(subtype,))
     if part is None or part.get_content_subtype() != subtype:
         return ""
-    content = part.get_content()  # type: ignore[attr-defined]
+    content = part.get_content()
     return content if isinstance(content, str) else ""
 
 
@@ -54,7 +54,14 @@ def index() -> str:
     mails = []
     for name in names[:MAX_LISTED]:
         _raw, message = _load(name)
-        mails.append({"name": name, "to": message["To"], "subject": message["Subject"], "date": message["Date"]})
+        mails.append(
+            {
+                "name": name,
+                "to": message["To"],
+                "subject": message["Subject"],
+                "date": message["Date"],
+            }
+        )
     return render_template("dev/mailbox.html", mails=mails, total=len(names))
 
 
@@ -64,13 +71,21 @@ def show(name: str) -> str:
     raw, message = _load(name)
     head = raw.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
     return render_template(
-        "dev/mail.html", name=name, head=head, text=_part(message, "plain"),
-        html=_part(message, "html"), subject=message["Subject"],
-    )  # fmt: skip
+        "dev/mail.html",
+        name=name,
+        head=head,
+        text=_part(message, "plain"),
+        html=_part(message, "html"),
+        subject=message["Subject"],
+    )
 
 
 @bp.get("/<name>/raw")
 def raw(name: str) -> Response:
     """The .eml as captured, byte for byte."""
     data, _message = _load(name)
-    return Response(data, mimetype="message/rfc822", headers={"Content-Disposition": f"attachment; filename={name}"})
+    return Response(
+        data,
+        mimetype="message/rfc822",
+        headers={"Content-Disposition": f"attachment; filename={name}"},
+    )

@@ -107,7 +107,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def celery_init_app(app: Flask, settings: Settings) -> Celery:
     """Create the Celery app whose tasks each run inside a Flask app context."""
 
-    class FlaskTask(Task):  # type: ignore[misc]
+    class FlaskTask(Task):
         def __call__(self, *args: object, **kwargs: object) -> object:
             with app.app_context():
                 return self.run(*args, **kwargs)

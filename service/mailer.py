@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import smtplib
-import socket
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,7 +41,9 @@ log = logging.getLogger(__name__)
 _WIRE = policy.SMTP.clone(refold_source="none")
 _WIRE_UTF8 = policy.SMTPUTF8.clone(refold_source="none")
 _SAFE_HEADER_VALUE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
-_RETRY_AFTER = re.compile(r"(?:try again|retry)\D{0,20}?(\d{1,5})\s*(?:s\b|sec|second)", re.IGNORECASE)
+_RETRY_AFTER = re.compile(
+    r"(?:try again|retry)\D{0,20}?(\d{1,5})\s*(?:s\b|sec|second)", re.IGNORECASE
+)
 
 
 class DeliveryError(Exception):
@@ -120,7 +121,7 @@ def build_message(
     unsubscribe_url: str,
     now: datetime | None = None,
 ) -> Outgoing:
-    """Build and serialise one mail to one recipient, with the list headers of RFC 2369/2919/8058."""
+    """Build and serialise one mail to one recipient, with RFC 2369/2919/8058 list headers."""
     recipient, smtputf8 = wire_address(to)
     msg = EmailMessage(policy=policy.default)
     msg["From"] = settings.mail_from
@@ -183,7 +184,10 @@ class SMTPTransport:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -206,7 +210,9 @@ class SMTPTransport:
         conn: smtplib.SMTP
         try:
             if s.smtp_tls == "ssl":
-                conn = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=context)
+                conn = smtplib.SMTP_SSL(
+                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=context
+                )
             else:
                 conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
             conn.ehlo()
@@ -216,11 +222,15 @@ class SMTPTransport:
             if s.smtp_user:
                 conn.login(s.smtp_user, s.smtp_password)
         except smtplib.SMTPAuthenticationError as exc:
-            raise TransientFailure(exc.smtp_code, f"SMTP login refused: {exc.smtp_error!r}") from None
+            raise TransientFailure(
+                exc.smtp_code, f"SMTP login refused: {exc.smtp_error!r}"
+            ) from None
         except smtplib.SMTPResponseException as exc:
             raise classify(exc.smtp_code, _text(exc.smtp_error)) from None
         except (smtplib.SMTPException, OSError) as exc:
-            raise TransientFailure(None, f"cannot connect to {s.smtp_host}:{s.smtp_port}: {exc}") from None
+            raise TransientFailure(
+                None, f"cannot connect to {s.smtp_host}:{s.smtp_port}: {exc}"
+            ) from None
         self._sent_on_conn = 0
         return conn
 
@@ -235,7 +245,9 @@ class SMTPTransport:
                 self._drop()
                 if attempt == 1 and reused:
                     continue
-                raise TransientFailure(None, "connection closed by server before MAIL FROM") from None
+                raise TransientFailure(
+                    None, "connection closed by server before MAIL FROM"
+                ) from None
         raise AssertionError("unreachable")
 
     def _transaction(self, conn: smtplib.SMTP, mail: Outgoing) -> str:
@@ -243,7 +255,9 @@ class SMTPTransport:
         options: list[str] = []
         if env.smtputf8:
             if not conn.has_extn("smtputf8"):
-                raise PermanentFailure(None, "the server does not support SMTPUTF8, needed for this address")
+                raise PermanentFailure(
+                    None, "the server does not support SMTPUTF8, needed for this address"
+                )
             options = ["SMTPUTF8", "BODY=8BITMIME"]
         try:
             code, resp = conn.mail(env.sender, options)
@@ -259,7 +273,7 @@ class SMTPTransport:
             code, resp = conn.data(mail.data)
         except smtplib.SMTPResponseException as exc:
             raise self._refused(conn, exc.smtp_code, exc.smtp_error) from None
-        except (smtplib.SMTPServerDisconnected, OSError, socket.timeout) as exc:
+        except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
             raise TransientFailure(None, f"connection lost during the transaction: {exc}") from None
         if code != 250:
@@ -289,7 +303,7 @@ def _text(value: bytes | str) -> str:
 
 
 class CaptureTransport:
-    """Writes each message as `<data_dir>/mail/<time>-<random>.eml`, byte for byte as it would go out."""
+    """Writes each message as `<data_dir>/mail/<time>-<random>.eml`, byte for byte."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder

@@ -26,7 +26,7 @@ class Status(enum.StrEnum):
 _STATUSES = ", ".join(f"'{s.value}'" for s in Status)
 
 
-class Subscriber(db.Model):  # type: ignore[name-defined,misc]
+class Subscriber(db.Model):  # type: ignore[name-defined]
     __tablename__ = "subscribers"
     __table_args__ = (
         CheckConstraint(f"status IN ({_STATUSES})", name="status"),
@@ -65,7 +65,7 @@ class Subscriber(db.Model):  # type: ignore[name-defined,misc]
     confirm_last_error: Mapped[str | None] = mapped_column(String(512))
 
 
-class Suppression(db.Model):  # type: ignore[name-defined,misc]
+class Suppression(db.Model):  # type: ignore[name-defined]
     """An address never to be mailed again unless it opts in anew.
 
     Keyed by an HMAC of the normalised address, so an erased address stays
@@ -80,7 +80,7 @@ class Suppression(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime]
 
 
-class AuditEvent(db.Model):  # type: ignore[name-defined,misc]
+class AuditEvent(db.Model):  # type: ignore[name-defined]
     """Who did what to which subscriber, when. Never holds a plaintext address."""
 
     __tablename__ = "audit_events"

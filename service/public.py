@@ -124,8 +124,12 @@ def unsubscribe_post(token: str) -> tuple[str, int]:
 @bp.post("/resubscribe/<token>")
 def resubscribe_post(token: str) -> tuple[str, int]:
     """Undo an unsubscription from the link on the unsubscribed page."""
-    consent = Consent(source="resubscribe-link", text_version=settings().consent_version,
-                      ip=client_ip(), user_agent=user_agent())  # fmt: skip
+    consent = Consent(
+        source="resubscribe-link",
+        text_version=settings().consent_version,
+        ip=client_ip(),
+        user_agent=user_agent(),
+    )
     try:
         sub = resubscribe_by_token(settings(), token, consent=consent, now=now())
     except BadToken as exc:

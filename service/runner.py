@@ -28,21 +28,46 @@ def commands(settings: Settings, host: str, port: int) -> dict[str, list[str]]:
     python = sys.executable
     return {
         "web": [
-            python, "-m", "gunicorn", "--bind", f"{host}:{port}",
-            "--workers", str(settings.web_workers), "--access-logfile", "-",
-            "--graceful-timeout", "10", "service.wsgi:app",
+            python,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"{host}:{port}",
+            "--workers",
+            str(settings.web_workers),
+            "--access-logfile",
+            "-",
+            "--graceful-timeout",
+            "10",
+            "service.wsgi:app",
         ],
         "worker": [
-            python, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--concurrency", str(settings.worker_concurrency), "--loglevel", settings.log_level,
-            "--without-gossip", "--without-mingle",
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--concurrency",
+            str(settings.worker_concurrency),
+            "--loglevel",
+            settings.log_level,
+            "--without-gossip",
+            "--without-mingle",
         ],
         "beat": [
-            python, "-m", "celery", "-A", "worker.celery_app", "beat",
-            "--schedule", str(settings.data_dir / "celerybeat-schedule"),
-            "--loglevel", settings.log_level,
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "beat",
+            "--schedule",
+            str(settings.data_dir / "celerybeat-schedule"),
+            "--loglevel",
+            settings.log_level,
         ],
-    }  # fmt: skip
+    }
 
 
 def _pump(name: str, stream: IO[bytes]) -> None:
@@ -66,19 +91,25 @@ def run_all(app: Flask, *, host: str, port: int) -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     for name, argv in commands(settings, host, port).items():
-        child = subprocess.Popen(
+        child = subprocess.Popen(  # noqa: S603 (our own fixed argv)
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
         children[name] = child
         threading.Thread(target=_pump, args=(name, child.stdout), daemon=True).start()
-    mode = "mail captured in " + str(settings.mail_capture_dir) if settings.capture_mail else "SMTP " + settings.smtp_host
+    mode = (
+        "mail captured in " + str(settings.mail_capture_dir)
+        if settings.capture_mail
+        else "SMTP " + settings.smtp_host
+    )
     print(f"hebdo: http://{host}:{port}  ({mode}; Ctrl-C stops)", flush=True)
 
     status = 0
     while not stopping.is_set():
         for name, child in children.items():
             if child.poll() is not None:
-                print(f"hebdo: {name} exited with {child.returncode}; stopping the rest", flush=True)
+                print(
+                    f"hebdo: {name} exited with {child.returncode}; stopping the rest", flush=True
+                )
                 status = 1
                 stopping.set()
                 break

@@ -18,17 +18,23 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
-from email_validator import EmailNotValidError, EmailUndeliverableError, caching_resolver, validate_email
+from email_validator import (
+    EmailNotValidError,
+    EmailUndeliverableError,
+    caching_resolver,
+    validate_email,
+)
 from flask import render_template
 from sqlalchemy import delete, or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
 from . import i18n
 from .config import Settings
 from .extensions import db
-from .mailer import PermanentFailure, Transport, TransientFailure, build_message
+from .mailer import PermanentFailure, TransientFailure, Transport, build_message
 from .models import AuditEvent, Status, Subscriber, Suppression
 from .tokens import BadToken, Purpose, make_token, read_token
 
@@ -38,11 +44,32 @@ MAX_EMAIL_LENGTH = 254  # RFC 5321 path limit, minus the angle brackets
 MAX_CONFIRM_ATTEMPTS = 8
 CONFIRMABLE = {Status.PENDING}
 MAJOR_DOMAINS = (
-    "gmail.com", "googlemail.com", "hotmail.com", "hotmail.fr", "outlook.com", "outlook.fr",
-    "live.com", "live.fr", "msn.com", "yahoo.com", "yahoo.fr", "icloud.com", "me.com",
-    "orange.fr", "wanadoo.fr", "free.fr", "sfr.fr", "laposte.net", "neuf.fr", "bbox.fr",
-    "gmx.fr", "gmx.com", "proton.me", "protonmail.com", "aol.com",
-)  # fmt: skip
+    "gmail.com",
+    "googlemail.com",
+    "hotmail.com",
+    "hotmail.fr",
+    "outlook.com",
+    "outlook.fr",
+    "live.com",
+    "live.fr",
+    "msn.com",
+    "yahoo.com",
+    "yahoo.fr",
+    "icloud.com",
+    "me.com",
+    "orange.fr",
+    "wanadoo.fr",
+    "free.fr",
+    "sfr.fr",
+    "laposte.net",
+    "neuf.fr",
+    "bbox.fr",
+    "gmx.fr",
+    "gmx.com",
+    "proton.me",
+    "protonmail.com",
+    "aol.com",
+)
 
 
 class InvalidEmail(ValueError):
@@ -58,11 +85,13 @@ class InvalidEmail(ValueError):
 
 
 @cache
-def _resolver(timeout: float) -> Any:
+def _resolver(timeout: int) -> Any:
     return caching_resolver(timeout=timeout)
 
 
-def normalise_email(raw: object, *, check_deliverability: bool = False, dns_timeout: float = 1.5) -> str:
+def normalise_email(
+    raw: object, *, check_deliverability: bool = False, dns_timeout: int = 2
+) -> str:
     """The stored form of an address, or InvalidEmail.
 
     Trimmed, Unicode-normalised by email-validator (internationalised addresses
@@ -153,7 +182,9 @@ def suppression_hashes(settings: Settings, email: str) -> list[str]:
 
 def is_suppressed(settings: Settings, email: str) -> bool:
     found = db.session.execute(
-        select(Suppression.id).where(Suppression.email_hash.in_(suppression_hashes(settings, email)))
+        select(Suppression.id).where(
+            Suppression.email_hash.in_(suppression_hashes(settings, email))
+        )
     ).first()
     return found is not None
 
@@ -162,7 +193,9 @@ def suppress(settings: Settings, email: str, reason: str, now: datetime) -> None
     """Add the address to the suppression list (idempotent)."""
     if not is_suppressed(settings, email):
         db.session.add(
-            Suppression(email_hash=suppression_hashes(settings, email)[0], reason=reason, created_at=now)
+            Suppression(
+                email_hash=suppression_hashes(settings, email)[0], reason=reason, created_at=now
+            )
         )
 
 
@@ -216,7 +249,7 @@ def _record_consent(sub: Subscriber, consent: Consent, now: datetime) -> None:
 
 
 def _mail_allowed(sub: Subscriber, settings: Settings, now: datetime) -> bool:
-    """At most one confirmation mail per address per HEBDO_CONFIRM_RESEND_HOURS, and one owed at a time."""
+    """One confirmation mail per HEBDO_CONFIRM_RESEND_HOURS per address, one owed at a time."""
     if sub.confirm_due_at is not None:
         return False
     if sub.confirm_sent_at is None:
@@ -240,7 +273,9 @@ def subscribe(
     about which case applied: only whether a mail must be queued.
     """
     email = normalise_email(
-        raw_email, check_deliverability=settings.check_deliverability, dns_timeout=settings.dns_timeout
+        raw_email,
+        check_deliverability=settings.check_deliverability,
+        dns_timeout=settings.dns_timeout,
     )
     suggestion = suggest_fix(email)
     for _attempt in range(3):
@@ -250,9 +285,14 @@ def subscribe(
         due = False
         if sub is None:
             sub = Subscriber(
-                email=email, status=Status.PENDING, locale=locale, created_at=now,
-                optin_serial=1, confirm_due_at=now, confirm_attempts=0,
-            )  # fmt: skip
+                email=email,
+                status=Status.PENDING,
+                locale=locale,
+                created_at=now,
+                optin_serial=1,
+                confirm_due_at=now,
+                confirm_attempts=0,
+            )
             _record_consent(sub, consent, now)
             db.session.add(sub)
             db.session.flush()
@@ -299,7 +339,9 @@ def unsubscribe_token(settings: Settings, sub: Subscriber) -> str:
 
 def resubscribe_token(settings: Settings, sub: Subscriber) -> str:
     assert sub.unsubscribed_at is not None
-    return make_token(settings, Purpose.RESUBSCRIBE, [*_token_identity(sub), _micros(sub.unsubscribed_at)])
+    return make_token(
+        settings, Purpose.RESUBSCRIBE, [*_token_identity(sub), _micros(sub.unsubscribed_at)]
+    )
 
 
 def _micros(moment: datetime) -> int:
@@ -312,7 +354,9 @@ def public_url(settings: Settings, path: str) -> str:
 
 def _subscriber_for(payload: list[Any], size: int) -> Subscriber | None:
     """The subscriber a token names, or None when that row no longer exists (erased)."""
-    if len(payload) != size or not all(isinstance(p, int) and not isinstance(p, bool) for p in payload):
+    if len(payload) != size or not all(
+        isinstance(p, int) and not isinstance(p, bool) for p in payload
+    ):
         raise BadToken("malformed payload")
     sub = db.session.get(Subscriber, payload[0])
     if sub is None or int(sub.created_at.timestamp()) != payload[1]:
@@ -328,7 +372,9 @@ class ConfirmCheck:
 
 def check_confirm_token(settings: Settings, token: str) -> ConfirmCheck:
     """What a confirmation link would do, without doing it. Raises BadToken."""
-    payload = read_token(settings, Purpose.CONFIRM, token, max_age=settings.confirm_ttl_hours * 3600)
+    payload = read_token(
+        settings, Purpose.CONFIRM, token, max_age=settings.confirm_ttl_hours * 3600
+    )
     sub = _subscriber_for(payload, 3)
     if sub is None:
         raise BadToken("unknown subscriber")
@@ -354,7 +400,9 @@ def confirm(settings: Settings, token: str, *, ip: str | None, now: datetime) ->
     sub.confirm_claimed_at = None
     # Opting in anew lifts an earlier suppression (erasure, bounce).
     db.session.execute(
-        delete(Suppression).where(Suppression.email_hash.in_(suppression_hashes(settings, sub.email)))
+        delete(Suppression).where(
+            Suppression.email_hash.in_(suppression_hashes(settings, sub.email))
+        )
     )
     audit("confirm", sub, actor="subscriber", now=now, before=Status.PENDING, ip=ip)
     db.session.commit()
@@ -367,7 +415,12 @@ def subscriber_for_unsubscribe(settings: Settings, token: str) -> Subscriber | N
 
 
 def unsubscribe(
-    subscriber_id: int, *, channel: str, now: datetime, ip: str | None = None, actor: str = "subscriber"
+    subscriber_id: int,
+    *,
+    channel: str,
+    now: datetime,
+    ip: str | None = None,
+    actor: str = "subscriber",
 ) -> bool:
     """Stop all mail to a subscriber; True when this call changed the status (idempotent)."""
     sub = db.session.get(Subscriber, subscriber_id, with_for_update=True)
@@ -381,7 +434,9 @@ def unsubscribe(
     # A pending address that unsubscribes from its confirmation mail is owed nothing more.
     sub.confirm_due_at = None
     sub.confirm_claimed_at = None
-    audit("unsubscribe", sub, actor=actor, now=now, before=before, ip=ip, detail={"channel": channel})
+    audit(
+        "unsubscribe", sub, actor=actor, now=now, before=before, ip=ip, detail={"channel": channel}
+    )
     db.session.commit()
     return True
 
@@ -409,7 +464,9 @@ def resubscribe_by_token(
         raise BadToken("stale resubscribe link")
     sub.status = Status.ACTIVE
     _record_consent(sub, consent, now)
-    audit("resubscribe", sub, actor="subscriber", now=now, before=Status.UNSUBSCRIBED, ip=consent.ip)
+    audit(
+        "resubscribe", sub, actor="subscriber", now=now, before=Status.UNSUBSCRIBED, ip=consent.ip
+    )
     db.session.commit()
     return sub
 
@@ -433,7 +490,9 @@ def _backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(3600, 30 * 2 ** max(0, attempts - 1)))
 
 
-def send_confirmation(subscriber_id: int, *, transport: Transport, settings: Settings, now: datetime) -> bool:
+def send_confirmation(
+    subscriber_id: int, *, transport: Transport, settings: Settings, now: datetime
+) -> bool:
     """Send the confirmation mail a subscriber is owed, if any; True when sent.
 
     The row is claimed first (an atomic UPDATE), so two workers, a retried task
@@ -441,7 +500,7 @@ def send_confirmation(subscriber_id: int, *, transport: Transport, settings: Set
     worker expires after HEBDO_CLAIM_TIMEOUT_SECONDS and the sweep sends it.
     """
     stale = now - timedelta(seconds=settings.claim_timeout_seconds)
-    claimed = db.session.execute(
+    result = db.session.execute(
         update(Subscriber)
         .where(
             Subscriber.id == subscriber_id,
@@ -452,7 +511,8 @@ def send_confirmation(subscriber_id: int, *, transport: Transport, settings: Set
         )
         .values(confirm_claimed_at=now, confirm_attempts=Subscriber.confirm_attempts + 1)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )
+    claimed = cast(CursorResult[Any], result).rowcount
     db.session.commit()
     if not claimed:
         return False
@@ -462,9 +522,14 @@ def send_confirmation(subscriber_id: int, *, transport: Transport, settings: Set
         subject, text, html = render_confirmation(settings, sub, now)
         unsubscribe_link = public_url(settings, f"/unsubscribe/{unsubscribe_token(settings, sub)}")
         mail = build_message(
-            settings, to=sub.email, subject=subject, text=text, html=html,
-            unsubscribe_url=unsubscribe_link, now=now,
-        )  # fmt: skip
+            settings,
+            to=sub.email,
+            subject=subject,
+            text=text,
+            html=html,
+            unsubscribe_url=unsubscribe_link,
+            now=now,
+        )
         transport.send(mail)
     except PermanentFailure as exc:
         before = sub.status
@@ -484,9 +549,15 @@ def send_confirmation(subscriber_id: int, *, transport: Transport, settings: Set
             sub.confirm_due_at = None
             log.warning("giving up the confirmation mail of subscriber %s: %s", subscriber_id, exc)
         else:
-            delay = timedelta(seconds=exc.retry_after) if exc.retry_after else _backoff(sub.confirm_attempts)
+            delay = (
+                timedelta(seconds=exc.retry_after)
+                if exc.retry_after
+                else _backoff(sub.confirm_attempts)
+            )
             sub.confirm_due_at = now + delay
-            log.info("confirmation mail of subscriber %s deferred by %s: %s", subscriber_id, delay, exc)
+            log.info(
+                "confirmation mail of subscriber %s deferred by %s: %s", subscriber_id, delay, exc
+            )
         db.session.commit()
         raise
     sub.confirm_sent_at = now
@@ -516,11 +587,13 @@ def due_confirmations(settings: Settings, now: datetime, limit: int = 500) -> li
 def send_due_confirmations(
     *, transport: Transport, settings: Settings, now: datetime, limit: int = 500
 ) -> int:
-    """The sweep: send every owed confirmation mail over one transport; return how many were sent."""
+    """The sweep: send every owed confirmation mail over one transport; return the count."""
     sent = 0
     for subscriber_id in due_confirmations(settings, now, limit):
         try:
-            sent += send_confirmation(subscriber_id, transport=transport, settings=settings, now=now)
+            sent += send_confirmation(
+                subscriber_id, transport=transport, settings=settings, now=now
+            )
         except TransientFailure:
             continue
     return sent

@@ -32,7 +32,9 @@ def now() -> datetime:
 def page_locale(*candidates: object) -> str:
     """Locale of a page: ?lang=, then what the caller knows, then Accept-Language."""
     locale = i18n.pick_locale(
-        request.args.get("lang"), *candidates, accept=[lang for lang, _q in request.accept_languages]
+        request.args.get("lang"),
+        *candidates,
+        accept=[lang for lang, _q in request.accept_languages],
     )
     g.locale = locale
     return locale

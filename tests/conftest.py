@@ -80,12 +80,16 @@ class SMTPSink:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
-    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
         self.sessions += 1
         session.host_name = hostname
         return responses
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
         reply = self.rcpt_replies.get(address)
         if reply:
             return reply
@@ -95,7 +99,12 @@ class SMTPSink:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self._cond:
             self.messages.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, list(envelope.mail_options))
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    envelope.original_content,
+                    list(envelope.mail_options),
+                )
             )
             self._cond.notify_all()
         return "250 2.0.0 Message accepted"
@@ -106,7 +115,9 @@ class SMTPSink:
             while len(self.messages) < count:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise AssertionError(f"expected {count} message(s), got {len(self.messages)} after {timeout}s")
+                    raise AssertionError(
+                        f"expected {count} message(s), got {len(self.messages)} after {timeout}s"
+                    )
                 self._cond.wait(remaining)
             return list(self.messages)
 
@@ -114,7 +125,9 @@ class SMTPSink:
 @pytest.fixture
 def smtp_server() -> Iterator[SMTPSink]:
     sink = SMTPSink(port=free_port())
-    controller = Controller(sink, hostname="127.0.0.1", port=sink.port, enable_SMTPUTF8=True, decode_data=False)
+    controller = Controller(
+        sink, hostname="127.0.0.1", port=sink.port, enable_SMTPUTF8=True, decode_data=False
+    )
     controller.start()
     try:
         yield sink
@@ -127,7 +140,7 @@ def smtp_server() -> Iterator[SMTPSink]:
 
 @pytest.fixture(scope="session")
 def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Run the Alembic migrations once; return the URL (PostgreSQL) or the template file (SQLite)."""
+    """Run the Alembic migrations once; return the URL (PostgreSQL) or template file (SQLite)."""
     if DATABASE_URL:
         engine = create_engine(DATABASE_URL)
         with engine.begin() as conn:
@@ -138,8 +151,15 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('template') / 'hebdo.sqlite3'}"
     data_dir = tmp_path_factory.mktemp("migrate")
-    app = create_app({"HEBDO_ENV": "test", "HEBDO_DATA_DIR": str(data_dir), "HEBDO_DATABASE_URL": url,
-                      "HEBDO_SECRET_KEY": SECRET, "HEBDO_BROKER_URL": "memory://"})  # fmt: skip
+    app = create_app(
+        {
+            "HEBDO_ENV": "test",
+            "HEBDO_DATA_DIR": str(data_dir),
+            "HEBDO_DATABASE_URL": url,
+            "HEBDO_SECRET_KEY": SECRET,
+            "HEBDO_BROKER_URL": "memory://",
+        }
+    )
     with app.app_context():
         upgrade()
         db.engine.dispose()
@@ -150,7 +170,9 @@ def _fresh_database(template: str, data_dir: Path) -> str:
     if DATABASE_URL:
         engine = create_engine(DATABASE_URL)
         with engine.begin() as conn:
-            conn.execute(text("TRUNCATE subscribers, suppressions, audit_events RESTART IDENTITY CASCADE"))
+            conn.execute(
+                text("TRUNCATE subscribers, suppressions, audit_events RESTART IDENTITY CASCADE")
+            )
         engine.dispose()
         return DATABASE_URL
     path = data_dir / "hebdo.sqlite3"
@@ -190,7 +212,12 @@ def env(tmp_path: Path, migrated_database: str) -> dict[str, str]:
 @pytest.fixture
 def smtp_env(env: dict[str, str], smtp_server: SMTPSink) -> dict[str, str]:
     """Settings that send through the loopback aiosmtpd server."""
-    return {**env, "HEBDO_SMTP_HOST": "127.0.0.1", "HEBDO_SMTP_PORT": str(smtp_server.port), "HEBDO_SMTP_TIMEOUT": "5"}
+    return {
+        **env,
+        "HEBDO_SMTP_HOST": "127.0.0.1",
+        "HEBDO_SMTP_PORT": str(smtp_server.port),
+        "HEBDO_SMTP_TIMEOUT": "5",
+    }
 
 
 def _build(values: dict[str, str]) -> Iterator[Flask]:
@@ -263,14 +290,16 @@ class Process:
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
-    """Start a command with HEBDO_* settings; wait for a line in its output; stop it after the test."""
+    """Start a command with HEBDO_* settings, wait for a line of its output, stop it at the end."""
     started: list[Process] = []
 
     def start(argv: list[str], values: dict[str, str], ready: str, timeout: float = 60) -> Process:
         log = tmp_path / f"proc-{len(started)}.log"
         handle = log.open("wb")
         environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
-        popen = subprocess.Popen(argv, env={**environ, **values}, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+        popen = subprocess.Popen(
+            argv, env={**environ, **values}, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT
+        )
         handle.close()
         process = Process(popen, log)
         started.append(process)
@@ -291,9 +320,21 @@ def celery_worker(spawn: Callable[..., Process]) -> Callable[..., Process]:
     """Start a real Celery worker (prefork) on the given settings; `beat=True` embeds beat."""
 
     def start(values: dict[str, str], *, beat: bool = False, concurrency: int = 1) -> Process:
-        argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                "--concurrency", str(concurrency), "--loglevel", "INFO",
-                "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
         if beat:
             argv += ["--beat", "--schedule", str(Path(values["HEBDO_DATA_DIR"]) / "beat-schedule")]
         return spawn(argv, values, ready="ready.")

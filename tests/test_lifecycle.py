@@ -1,4 +1,4 @@
-"""The whole path a reader takes: form post → confirmation mail → confirm → one-click unsubscribe."""
+"""A reader's whole path: form post → confirmation mail → confirm → one-click unsubscribe."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def sweep(app: Flask, now: datetime | None = None) -> int:
     """What the worker's sweep task does, in-process."""
     settings = app.config["SETTINGS"]
     with app.app_context(), open_transport(settings) as transport:
-        return send_due_confirmations(transport=transport, settings=settings, now=now or datetime.now(UTC))
+        return send_due_confirmations(
+            transport=transport, settings=settings, now=now or datetime.now(UTC)
+        )
 
 
 def subscriber(app: Flask, email: str) -> Subscriber:
@@ -34,7 +36,7 @@ def subscriber(app: Flask, email: str) -> Subscriber:
 
 
 def link(mail: Received, path: str) -> str:
-    """The path of the first link to `path` in the text part, checked to be absolute on the base URL."""
+    """Path of the first `path` link in the text part, checked to be absolute on the base URL."""
     match = re.search(rf"{re.escape(BASE_URL)}(/{path}/[A-Za-z0-9._-]+)", mail.part("plain"))
     assert match, mail.part("plain")
     return match.group(1)
@@ -90,7 +92,9 @@ def test_form_to_inbox_to_confirm_to_one_click_unsubscribe(
     assert subscriber(smtp_app, "lecteur@exemple.fr").status == Status.ACTIVE
     smtp_client._cookies.clear()
     done = smtp_client.post(
-        unsubscribe_path, data="List-Unsubscribe=One-Click", content_type="application/x-www-form-urlencoded"
+        unsubscribe_path,
+        data="List-Unsubscribe=One-Click",
+        content_type="application/x-www-form-urlencoded",
     )
     assert done.status_code == 200 and "Location" not in done.headers
     assert "désabonné" in done.text
@@ -98,7 +102,9 @@ def test_form_to_inbox_to_confirm_to_one_click_unsubscribe(
     assert sub.status == Status.UNSUBSCRIBED and sub.unsubscribe_channel == "one-click"
 
     with smtp_app.app_context():
-        actions = db.session.execute(select(AuditEvent.action).order_by(AuditEvent.id)).scalars().all()
+        actions = (
+            db.session.execute(select(AuditEvent.action).order_by(AuditEvent.id)).scalars().all()
+        )
     assert actions == ["subscribe", "confirm", "unsubscribe"]
 
 
@@ -110,34 +116,55 @@ def test_one_click_as_multipart_and_resubscribe_from_the_page(
     (mail,) = smtp_server.wait_for(1)
     assert mail.message["Subject"] == "Confirm your subscription to L'Hebdo"
     smtp_client.post(link(mail, "confirm"))
-    response = smtp_client.post(list_unsubscribe_path(mail), data={"List-Unsubscribe": "One-Click"},
-                                content_type="multipart/form-data")  # fmt: skip
+    response = smtp_client.post(
+        list_unsubscribe_path(mail),
+        data={"List-Unsubscribe": "One-Click"},
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 200
     assert subscriber(smtp_app, "multi@exemple.fr").status == Status.UNSUBSCRIBED
     resubscribe = re.search(r'action="(/resubscribe/[^"]+)"', response.text)
     assert resubscribe, response.text
-    assert "Resubscribe" in smtp_client.post(resubscribe.group(1)).text.replace("subscribed again", "Resubscribe")
+    assert "Resubscribe" in smtp_client.post(resubscribe.group(1)).text.replace(
+        "subscribed again", "Resubscribe"
+    )
     assert subscriber(smtp_app, "multi@exemple.fr").status == Status.ACTIVE
     # A second use of the same resubscribe link after a new unsubscription is stale.
     smtp_client.post(list_unsubscribe_path(mail))
     assert smtp_client.post(resubscribe.group(1)).status_code == 400
 
 
-def test_one_confirmation_mail_per_address_per_24_hours(smtp_app: Flask, smtp_server: SMTPSink) -> None:
+def test_one_confirmation_mail_per_address_per_24_hours(
+    smtp_app: Flask, smtp_server: SMTPSink
+) -> None:
     settings = smtp_app.config["SETTINGS"]
     start = datetime.now(UTC)
     consent = Consent(source=None, text_version="v1", ip="203.0.113.1", user_agent=None)
     with smtp_app.app_context():
         for minute in range(20):
-            subscribe("bombed@exemple.fr", locale="fr", consent=consent, now=start + timedelta(minutes=minute), settings=settings)
+            subscribe(
+                "bombed@exemple.fr",
+                locale="fr",
+                consent=consent,
+                now=start + timedelta(minutes=minute),
+                settings=settings,
+            )
     assert sweep(smtp_app, start + timedelta(minutes=30)) == 1
     with smtp_app.app_context():
-        subscribe("bombed@exemple.fr", locale="fr", consent=consent, now=start + timedelta(hours=23), settings=settings)
+        subscribe(
+            "bombed@exemple.fr",
+            locale="fr",
+            consent=consent,
+            now=start + timedelta(hours=23),
+            settings=settings,
+        )
     assert sweep(smtp_app, start + timedelta(hours=23)) == 0
     # After 24 h a pending address posted again gets a fresh link.
     later = start + timedelta(hours=24, minutes=31)
     with smtp_app.app_context():
-        result = subscribe("bombed@exemple.fr", locale="fr", consent=consent, now=later, settings=settings)
+        result = subscribe(
+            "bombed@exemple.fr", locale="fr", consent=consent, now=later, settings=settings
+        )
     assert result.confirmation_due
     assert sweep(smtp_app, later) == 1
     _first, second = smtp_server.wait_for(2)
@@ -166,7 +193,9 @@ def test_unsubscribed_address_can_opt_in_again_and_erased_one_is_unsuppressed_on
     assert sweep(smtp_app) == 0
     assert subscriber(smtp_app, "retour@exemple.fr").status == Status.PENDING
     with smtp_app.app_context():
-        sub = db.session.execute(select(Subscriber).where(Subscriber.email == "retour@exemple.fr")).scalar_one()
+        sub = db.session.execute(
+            select(Subscriber).where(Subscriber.email == "retour@exemple.fr")
+        ).scalar_one()
         sub.confirm_sent_at = datetime.now(UTC) - timedelta(hours=25)
         db.session.commit()
     smtp_client.post("/api/v1/subscriptions", json={"email": "retour@exemple.fr"})
@@ -215,7 +244,10 @@ def test_bad_expired_and_wrong_purpose_links_change_nothing(
             assert expected in response.text
     assert subscriber(smtp_app, "liens@exemple.fr").status == Status.PENDING
     # A 47-hour-old link still works.
-    assert smtp_client.post(f"/confirm/{_old_token(Purpose.CONFIRM, identity, 47 * 3600)}").status_code == 200
+    assert (
+        smtp_client.post(f"/confirm/{_old_token(Purpose.CONFIRM, identity, 47 * 3600)}").status_code
+        == 200
+    )
 
 
 def test_links_survive_a_secret_key_rotation(
@@ -225,7 +257,13 @@ def test_links_survive_a_secret_key_rotation(
     old.test_client().post("/api/v1/subscriptions", json={"email": "rotation@exemple.fr"})
     sweep(old)
     (mail,) = smtp_server.wait_for(1)
-    rotated = make_app({**smtp_env, "HEBDO_SECRET_KEY": "new-key-" + "k" * 40, "HEBDO_SECRET_KEY_FALLBACKS": SECRET})  # type: ignore[operator]
+    rotated = make_app(
+        {
+            **smtp_env,
+            "HEBDO_SECRET_KEY": "new-key-" + "k" * 40,
+            "HEBDO_SECRET_KEY_FALLBACKS": SECRET,
+        }
+    )  # type: ignore[operator]
     assert rotated.test_client().post(link(mail, "confirm")).status_code == 200
     assert rotated.test_client().post(list_unsubscribe_path(mail)).status_code == 200
     assert subscriber(rotated, "rotation@exemple.fr").status == Status.UNSUBSCRIBED
@@ -263,11 +301,19 @@ def test_transient_refusal_is_retried_later_with_the_servers_delay(
     assert smtp_server.wait_for(1)[0].rcpt_tos == ["busy@exemple.fr"]
 
 
-def test_a_claimed_mail_is_sent_once_and_an_abandoned_claim_is_retaken(smtp_app: Flask, smtp_server: SMTPSink) -> None:
+def test_a_claimed_mail_is_sent_once_and_an_abandoned_claim_is_retaken(
+    smtp_app: Flask, smtp_server: SMTPSink
+) -> None:
     settings = smtp_app.config["SETTINGS"]
     now = datetime.now(UTC)
     with smtp_app.app_context():
-        result = subscribe("claim@exemple.fr", locale="fr", consent=Consent(None, "v1", None, None), now=now, settings=settings)
+        result = subscribe(
+            "claim@exemple.fr",
+            locale="fr",
+            consent=Consent(None, "v1", None, None),
+            now=now,
+            settings=settings,
+        )
         # A worker claimed it and was killed before sending.
         sub = db.session.get(Subscriber, result.subscriber_id)
         assert sub is not None

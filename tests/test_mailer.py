@@ -7,24 +7,37 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from flask import Flask
 from aiosmtpd.controller import Controller
+from flask import Flask
 from flask.testing import FlaskClient
 
-from service.mailer import CaptureTransport, Outgoing, PermanentFailure, SMTPTransport, TransientFailure, build_message
+from service.mailer import (
+    CaptureTransport,
+    Outgoing,
+    PermanentFailure,
+    SMTPTransport,
+    TransientFailure,
+    build_message,
+)
 from tests.conftest import BASE_URL, SMTPSink, free_port
 from tests.test_lifecycle import sweep
 
 LONG_TOKEN = "WzEyMzQ1Njc4OSwxNzk1Njg3MDUyLDFd.awgCjA." + "A" * 90
 
 
-def mail_to(app: Flask, address: str, *, subject: str = "Confirmez votre inscription à L'Hebdo") -> Outgoing:
+def mail_to(
+    app: Flask, address: str, *, subject: str = "Confirmez votre inscription à L'Hebdo"
+) -> Outgoing:
     with app.app_context():
         return build_message(
-            app.config["SETTINGS"], to=address, subject=subject, text="Bonjour, voilà.\n",
-            html="<p>Bonjour, voilà.</p>", unsubscribe_url=f"{BASE_URL}/unsubscribe/{LONG_TOKEN}",
+            app.config["SETTINGS"],
+            to=address,
+            subject=subject,
+            text="Bonjour, voilà.\n",
+            html="<p>Bonjour, voilà.</p>",
+            unsubscribe_url=f"{BASE_URL}/unsubscribe/{LONG_TOKEN}",
             now=datetime(2026, 11, 30, 7, 0, tzinfo=UTC),
-        )  # fmt: skip
+        )
 
 
 def headers_of(data: bytes) -> list[bytes]:
@@ -55,7 +68,9 @@ def test_wire_bytes_are_standards_clean(smtp_app: Flask, smtp_server: SMTPSink) 
     assert re.search(r"^Date: Mon, 30 Nov 2026 07:00:00 \+0000$", unfolded, re.M)
     assert re.search(r"^To: lecteur@exemple\.fr$", unfolded, re.M)
     assert re.search(r"^From: L'Hebdo <newsletter@news\.example\.fr>$", unfolded, re.M)
-    assert re.search(r"^Subject: Confirmez votre inscription =\?utf-8\?q\?=C3=A0\?= L'Hebdo$", unfolded, re.M)
+    assert re.search(
+        r"^Subject: Confirmez votre inscription =\?utf-8\?q\?=C3=A0\?= L'Hebdo$", unfolded, re.M
+    )
     message = received.message
     assert message["Subject"] == "Confirmez votre inscription à L'Hebdo"
     assert message.get_content_type() == "multipart/alternative"
@@ -113,7 +128,9 @@ def test_smtp_replies_are_classified(smtp_app: Flask, smtp_server: SMTPSink) -> 
     assert smtp_server.sessions == 1
 
 
-def test_unreachable_server_is_a_transient_failure(smtp_env: dict[str, str], make_app: object) -> None:
+def test_unreachable_server_is_a_transient_failure(
+    smtp_env: dict[str, str], make_app: object
+) -> None:
     app = make_app({**smtp_env, "HEBDO_SMTP_PORT": str(free_port())})  # type: ignore[operator]
     with SMTPTransport(app.config["SETTINGS"]) as transport, pytest.raises(TransientFailure):
         transport.send(mail_to(app, "lecteur@exemple.fr"))
@@ -121,8 +138,14 @@ def test_unreachable_server_is_a_transient_failure(smtp_env: dict[str, str], mak
 
 def test_header_injection_through_the_subject_or_links_is_impossible(app: Flask) -> None:
     with pytest.raises(ValueError, match="unsafe value"), app.app_context():
-        build_message(app.config["SETTINGS"], to="a@exemple.fr", subject="s", text="t", html="h",
-                      unsubscribe_url=f"{BASE_URL}/x\r\nBcc: victim@exemple.fr")  # fmt: skip
+        build_message(
+            app.config["SETTINGS"],
+            to="a@exemple.fr",
+            subject="s",
+            text="t",
+            html="h",
+            unsubscribe_url=f"{BASE_URL}/x\r\nBcc: victim@exemple.fr",
+        )
     with pytest.raises(ValueError, match="linefeed or carriage return"):
         mail_to(app, "a@exemple.fr", subject="Salut\r\nBcc: victim@exemple.fr")
 

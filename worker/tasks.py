@@ -26,7 +26,9 @@ def send_confirmation_task(subscriber_id: int) -> None:
     settings = _settings()
     with open_transport(settings) as transport:
         try:
-            send_confirmation(subscriber_id, transport=transport, settings=settings, now=datetime.now(UTC))
+            send_confirmation(
+                subscriber_id, transport=transport, settings=settings, now=datetime.now(UTC)
+            )
         except TransientFailure as exc:
             log.info("confirmation for %s deferred: %s", subscriber_id, exc)
 

@@ -1,0 +1,112 @@
+"""Real Celery worker processes: the path through the broker, and a broker outage."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from service.extensions import db
+from service.models import Status, Subscriber
+from tests.conftest import Process, SMTPSink, free_port
+from tests.test_lifecycle import link, subscriber
+
+
+def test_a_real_worker_sends_the_confirmation_mail(
+    smtp_env: dict[str, str],
+    smtp_app: Flask,
+    smtp_server: SMTPSink,
+    celery_worker: Callable[..., Process],
+) -> None:
+    celery_worker(smtp_env)
+    client = smtp_app.test_client()
+    for i in range(3):
+        assert (
+            client.post(
+                "/api/v1/subscriptions", json={"email": f"worker{i}@exemple.fr"}
+            ).status_code
+            == 202
+        )
+    mails = smtp_server.wait_for(3, timeout=60)
+    assert sorted(m.rcpt_tos[0] for m in mails) == [f"worker{i}@exemple.fr" for i in range(3)]
+    assert client.post(link(mails[0], "confirm")).status_code == 200
+    with smtp_app.app_context():
+        statuses = db.session.execute(select(Subscriber.status, Subscriber.confirm_sent_at)).all()
+    assert sorted(s for s, _ in statuses) == [Status.ACTIVE, Status.PENDING, Status.PENDING]
+    assert all(sent is not None for _, sent in statuses)
+    time.sleep(1)  # nothing else arrives: each mail was sent once
+    assert len(smtp_server.messages) == 3
+
+
+@pytest.fixture
+def private_redis(tmp_path: object) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """A redis-server of this test's own on a free loopback port, started on demand."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(proc)
+        return proc
+
+    start.port = port  # type: ignore[attr-defined]
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_broker_down_during_subscribe_then_the_sweep_delivers_once(
+    smtp_env: dict[str, str],
+    make_app: Callable[[dict[str, str]], Flask],
+    smtp_server: SMTPSink,
+    celery_worker: Callable[..., Process],
+    private_redis: Callable[[], subprocess.Popen[bytes]],
+) -> None:
+    values = {
+        **smtp_env,
+        "HEBDO_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/0",  # type: ignore[attr-defined]
+        "HEBDO_SWEEP_SECONDS": "1",
+    }
+    app = make_app(values)
+    client = app.test_client()
+    started = time.monotonic()
+    for i in range(5):
+        response = client.post("/api/v1/subscriptions", json={"email": f"panne{i}@exemple.fr"})
+        assert response.status_code == 202
+    # Failing fast matters: the form must not hang while the broker is down.
+    assert time.monotonic() - started < 30
+    with app.app_context():
+        owed = db.session.execute(select(Subscriber.confirm_due_at)).scalars().all()
+    assert len(owed) == 5 and all(owed)  # committed, owed, not sent
+    assert smtp_server.messages == []
+
+    private_redis()
+    celery_worker(values, beat=True)
+    mails = smtp_server.wait_for(5, timeout=90)
+    assert sorted(m.rcpt_tos[0] for m in mails) == [f"panne{i}@exemple.fr" for i in range(5)]
+    time.sleep(3)  # several more sweeps run: none sends a mail twice
+    assert len(smtp_server.messages) == 5
+    assert subscriber(app, "panne0@exemple.fr").confirm_due_at is None

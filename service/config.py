@@ -98,7 +98,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "HEBDO_DNS_TIMEOUT",
-        "2",
+        "1",
         "Whole seconds a deliverability DNS lookup may take; when it times out the address is accepted.",
     ),
     Setting("HEBDO_CONFIRM_TTL_HOURS", "48", "Hours a confirmation link stays valid."),

@@ -90,7 +90,7 @@ def _resolver(timeout: int) -> Any:
 
 
 def normalise_email(
-    raw: object, *, check_deliverability: bool = False, dns_timeout: int = 2
+    raw: object, *, check_deliverability: bool = False, dns_timeout: int = 1
 ) -> str:
     """The stored form of an address, or InvalidEmail.
 

@@ -176,3 +176,45 @@ def test_local_mode_captures_the_confirmation_mail(app: Flask, client: FlaskClie
 
 def test_dev_mailbox_is_absent_with_smtp_or_in_production(smtp_client: FlaskClient) -> None:
     assert smtp_client.get("/dev/mailbox/").status_code == 404
+
+
+# A loopback test server: AUTH without TLS is what we want to exercise here.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+def test_smtp_login_is_used_and_a_refused_login_is_transient(
+    smtp_env: dict[str, str], make_app: object
+) -> None:
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    def authenticator(
+        server: object, session: object, envelope: object, mechanism: str, auth_data: object
+    ) -> AuthResult:
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+            b"hebdo",
+            b"s3cret",
+        )
+        return AuthResult(success=ok)
+
+    sink = SMTPSink(port=free_port())
+    controller = Controller(
+        sink,
+        hostname="127.0.0.1",
+        port=sink.port,
+        authenticator=authenticator,
+        auth_required=True,
+        auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        values = {**smtp_env, "HEBDO_SMTP_PORT": str(sink.port), "HEBDO_SMTP_USER": "hebdo"}
+        good = make_app({**values, "HEBDO_SMTP_PASSWORD": "s3cret"})  # type: ignore[operator]
+        with SMTPTransport(good.config["SETTINGS"]) as transport:
+            transport.send(mail_to(good, "auth@exemple.fr"))
+        assert [m.rcpt_tos for m in sink.wait_for(1)] == [["auth@exemple.fr"]]
+        bad = make_app({**values, "HEBDO_SMTP_PASSWORD": "wrong", "HEBDO_SMTP_TIMEOUT": "2"})  # type: ignore[operator]
+        with (
+            SMTPTransport(bad.config["SETTINGS"]) as transport,
+            pytest.raises(TransientFailure),
+        ):
+            transport.send(mail_to(bad, "auth@exemple.fr"))
+    finally:
+        controller.stop()

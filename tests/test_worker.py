@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -13,7 +14,7 @@ from sqlalchemy import select
 
 from service.extensions import db
 from service.models import Status, Subscriber
-from tests.conftest import Process, SMTPSink, free_port
+from tests.conftest import BROKER_URL, Process, SMTPSink, free_port
 from tests.test_lifecycle import link, subscriber
 
 
@@ -41,6 +42,10 @@ def test_a_real_worker_sends_the_confirmation_mail(
     assert all(sent is not None for _, sent in statuses)
     time.sleep(1)  # nothing else arrives: each mail was sent once
     assert len(smtp_server.messages) == 3
+    if not BROKER_URL:
+        # The embedded broker deletes consumed messages: its folder does not grow.
+        queue = Path(smtp_env["HEBDO_DATA_DIR"]) / "broker" / "queue"
+        assert queue.is_dir() and list(queue.iterdir()) == []
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, render_template, request
 
-from .models import Status
+from .models import Status, Subscriber
 from .subscriptions import (
     Consent,
     check_confirm_token,
@@ -85,6 +85,14 @@ def confirm_post(token: str) -> tuple[str, int]:
     return _page("message", locale, key="already" if check.already_confirmed else "confirmed")
 
 
+def _unsubscribed(sub: Subscriber | None, locale: str) -> tuple[str, int]:
+    """The "you are unsubscribed" page, with a resubscribe button when the row can be restored."""
+    resubscribe = None
+    if sub is not None and sub.status == Status.UNSUBSCRIBED and sub.unsubscribed_at:
+        resubscribe = resubscribe_token(settings(), sub)
+    return _page("unsubscribed", locale, resubscribe=resubscribe)
+
+
 @bp.get("/unsubscribe/<token>")
 def unsubscribe_page(token: str) -> tuple[str, int]:
     """Show the unsubscribe button, or the resubscribe one when already unsubscribed."""
@@ -93,11 +101,9 @@ def unsubscribe_page(token: str) -> tuple[str, int]:
     except BadToken as exc:
         return _bad_link(exc, page_locale())
     locale = page_locale(sub.locale if sub else None)
-    if sub is None or sub.status != Status.UNSUBSCRIBED or sub.unsubscribed_at is None:
-        if sub is None or sub.status not in (Status.ACTIVE, Status.PENDING):
-            return _page("unsubscribed", locale, resubscribe=None)
+    if sub is not None and sub.status in (Status.ACTIVE, Status.PENDING):
         return _page("unsubscribe", locale, token=token)
-    return _page("unsubscribed", locale, resubscribe=resubscribe_token(settings(), sub))
+    return _unsubscribed(sub, locale)
 
 
 @bp.post("/unsubscribe/<token>")
@@ -108,17 +114,11 @@ def unsubscribe_post(token: str) -> tuple[str, int]:
     except BadToken as exc:
         return _bad_link(exc, page_locale())
     locale = page_locale(sub.locale if sub else None)
-    if sub is None:
-        # Erased: nothing is mailed to it any more, which is what was asked.
-        return _page("unsubscribed", locale, resubscribe=None)
-    one_click = request.form.get("List-Unsubscribe") == "One-Click"
-    unsubscribe(sub.id, channel="one-click" if one_click else "page", now=now(), ip=client_ip())
-    resubscribe = (
-        resubscribe_token(settings(), sub)
-        if sub.status == Status.UNSUBSCRIBED and sub.unsubscribed_at
-        else None
-    )
-    return _page("unsubscribed", locale, resubscribe=resubscribe)
+    # An erased subscriber (sub is None) is mailed nothing any more, which is what was asked.
+    if sub is not None:
+        one_click = request.form.get("List-Unsubscribe") == "One-Click"
+        unsubscribe(sub.id, channel="one-click" if one_click else "page", now=now(), ip=client_ip())
+    return _unsubscribed(sub, locale)
 
 
 @bp.post("/resubscribe/<token>")

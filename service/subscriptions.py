@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 MAX_EMAIL_LENGTH = 254  # RFC 5321 path limit, minus the angle brackets
 MAX_CONFIRM_ATTEMPTS = 8
-CONFIRMABLE = {Status.PENDING}
 MAJOR_DOMAINS = (
     "gmail.com",
     "googlemail.com",

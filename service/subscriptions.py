@@ -256,6 +256,15 @@ def _mail_allowed(sub: Subscriber, settings: Settings, now: datetime) -> bool:
     return now - sub.confirm_sent_at >= timedelta(hours=settings.confirm_resend_hours)
 
 
+def _owe_confirmation(sub: Subscriber, settings: Settings, now: datetime) -> bool:
+    """Owe the subscriber a confirmation mail now, if the per-address limit allows one."""
+    if not _mail_allowed(sub, settings, now):
+        return False
+    sub.confirm_due_at = now
+    sub.confirm_attempts = 0
+    return True
+
+
 def subscribe(
     raw_email: object,
     *,
@@ -298,20 +307,14 @@ def subscribe(
             audit("subscribe", sub, actor="subscriber", now=now, ip=consent.ip)
             due = True
         elif sub.status == Status.PENDING:
-            due = _mail_allowed(sub, settings, now)
-            if due:
-                sub.confirm_due_at = now
-                sub.confirm_attempts = 0
+            due = _owe_confirmation(sub, settings, now)
         elif sub.status != Status.ACTIVE:
             before = sub.status
             sub.status = Status.PENDING
             sub.optin_serial += 1
             sub.locale = locale
             _record_consent(sub, consent, now)
-            due = _mail_allowed(sub, settings, now)
-            if due:
-                sub.confirm_due_at = now
-                sub.confirm_attempts = 0
+            due = _owe_confirmation(sub, settings, now)
             audit("subscribe", sub, actor="subscriber", now=now, before=before, ip=consent.ip)
         try:
             db.session.commit()

@@ -64,6 +64,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
 
         app.register_blueprint(devmail.bp)
 
+    # Block tags leave no blank lines behind: the plain-text mails depend on it.
+    app.jinja_env.trim_blocks = True
+    app.jinja_env.lstrip_blocks = True
     app.jinja_env.globals["_"] = i18n.translate
     app.jinja_env.globals["site_name"] = settings.site_name
 

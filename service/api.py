@@ -1,17 +1,20 @@
-"""Public JSON/form API: POST /api/v1/subscriptions.
+"""JSON API: POST /api/v1/subscriptions (public) and POST /api/v1/articles (token).
 
-The answer never depends on whether the address was already known: new,
-pending, active and unsubscribed addresses all get the same body.
+The subscription answer never depends on whether the address was already
+known: new, pending, active and unsubscribed addresses all get the same body.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from . import i18n, jobs
+from . import apitokens, i18n, jobs
+from .articles import ArticleInput, InvalidArticle, store_article
+from .extensions import db
 from .subscriptions import Consent, InvalidEmail, subscribe
 from .web import client_ip, now, page_locale, settings, user_agent
 
@@ -117,6 +120,86 @@ def create_subscription() -> Response | tuple[Response, int] | tuple[str, int]:
         body["suggestion"] = suggestion
         body["suggestion_message"] = i18n.translate(locale, "suggestion", suggestion=suggestion)
     return jsonify(body), 202
+
+
+ARTICLE_ROLES = ("publisher", "editor", "admin")
+ARTICLE_FIELDS = {
+    "id": 512,
+    "url": 2000,
+    "title": 2000,
+    "summary": 20000,
+    "category": 200,
+    "author": 500,
+    "image_url": 2000,
+    "published_at": 64,
+    "language": 16,
+}
+
+
+def _bearer() -> apitokens.ApiToken | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return apitokens.authenticate(token.strip(), now())
+
+
+def _published_at(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise PayloadError(422, "invalid_field", "published_at must be ISO 8601") from None
+    if moment.tzinfo is None:
+        raise PayloadError(
+            422, "invalid_field", "published_at needs a time zone, e.g. 2026-11-23T08:00:00+01:00"
+        )
+    return moment
+
+
+@bp.post("/articles")
+def push_article() -> tuple[Response, int]:
+    """Create or update one article (idempotent on `id`, else `url`): 201 or 200.
+
+    Authorization: Bearer <token> of role publisher, editor or admin.
+    """
+    token = _bearer()
+    if token is None:
+        response = jsonify({"error": "unauthorized", "message": "a valid bearer token is required"})
+        response.headers["WWW-Authenticate"] = 'Bearer realm="hebdo"'
+        return response, 401
+    if token.role not in ARTICLE_ROLES:
+        return jsonify({"error": "forbidden", "message": "this token may not push articles"}), 403
+    try:
+        if request.mimetype != "application/json":
+            raise PayloadError(415, "unsupported_media_type", "send application/json")
+        data = _payload()
+        unknown = sorted(set(data) - set(ARTICLE_FIELDS))
+        if unknown:
+            raise PayloadError(422, "invalid_field", f"unknown field(s): {', '.join(unknown)}")
+        fields = {
+            name: _optional_string(data, name, limit) for name, limit in ARTICLE_FIELDS.items()
+        }
+        item = ArticleInput(
+            url=fields["url"] or "",
+            title=fields["title"] or "",
+            guid=fields["id"] or "",
+            summary=fields["summary"] or "",
+            category=fields["category"] or "",
+            author=fields["author"] or "",
+            image_url=fields["image_url"],
+            published_at=_published_at(fields["published_at"]),
+            language=fields["language"] or "",
+        )
+        article_id, created = store_article(item, source=f"api:{token.name}", now=now())
+        db.session.commit()
+    except PayloadError as exc:
+        return jsonify({"error": exc.code, "message": exc.detail}), exc.status
+    except InvalidArticle as exc:
+        db.session.rollback()
+        return jsonify({"error": "invalid_article", "message": str(exc)}), 422
+    return jsonify({"id": article_id, "created": created}), 201 if created else 200
 
 
 def json_error(exc: HTTPException) -> Response:

@@ -50,7 +50,9 @@ def config_command() -> None:
 
 
 def init_app(app: Flask) -> None:
-    for command in (run_command, sweep_command, config_command):
+    from .digest_cli import COMMANDS
+
+    for command in (run_command, sweep_command, config_command, *COMMANDS):
         app.cli.add_command(command)
 
 

@@ -11,9 +11,11 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import time
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class ConfigError(RuntimeError):
@@ -128,6 +130,67 @@ SETTINGS: tuple[Setting, ...] = (
         "Number of reverse proxies in front of the web app whose X-Forwarded-For/-Proto are trusted.",
     ),
     Setting("HEBDO_MAX_REQUEST_BYTES", "65536", "Largest request body accepted; larger gets 413."),
+    Setting(
+        "HEBDO_FEEDS",
+        "",
+        "Comma-separated RSS/Atom URLs or local file paths to ingest. `sample` is the bundled French sample feed, used when this is empty outside production.",
+    ),
+    Setting(
+        "HEBDO_FEED_INTERVAL_MINUTES", "60", "Minutes between two automatic fetches of the feeds."
+    ),
+    Setting("HEBDO_FEED_TIMEOUT", "10", "Seconds a feed may take to answer and download in full."),
+    Setting(
+        "HEBDO_FEED_MAX_BYTES", "5000000", "Largest feed document read; a bigger one is refused."
+    ),
+    Setting(
+        "HEBDO_SEND_SCHEDULE",
+        "mon 08:00",
+        "Day and local time of the weekly send, e.g. `mon 08:00` or `fri 17:30`.",
+    ),
+    Setting(
+        "HEBDO_TIMEZONE",
+        "Europe/Paris",
+        "Time zone of `HEBDO_SEND_SCHEDULE` (IANA name); daylight-saving changes are followed.",
+    ),
+    Setting(
+        "HEBDO_REVIEW",
+        "0",
+        "`1`: each issue is planned `HEBDO_REVIEW_LEAD_HOURS` ahead as a draft and goes out only once approved.",
+    ),
+    Setting(
+        "HEBDO_REVIEW_LEAD_HOURS",
+        "24",
+        "In review mode, how long before the send the draft is planned.",
+    ),
+    Setting("HEBDO_DIGEST_MAX_ARTICLES", "20", "Most articles in one issue (the newest win)."),
+    Setting(
+        "HEBDO_SEND_BATCH", "100", "Deliveries per Celery task, sent over one SMTP connection."
+    ),
+    Setting(
+        "HEBDO_SEND_RATE",
+        "0",
+        "Most messages per second, across all workers (Redis when the broker is Redis, else a lock file in the data folder); `0` for no limit.",
+    ),
+    Setting(
+        "HEBDO_SEND_GIVE_UP_HOURS",
+        "48",
+        "A delivery still failing temporarily this long after the send started is marked failed.",
+    ),
+    Setting(
+        "HEBDO_SENDER_IDENTITY",
+        "L'Hebdo, 1 rue de l'Exemple, 75000 Paris, France",
+        "Postal/identity line of the sender printed in every digest's footer.",
+    ),
+    Setting(
+        "HEBDO_DKIM_KEY_FILE",
+        "",
+        "PEM private key to DKIM-sign every mail; empty: no DKIM signature.",
+    ),
+    Setting(
+        "HEBDO_DKIM_SELECTOR",
+        "",
+        "DKIM selector (the `<selector>._domainkey` DNS record); required with a key.",
+    ),
     Setting("HEBDO_WEB_WORKERS", "2", "gunicorn worker processes started by `hebdo run`."),
     Setting("HEBDO_WORKER_CONCURRENCY", "2", "Celery worker processes started by `hebdo run`."),
     Setting("HEBDO_LOG_LEVEL", "INFO", "Python logging level."),
@@ -171,6 +234,65 @@ def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
     return raw
 
 
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _schedule(raw: str) -> tuple[int, time]:
+    """`mon 08:00` → (0, 08:00)."""
+    parts = raw.lower().split()
+    try:
+        day, clock = parts
+        weekday = _WEEKDAYS.index(day[:3])
+        hour, minute = (int(x) for x in clock.split(":"))
+        return weekday, time(hour, minute)
+    except ValueError:
+        raise ConfigError(
+            f"HEBDO_SEND_SCHEDULE must look like 'mon 08:00' (day, then 24 h local time), got {raw!r}"
+        ) from None
+
+
+def _timezone(raw: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"HEBDO_TIMEZONE must be an IANA zone like Europe/Paris, got {raw!r}"
+        ) from None
+
+
+def _rate(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(
+            f"HEBDO_SEND_RATE must be a number of messages per second ≥ 0, got {raw!r}"
+        )
+    return value
+
+
+def _feeds(raw: str, env: str) -> tuple[str, ...]:
+    feeds = tuple(f.strip() for f in raw.split(",") if f.strip())
+    if not feeds and env != "production":
+        return ("sample",)
+    return feeds
+
+
+def _dkim(key_file: str, selector: str) -> tuple[bytes | None, str]:
+    if not key_file:
+        return None, ""
+    if not selector:
+        raise ConfigError("HEBDO_DKIM_SELECTOR is required with HEBDO_DKIM_KEY_FILE")
+    try:
+        key = Path(key_file).expanduser().read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"HEBDO_DKIM_KEY_FILE cannot be read: {exc}") from None
+    if b"PRIVATE KEY" not in key:
+        raise ConfigError(f"HEBDO_DKIM_KEY_FILE {key_file!r} holds no PEM private key")
+    return key, selector
+
+
 @dataclass(frozen=True)
 class Settings:
     env: str
@@ -205,6 +327,22 @@ class Settings:
     web_workers: int
     worker_concurrency: int
     log_level: str
+    feeds: tuple[str, ...]
+    feed_interval_minutes: int
+    feed_timeout: float
+    feed_max_bytes: int
+    send_weekday: int
+    send_time: time
+    timezone: ZoneInfo
+    review: bool
+    review_lead_hours: int
+    digest_max_articles: int
+    send_batch: int
+    send_rate: float
+    send_give_up_hours: int
+    sender_identity: str
+    dkim_key: bytes | None
+    dkim_selector: str
 
     @property
     def capture_mail(self) -> bool:
@@ -222,7 +360,7 @@ class Settings:
 
     def public(self) -> dict[str, Any]:
         """Settings safe to print (no passwords or keys)."""
-        hidden = {"smtp_password", "secret_key", "secret_key_fallbacks"}
+        hidden = {"smtp_password", "secret_key", "secret_key_fallbacks", "dkim_key"}
         return {
             f.name: ("***" if f.name in hidden and getattr(self, f.name) else getattr(self, f.name))
             for f in fields(self)
@@ -316,6 +454,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "HEBDO_SMTP_HOST is required when HEBDO_ENV=production (mail capture is for development)"
         )
 
+    send_weekday, send_time = _schedule(get("HEBDO_SEND_SCHEDULE"))
+    dkim_key, dkim_selector = _dkim(get("HEBDO_DKIM_KEY_FILE"), get("HEBDO_DKIM_SELECTOR"))
+
     return Settings(
         env=env,
         data_dir=data_dir,
@@ -353,4 +494,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         web_workers=_int("HEBDO_WEB_WORKERS", get("HEBDO_WEB_WORKERS"), 1),
         worker_concurrency=_int("HEBDO_WORKER_CONCURRENCY", get("HEBDO_WORKER_CONCURRENCY"), 1),
         log_level=get("HEBDO_LOG_LEVEL").upper(),
+        feeds=_feeds(get("HEBDO_FEEDS"), env),
+        feed_interval_minutes=_int(
+            "HEBDO_FEED_INTERVAL_MINUTES", get("HEBDO_FEED_INTERVAL_MINUTES"), 1
+        ),
+        feed_timeout=_float("HEBDO_FEED_TIMEOUT", get("HEBDO_FEED_TIMEOUT")),
+        feed_max_bytes=_int("HEBDO_FEED_MAX_BYTES", get("HEBDO_FEED_MAX_BYTES"), 1024),
+        send_weekday=send_weekday,
+        send_time=send_time,
+        timezone=_timezone(get("HEBDO_TIMEZONE")),
+        review=_bool("HEBDO_REVIEW", get("HEBDO_REVIEW")),
+        review_lead_hours=_int("HEBDO_REVIEW_LEAD_HOURS", get("HEBDO_REVIEW_LEAD_HOURS"), 0),
+        digest_max_articles=_int("HEBDO_DIGEST_MAX_ARTICLES", get("HEBDO_DIGEST_MAX_ARTICLES"), 1),
+        send_batch=_int("HEBDO_SEND_BATCH", get("HEBDO_SEND_BATCH"), 1),
+        send_rate=_rate(get("HEBDO_SEND_RATE")),
+        send_give_up_hours=_int("HEBDO_SEND_GIVE_UP_HOURS", get("HEBDO_SEND_GIVE_UP_HOURS"), 1),
+        sender_identity=get("HEBDO_SENDER_IDENTITY"),
+        dkim_key=dkim_key,
+        dkim_selector=dkim_selector,
     )

@@ -7,6 +7,7 @@ message and its translation side by side in review.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import date
 
 LOCALES = ("fr", "en")
 DEFAULT_LOCALE = "fr"
@@ -72,6 +73,23 @@ MESSAGES: dict[str, dict[str, str]] = {
         "mail.confirm.ignore": "Si vous n’êtes pas à l’origine de cette demande, ignorez simplement cet e-mail : vous ne recevrez rien d’autre.",
         "mail.footer.why": "Vous recevez cet e-mail parce que votre adresse a été saisie sur notre formulaire d’inscription.",
         "mail.footer.unsubscribe": "Se désabonner",
+        "digest.subject": "{site} : {lead}",
+        "digest.week_of": "Semaine du {date}",
+        "digest.intro": "Les articles de la semaine, choisis pour vous.",
+        "digest.read": "Lire l’article",
+        "digest.read_line": "Lire l’article : {url}",
+        "digest.unsubscribe_line": "Se désinscrire en un clic :",
+        "digest.online_line": "Voir la version en ligne :",
+        "digest.by": "Par {author}",
+        "digest.other": "Autres articles",
+        "digest.online": "Voir la version en ligne",
+        "digest.why": "Vous recevez cette lettre hebdomadaire parce que vous vous y êtes inscrit·e avec l’adresse {email}.",
+        "digest.unsubscribe": "Se désinscrire en un clic",
+        "digest.web_why": "Cette lettre paraît chaque semaine. Recevez-la gratuitement par e-mail :",
+        "digest.subscribe": "S’inscrire",
+        "archive.title": "Les lettres précédentes",
+        "archive.empty": "Aucune lettre n’a encore été envoyée.",
+        "archive.articles": "{count} articles",
     },
     "en": {
         "accepted": "Thank you! Check your inbox: we have just sent you a confirmation email.",
@@ -133,6 +151,23 @@ MESSAGES: dict[str, dict[str, str]] = {
         "mail.confirm.ignore": "If you did not ask for this, simply ignore this email: you will receive nothing else.",
         "mail.footer.why": "You receive this email because your address was entered on our sign-up form.",
         "mail.footer.unsubscribe": "Unsubscribe",
+        "digest.subject": "{site}: {lead}",
+        "digest.week_of": "Week of {date}",
+        "digest.intro": "This week’s stories, picked for you.",
+        "digest.read": "Read the article",
+        "digest.read_line": "Read the article: {url}",
+        "digest.unsubscribe_line": "Unsubscribe in one click:",
+        "digest.online_line": "View it in your browser:",
+        "digest.by": "By {author}",
+        "digest.other": "Other stories",
+        "digest.online": "View it in your browser",
+        "digest.why": "You receive this weekly newsletter because you subscribed to it with the address {email}.",
+        "digest.unsubscribe": "Unsubscribe in one click",
+        "digest.web_why": "This newsletter comes out every week. Get it free by email:",
+        "digest.subscribe": "Subscribe",
+        "archive.title": "Past issues",
+        "archive.empty": "No issue has been sent yet.",
+        "archive.articles": "{count} stories",
     },
 }
 
@@ -141,6 +176,44 @@ def translate(locale: str, key: str, **params: object) -> str:
     catalogue = MESSAGES.get(locale, MESSAGES[DEFAULT_LOCALE])
     text = catalogue.get(key) or MESSAGES[DEFAULT_LOCALE][key]
     return text.format(**params) if params else text
+
+
+MONTHS = {
+    "fr": [
+        "janvier",
+        "février",
+        "mars",
+        "avril",
+        "mai",
+        "juin",
+        "juillet",
+        "août",
+        "septembre",
+        "octobre",
+        "novembre",
+        "décembre",
+    ],
+    "en": [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ],
+}
+
+
+def format_date(locale: str, day: date) -> str:
+    """`23 novembre 2026` / `23 November 2026`."""
+    months = MONTHS.get(locale, MONTHS[DEFAULT_LOCALE])
+    return f"{day.day} {months[day.month - 1]} {day.year}"
 
 
 def pick_locale(*candidates: object, accept: Iterable[str] = ()) -> str:

@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 SEND_CONFIRMATION = "hebdo.send_confirmation"
 SWEEP_CONFIRMATIONS = "hebdo.sweep_confirmations"
+SEND_BATCH = "hebdo.send_batch"
+DIGEST_TICK = "hebdo.digest_tick"
+FETCH_FEEDS = "hebdo.fetch_feeds"
 
 
 def enqueue(name: str, *args: object) -> bool:
@@ -26,3 +29,8 @@ def enqueue(name: str, *args: object) -> bool:
         log.warning("broker unavailable, %s left for the sweep: %s", name, type(exc).__name__)
         return False
     return True
+
+
+def enqueue_batch(issue_id: int) -> bool:
+    """Queue one batch task of an issue (it claims whatever is due when it runs)."""
+    return enqueue(SEND_BATCH, issue_id)

@@ -12,6 +12,7 @@ RFC 2047 encoded-word that mailbox providers do not decode.
 
 from __future__ import annotations
 
+import binascii
 import logging
 import os
 import re
@@ -25,12 +26,14 @@ from datetime import UTC, datetime
 from email import policy
 from email.generator import BytesGenerator
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 from io import BytesIO
 from pathlib import Path
+from time import time_ns
 from types import TracebackType
 from typing import Protocol
 
+import dkim
 from email_validator import EmailNotValidError, validate_email
 
 from .config import Settings
@@ -41,6 +44,9 @@ log = logging.getLogger(__name__)
 _WIRE = policy.SMTP.clone(refold_source="none")
 _WIRE_UTF8 = policy.SMTPUTF8.clone(refold_source="none")
 _SAFE_HEADER_VALUE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})+"
+)
 _RETRY_AFTER = re.compile(
     r"(?:try again|retry)\D{0,20}?(\d{1,5})\s*(?:s\b|sec|second)", re.IGNORECASE
 )
@@ -49,18 +55,30 @@ _RETRY_AFTER = re.compile(
 class DeliveryError(Exception):
     """A message was not accepted; `code`/`response` are the server's words when it gave any."""
 
-    def __init__(self, code: int | None, response: str) -> None:
+    def __init__(self, code: int | None, response: str, stage: str = "") -> None:
         super().__init__(f"{code or '---'} {response}")
         self.code = code
         self.response = response
+        # connect | mail | rcpt | data: a refusal at RCPT is about the recipient.
+        self.stage = stage
 
 
 class TransientFailure(DeliveryError):
     """Try again later (4xx, dropped connection, timeout). `retry_after` when the server said so."""
 
-    def __init__(self, code: int | None, response: str, retry_after: int | None = None) -> None:
-        super().__init__(code, response)
+    def __init__(
+        self,
+        code: int | None,
+        response: str,
+        retry_after: int | None = None,
+        stage: str = "",
+        *,
+        uncertain: bool = False,
+    ) -> None:
+        super().__init__(code, response, stage)
         self.retry_after = retry_after
+        # The connection broke after the message was handed over: it may have been delivered.
+        self.uncertain = uncertain
 
 
 class PermanentFailure(DeliveryError):
@@ -94,6 +112,9 @@ def wire_address(address: str) -> tuple[str, bool]:
     ASCII local parts go out with the domain in punycode; a non-ASCII local part
     can only be delivered over SMTPUTF8.
     """
+    if _PLAIN_ADDRESS.fullmatch(address):
+        # Already normalised at sign-up: plain ASCII needs no second validation.
+        return address, False
     try:
         info = validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
@@ -103,12 +124,190 @@ def wire_address(address: str) -> tuple[str, bool]:
     return info.normalized, True
 
 
-def _set_raw_header(msg: EmailMessage, name: str, *lines: str) -> None:
-    """Add a header exactly as given, folded one item per line (each line ≤ 998 octets)."""
+def _raw_header(name: str, *lines: str) -> str:
+    """A header exactly as given, folded one item per line (each line ≤ 998 octets)."""
     for line in lines:
         if not _SAFE_HEADER_VALUE.fullmatch(line) or len(line) + len(name) + 2 > 998:
             raise ValueError(f"unsafe value for {name}: {line!r}")
-    msg.set_raw(name, "\n ".join(lines))
+    return f"{name}: " + "\r\n ".join(lines) + "\r\n"
+
+
+def _qp(text: str) -> bytes:
+    """Quoted-printable, CRLF line ends, lines ≤ 76 (binascii's C encoder)."""
+    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+
+
+class _Body:
+    """A text or HTML part, encoded once; only the lines holding a marker are encoded per mail.
+
+    Quoted-printable restarts at every hard line break, so encoding the body
+    line group by line group gives the same bytes as encoding it whole.
+    """
+
+    def __init__(self, content: str, markers: tuple[str, ...]) -> None:
+        self.pieces: list[bytes | str] = []
+        static: list[str] = []
+        for line in content.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+            if any(marker in line for marker in markers):
+                if static:
+                    self.pieces.append(_qp("\n".join(static) + "\n"))
+                    static = []
+                self.pieces.append(line + "\n")
+            else:
+                static.append(line)
+        self.pieces.append(_qp("\n".join(static) + "\n"))
+
+    def fill(self, values: dict[str, str]) -> bytes:
+        out = []
+        for piece in self.pieces:
+            if isinstance(piece, str):
+                for marker, value in values.items():
+                    piece = piece.replace(marker, value)
+                out.append(_qp(piece))
+            else:
+                out.append(piece)
+        return b"".join(out)
+
+
+class Markers:
+    """Placeholders for per-recipient values, unguessable so article text cannot forge one."""
+
+    def __init__(self) -> None:
+        self.prefix = f"%%{secrets.token_hex(6)}:"
+
+    def __getitem__(self, name: str) -> str:
+        return f"{self.prefix}{name}%%"
+
+
+class MailTemplate:
+    """One message prepared once, then personalised per recipient without a MIME tree.
+
+    The digest renders its HTML and text once per issue and locale, with
+    `Markers` where per-subscriber values go; `fill`
+    then costs a few string replacements and the encoding of the marked lines.
+    Confirmation mails use the same path with no markers: every mail hebdo
+    sends is assembled here, with the same headers.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        subject: str,
+        text: str,
+        html: str,
+        markers: Markers | None = None,
+    ) -> None:
+        self.settings = settings
+        self.markers = markers or Markers()
+        prefixes = (self.markers.prefix,)
+        head = EmailMessage(policy=policy.default)
+        head["From"] = settings.mail_from
+        head["Subject"] = subject
+        # Encoded by the email package (RFC 2047 for non-ASCII), once per template.
+        from_line, subject_line = _split_head(serialise(head))
+        self._from = from_line + b"\r\n"
+        self._subject = subject_line + b"\r\n"
+        self._list = (
+            _raw_header("List-Id", f"<{settings.list_id}>")
+            + _raw_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+        ).encode()
+        boundary = f"=_hebdo_{secrets.token_hex(12)}"
+        self._mime = (
+            f"MIME-Version: 1.0\r\n"
+            f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n'
+        ).encode()
+        part = (
+            'Content-Type: text/{}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        )
+        self._text_head = f"--{boundary}\r\n{part.format('plain')}".encode()
+        self._html_head = f"--{boundary}\r\n{part.format('html')}".encode()
+        self._end = f"--{boundary}--\r\n".encode()
+        self._text = _Body(text, prefixes)
+        self._html = _Body(html, prefixes)
+
+    def fill(
+        self,
+        *,
+        to: str,
+        unsubscribe_url: str,
+        now: datetime | None = None,
+        values: dict[str, str] | None = None,
+        html_values: dict[str, str] | None = None,
+    ) -> Outgoing:
+        """The message for one recipient: `values` fill markers in the text part, and in
+        the HTML part unless `html_values` (already escaped) says otherwise."""
+        s = self.settings
+        recipient, smtputf8 = wire_address(to)
+        message_id = f"<{time_ns()}.{secrets.token_hex(6)}@{s.mail_domain}>"
+        text_values = {self.markers[k]: v for k, v in (values or {}).items()}
+        html_subst = {self.markers[k]: v for k, v in (html_values or values or {}).items()}
+        head = b"".join(
+            (
+                self._from,
+                b"To: " + recipient.encode() + b"\r\n",
+                self._subject,
+                f"Date: {format_datetime(now or datetime.now(UTC))}\r\n".encode(),
+                f"Message-ID: {message_id}\r\n".encode(),
+                self._list,
+                _raw_header(
+                    "List-Unsubscribe",
+                    f"<{unsubscribe_url}>,",
+                    f"<mailto:{s.unsubscribe_mailto}?subject=unsubscribe>",
+                ).encode(),
+                self._mime,
+            )
+        )
+        body = b"".join(
+            (
+                self._text_head,
+                self._text.fill(text_values),
+                self._html_head,
+                self._html.fill(html_subst),
+                self._end,
+            )
+        )
+        data = head + body
+        if s.dkim_key:
+            data = dkim_sign(s, data)
+        return Outgoing(Envelope(s.mail_from_address, recipient, smtputf8), data, message_id)
+
+
+def _split_head(raw: bytes) -> tuple[bytes, bytes]:
+    """From and Subject lines (each possibly folded) of a serialised header block."""
+    block = raw.split(b"\r\n\r\n", 1)[0]
+    index = block.index(b"\r\nSubject:")
+    return block[:index], block[index + 2 :]
+
+
+DKIM_HEADERS = (
+    b"from",
+    b"to",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"list-id",
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
+    b"mime-version",
+    b"content-type",
+)
+
+
+def dkim_sign(settings: Settings, data: bytes) -> bytes:
+    """Prepend a DKIM-Signature (relaxed/relaxed, rsa-sha256) over the list headers too."""
+    assert settings.dkim_key is not None
+    signature = dkim.sign(
+        data,
+        settings.dkim_selector.encode(),
+        settings.mail_domain.encode(),
+        settings.dkim_key,
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=list(DKIM_HEADERS),
+        linesep=b"\r\n",
+    )
+    return bytes(signature) + data
 
 
 def build_message(
@@ -122,33 +321,12 @@ def build_message(
     now: datetime | None = None,
 ) -> Outgoing:
     """Build and serialise one mail to one recipient, with RFC 2369/2919/8058 list headers."""
-    recipient, smtputf8 = wire_address(to)
-    msg = EmailMessage(policy=policy.default)
-    msg["From"] = settings.mail_from
-    msg["To"] = recipient
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(now or datetime.now(UTC))
-    message_id = make_msgid(idstring=secrets.token_hex(4), domain=settings.mail_domain)
-    msg["Message-ID"] = message_id
-    _set_raw_header(msg, "List-Id", f"<{settings.list_id}>")
-    _set_raw_header(
-        msg,
-        "List-Unsubscribe",
-        f"<{unsubscribe_url}>,",
-        f"<mailto:{settings.unsubscribe_mailto}?subject=unsubscribe>",
-    )
-    _set_raw_header(msg, "List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
-    msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
-    return Outgoing(
-        envelope=Envelope(settings.mail_from_address, recipient, smtputf8),
-        data=serialise(msg, smtputf8=smtputf8),
-        message_id=message_id,
-    )
+    template = MailTemplate(settings, subject=subject, text=text, html=html)
+    return template.fill(to=to, unsubscribe_url=unsubscribe_url, now=now)
 
 
 def serialise(msg: EmailMessage, *, smtputf8: bool = False) -> bytes:
-    """The exact bytes that go on the wire (CRLF line ends)."""
+    """The exact bytes of a message built with the email package (CRLF line ends)."""
     buffer = BytesIO()
     BytesGenerator(buffer, policy=_WIRE_UTF8 if smtputf8 else _WIRE).flatten(msg)
     return buffer.getvalue()
@@ -159,11 +337,11 @@ def _retry_after(response: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def classify(code: int | None, response: str) -> DeliveryError:
+def classify(code: int | None, response: str, stage: str = "") -> DeliveryError:
     """Map an SMTP reply to a transient or permanent failure."""
     if code is not None and 500 <= code < 600:
-        return PermanentFailure(code, response)
-    return TransientFailure(code, response, _retry_after(response))
+        return PermanentFailure(code, response, stage)
+    return TransientFailure(code, response, _retry_after(response), stage)
 
 
 class SMTPTransport:
@@ -223,13 +401,13 @@ class SMTPTransport:
                 conn.login(s.smtp_user, s.smtp_password)
         except smtplib.SMTPAuthenticationError as exc:
             raise TransientFailure(
-                exc.smtp_code, f"SMTP login refused: {exc.smtp_error!r}"
+                exc.smtp_code, f"SMTP login refused: {exc.smtp_error!r}", stage="connect"
             ) from None
         except smtplib.SMTPResponseException as exc:
-            raise classify(exc.smtp_code, _text(exc.smtp_error)) from None
+            raise classify(exc.smtp_code, _text(exc.smtp_error), "connect") from None
         except (smtplib.SMTPException, OSError) as exc:
             raise TransientFailure(
-                None, f"cannot connect to {s.smtp_host}:{s.smtp_port}: {exc}"
+                None, f"cannot connect to {s.smtp_host}:{s.smtp_port}: {exc}", stage="connect"
             ) from None
         self._sent_on_conn = 0
         return conn
@@ -246,7 +424,7 @@ class SMTPTransport:
                 if attempt == 1 and reused:
                     continue
                 raise TransientFailure(
-                    None, "connection closed by server before MAIL FROM"
+                    None, "connection closed by server before MAIL FROM", stage="connect"
                 ) from None
         raise AssertionError("unreachable")
 
@@ -264,25 +442,36 @@ class SMTPTransport:
         except (smtplib.SMTPServerDisconnected, OSError):
             # Nothing of this message was handed over yet: safe to reconnect and retry.
             raise _StaleConnection() from None
+        stage = "mail"
         try:
             if code != 250:
-                raise self._refused(conn, code, resp)
+                raise self._refused(conn, code, resp, stage)
+            stage = "rcpt"
             code, resp = conn.rcpt(env.recipient)
             if code not in (250, 251):
-                raise self._refused(conn, code, resp)
+                raise self._refused(conn, code, resp, stage)
+            stage = "data"
             code, resp = conn.data(mail.data)
         except smtplib.SMTPResponseException as exc:
-            raise self._refused(conn, exc.smtp_code, exc.smtp_error) from None
+            raise self._refused(conn, exc.smtp_code, exc.smtp_error, stage) from None
         except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
-            raise TransientFailure(None, f"connection lost during the transaction: {exc}") from None
+            # Lost during DATA: the server may have accepted the message before the line broke.
+            raise TransientFailure(
+                None,
+                f"connection lost during {stage.upper()}: {exc}",
+                stage=stage,
+                uncertain=stage == "data",
+            ) from None
         if code != 250:
-            raise self._refused(conn, code, resp)
+            raise self._refused(conn, code, resp, stage)
         self._sent_on_conn += 1
         return f"{code} {_text(resp)}"
 
-    def _refused(self, conn: smtplib.SMTP, code: int, resp: bytes | str) -> DeliveryError:
-        error = classify(code, _text(resp))
+    def _refused(
+        self, conn: smtplib.SMTP, code: int, resp: bytes | str, stage: str
+    ) -> DeliveryError:
+        error = classify(code, _text(resp), stage)
         if code == 421:
             # The server is closing the connection: do not reuse it.
             self._drop()

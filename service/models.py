@@ -1,7 +1,5 @@
-"""Typed SQLAlchemy models: subscribers, suppressions, audit events.
-
-Article, Issue and Delivery come with the weekly digest.
-"""
+"""Typed SQLAlchemy models: subscribers, suppressions, audit events, API tokens,
+and the weekly digest's articles, feeds, issues and deliveries."""
 
 from __future__ import annotations
 
@@ -9,7 +7,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Index, String
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .extensions import db
@@ -23,7 +21,11 @@ class Status(enum.StrEnum):
     COMPLAINED = "complained"
 
 
-_STATUSES = ", ".join(f"'{s.value}'" for s in Status)
+def _values(kind: type[enum.StrEnum]) -> str:
+    return ", ".join(f"'{member.value}'" for member in kind)
+
+
+_STATUSES = _values(Status)
 
 
 class Subscriber(db.Model):  # type: ignore[name-defined]
@@ -95,3 +97,146 @@ class AuditEvent(db.Model):  # type: ignore[name-defined]
     after_status: Mapped[str | None] = mapped_column(String(16))
     ip: Mapped[str | None] = mapped_column(String(45))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class ApiToken(db.Model):  # type: ignore[name-defined]
+    """A bearer token for machine clients (a CMS pushing articles). Only its SHA-256 is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class Article(db.Model):  # type: ignore[name-defined]
+    """One article of the site, from a feed or pushed by the CMS."""
+
+    __tablename__ = "articles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # SHA-256 of the feed's guid (or the link when there is none): stable across re-reads.
+    uid: Mapped[str] = mapped_column(String(64), unique=True)
+    url: Mapped[str] = mapped_column(String(2000), unique=True)
+    title: Mapped[str] = mapped_column(String(500))
+    # Plain text, sanitised at ingestion.
+    summary: Mapped[str] = mapped_column(Text, default="")
+    category: Mapped[str] = mapped_column(String(100), default="")
+    author: Mapped[str] = mapped_column(String(200), default="")
+    image_url: Mapped[str | None] = mapped_column(String(2000))
+    published_at: Mapped[datetime] = mapped_column(index=True)
+    # The feed URL or path it came from, or `api:<token name>`.
+    source: Mapped[str] = mapped_column(String(2000))
+    language: Mapped[str] = mapped_column(String(8), default="fr")
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    updated_at: Mapped[datetime]
+
+
+class Feed(db.Model):  # type: ignore[name-defined]
+    """What the last fetch of one feed said: validators for conditional GET, and health."""
+
+    __tablename__ = "feeds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000), unique=True)
+    etag: Mapped[str | None] = mapped_column(String(512))
+    last_modified: Mapped[str | None] = mapped_column(String(128))
+    fetched_at: Mapped[datetime | None]
+    ok_at: Mapped[datetime | None]
+    # ok | not_modified | error
+    last_result: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(String(512))
+    failures: Mapped[int] = mapped_column(default=0)
+
+
+class IssueStatus(enum.StrEnum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    SENDING = "sending"
+    SENT = "sent"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+
+
+class Issue(db.Model):  # type: ignore[name-defined]
+    """One weekly digest. `week` (ISO, `2026-W48`) is unique: one issue a week, however planned."""
+
+    __tablename__ = "issues"
+    __table_args__ = (CheckConstraint(f"status IN ({_values(IssueStatus)})", name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    week: Mapped[str] = mapped_column(String(8), unique=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    # Why an issue was cancelled or is empty, for people reading the status.
+    note: Mapped[str | None] = mapped_column(String(200))
+    planned_at: Mapped[datetime]
+    send_at: Mapped[datetime]
+    approved_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    # Counters kept in step with the delivery rows, in the same transactions.
+    recipients: Mapped[int] = mapped_column(default=0)
+    sent_count: Mapped[int] = mapped_column(default=0)
+    failed_count: Mapped[int] = mapped_column(default=0)
+    bounced_count: Mapped[int] = mapped_column(default=0)
+    # Batch tasks queued and finished, so the sweep knows whether the queue still holds some.
+    batches_queued: Mapped[int] = mapped_column(default=0)
+    batches_done: Mapped[int] = mapped_column(default=0)
+    progress_at: Mapped[datetime | None]
+
+
+class IssueArticle(db.Model):  # type: ignore[name-defined]
+    """The articles of an issue, in the order they are shown."""
+
+    __tablename__ = "issue_articles"
+    __table_args__ = (UniqueConstraint("issue_id", "article_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
+    article_id: Mapped[int] = mapped_column(
+        ForeignKey("articles.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int]
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    BOUNCED = "bounced"
+    # Not sent on purpose: the subscriber left before their turn, or the issue was cancelled.
+    SKIPPED = "skipped"
+
+
+class Delivery(db.Model):  # type: ignore[name-defined]
+    """One issue to one subscriber: the ledger that makes each send happen exactly once."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("issue_id", "subscriber_id"),
+        CheckConstraint(f"status IN ({_values(DeliveryStatus)})", name="status"),
+        # The claim query: due rows of one issue in id order.
+        Index("ix_deliveries_claim", "issue_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime]
+    claimed_at: Mapped[datetime | None]
+    # The connection broke after the message was handed over: it may have arrived.
+    uncertain: Mapped[bool] = mapped_column(default=False)
+    last_error: Mapped[str | None] = mapped_column(String(512))
+    smtp_response: Mapped[str | None] = mapped_column(String(512))
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    sent_at: Mapped[datetime | None]

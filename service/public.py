@@ -1,4 +1,4 @@
-"""Public pages: thank-you, confirm, unsubscribe, resubscribe, health.
+"""Public pages: thank-you, confirm, unsubscribe, resubscribe, archive, health.
 
 GET and HEAD only show pages; every change is a POST, so mail scanners that
 prefetch links neither confirm nor unsubscribe. These pages set no cookie:
@@ -7,8 +7,9 @@ the signed token in the URL is the only credential, hence no CSRF token.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, render_template, request
+from flask import Blueprint, Response, abort, render_template, request
 
+from .digest import ARCHIVED, DigestError, archived_issues, get_issue, parse_week, render_issue
 from .models import Status, Subscriber
 from .subscriptions import (
     Consent,
@@ -135,3 +136,32 @@ def resubscribe_post(token: str) -> tuple[str, int]:
     except BadToken as exc:
         return _bad_link(exc, page_locale())
     return _page("message", page_locale(sub.locale), key="resubscribed")
+
+
+@bp.get("/archive")
+def archive() -> tuple[str, int]:
+    """Issues that went out, newest first."""
+    locale = page_locale()
+    return _page("archive", locale, issues=archived_issues())
+
+
+@bp.get("/archive/<week>")
+def archive_issue(week: str) -> Response:
+    """The web version of one issue: the mail's HTML without anything personal."""
+    try:
+        week = parse_week(week)
+    except DigestError:
+        abort(404)
+    issue = get_issue(week)
+    if issue is None or issue.status not in ARCHIVED:
+        abort(404)
+    locale = page_locale()
+    response = Response(render_issue(settings(), issue, locale).html, mimetype="text/html")
+    # The mail's own inline styles, and the articles' images from the news site.
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; "
+        "frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
+    )
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response

@@ -20,6 +20,7 @@ from flask import Flask
 from flask_migrate import upgrade
 
 from .config import Settings
+from .jobs import FETCH_FEEDS, enqueue
 
 STOP_GRACE_SECONDS = 20
 
@@ -81,6 +82,9 @@ def run_all(app: Flask, *, host: str, port: int) -> int:
     settings: Settings = app.config["SETTINGS"]
     print(f"hebdo: migrating {settings.database_url.split('@')[-1]}", flush=True)
     upgrade()
+    # Read the feeds now rather than an interval after beat starts: the worker picks it up.
+    if settings.feeds:
+        enqueue(FETCH_FEEDS)
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = threading.Event()
 

@@ -327,8 +327,12 @@ def subscribe(
 
 
 def _token_identity(sub: Subscriber) -> list[Any]:
+    return _identity(sub.id, sub.created_at)
+
+
+def _identity(subscriber_id: int, created_at: datetime) -> list[Any]:
     # The creation time makes a token specific to this row even if an id is reused after erasure.
-    return [sub.id, int(sub.created_at.timestamp())]
+    return [subscriber_id, int(created_at.timestamp())]
 
 
 def confirm_token(settings: Settings, sub: Subscriber) -> str:
@@ -336,7 +340,12 @@ def confirm_token(settings: Settings, sub: Subscriber) -> str:
 
 
 def unsubscribe_token(settings: Settings, sub: Subscriber) -> str:
-    return make_token(settings, Purpose.UNSUBSCRIBE, _token_identity(sub))
+    return unsubscribe_token_for(settings, sub.id, sub.created_at)
+
+
+def unsubscribe_token_for(settings: Settings, subscriber_id: int, created_at: datetime) -> str:
+    """The one-click unsubscribe token, from columns alone (the digest sender has no rows)."""
+    return make_token(settings, Purpose.UNSUBSCRIBE, _identity(subscriber_id, created_at))
 
 
 def resubscribe_token(settings: Settings, sub: Subscriber) -> str:

@@ -5,6 +5,7 @@ else the embedded file-system broker), an aiosmtpd server on loopback, Celery wo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -26,10 +28,12 @@ from aiosmtpd.controller import Controller
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, insert, select, text
 
 from service import create_app
+from service.articles import ArticleInput, store_article
 from service.extensions import db
+from service.models import Subscriber
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL = os.environ.get("HEBDO_DATABASE_URL", "")
@@ -78,6 +82,12 @@ class SMTPSink:
     sessions: int = 0
     # address -> "4xx/5xx reply" to give at RCPT (fault injection)
     rcpt_replies: dict[str, str] = field(default_factory=dict)
+    # address -> replies for its first attempts, in order; accepted once they run out
+    rcpt_sequences: dict[str, list[str]] = field(default_factory=dict)
+    # seconds to sleep before accepting each message (a slow server)
+    data_delay: float = 0.0
+    # address -> how many times to hang up right after its message's final dot, unanswered
+    drop_after_data: dict[str, int] = field(default_factory=dict)
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
     async def handle_EHLO(
@@ -93,10 +103,16 @@ class SMTPSink:
         reply = self.rcpt_replies.get(address)
         if reply:
             return reply
+        sequence = self.rcpt_sequences.get(address)
+        if sequence:
+            return sequence.pop(0)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
+        drop = [a for a in envelope.rcpt_tos if self.drop_after_data.get(a)]
         with self._cond:
             self.messages.append(
                 Received(
@@ -107,6 +123,10 @@ class SMTPSink:
                 )
             )
             self._cond.notify_all()
+        if drop:
+            # The message got through, but the client never hears so.
+            self.drop_after_data[drop[0]] -= 1
+            server.transport.close()
         return "250 2.0.0 Message accepted"
 
     def wait_for(self, count: int, timeout: float = 60) -> list[Received]:
@@ -133,6 +153,53 @@ def smtp_server() -> Iterator[SMTPSink]:
         yield sink
     finally:
         controller.stop()
+
+
+# --- Data -------------------------------------------------------------------------
+
+
+def add_subscribers(
+    app: Flask, count: int, *, status: str = "active", locale: str = "fr", start: int = 0
+) -> list[int]:
+    """Insert subscribers in bulk (`reader<n>@exemple.fr`); return their ids."""
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "email": f"reader{n}@exemple.fr",
+            "status": status,
+            "locale": locale,
+            "created_at": now,
+            "optin_serial": 1,
+            "confirmed_at": now,
+            "consent_at": now,
+            "consent_text_version": "test",
+            "confirm_attempts": 0,
+        }
+        for n in range(start, start + count)
+    ]
+    with app.app_context():
+        db.session.execute(insert(Subscriber), rows)
+        db.session.commit()
+        emails = [r["email"] for r in rows]
+        ids = db.session.execute(select(Subscriber.id).where(Subscriber.email.in_(emails)))
+        return sorted(ids.scalars())
+
+
+def add_article(app: Flask, n: int, published: datetime, **fields: Any) -> int:
+    """Store one article through the same path as feeds and the API."""
+    values: dict[str, Any] = {
+        "url": f"https://lhebdo.example/articles/{n}",
+        "title": f"Article numéro {n}",
+        "summary": f"Résumé de l’article {n}.",
+        "category": "International",
+        **fields,
+    }
+    with app.app_context():
+        article_id, _created = store_article(
+            ArticleInput(published_at=published, **values), source="test", now=published
+        )
+        db.session.commit()
+        return article_id
 
 
 # --- Database ---------------------------------------------------------------------
@@ -166,13 +233,25 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+# Every table of the schema: each test starts from empty ones.
+TABLES = (
+    "subscribers",
+    "suppressions",
+    "audit_events",
+    "api_tokens",
+    "articles",
+    "feeds",
+    "issues",
+    "issue_articles",
+    "deliveries",
+)
+
+
 def _fresh_database(template: str, data_dir: Path) -> str:
     if DATABASE_URL:
         engine = create_engine(DATABASE_URL)
         with engine.begin() as conn:
-            conn.execute(
-                text("TRUNCATE subscribers, suppressions, audit_events RESTART IDENTITY CASCADE")
-            )
+            conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
         engine.dispose()
         return DATABASE_URL
     path = data_dir / "hebdo.sqlite3"

@@ -31,6 +31,18 @@ def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
     # A development key is generated once and kept.
     assert settings.secret_key == load_settings({"HEBDO_DATA_DIR": str(tmp_path)}).secret_key
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+    # The weekly send: Monday 08:00 in Paris, from the bundled sample feed.
+    assert (settings.send_weekday, str(settings.send_time)) == (0, "08:00:00")
+    assert str(settings.timezone) == "Europe/Paris" and settings.feeds == ("sample",)
+    production = load_settings(
+        {
+            "HEBDO_DATA_DIR": str(tmp_path),
+            "HEBDO_ENV": "production",
+            "HEBDO_SECRET_KEY": "k" * 40,
+            "HEBDO_SMTP_HOST": "smtp.example.fr",
+        }
+    )
+    assert production.feeds == ()  # no demo articles in production
 
 
 @pytest.mark.parametrize(
@@ -46,6 +58,16 @@ def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
         ({"HEBDO_BASE_URL": "hebdo.example.fr"}, "HEBDO_BASE_URL must start with http"),
         ({"HEBDO_MAIL_FROM": "personne"}, "HEBDO_MAIL_FROM must be an address"),
         ({"HEBDO_SMTP_HOTS": "x"}, "unknown setting(s): HEBDO_SMTP_HOTS"),
+        ({"HEBDO_SEND_SCHEDULE": "lundi 8h"}, "HEBDO_SEND_SCHEDULE must look like 'mon 08:00'"),
+        ({"HEBDO_SEND_SCHEDULE": "mon 25:00"}, "HEBDO_SEND_SCHEDULE must look like"),
+        ({"HEBDO_TIMEZONE": "Europe/Pariss"}, "HEBDO_TIMEZONE must be an IANA zone"),
+        ({"HEBDO_SEND_RATE": "-1"}, "HEBDO_SEND_RATE must be a number of messages per second"),
+        ({"HEBDO_SEND_BATCH": "0"}, "HEBDO_SEND_BATCH must be at least 1"),
+        ({"HEBDO_DKIM_KEY_FILE": "/nonexistent.pem"}, "HEBDO_DKIM_SELECTOR is required"),
+        (
+            {"HEBDO_DKIM_KEY_FILE": "/nonexistent.pem", "HEBDO_DKIM_SELECTOR": "s1"},
+            "HEBDO_DKIM_KEY_FILE cannot be read",
+        ),
     ],
 )
 def test_bad_configuration_is_a_clear_startup_error(

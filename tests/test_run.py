@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 import urllib.error
@@ -81,6 +82,31 @@ def test_hebdo_run_serves_subscribes_captures_and_stops_on_ctrl_c(
     confirm = re.search(rf"{re.escape(base)}(/confirm/[A-Za-z0-9._-]+)", mail.replace("=\r\n", ""))
     assert confirm, mail
     assert "Inscription confirmée" in http(base + confirm.group(1), data=b"")[1]
+
+    # The sample feed was read at start-up; `hebdo digest send --now` mails it to the reader.
+    deadline = time.monotonic() + 60
+    while "feed sample: ok, 14 new" not in process.output():
+        assert time.monotonic() < deadline, process.output()[-3000:]
+        time.sleep(0.3)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
+    sent = subprocess.run(
+        [sys.executable, "-m", "service.cli", "digest", "send", "--now"],
+        env={**environ, **values},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert "sending to 1 subscribers" in sent.stdout
+    deadline = time.monotonic() + 60
+    while len(re.findall(r'href="/dev/mailbox/[^"]+\.eml"', http(f"{base}/dev/mailbox/")[1])) < 2:
+        assert time.monotonic() < deadline, process.output()[-3000:]
+        time.sleep(0.3)
+    names = re.findall(r'href="/dev/mailbox/([^"]+\.eml)"', http(f"{base}/dev/mailbox/")[1])
+    digest = "".join(http(f"{base}/dev/mailbox/{n}/raw")[1] for n in names)
+    assert "Lire l=E2=80=99article" in digest and "lhebdo.example" in digest
+    assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in digest
 
     data_dir = Path(values["HEBDO_DATA_DIR"])
     assert (

@@ -19,6 +19,18 @@ celery.conf.beat_schedule = {
         # A sweep that could not run in time is skipped, not piled up.
         "options": {"expires": max(5.0, settings.sweep_seconds)},
     },
+    # Plans and starts the weekly issue when due (computed in HEBDO_TIMEZONE each tick,
+    # so daylight-saving changes need nothing), and sweeps sending issues.
+    "digest-tick": {
+        "task": "hebdo.digest_tick",
+        "schedule": settings.sweep_seconds,
+        "options": {"expires": max(5.0, settings.sweep_seconds)},
+    },
+    "fetch-feeds": {
+        "task": "hebdo.fetch_feeds",
+        "schedule": settings.feed_interval_minutes * 60.0,
+        "options": {"expires": settings.feed_interval_minutes * 60.0},
+    },
 }
 
 # Registers the tasks; imported at module top so a worker never imports inside a task.

@@ -8,8 +8,11 @@ from datetime import UTC, datetime
 from celery import shared_task
 from flask import current_app
 
+from service import delivery, feeds
 from service.config import Settings
+from service.jobs import enqueue_batch
 from service.mailer import TransientFailure, open_transport
+from service.ratelimit import SendRate, send_rate
 from service.subscriptions import send_confirmation, send_due_confirmations
 
 log = logging.getLogger(__name__)
@@ -18,6 +21,21 @@ log = logging.getLogger(__name__)
 def _settings() -> Settings:
     value: Settings = current_app.config["SETTINGS"]
     return value
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+_rate: SendRate | None = None
+
+
+def _send_rate(settings: Settings) -> SendRate:
+    """One limiter per worker process (it holds a Redis connection pool)."""
+    global _rate
+    if _rate is None:
+        _rate = send_rate(settings)
+    return _rate
 
 
 @shared_task(name="hebdo.send_confirmation")
@@ -41,3 +59,40 @@ def sweep_confirmations_task() -> None:
         sent = send_due_confirmations(transport=transport, settings=settings, now=datetime.now(UTC))
     if sent:
         log.info("sweep sent %d confirmation mail(s)", sent)
+
+
+@shared_task(name="hebdo.send_batch")
+def send_batch_task(issue_id: int) -> None:
+    """Claim and send one batch of an issue over one SMTP connection.
+
+    Safe to run twice or in parallel: it only sends rows it claimed. A soft
+    time limit (240 s) interrupts it with its outcomes written (see send_batch).
+    """
+    settings = _settings()
+    with open_transport(settings) as transport:
+        report = delivery.send_batch(
+            settings, issue_id, transport=transport, clock=_now, rate=_send_rate(settings)
+        )
+    if report.claimed:
+        log.info(
+            "issue %s batch: %d sent, %d retried, %d failed, %d bounced, %d skipped, %d released",
+            issue_id,
+            report.sent,
+            report.retried,
+            report.failed,
+            report.bounced,
+            report.skipped,
+            report.released,
+        )
+
+
+@shared_task(name="hebdo.digest_tick")
+def digest_tick_task() -> None:
+    """Plan and start this week's issue when it is due, and keep sending issues moving."""
+    delivery.tick(_settings(), _now(), enqueue_batch)
+
+
+@shared_task(name="hebdo.fetch_feeds")
+def fetch_feeds_task() -> None:
+    """Read every configured feed (each in its own transaction)."""
+    feeds.ingest_all(_settings(), _now())

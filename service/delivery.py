@@ -1,0 +1,702 @@
+"""The delivery ledger: start an issue's send, fan it out, send batches, record outcomes.
+
+One `Delivery` row per (issue, subscriber), unique, is the truth of what was
+sent. Celery messages carry only an issue id; a batch task *claims* up to
+HEBDO_SEND_BATCH due rows in one statement (FOR UPDATE SKIP LOCKED on
+PostgreSQL), sends them over one SMTP connection, and records every outcome in
+one bulk update. So a duplicated task, a retry or a second `digest send` finds
+nothing left to claim, and the database work per batch is a fixed handful of
+statements whatever the number of subscribers.
+
+A worker killed mid-batch leaves its rows claimed: after
+HEBDO_CLAIM_TIMEOUT_SECONDS the sweep puts them back in the queue. Messages
+the dead worker had already handed to the SMTP server are then sent again:
+that window (at most one batch per killed worker) is the price of not writing
+to the database once per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import and_, exists, func, insert, literal, select, update
+from sqlalchemy.engine import CursorResult
+
+from .config import Settings
+from .digest import (
+    DigestError,
+    Recipient,
+    get_issue,
+    mail_for,
+    mail_template,
+    plan_issue,
+    send_time,
+    week_of,
+)
+from .extensions import UTCDateTime, db
+from .mailer import MailTemplate, PermanentFailure, TransientFailure, Transport
+from .models import Delivery, DeliveryStatus, Issue, IssueStatus, Status, Subscriber
+from .ratelimit import SendRate, Unlimited
+from .subscriptions import audit, suppress
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[int], bool]
+Clock = Callable[[], datetime]
+
+# A row claimed this many times without an outcome (its worker died each time) is given up.
+MAX_CLAIMS = 5
+# A crash while building one subscriber's mail is retried this many times, then quarantined.
+MAX_BUILD_FAILURES = 3
+# Outcomes are written at least this often during a slow (rate-limited) batch.
+FLUSH_SECONDS = 2.0
+# A weekly send missed by longer than this (service down) is not caught up by the beat:
+# mail arriving days late surprises more than it helps; `hebdo digest send --now` does it.
+MAX_LATE = timedelta(hours=24)
+ONE_WEEK = timedelta(weeks=1)
+# A batch stops claiming time after this, well inside the task's soft time limit (240 s).
+BATCH_SECONDS = 120.0
+
+_OPEN = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
+
+
+def _rowcount(result: Any) -> int:
+    return cast(CursorResult[Any], result).rowcount
+
+
+def backoff(attempts: int) -> timedelta:
+    """1, 2, 4 … minutes, capped at 2 hours."""
+    return timedelta(minutes=min(2 ** max(attempts - 1, 0), 120))
+
+
+# ---------------------------------------------------------------- issue lifecycle
+
+
+def start_send(settings: Settings, issue_id: int, now: datetime) -> int:
+    """scheduled → sending, snapshotting every active subscriber as a queued delivery.
+
+    One transaction: either the issue is sending with all its rows, or nothing
+    changed. Returns the number of recipients, or -1 when the issue was not
+    scheduled (already started by someone else, a draft, paused…).
+    """
+    flipped = db.session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id, Issue.status == IssueStatus.SCHEDULED)
+        .values(status=IssueStatus.SENDING, started_at=now, progress_at=now)
+    )
+    if not _rowcount(flipped):
+        db.session.rollback()
+        return -1
+    rows = select(
+        literal(issue_id),
+        Subscriber.id,
+        literal(DeliveryStatus.QUEUED.value),
+        literal(0),
+        literal(now, UTCDateTime()),
+        literal(False),
+    ).where(Subscriber.status == Status.ACTIVE)
+    db.session.execute(
+        insert(Delivery).from_select(
+            ["issue_id", "subscriber_id", "status", "attempts", "next_attempt_at", "uncertain"],
+            rows,
+        )
+    )
+    recipients = db.session.execute(
+        select(func.count()).select_from(Delivery).where(Delivery.issue_id == issue_id)
+    ).scalar_one()
+    db.session.execute(update(Issue).where(Issue.id == issue_id).values(recipients=recipients))
+    db.session.commit()
+    log.info("issue %s: sending to %d subscribers", issue_id, recipients)
+    finish_if_done(issue_id, now)
+    return int(recipients)
+
+
+def due_count(issue_id: int, now: datetime) -> int:
+    return int(
+        db.session.execute(
+            select(func.count())
+            .select_from(Delivery)
+            .where(
+                Delivery.issue_id == issue_id,
+                Delivery.status == DeliveryStatus.QUEUED,
+                Delivery.next_attempt_at <= now,
+            )
+        ).scalar_one()
+    )
+
+
+def dispatch(settings: Settings, issue_id: int, now: datetime, enqueue: Enqueue) -> int:
+    """Queue enough batch tasks to cover every due delivery; return how many were queued."""
+    batches = math.ceil(due_count(issue_id, now) / settings.send_batch)
+    if not batches:
+        return 0
+    # Counted before queueing: a fast worker may finish a batch before this loop ends.
+    db.session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id)
+        .values(batches_queued=Issue.batches_done + batches, progress_at=now)
+    )
+    db.session.commit()
+    queued = sum(1 for _ in range(batches) if enqueue(issue_id))
+    if queued < batches:
+        log.warning(
+            "issue %s: broker refused %d batch task(s); the sweep retries",
+            issue_id,
+            batches - queued,
+        )
+    return queued
+
+
+def finish_if_done(issue_id: int, now: datetime) -> bool:
+    """sending → sent once no delivery is queued or being sent."""
+    open_rows = exists().where(Delivery.issue_id == issue_id, Delivery.status.in_(_OPEN))
+    done = db.session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id, Issue.status == IssueStatus.SENDING, ~open_rows)
+        .values(status=IssueStatus.SENT, finished_at=now)
+    )
+    db.session.commit()
+    if _rowcount(done):
+        issue = db.session.get(Issue, issue_id)
+        assert issue is not None
+        log.info(
+            "issue %s sent: %d sent, %d failed, %d bounced",
+            issue.week,
+            issue.sent_count,
+            issue.failed_count,
+            issue.bounced_count,
+        )
+        return True
+    return False
+
+
+def _set_status(issue_id: int, allowed: tuple[str, ...], **values: Any) -> bool:
+    changed = db.session.execute(
+        update(Issue).where(Issue.id == issue_id, Issue.status.in_(allowed)).values(**values)
+    )
+    db.session.commit()
+    return bool(_rowcount(changed))
+
+
+def approve(issue_id: int, now: datetime) -> bool:
+    """draft → scheduled (review mode)."""
+    return _set_status(
+        issue_id, (IssueStatus.DRAFT,), status=IssueStatus.SCHEDULED, approved_at=now
+    )
+
+
+def pause(issue_id: int) -> bool:
+    """sending → paused: batch tasks stop claiming; the batches in flight finish."""
+    return _set_status(issue_id, (IssueStatus.SENDING,), status=IssueStatus.PAUSED)
+
+
+def resume(settings: Settings, issue_id: int, now: datetime, enqueue: Enqueue) -> bool:
+    if not _set_status(issue_id, (IssueStatus.PAUSED,), status=IssueStatus.SENDING):
+        return False
+    dispatch(settings, issue_id, now, enqueue)
+    return True
+
+
+def cancel(issue_id: int, now: datetime) -> bool:
+    """Stop an issue for good; deliveries not yet sent are marked skipped."""
+    allowed = (IssueStatus.DRAFT, IssueStatus.SCHEDULED, IssueStatus.SENDING, IssueStatus.PAUSED)
+    if not _set_status(issue_id, allowed, status=IssueStatus.CANCELLED, finished_at=now):
+        return False
+    db.session.execute(
+        update(Delivery)
+        .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.QUEUED)
+        .values(status=DeliveryStatus.SKIPPED, last_error="issue cancelled")
+    )
+    db.session.commit()
+    return True
+
+
+# ---------------------------------------------------------------- sending one batch
+
+
+def claim(settings: Settings, issue_id: int, now: datetime) -> list[int]:
+    """Take up to HEBDO_SEND_BATCH due deliveries of a sending issue, atomically."""
+    sending = exists().where(Issue.id == issue_id, Issue.status == IssueStatus.SENDING)
+    due = (
+        select(Delivery.id)
+        .where(
+            Delivery.issue_id == issue_id,
+            Delivery.status == DeliveryStatus.QUEUED,
+            Delivery.next_attempt_at <= now,
+            sending,
+        )
+        .order_by(Delivery.id)
+        .limit(settings.send_batch)
+        # PostgreSQL: concurrent claimers skip each other's rows instead of waiting.
+        # SQLite has one writer at a time and ignores the clause.
+        .with_for_update(skip_locked=True)
+    )
+    ids = db.session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(due.scalar_subquery()))
+        .values(
+            status=DeliveryStatus.SENDING,
+            claimed_at=now,
+            attempts=Delivery.attempts + 1,
+        )
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    ).scalars()
+    claimed = sorted(ids)
+    db.session.commit()
+    return claimed
+
+
+@dataclass
+class _Row:
+    delivery_id: int
+    attempts: int
+    uncertain: bool
+    recipient: Recipient
+    subscriber_status: str
+
+
+def _load(ids: list[int]) -> list[_Row]:
+    rows = db.session.execute(
+        select(
+            Delivery.id,
+            Delivery.attempts,
+            Delivery.uncertain,
+            Subscriber.id,
+            Subscriber.email,
+            Subscriber.locale,
+            Subscriber.created_at,
+            Subscriber.status,
+        )
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.id.in_(ids))
+        .order_by(Delivery.id)
+    )
+    return [
+        _Row(d_id, attempts, uncertain, Recipient(s_id, email, locale, created), status)
+        for d_id, attempts, uncertain, s_id, email, locale, created, status in rows
+    ]
+
+
+@dataclass
+class BatchReport:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    bounced: int = 0
+    retried: int = 0
+    skipped: int = 0
+    released: int = 0
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    bounced_subscribers: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+class Templates:
+    """Rendered issues per (issue, locale), kept by a worker process between batches."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._cache: dict[tuple[int, str, datetime], MailTemplate] = {}
+
+    def get(self, settings: Settings, issue: Issue, locale: str) -> MailTemplate:
+        key = (issue.id, locale, issue.planned_at)
+        template = self._cache.get(key)
+        if template is None:
+            if len(self._cache) >= self.size:
+                self._cache.pop(next(iter(self._cache)))
+            template = self._cache[key] = mail_template(settings, issue, locale)
+        return template
+
+
+TEMPLATES = Templates()
+
+
+def send_batch(
+    settings: Settings,
+    issue_id: int,
+    *,
+    transport: Transport,
+    clock: Clock,
+    rate: SendRate | None = None,
+    templates: Templates = TEMPLATES,
+) -> BatchReport:
+    """Claim one batch of an issue's deliveries, send them, record every outcome."""
+    report = BatchReport()
+    rate = rate or Unlimited()
+    started = time.monotonic()
+    now = clock()
+    try:
+        ids = claim(settings, issue_id, now)
+        report.claimed = len(ids)
+        if not ids:
+            return report
+        issue = get_issue_by_id(issue_id)
+        rows = _load(ids)
+        last_flush = time.monotonic()
+        for index, row in enumerate(rows):
+            now = clock()
+            stop = time.monotonic() - started > BATCH_SECONDS
+            if not stop and time.monotonic() - last_flush > FLUSH_SECONDS:
+                _flush(settings, issue_id, report, now)
+                last_flush = time.monotonic()
+                stop = _issue_status(issue_id) != IssueStatus.SENDING
+            if stop:
+                _release(report, rows[index:], now)
+                break
+            if row.subscriber_status != Status.ACTIVE:
+                report.skipped += 1
+                report.outcomes.append(
+                    _outcome(row, DeliveryStatus.SKIPPED, error="no longer subscribed")
+                )
+                continue
+            wait = rate.reserve()
+            if wait > 0:
+                time.sleep(wait)
+            halt = _send_one(settings, issue, row, transport, templates, report, clock())
+            if halt is not None:
+                _release(report, rows[index + 1 :], now + halt)
+                break
+    finally:
+        _flush(settings, issue_id, report, clock(), done=True)
+    finish_if_done(issue_id, clock())
+    return report
+
+
+def get_issue_by_id(issue_id: int) -> Issue:
+    issue = db.session.get(Issue, issue_id)
+    if issue is None:
+        raise DigestError(f"no issue with id {issue_id}")
+    return issue
+
+
+def _issue_status(issue_id: int) -> str | None:
+    return db.session.execute(select(Issue.status).where(Issue.id == issue_id)).scalar()
+
+
+def _outcome(row: _Row, status: DeliveryStatus, **values: Any) -> dict[str, Any]:
+    error = values.pop("error", None)
+    return {
+        "id": row.delivery_id,
+        "status": status,
+        "claimed_at": None,
+        "last_error": error[:512] if error else None,
+        **values,
+    }
+
+
+def _send_one(
+    settings: Settings,
+    issue: Issue,
+    row: _Row,
+    transport: Transport,
+    templates: Templates,
+    report: BatchReport,
+    now: datetime,
+) -> timedelta | None:
+    """Send one delivery and note its outcome; a delay when the whole batch must stop."""
+    try:
+        template = templates.get(settings, issue, row.recipient.locale)
+        mail = mail_for(settings, template, row.recipient, now)
+    except PermanentFailure as exc:
+        report.failed += 1
+        report.outcomes.append(_outcome(row, DeliveryStatus.FAILED, error=str(exc)))
+        return None
+    except Exception as exc:  # a poison subscriber must not stop the others
+        log.exception("issue %s: building delivery %s failed", issue.week, row.delivery_id)
+        error = f"could not build the message: {type(exc).__name__}: {exc}"
+        if row.attempts >= MAX_BUILD_FAILURES:
+            report.failed += 1
+            report.outcomes.append(_outcome(row, DeliveryStatus.FAILED, error=error))
+        else:
+            report.retried += 1
+            report.outcomes.append(
+                _outcome(
+                    row,
+                    DeliveryStatus.QUEUED,
+                    error=error,
+                    next_attempt_at=now + backoff(row.attempts),
+                )
+            )
+        return None
+    try:
+        reply = transport.send(mail)
+    except PermanentFailure as exc:
+        if exc.stage == "rcpt":
+            report.bounced += 1
+            report.outcomes.append(
+                _outcome(row, DeliveryStatus.BOUNCED, error=str(exc), smtp_response=str(exc)[:512])
+            )
+            report.bounced_subscribers.append(
+                (row.recipient.subscriber_id, row.recipient.email, str(exc.code))
+            )
+        else:
+            report.failed += 1
+            report.outcomes.append(
+                _outcome(row, DeliveryStatus.FAILED, error=str(exc), smtp_response=str(exc)[:512])
+            )
+        return None
+    except TransientFailure as exc:
+        return _retry_later(settings, issue, row, exc, report, now)
+    report.sent += 1
+    report.outcomes.append(
+        _outcome(
+            row,
+            DeliveryStatus.SENT,
+            sent_at=now,
+            smtp_response=reply[:512],
+            message_id=mail.message_id,
+        )
+    )
+    return None
+
+
+def _retry_later(
+    settings: Settings,
+    issue: Issue,
+    row: _Row,
+    exc: TransientFailure,
+    report: BatchReport,
+    now: datetime,
+) -> timedelta | None:
+    delay = max(timedelta(seconds=exc.retry_after or 0), backoff(row.attempts))
+    give_up = (issue.started_at or now) + timedelta(hours=settings.send_give_up_hours)
+    if exc.uncertain and row.uncertain:
+        report.failed += 1
+        report.outcomes.append(
+            _outcome(row, DeliveryStatus.FAILED, error=f"lost after DATA twice: {exc}")
+        )
+    elif now + delay > give_up:
+        report.failed += 1
+        report.outcomes.append(
+            _outcome(row, DeliveryStatus.FAILED, error=f"gave up after {row.attempts} tries: {exc}")
+        )
+    else:
+        report.retried += 1
+        report.outcomes.append(
+            _outcome(
+                row,
+                DeliveryStatus.QUEUED,
+                error=str(exc),
+                next_attempt_at=now + delay,
+                uncertain=row.uncertain or exc.uncertain,
+            )
+        )
+    # The server is closing or unreachable: the rest of the batch waits too.
+    if exc.code == 421 or exc.stage == "connect":
+        return delay
+    return None
+
+
+def _release(report: BatchReport, rows: list[_Row], when: datetime) -> None:
+    """Give claimed rows back, untried: they were not attempted, so the claim is not counted."""
+    for row in rows:
+        report.released += 1
+        report.outcomes.append(
+            {
+                "id": row.delivery_id,
+                "status": DeliveryStatus.QUEUED,
+                "claimed_at": None,
+                "attempts": row.attempts - 1,
+                "next_attempt_at": when,
+            }
+        )
+
+
+def _flush(
+    settings: Settings, issue_id: int, report: BatchReport, now: datetime, *, done: bool = False
+) -> None:
+    """Write the outcomes noted so far: one bulk update, counters in the same transaction."""
+    if not report.outcomes and not done:
+        return
+    counts = {"sent": 0, "failed": 0, "bounced": 0}
+    for outcome in report.outcomes:
+        key = str(outcome["status"])
+        if key in counts:
+            counts[key] += 1
+    for group in _by_keys(report.outcomes):
+        db.session.execute(update(Delivery), group)
+    for subscriber_id, email, code in report.bounced_subscribers:
+        _bounce_subscriber(settings, subscriber_id, email, code, issue_id, now)
+    db.session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id)
+        .values(
+            sent_count=Issue.sent_count + counts["sent"],
+            failed_count=Issue.failed_count + counts["failed"],
+            bounced_count=Issue.bounced_count + counts["bounced"],
+            batches_done=Issue.batches_done + (1 if done else 0),
+            progress_at=now,
+        )
+    )
+    db.session.commit()
+    report.outcomes = []
+    report.bounced_subscribers = []
+
+
+def _by_keys(outcomes: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Bulk updates need the same columns in every row of one call."""
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for outcome in outcomes:
+        groups.setdefault(frozenset(outcome), []).append(outcome)
+    yield from groups.values()
+
+
+def _bounce_subscriber(
+    settings: Settings, subscriber_id: int, email: str, code: str, issue_id: int, now: datetime
+) -> None:
+    """A 5xx on RCPT: the address does not exist; never mail it again."""
+    sub = db.session.get(Subscriber, subscriber_id)
+    if sub is None or sub.status != Status.ACTIVE:
+        return
+    sub.status = Status.BOUNCED
+    suppress(settings, email, "bounce", now)
+    audit(
+        "bounce",
+        sub,
+        actor="system",
+        now=now,
+        before=Status.ACTIVE,
+        detail={"code": code, "issue_id": issue_id},
+    )
+
+
+# ---------------------------------------------------------------- sweep and progress
+
+
+def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
+    """Keep every sending issue moving: requeue abandoned claims, re-dispatch due rows
+    whose tasks are gone or done, and mark finished issues sent. Returns tasks queued."""
+    stale = now - timedelta(seconds=settings.claim_timeout_seconds)
+    queued = 0
+    issue_ids = db.session.execute(
+        select(Issue.id).where(Issue.status == IssueStatus.SENDING)
+    ).scalars()
+    for issue_id in list(issue_ids):
+        abandoned = and_(
+            Delivery.issue_id == issue_id,
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.claimed_at < stale,
+        )
+        given_up = db.session.execute(
+            update(Delivery)
+            .where(abandoned, Delivery.attempts >= MAX_CLAIMS)
+            .values(
+                status=DeliveryStatus.FAILED,
+                claimed_at=None,
+                last_error=f"claimed {MAX_CLAIMS} times, never finished (worker lost each time)",
+            )
+        )
+        if _rowcount(given_up):
+            db.session.execute(
+                update(Issue)
+                .where(Issue.id == issue_id)
+                .values(failed_count=Issue.failed_count + _rowcount(given_up))
+            )
+        requeued = db.session.execute(
+            update(Delivery)
+            .where(abandoned)
+            .values(
+                status=DeliveryStatus.QUEUED,
+                claimed_at=None,
+                next_attempt_at=now,
+                last_error="claim expired: the worker was lost mid-batch",
+            )
+        )
+        db.session.commit()
+        if _rowcount(requeued):
+            log.warning(
+                "issue %s: %d deliveries abandoned by a lost worker, requeued",
+                issue_id,
+                _rowcount(requeued),
+            )
+        if finish_if_done(issue_id, now):
+            continue
+        issue = get_issue_by_id(issue_id)
+        outstanding = issue.batches_queued - issue.batches_done
+        stalled = issue.progress_at is None or issue.progress_at < stale
+        if outstanding <= 0 or stalled:
+            queued += dispatch(settings, issue_id, now, enqueue)
+    return queued
+
+
+@dataclass(frozen=True)
+class Progress:
+    week: str
+    status: str
+    recipients: int
+    counts: dict[str, int]
+    started_at: datetime | None
+    finished_at: datetime | None
+    rate_last_minute: float
+    note: str | None
+
+    @property
+    def done(self) -> int:
+        c = self.counts
+        return c.get("sent", 0) + c.get("failed", 0) + c.get("bounced", 0) + c.get("skipped", 0)
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.done / self.recipients if self.recipients else 100.0
+
+
+def progress(week: str, now: datetime) -> Progress:
+    issue = get_issue(week)
+    if issue is None:
+        raise DigestError(f"no issue for {week}")
+    counts = dict.fromkeys((s.value for s in DeliveryStatus), 0)
+    rows = db.session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.issue_id == issue.id)
+        .group_by(Delivery.status)
+    )
+    for status, count in rows:
+        counts[status] = count
+    last_minute = db.session.execute(
+        select(func.count())
+        .select_from(Delivery)
+        .where(Delivery.issue_id == issue.id, Delivery.sent_at > now - timedelta(minutes=1))
+    ).scalar_one()
+    return Progress(
+        week=issue.week,
+        status=issue.status,
+        recipients=issue.recipients,
+        counts=counts,
+        started_at=issue.started_at,
+        finished_at=issue.finished_at,
+        rate_last_minute=last_minute / 60.0,
+        note=issue.note,
+    )
+
+
+# ---------------------------------------------------------------- the weekly clock
+
+
+def tick(settings: Settings, now: datetime, enqueue: Enqueue) -> None:
+    """Run by beat every HEBDO_SWEEP_SECONDS: plan and start the week's issue when due,
+    and sweep. Idempotent: any number of ticks, workers or restarts give one issue."""
+    # This week's send, and next week's when review mode plans it ahead across Sunday night.
+    for week in dict.fromkeys((week_of(settings, now), week_of(settings, now + ONE_WEEK))):
+        due = send_time(settings, week)
+        plan_from = due - timedelta(hours=settings.review_lead_hours) if settings.review else due
+        if now < plan_from or now - due > MAX_LATE:
+            continue
+        issue = get_issue(week)
+        if issue is None or (not settings.review and issue.status == IssueStatus.SCHEDULED):
+            # Without review, the articles are refreshed right before the send.
+            plan_issue(settings, week, now)
+            issue = get_issue(week)
+        if (
+            issue is not None
+            and issue.status == IssueStatus.SCHEDULED
+            and now >= issue.send_at
+            and start_send(settings, issue.id, now) >= 0
+        ):
+            dispatch(settings, issue.id, now, enqueue)
+    sweep(settings, now, enqueue)

@@ -1,0 +1,339 @@
+"""The weekly issue: when it goes out, which articles it holds, and how it reads.
+
+An issue is identified by its ISO week (`2026-W48`), unique in the database,
+so planning the same week again from two beat ticks, two workers or a restart
+finds the issue already there. Send times are computed in HEBDO_TIMEZONE from
+the wall-clock schedule each time, so "Monday 08:00" stays 08:00 in Paris on
+both sides of a daylight-saving change.
+
+Rendering happens once per issue and locale; per-subscriber pieces are markers
+that `personalise` fills in (see mailer.MailTemplate).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from itertools import groupby
+
+import css_inline
+from flask import render_template
+from markupsafe import escape
+from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from . import i18n
+from .config import Settings
+from .extensions import db
+from .mailer import MailTemplate, Markers, Outgoing
+from .models import Article, Issue, IssueArticle, IssueStatus
+from .subscriptions import public_url, unsubscribe_token_for
+
+log = logging.getLogger(__name__)
+
+_WEEK = re.compile(r"(\d{4})-W(\d{2})")
+FIRST_ISSUE_LOOKBACK = timedelta(days=7)
+# A feed read late still gets its articles into the next issue if they are at most this old.
+LATE_INGESTION = timedelta(days=7)
+# Statuses whose articles are taken: a cancelled issue gives its articles back.
+_HOLDING = (
+    IssueStatus.DRAFT,
+    IssueStatus.SCHEDULED,
+    IssueStatus.SENDING,
+    IssueStatus.PAUSED,
+    IssueStatus.SENT,
+)
+_INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+
+
+class DigestError(ValueError):
+    """A digest command cannot be carried out; the message says why."""
+
+
+def parse_week(value: str) -> str:
+    """Validate `YYYY-Www` and return it normalised; raises DigestError."""
+    match = _WEEK.fullmatch(value.strip().upper())
+    if not match:
+        raise DigestError(f"week must look like 2026-W48, got {value!r}")
+    year, week = int(match.group(1)), int(match.group(2))
+    try:
+        date.fromisocalendar(year, week, 1)
+    except ValueError:
+        raise DigestError(f"{year} has no week {week}") from None
+    return f"{year}-W{week:02d}"
+
+
+def week_of(settings: Settings, moment: datetime) -> str:
+    """The ISO week `moment` falls in, on the local calendar of HEBDO_TIMEZONE."""
+    year, week, _day = moment.astimezone(settings.timezone).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def send_time(settings: Settings, week: str) -> datetime:
+    """When the issue of `week` is due (aware, in HEBDO_TIMEZONE)."""
+    year, number = (int(x) for x in parse_week(week).split("-W"))
+    day = date.fromisocalendar(year, number, settings.send_weekday + 1)
+    return datetime.combine(day, settings.send_time, tzinfo=settings.timezone)
+
+
+def upcoming_week(settings: Settings, now: datetime, late: timedelta) -> str:
+    """The issue people mean by "this week's": this week's, unless its send time
+    is more than `late` behind us, then next week's."""
+    week = week_of(settings, now)
+    if now - send_time(settings, week) > late:
+        week = week_of(settings, now + timedelta(weeks=1))
+    return week
+
+
+def week_start(week: str) -> date:
+    year, number = (int(x) for x in parse_week(week).split("-W"))
+    return date.fromisocalendar(year, number, 1)
+
+
+def get_issue(week: str) -> Issue | None:
+    return db.session.execute(select(Issue).where(Issue.week == week)).scalar_one_or_none()
+
+
+def _candidates(settings: Settings, issue_id: int | None, week: str, now: datetime) -> list[int]:
+    """Articles published (or first seen) since the previous issue, not in another issue."""
+    previous = db.session.execute(
+        select(Issue.planned_at)
+        .where(Issue.week < week, Issue.status.in_(_HOLDING))
+        .order_by(Issue.week.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if previous is None:
+        # The first issue: the last week's articles, however long they have been known.
+        window = Article.published_at > now - FIRST_ISSUE_LOOKBACK
+    else:
+        # Published since the previous issue, or ingested since and published shortly
+        # before it (a feed read late): never missed, never twice (see `taken`).
+        window = or_(
+            Article.published_at > previous,
+            and_(
+                Article.created_at > previous,
+                Article.published_at > previous - LATE_INGESTION,
+            ),
+        )
+    taken = (
+        select(IssueArticle.id)
+        .join(Issue, Issue.id == IssueArticle.issue_id)
+        .where(IssueArticle.article_id == Article.id, Issue.status.in_(_HOLDING))
+    )
+    if issue_id is not None:
+        taken = taken.where(Issue.id != issue_id)
+    query = (
+        select(Article.id)
+        .where(
+            Article.published_at <= now,
+            window,
+            ~exists(taken),
+        )
+        .order_by(Article.published_at.desc(), Article.id.desc())
+        .limit(settings.digest_max_articles)
+    )
+    return list(db.session.execute(query).scalars())
+
+
+def _display_order(article_ids: list[int]) -> list[Article]:
+    """Grouped by category (the category with the newest article first), newest first within."""
+    articles = db.session.execute(select(Article).where(Article.id.in_(article_ids))).scalars()
+    newest_first = sorted(articles, key=lambda a: (a.published_at, a.id), reverse=True)
+    rank: dict[str, int] = {}
+    for article in newest_first:
+        # Uncategorised articles go last, under "Other stories".
+        rank.setdefault(article.category, len(rank) if article.category else 10**6)
+    return sorted(newest_first, key=lambda a: rank[a.category])
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    issue_id: int
+    week: str
+    status: str
+    articles: int
+    changed: bool
+
+
+def plan_issue(settings: Settings, week: str, now: datetime) -> PlanResult:
+    """Create the issue of `week`, or refresh its articles while it is a draft or scheduled.
+
+    In review mode a refreshed issue is a draft again: an approval covers the
+    articles that were approved.
+
+    A week without new articles gets a cancelled issue noting so: it is logged
+    once, and the beat does not look at that week again (`plan` again, with
+    new articles, revives it).
+    """
+    week = parse_week(week)
+    issue = get_issue(week)
+    if issue is not None and (
+        issue.status not in (IssueStatus.DRAFT, IssueStatus.SCHEDULED, IssueStatus.CANCELLED)
+        or issue.started_at is not None
+    ):
+        count = _article_count(issue.id)
+        return PlanResult(issue.id, week, issue.status, count, False)
+    article_ids = _candidates(settings, issue.id if issue else None, week, now)
+    articles = _display_order(article_ids)
+    status = IssueStatus.DRAFT if settings.review else IssueStatus.SCHEDULED
+    if not articles:
+        status = IssueStatus.CANCELLED
+    if issue is None:
+        issue = Issue(
+            week=week,
+            subject="",
+            status=status,
+            planned_at=now,
+            send_at=send_time(settings, week),
+        )
+        try:
+            with db.session.begin_nested():
+                db.session.add(issue)
+        except IntegrityError:
+            # Planned at the same moment elsewhere (another tick, worker or command).
+            db.session.rollback()
+            existing = get_issue(week)
+            assert existing is not None
+            return PlanResult(existing.id, week, existing.status, 0, False)
+    issue.status = status
+    issue.planned_at = now
+    issue.send_at = send_time(settings, week)
+    issue.subject = articles[0].title[:200] if articles else ""
+    issue.note = None if articles else "no new articles"
+    db.session.execute(delete(IssueArticle).where(IssueArticle.issue_id == issue.id))
+    db.session.add_all(
+        IssueArticle(issue_id=issue.id, article_id=a.id, position=n) for n, a in enumerate(articles)
+    )
+    db.session.commit()
+    if articles:
+        log.info("issue %s planned: %d articles, %s", week, len(articles), status)
+    else:
+        log.info("issue %s: no new articles since the previous issue, nothing to send", week)
+    return PlanResult(issue.id, week, status, len(articles), True)
+
+
+# Issues whose web version is public: once they started going out.
+ARCHIVED = (IssueStatus.SENDING, IssueStatus.PAUSED, IssueStatus.SENT)
+
+
+def archived_issues(limit: int = 200) -> list[tuple[Issue, int]]:
+    """Issues that went out, newest first, with their number of articles."""
+    count = (
+        select(func.count(IssueArticle.id))
+        .where(IssueArticle.issue_id == Issue.id)
+        .scalar_subquery()
+    )
+    rows = db.session.execute(
+        select(Issue, count)
+        .where(Issue.status.in_(ARCHIVED))
+        .order_by(Issue.week.desc())
+        .limit(limit)
+    )
+    return [(issue, n) for issue, n in rows]
+
+
+def _article_count(issue_id: int) -> int:
+    rows = db.session.execute(select(IssueArticle.id).where(IssueArticle.issue_id == issue_id))
+    return len(rows.all())
+
+
+def issue_articles(issue_id: int) -> list[Article]:
+    return list(
+        db.session.execute(
+            select(Article)
+            .join(IssueArticle, IssueArticle.article_id == Article.id)
+            .where(IssueArticle.issue_id == issue_id)
+            .order_by(IssueArticle.position)
+        ).scalars()
+    )
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+def render_issue(
+    settings: Settings, issue: Issue, locale: str, *, markers: Markers | None = None
+) -> Rendered:
+    """The issue in one locale: with `markers`, the mail (per-subscriber pieces left as
+    markers); without, the web version, which holds no personal data."""
+    articles = issue_articles(issue.id)
+    groups = [
+        (category or i18n.translate(locale, "digest.other"), list(items))
+        for category, items in groupby(articles, key=lambda a: a.category)
+    ]
+    context = {
+        "locale": locale,
+        "site": settings.site_name,
+        "week_label": i18n.translate(
+            locale, "digest.week_of", date=i18n.format_date(locale, week_start(issue.week))
+        ),
+        "groups": groups,
+        "online_url": public_url(settings, f"/archive/{issue.week}"),
+        "subscribe_url": public_url(settings, "/subscribe"),
+        "sender_identity": settings.sender_identity,
+        "web": markers is None,
+        "unsubscribe_url": markers["unsubscribe_url"] if markers else "",
+        "email": markers["email"] if markers else "",
+    }
+    subject = i18n.translate(
+        locale, "digest.subject", site=settings.site_name, lead=issue.subject or issue.week
+    )
+    html = _INLINER.inline(render_template("email/digest.html", subject=subject, **context))
+    text = render_template("email/digest.txt", subject=subject, **context)
+    return Rendered(subject, text, html)
+
+
+def mail_template(
+    settings: Settings, issue: Issue, locale: str, *, subject_prefix: str = ""
+) -> MailTemplate:
+    """The issue's mail in one locale, ready to be filled in per subscriber."""
+    markers = Markers()
+    rendered = render_issue(settings, issue, locale, markers=markers)
+    return MailTemplate(
+        settings,
+        subject=subject_prefix + rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        markers=markers,
+    )
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """What personalisation needs of a subscriber (no ORM object: batches load columns)."""
+
+    subscriber_id: int
+    email: str
+    locale: str
+    created_at: datetime
+
+
+def personal_values(
+    settings: Settings, recipient: Recipient
+) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(unsubscribe URL, values for the text part, escaped values for the HTML part)."""
+    token = unsubscribe_token_for(settings, recipient.subscriber_id, recipient.created_at)
+    url = public_url(settings, f"/unsubscribe/{token}")
+    text = {"unsubscribe_url": url, "email": recipient.email}
+    html = {"unsubscribe_url": url, "email": str(escape(recipient.email))}
+    return url, text, html
+
+
+def mail_for(
+    settings: Settings, template: MailTemplate, recipient: Recipient, now: datetime
+) -> Outgoing:
+    """One subscriber's copy: the shared rendering plus their address and unsubscribe link."""
+    unsubscribe_url, text_values, html_values = personal_values(settings, recipient)
+    return template.fill(
+        to=recipient.email,
+        unsubscribe_url=unsubscribe_url,
+        now=now,
+        values=text_values,
+        html_values=html_values,
+    )

@@ -1,0 +1,370 @@
+"""`hebdo feeds …`, `hebdo digest …` and `hebdo admin token …`: thin commands over the domain."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from . import apitokens, delivery, feeds
+from .config import Settings
+from .digest import (
+    DigestError,
+    Recipient,
+    get_issue,
+    mail_for,
+    mail_template,
+    parse_week,
+    plan_issue,
+    upcoming_week,
+)
+from .extensions import db
+from .jobs import enqueue_batch
+from .mailer import DeliveryError, Outgoing, open_transport
+from .models import Issue, IssueStatus, Subscriber
+from .subscriptions import InvalidEmail, normalise_email
+
+
+def _settings() -> Settings:
+    value: Settings = current_app.config["SETTINGS"]
+    return value
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"hebdo: {message}", err=True)
+    sys.exit(1)
+
+
+def _week(value: str | None) -> str:
+    try:
+        return parse_week(value) if value else upcoming_week(_settings(), _now(), delivery.MAX_LATE)
+    except DigestError as exc:
+        raise click.BadParameter(str(exc), param_hint="--week") from None
+
+
+def _issue(week: str) -> Issue:
+    issue = get_issue(week)
+    if issue is None:
+        _fail(f"no issue for {week} yet: run `hebdo digest plan --week {week}`")
+    assert issue is not None
+    return issue
+
+
+week_option = click.option(
+    "--week",
+    help="ISO week, e.g. 2026-W48. Default: this week's issue, or next week's once this "
+    "week's send time is more than a day past.",
+)
+
+
+# ---------------------------------------------------------------- feeds
+
+
+@click.group("feeds", cls=AppGroup)
+def feeds_group() -> None:
+    """Article feeds (HEBDO_FEEDS)."""
+
+
+@feeds_group.command("fetch")
+def feeds_fetch() -> None:
+    """Read every feed now; exit 1 if one of them failed."""
+    reports = feeds.ingest_all(_settings(), _now())
+    for r in reports:
+        if r.result == "error":
+            click.echo(f"{r.url}: ERROR {r.error}")
+        else:
+            click.echo(
+                f"{r.url}: {r.result}, {r.created} new, {r.updated} updated, {r.skipped} skipped"
+            )
+        for problem in r.problems[:20]:
+            click.echo(f"  {problem}")
+    if not reports:
+        click.echo("no feeds configured (HEBDO_FEEDS)")
+    if any(r.result == "error" for r in reports):
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- digest
+
+
+@click.group("digest", cls=AppGroup)
+def digest_group() -> None:
+    """The weekly issue: plan, preview, test, send, follow."""
+
+
+@digest_group.command("plan")
+@week_option
+def digest_plan(week: str | None) -> None:
+    """Pick the week's articles (again, while the issue is a draft or scheduled)."""
+    result = plan_issue(_settings(), _week(week), _now())
+    issue = _issue(result.week)
+    if not result.changed:
+        click.echo(f"{result.week}: already {result.status}, left as it is")
+        return
+    if result.articles == 0:
+        click.echo(f"{result.week}: no new articles since the previous issue; nothing to send")
+        return
+    click.echo(f"{result.week}: {result.status}, {result.articles} articles, {_when(issue)}")
+
+
+def _when(issue: Issue) -> str:
+    local = issue.send_at.astimezone(_settings().timezone)
+    if issue.send_at <= _now():
+        return f"due since {local:%a %d %b %Y %H:%M %Z}: send it with `hebdo digest send --now`"
+    return f"goes out {local:%a %d %b %Y %H:%M %Z}"
+
+
+def _sample_recipient(email: str | None, locale: str | None) -> Recipient:
+    if email:
+        try:
+            address = normalise_email(email, check_deliverability=False)
+        except InvalidEmail as exc:
+            raise click.BadParameter(f"invalid address: {exc.code}", param_hint="--email") from None
+        sub = db.session.execute(
+            select(Subscriber).where(Subscriber.email == address)
+        ).scalar_one_or_none()
+        if sub is not None:
+            return Recipient(sub.id, sub.email, locale or sub.locale, sub.created_at)
+        return Recipient(0, address, locale or "fr", _now())
+    return Recipient(0, "lectrice@example.fr", locale or "fr", _now())
+
+
+@digest_group.command("preview")
+@week_option
+@click.option("--email", help="Render as this subscriber would get it (their locale and links).")
+@click.option("--locale", type=click.Choice(["fr", "en"]), help="Force the locale.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to FILE: .html the HTML part, .txt the text part, anything else the whole message.",
+)
+def digest_preview(
+    week: str | None, email: str | None, locale: str | None, out: Path | None
+) -> None:
+    """The exact mail a subscriber gets (text part on stdout without --out)."""
+    issue = _issue(_week(week))
+    recipient = _sample_recipient(email, locale)
+    mail = mail_for(
+        _settings(), mail_template(_settings(), issue, recipient.locale), recipient, _now()
+    )
+    if out is None:
+        click.echo(_part(mail, "plain"))
+    elif out.suffix == ".html":
+        out.write_text(_part(mail, "html"), encoding="utf-8")
+    elif out.suffix == ".txt":
+        out.write_text(_part(mail, "plain"), encoding="utf-8")
+    else:
+        out.write_bytes(mail.data)
+    if out is not None:
+        click.echo(f"written to {out}")
+
+
+def _part(mail: Outgoing, subtype: str) -> str:
+    message = message_from_bytes(mail.data, policy=policy.default)
+    body = message.get_body(preferencelist=(subtype,))
+    assert body is not None
+    return str(body.get_content())
+
+
+@digest_group.command("test")
+@week_option
+@click.option("--to", "to", required=True, help="Address to send the test to.")
+@click.option("--locale", type=click.Choice(["fr", "en"]), help="Force the locale.")
+def digest_test(week: str | None, to: str, locale: str | None) -> None:
+    """Send the issue to one address now, marked [TEST]; no delivery is recorded."""
+    settings = _settings()
+    issue = _issue(_week(week))
+    recipient = _sample_recipient(to, locale)
+    template = mail_template(settings, issue, recipient.locale, subject_prefix="[TEST] ")
+    mail = mail_for(settings, template, recipient, _now())
+    with open_transport(settings) as transport:
+        try:
+            reply = transport.send(mail)
+        except DeliveryError as exc:
+            _fail(f"test mail refused: {exc}")
+    click.echo(f"test of {issue.week} sent to {recipient.email}: {reply}")
+
+
+@digest_group.command("send")
+@week_option
+@click.option(
+    "--now", "now_flag", is_flag=True, help="Send at once instead of at the scheduled time."
+)
+@click.option("--wait", is_flag=True, help="Follow the progress until the send ends.")
+def digest_send(week: str | None, now_flag: bool, wait: bool) -> None:
+    """Approve the issue for its scheduled time, or with --now send it at once.
+
+    Sending twice is harmless: an issue goes to each subscriber once.
+    """
+    settings = _settings()
+    week = _week(week)
+    now = _now()
+    issue = get_issue(week)
+    if issue is None or (issue.status == IssueStatus.SCHEDULED and not settings.review):
+        plan_issue(settings, week, now)
+        issue = _issue(week)
+    if issue.status == IssueStatus.CANCELLED and issue.started_at is None:
+        plan_issue(settings, week, now)
+        issue = _issue(week)
+    if issue.status == IssueStatus.CANCELLED:
+        _fail(f"{week} is cancelled ({issue.note or 'by an operator'}); nothing sent")
+    if issue.status == IssueStatus.DRAFT:
+        delivery.approve(issue.id, now)
+        click.echo(f"{week}: approved")
+    issue = _issue(week)
+    if issue.status == IssueStatus.SCHEDULED:
+        if not now_flag:
+            click.echo(f"{week}: scheduled, {_when(issue)}")
+            return
+        recipients = delivery.start_send(settings, issue.id, now)
+        if recipients >= 0:
+            queued = delivery.dispatch(settings, issue.id, now, enqueue_batch)
+            click.echo(f"{week}: sending to {recipients} subscribers ({queued} batch tasks queued)")
+    else:
+        click.echo(f"{week}: already {issue.status}; nothing sent twice")
+    if wait:
+        _follow(week)
+
+
+def _follow(week: str) -> None:
+    while True:
+        db.session.expire_all()
+        p = delivery.progress(week, _now())
+        click.echo(_progress_line(p))
+        if p.status != IssueStatus.SENDING:
+            return
+        time.sleep(2)
+
+
+def _progress_line(p: delivery.Progress) -> str:
+    c = p.counts
+    return (
+        f"{p.week} {p.status}: {p.done}/{p.recipients} done ({p.percent:.1f} %), "
+        f"sent {c['sent']}, queued {c['queued']}, sending {c['sending']}, failed {c['failed']}, "
+        f"bounced {c['bounced']}, skipped {c['skipped']}; {p.rate_last_minute:.1f} msg/s "
+        f"over the last minute"
+    )
+
+
+@digest_group.command("status")
+@week_option
+def digest_status(week: str | None) -> None:
+    """Counts per delivery status, progress and rate."""
+    week = _week(week)
+    try:
+        p = delivery.progress(week, _now())
+    except DigestError as exc:
+        _fail(str(exc))
+        return
+    click.echo(_progress_line(p))
+    if p.started_at:
+        end = p.finished_at or _now()
+        seconds = max((end - p.started_at).total_seconds(), 0.001)
+        click.echo(
+            f"started {p.started_at:%Y-%m-%d %H:%M:%S} UTC, "
+            f"average {p.counts['sent'] / seconds:.1f} msg/s"
+        )
+    if p.note:
+        click.echo(f"note: {p.note}")
+
+
+def _transition(name: str, week: str | None, change: str) -> None:
+    week = _week(week)
+    issue = _issue(week)
+    settings, now = _settings(), _now()
+    done = {
+        "approve": lambda: delivery.approve(issue.id, now),
+        "pause": lambda: delivery.pause(issue.id),
+        "resume": lambda: delivery.resume(settings, issue.id, now, enqueue_batch),
+        "cancel": lambda: delivery.cancel(issue.id, now),
+    }[name]()
+    if not done:
+        _fail(f"{week} is {issue.status}: cannot {name} it")
+    click.echo(f"{week}: {change}")
+
+
+@digest_group.command("approve")
+@week_option
+def digest_approve(week: str | None) -> None:
+    """Review mode: let a draft go out at its scheduled time."""
+    _transition("approve", week, "approved, scheduled")
+
+
+@digest_group.command("pause")
+@week_option
+def digest_pause(week: str | None) -> None:
+    """Stop sending after the batches in flight; resume picks up where it stopped."""
+    _transition("pause", week, "paused")
+
+
+@digest_group.command("resume")
+@week_option
+def digest_resume(week: str | None) -> None:
+    """Carry on a paused send."""
+    _transition("resume", week, "sending again")
+
+
+@digest_group.command("cancel")
+@week_option
+def digest_cancel(week: str | None) -> None:
+    """Stop an issue for good; whoever has not got it yet will not."""
+    _transition("cancel", week, "cancelled")
+
+
+# ---------------------------------------------------------------- admin tokens
+
+
+@click.group("admin", cls=AppGroup)
+def admin_group() -> None:
+    """Administration: API tokens."""
+
+
+@admin_group.group("token")
+def token_group() -> None:
+    """Bearer tokens for the API (e.g. a CMS pushing articles)."""
+
+
+@token_group.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(apitokens.ROLES), default="publisher", show_default=True)
+def token_create(name: str, role: str) -> None:
+    """Create a token; it is printed once and stored hashed."""
+    try:
+        token = apitokens.create_token(name, role, _now())
+    except apitokens.TokenError as exc:
+        _fail(str(exc))
+        return
+    click.echo(token)
+    click.echo(f"(token {name!r}, role {role}: store it now, it cannot be shown again)", err=True)
+
+
+@token_group.command("revoke")
+@click.argument("name")
+def token_revoke(name: str) -> None:
+    """Revoke a token at once."""
+    if not apitokens.revoke_token(name, _now()):
+        _fail(f"no live token named {name!r}")
+    click.echo(f"token {name!r} revoked")
+
+
+@token_group.command("list")
+def token_list() -> None:
+    """Tokens with their role and state (never the token itself)."""
+    for t in apitokens.list_tokens():
+        state = f"revoked {t.revoked_at:%Y-%m-%d}" if t.revoked_at else "live"
+        used = f"last used {t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never used"
+        click.echo(f"{t.name}\t{t.role}\t{state}\t{used}")
+
+
+COMMANDS = (feeds_group, digest_group, admin_group)

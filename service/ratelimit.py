@@ -1,0 +1,89 @@
+"""The global send rate (HEBDO_SEND_RATE): one schedule of send slots shared by every worker.
+
+Generic cell rate algorithm: a single "next free slot" time is kept where all
+workers see it (a Redis key when the broker is Redis, else a lock file in the
+data folder, which covers the one-machine embedded mode). Each message reserves
+the next slot and sleeps until it. Redis computes with its own clock, so
+workers on machines with skewed clocks still share one pace.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Protocol
+
+import redis
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+_KEY = "hebdo:send-rate:next-slot"
+# KEYS[1]: next free slot (µs); ARGV[1]: µs per message. Returns µs to wait before sending.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
+if slot < now then slot = now end
+redis.call('SET', KEYS[1], tostring(slot + tonumber(ARGV[1])), 'PX', 60000)
+return slot - now
+"""
+
+
+class SendRate(Protocol):
+    def reserve(self) -> float:
+        """Reserve the next send slot; return the seconds to wait before using it."""
+
+
+class Unlimited:
+    def reserve(self) -> float:
+        return 0.0
+
+
+class RedisRate:
+    def __init__(self, url: str, rate: float) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.step = round(1_000_000 / rate)
+        self.script = self.client.register_script(_RESERVE)
+
+    def reserve(self) -> float:
+        try:
+            return int(self.script(keys=[_KEY], args=[self.step])) / 1_000_000
+        except redis.RedisError as exc:
+            # Redis gone: hold to this process's share of the rate rather than stop sending.
+            log.warning("send rate: Redis unavailable (%s), pacing locally", type(exc).__name__)
+            return self.step / 1_000_000
+
+
+class FileRate:
+    def __init__(self, path: Path, rate: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.step = 1.0 / rate
+
+    def reserve(self) -> float:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = os.pread(fd, 32, 0)
+            now = time.time()
+            try:
+                slot = max(float(raw.decode() or 0), now)
+            except ValueError:
+                slot = now
+            os.pwrite(fd, f"{slot + self.step:<32.6f}".encode(), 0)
+            return slot - now
+        finally:
+            os.close(fd)
+
+
+def send_rate(settings: Settings) -> SendRate:
+    if settings.send_rate <= 0:
+        return Unlimited()
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return RedisRate(settings.broker_url, settings.send_rate)
+    return FileRate(settings.data_dir / "send-rate", settings.send_rate)

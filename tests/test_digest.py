@@ -1,0 +1,294 @@
+"""Planning and rendering the weekly issue: one issue a week, the right articles, the DST
+Monday, review mode, and the mail as it leaves (parsed back from the wire bytes)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from service import delivery
+from service.digest import (
+    Recipient,
+    get_issue,
+    issue_articles,
+    mail_for,
+    mail_template,
+    parse_week,
+    plan_issue,
+    send_time,
+    week_of,
+)
+from service.extensions import db
+from service.mailer import open_transport
+from service.models import Delivery, Issue, IssueStatus
+from tests.conftest import BASE_URL, SMTPSink, add_article, add_subscribers
+
+# Monday 30 March 2026 is the first Monday of summer time in Paris (UTC+2, the day after
+# the change); the Monday before is still winter time (UTC+1).
+SUMMER_MONDAY = "2026-W14"
+WINTER_MONDAY = "2026-W13"
+NOW = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)  # Monday 08:00 in Paris: W48's send time
+
+
+def settings_of(app: Flask) -> object:
+    return app.config["SETTINGS"]
+
+
+def plan(app: Flask, week: str, now: datetime) -> delivery.PlanResult:  # type: ignore[name-defined]
+    with app.app_context():
+        return plan_issue(app.config["SETTINGS"], week, now)
+
+
+def no_enqueue(issue_id: int) -> bool:
+    return True
+
+
+def test_send_time_follows_paris_wall_clock_across_daylight_saving(app: Flask) -> None:
+    s = app.config["SETTINGS"]
+    assert send_time(s, WINTER_MONDAY).astimezone(UTC) == datetime(2026, 3, 23, 7, 0, tzinfo=UTC)
+    assert send_time(s, SUMMER_MONDAY).astimezone(UTC) == datetime(2026, 3, 30, 6, 0, tzinfo=UTC)
+    # Back to winter time on Sunday 25 October.
+    assert send_time(s, "2026-W44").astimezone(UTC) == datetime(2026, 10, 26, 7, 0, tzinfo=UTC)
+    # Sunday 23:30 UTC is already Monday in Paris: the week is read on the local calendar.
+    assert week_of(s, datetime(2026, 3, 29, 22, 30, tzinfo=UTC)) == SUMMER_MONDAY
+    with pytest.raises(ValueError):
+        parse_week("2026-W54")
+    assert parse_week("2026-w9".replace("w9", "W09")) == "2026-W09"
+
+
+def test_the_beat_sends_at_eight_on_the_dst_monday_and_not_an_hour_early(
+    app: Flask,
+) -> None:
+    add_subscribers(app, 3)
+    add_article(app, 1, datetime(2026, 3, 27, 10, 0, tzinfo=UTC))
+    queued: list[int] = []
+    with app.app_context():
+        s = app.config["SETTINGS"]
+        # 07:59 in Paris (05:59 UTC): winter-time arithmetic would already have sent at 07:00 UTC
+        # the week before; this week nothing happens yet.
+        delivery.tick(s, datetime(2026, 3, 30, 5, 59, tzinfo=UTC), queued.append)
+        assert get_issue(SUMMER_MONDAY) is None and queued == []
+        delivery.tick(s, datetime(2026, 3, 30, 6, 0, 30, tzinfo=UTC), queued.append)
+        issue = get_issue(SUMMER_MONDAY)
+        assert issue is not None and issue.status == IssueStatus.SENDING
+        assert issue.recipients == 3 and len(queued) == 1
+
+
+def test_a_week_is_planned_once_whatever_the_ticks_workers_and_commands(app: Flask) -> None:
+    add_subscribers(app, 5)
+    for n in range(3):
+        add_article(app, n, NOW - timedelta(days=n + 1))
+    queued: list[int] = []
+    with app.app_context():
+        s = app.config["SETTINGS"]
+        for second in range(5):
+            delivery.tick(s, NOW + timedelta(seconds=second), queued.append)
+        assert plan_issue(s, "2026-W48", NOW).changed is False
+        issues = db.session.execute(select(func.count()).select_from(Issue)).scalar_one()
+        deliveries = db.session.execute(select(func.count()).select_from(Delivery)).scalar_one()
+    assert issues == 1
+    assert deliveries == 5
+    assert len(queued) == 1  # one batch of five, dispatched once
+
+
+def test_planning_picks_new_articles_grouped_by_category_newest_first_and_capped(
+    make_app: Callable[[dict[str, str]], Flask], env: dict[str, str]
+) -> None:
+    app = make_app({**env, "HEBDO_DIGEST_MAX_ARTICLES": "4"})
+    add_article(app, 1, NOW - timedelta(days=1), category="IA")
+    add_article(app, 2, NOW - timedelta(days=2), category="International")
+    add_article(app, 3, NOW - timedelta(days=3), category="IA")
+    add_article(app, 4, NOW - timedelta(days=4), category="")
+    add_article(app, 5, NOW - timedelta(days=5), category="Marketing")  # beyond the cap
+    add_article(app, 6, NOW - timedelta(days=9), category="IA")  # before the first week
+    add_article(app, 7, NOW + timedelta(hours=1), category="IA")  # not yet published
+    result = plan(app, "2026-W48", NOW)
+    assert result.articles == 4
+    with app.app_context():
+        issue = get_issue("2026-W48")
+        assert issue is not None
+        order = [a.url.rsplit("/", 1)[1] for a in issue_articles(issue.id)]
+        # IA holds the newest article, so it comes first; uncategorised goes last.
+        assert order == ["1", "3", "2", "4"]
+        assert issue.subject == "Article numéro 1"
+    # Next week: only what is new since, never an article twice (5 was left out by the cap
+    # and is older than the previous issue, so it stays out).
+    add_article(app, 8, NOW + timedelta(days=2), category="Startups")
+    result = plan(app, "2026-W49", NOW + timedelta(days=7))
+    with app.app_context():
+        issue = get_issue("2026-W49")
+        assert issue is not None
+        assert [a.url.rsplit("/", 1)[1] for a in issue_articles(issue.id)] == ["8", "7"]
+
+
+def test_a_week_without_articles_sends_nothing_and_says_so_once(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    add_subscribers(app, 2)
+    queued: list[int] = []
+    caplog.set_level(logging.INFO, logger="service.digest")
+    with app.app_context():
+        s = app.config["SETTINGS"]
+        for minute in range(3):
+            delivery.tick(s, NOW + timedelta(minutes=minute), queued.append)
+        issue = get_issue("2026-W48")
+        assert issue is not None and issue.status == IssueStatus.CANCELLED
+        assert issue.note == "no new articles"
+        deliveries = db.session.execute(select(func.count()).select_from(Delivery)).scalar_one()
+    assert deliveries == 0 and queued == []
+    said = [r for r in caplog.records if "no new articles" in r.getMessage()]
+    assert len(said) == 1
+
+
+def test_review_mode_plans_a_draft_the_day_before_and_sends_only_once_approved(
+    make_app: Callable[[dict[str, str]], Flask], env: dict[str, str]
+) -> None:
+    app = make_app({**env, "HEBDO_REVIEW": "1"})
+    add_subscribers(app, 2)
+    add_article(app, 1, NOW - timedelta(days=2))
+    queued: list[int] = []
+    with app.app_context():
+        s = app.config["SETTINGS"]
+        sunday = NOW - timedelta(hours=23)  # Sunday 09:00 in Paris, still ISO week 47
+        delivery.tick(s, sunday, queued.append)
+        issue = get_issue("2026-W48")
+        assert issue is not None and issue.status == IssueStatus.DRAFT
+        delivery.tick(s, NOW + timedelta(minutes=1), queued.append)
+        assert get_issue("2026-W48").status == IssueStatus.DRAFT  # type: ignore[union-attr]
+        assert queued == []
+        assert delivery.approve(issue.id, NOW + timedelta(minutes=2))
+        delivery.tick(s, NOW + timedelta(minutes=3), queued.append)
+        assert get_issue("2026-W48").status == IssueStatus.SENDING  # type: ignore[union-attr]
+    assert len(queued) == 1
+
+
+def test_a_send_missed_by_more_than_a_day_is_not_caught_up_by_the_beat(app: Flask) -> None:
+    add_subscribers(app, 1)
+    add_article(app, 1, NOW - timedelta(days=1))
+    with app.app_context():
+        delivery.tick(app.config["SETTINGS"], NOW + timedelta(days=3), no_enqueue)
+        assert get_issue("2026-W48") is None
+        delivery.tick(app.config["SETTINGS"], NOW + timedelta(hours=5), no_enqueue)
+        assert get_issue("2026-W48").status == IssueStatus.SENDING  # type: ignore[union-attr]
+
+
+def _render(app: Flask, locale: str = "fr") -> bytes:
+    with app.app_context():
+        s = app.config["SETTINGS"]
+        issue = get_issue("2026-W48")
+        assert issue is not None
+        template = mail_template(s, issue, locale)
+        recipient = Recipient(1, "lectrice@exemple.fr", locale, NOW)
+        return mail_for(s, template, recipient, NOW).data
+
+
+def test_the_digest_on_the_wire_is_standards_clean_and_escapes_feed_text(
+    smtp_app: Flask, smtp_server: SMTPSink
+) -> None:
+    app = smtp_app
+    add_article(
+        app,
+        1,
+        NOW - timedelta(days=1),
+        title='<script>alert("x")</script>Budget & défense',
+        summary='<img src=x onerror="alert(1)">Le <b>résumé</b>\r\nBcc: victim@example.com',
+        image_url="https://lhebdo.example/images/1.jpg",
+    )
+    add_article(app, 2, NOW - timedelta(days=2), category="IA", author="Julien Marchand")
+    plan(app, "2026-W48", NOW)
+    with app.app_context(), open_transport(app.config["SETTINGS"]) as transport:
+        transport.send(
+            mail_for(
+                app.config["SETTINGS"],
+                mail_template(app.config["SETTINGS"], get_issue("2026-W48"), "fr"),  # type: ignore[arg-type]
+                Recipient(1, "lectrice@exemple.fr", "fr", NOW),
+                NOW,
+            )
+        )
+    mail = smtp_server.wait_for(1)[0]
+    raw = mail.data
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    assert mail.rcpt_tos == ["lectrice@exemple.fr"]
+    names = [line.split(":", 1)[0] for line in head.split("\r\n") if not line.startswith(" ")]
+    assert sorted(names) == sorted(
+        [
+            "From",
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "List-Id",
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
+            "MIME-Version",
+            "Content-Type",
+        ]
+    )
+    assert "Bcc" not in head and "victim" not in head
+    assert re.search(
+        r"^List-Unsubscribe: <https://hebdo\.example\.fr/unsubscribe/[\w.-]+>,\r\n <mailto:",
+        head,
+        re.M,
+    )
+    assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in head
+    message = mail.message
+    assert message.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
+    assert message["Subject"].startswith("L'Hebdo : ")
+    html, text = mail.part("html"), mail.part("plain")
+    assert "<script" not in html and "onerror" not in html and "<b>" not in html
+    assert "Budget &amp; défense" in html or "Budget &amp; d&eacute;fense" in html
+    assert "alert(1)" not in text and "Le résumé Bcc: victim@example.com" in text
+    assert "Lire l’article : https://lhebdo.example/articles/1" in text
+    assert "lectrice@exemple.fr" in text and "lectrice@exemple.fr" in html
+    # Every link is absolute: on HEBDO_BASE_URL (ours) or the article's own site.
+    hrefs = re.findall(r'href="([^"]+)"', html)
+    assert hrefs and all(h.startswith(("https://lhebdo.example/", BASE_URL + "/")) for h in hrefs)
+    ours = {urlsplit(h).path.split("/")[1] for h in hrefs if h.startswith(BASE_URL)}
+    assert ours == {"unsubscribe", "archive"}
+    # Styles are inlined (Gmail drops <style> in some views), 600 px table layout.
+    assert 'class="sheet"' in html and 'width="600"' in html and "style=" in html
+    assert "max-width: 536px" in html or "max-width:536px" in html
+
+
+def test_english_subscribers_get_the_english_frame(app: Flask) -> None:
+    add_article(app, 1, NOW - timedelta(days=1))
+    plan(app, "2026-W48", NOW)
+    raw = _render(app, "en")
+    from email import message_from_bytes, policy
+
+    message = message_from_bytes(raw, policy=policy.default)
+    text = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Week of 23 November 2026" in text and "Read the article: " in text
+    assert "Unsubscribe in one click:" in text
+    french = message_from_bytes(_render(app, "fr"), policy=policy.default)
+    body = french.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Semaine du 23 novembre 2026" in body
+
+
+def test_archive_shows_sent_issues_without_personal_data(app: Flask) -> None:
+    add_subscribers(app, 2)
+    add_article(app, 1, NOW - timedelta(days=1), title="Une histoire <em>d’archives</em>")
+    client = app.test_client()
+    plan(app, "2026-W48", NOW)
+    assert client.get("/archive/2026-W48").status_code == 404  # not sent yet
+    with app.app_context():
+        issue = get_issue("2026-W48")
+        assert issue is not None
+        delivery.start_send(app.config["SETTINGS"], issue.id, NOW)
+    listing = client.get("/archive")
+    assert listing.status_code == 200 and "/archive/2026-W48" in listing.text
+    page = client.get("/archive/2026-W48")
+    assert page.status_code == 200
+    assert "Une histoire d’archives" in page.text and "<em>" not in page.text
+    assert "reader0@exemple.fr" not in page.text and "/unsubscribe/" not in page.text
+    assert "img-src https:" in page.headers["Content-Security-Policy"]
+    assert client.get("/archive/2026-W99").status_code == 404
+    assert client.get("/archive/../../etc").status_code == 404

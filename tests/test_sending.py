@@ -1,0 +1,396 @@
+"""Sending an issue through a real SMTP server on loopback: batches, retries, bounces,
+duplicates, pause/resume/cancel, abandoned claims, and the global send rate.
+
+Batches run in the test process here (the worker tests run them in Celery workers);
+the clock is passed in, so backoff and claim expiry are checked without waiting.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dkim
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from service import delivery
+from service.digest import Recipient, get_issue, mail_for, mail_template, plan_issue
+from service.extensions import db
+from service.mailer import build_message, open_transport
+from service.models import AuditEvent, Delivery, Issue, Status, Subscriber
+from service.ratelimit import FileRate, RedisRate
+from service.subscriptions import is_suppressed, unsubscribe
+from tests.conftest import BROKER_URL, SMTPSink, add_article, add_subscribers
+
+NOW = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
+WEEK = "2026-W48"
+
+
+class Sender:
+    """Start an issue and run its batch tasks in this process, at chosen times."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.settings = app.config["SETTINGS"]
+        self.queue: list[int] = []
+
+    def enqueue(self, issue_id: int) -> bool:
+        self.queue.append(issue_id)
+        return True
+
+    def start(self, now: datetime = NOW) -> int:
+        with self.app.app_context():
+            plan_issue(self.settings, WEEK, now)
+            issue = get_issue(WEEK)
+            assert issue is not None
+            recipients = delivery.start_send(self.settings, issue.id, now)
+            delivery.dispatch(self.settings, issue.id, now, self.enqueue)
+            return recipients
+
+    def run(self, now: datetime = NOW) -> list[delivery.BatchReport]:
+        """Run every queued batch task (as a worker would), at `now`."""
+        reports = []
+        with self.app.app_context(), open_transport(self.settings) as transport:
+            while self.queue:
+                issue_id = self.queue.pop(0)
+                reports.append(
+                    delivery.send_batch(
+                        self.settings, issue_id, transport=transport, clock=lambda: now
+                    )
+                )
+        return reports
+
+    def sweep(self, now: datetime) -> int:
+        with self.app.app_context():
+            return delivery.sweep(self.settings, now, self.enqueue)
+
+    def issue(self) -> Issue:
+        with self.app.app_context():
+            issue = get_issue(WEEK)
+            assert issue is not None
+            db.session.expunge(issue)
+            return issue
+
+    def deliveries(self) -> dict[str, Delivery]:
+        with self.app.app_context():
+            rows = db.session.execute(
+                select(Subscriber.email, Delivery).join(
+                    Subscriber, Subscriber.id == Delivery.subscriber_id
+                )
+            ).all()
+            for _email, row in rows:
+                db.session.expunge(row)
+            return {email: row for email, row in rows}
+
+
+@pytest.fixture
+def batch_app(make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str, str]) -> Flask:
+    app = make_app({**smtp_env, "HEBDO_SEND_BATCH": "40"})
+    add_article(app, 1, NOW - timedelta(days=1))
+    return app
+
+
+def test_every_active_subscriber_gets_the_issue_once_in_batches(
+    batch_app: Flask, smtp_server: SMTPSink
+) -> None:
+    add_subscribers(batch_app, 100)
+    add_subscribers(batch_app, 5, status="pending", start=100)
+    add_subscribers(batch_app, 5, status="unsubscribed", start=105)
+    sender = Sender(batch_app)
+    assert sender.start() == 100
+    assert len(sender.queue) == 3  # 40 + 40 + 20
+    sender.queue.append(sender.queue[0])  # a duplicated task message
+    reports = sender.run()
+    assert [r.sent for r in reports] == [40, 40, 20, 0]
+    assert len(smtp_server.messages) == 100
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == sorted(
+        f"reader{n}@exemple.fr" for n in range(100)
+    )
+    assert smtp_server.sessions == 1  # one connection, reused for every message
+    issue = sender.issue()
+    assert issue.status == "sent" and issue.sent_count == 100 and issue.finished_at is not None
+    # Starting again, planning again, sweeping: nothing more goes out.
+    with batch_app.app_context():
+        assert delivery.start_send(sender.settings, issue.id, NOW) == -1
+        assert plan_issue(sender.settings, WEEK, NOW).changed is False
+    sender.sweep(NOW + timedelta(hours=1))
+    sender.run(NOW + timedelta(hours=1))
+    assert len(smtp_server.messages) == 100
+    rows = sender.deliveries()
+    message_ids = {m.message["Message-ID"] for m in smtp_server.messages}
+    assert {r.message_id for r in rows.values()} == message_ids
+    assert all(r.status == "sent" and r.smtp_response.startswith("250") for r in rows.values())
+
+
+def test_greylisting_is_retried_after_the_servers_delay_then_delivered(
+    batch_app: Flask, smtp_server: SMTPSink
+) -> None:
+    add_subscribers(batch_app, 3)
+    smtp_server.rcpt_sequences["reader1@exemple.fr"] = [
+        "451 4.7.1 Greylisted, try again in 300 seconds",
+        "452 4.2.2 Mailbox full",
+    ]
+    sender = Sender(batch_app)
+    sender.start()
+    report = sender.run()[0]
+    assert (report.sent, report.retried) == (2, 1)
+    row = sender.deliveries()["reader1@exemple.fr"]
+    assert row.status == "queued" and row.next_attempt_at == NOW + timedelta(seconds=300)
+    assert "Greylisted" in (row.last_error or "")
+    assert sender.issue().status == "sending"
+    # Not before the server's 300 s: the sweep finds nothing due.
+    assert sender.sweep(NOW + timedelta(seconds=299)) == 0
+    assert sender.sweep(NOW + timedelta(seconds=300)) == 1
+    sender.run(NOW + timedelta(seconds=300))  # 452: backoff of 2 minutes (second attempt)
+    row = sender.deliveries()["reader1@exemple.fr"]
+    assert row.attempts == 2 and row.next_attempt_at == NOW + timedelta(seconds=420)
+    sender.sweep(NOW + timedelta(seconds=420))
+    sender.run(NOW + timedelta(seconds=420))
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages).count("reader1@exemple.fr") == 1
+    assert sender.issue().status == "sent" and sender.issue().sent_count == 3
+
+
+def test_a_550_bounces_the_subscriber_for_good_and_is_never_retried(
+    batch_app: Flask, smtp_server: SMTPSink
+) -> None:
+    add_subscribers(batch_app, 3)
+    smtp_server.rcpt_replies["reader2@exemple.fr"] = "550 5.1.1 No such user"
+    sender = Sender(batch_app)
+    sender.start()
+    sender.run()
+    row = sender.deliveries()["reader2@exemple.fr"]
+    assert row.status == "bounced" and "5.1.1" in (row.last_error or "")
+    issue = sender.issue()
+    assert issue.status == "sent" and (issue.sent_count, issue.bounced_count) == (2, 1)
+    with batch_app.app_context():
+        sub = db.session.execute(
+            select(Subscriber).where(Subscriber.email == "reader2@exemple.fr")
+        ).scalar_one()
+        assert sub.status == Status.BOUNCED
+        assert is_suppressed(sender.settings, "reader2@exemple.fr")
+        events = db.session.execute(select(AuditEvent.action, AuditEvent.detail)).all()
+        assert [(a, d["code"]) for a, d in events] == [("bounce", "550")]
+    sender.sweep(NOW + timedelta(days=1))
+    sender.run(NOW + timedelta(days=1))
+    assert len(smtp_server.messages) == 2
+
+
+def test_unsubscribed_before_their_turn_are_skipped(
+    batch_app: Flask, smtp_server: SMTPSink
+) -> None:
+    ids = add_subscribers(batch_app, 3)
+    sender = Sender(batch_app)
+    sender.start()
+    with batch_app.app_context():
+        unsubscribe(ids[0], channel="one-click", now=NOW, ip=None, actor="subscriber")
+    sender.run()
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == [
+        "reader1@exemple.fr",
+        "reader2@exemple.fr",
+    ]
+    assert sender.deliveries()["reader0@exemple.fr"].status == "skipped"
+    assert sender.issue().status == "sent"
+
+
+def test_pause_resume_and_cancel(batch_app: Flask, smtp_server: SMTPSink) -> None:
+    add_subscribers(batch_app, 100)
+    sender = Sender(batch_app)
+    sender.start()
+    issue_id = sender.issue().id
+    first = sender.queue.pop(0)
+    sender.queue, waiting = [first], sender.queue
+    sender.run()
+    with batch_app.app_context():
+        assert delivery.pause(issue_id)
+        assert not delivery.pause(issue_id)
+    sender.queue = waiting
+    assert [r.claimed for r in sender.run()] == [0, 0]  # paused: queued tasks claim nothing
+    assert len(smtp_server.messages) == 40
+    with batch_app.app_context():
+        assert delivery.resume(sender.settings, issue_id, NOW, sender.enqueue)
+    sender.queue = sender.queue[:1]
+    sender.run()
+    assert len(smtp_server.messages) == 80
+    with batch_app.app_context():
+        assert delivery.cancel(issue_id, NOW)
+    sender.sweep(NOW + timedelta(hours=1))
+    sender.run(NOW + timedelta(hours=1))
+    assert len(smtp_server.messages) == 80
+    statuses = [r.status for r in sender.deliveries().values()]
+    assert statuses.count("sent") == 80 and statuses.count("skipped") == 20
+    assert sender.issue().status == "cancelled"
+
+
+def test_a_claim_abandoned_by_a_dead_worker_is_requeued_then_given_up(
+    make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str, str], smtp_server: SMTPSink
+) -> None:
+    app = make_app({**smtp_env, "HEBDO_CLAIM_TIMEOUT_SECONDS": "60"})
+    add_article(app, 1, NOW - timedelta(days=1))
+    add_subscribers(app, 2)
+    sender = Sender(app)
+    sender.start()
+    with app.app_context():
+        issue_id = sender.issue().id
+        # A worker claims the batch, then dies before sending anything.
+        assert len(delivery.claim(sender.settings, issue_id, NOW)) == 2
+    sender.queue.clear()
+    assert sender.sweep(NOW + timedelta(seconds=30)) == 0  # still within its claim
+    assert sender.sweep(NOW + timedelta(seconds=61)) == 1
+    assert all(r.status == "queued" for r in sender.deliveries().values())
+    sender.run(NOW + timedelta(seconds=61))
+    assert len(smtp_server.messages) == 2 and sender.issue().status == "sent"
+    # A row whose worker dies every time is failed after MAX_CLAIMS claims, not retried forever.
+    add_subscribers(app, 1, start=10)
+    with app.app_context():
+        db.session.execute(
+            Delivery.__table__.insert().values(
+                issue_id=issue_id,
+                subscriber_id=select(Subscriber.id)
+                .where(Subscriber.email == "reader10@exemple.fr")
+                .scalar_subquery(),
+                status="sending",
+                attempts=delivery.MAX_CLAIMS,
+                next_attempt_at=NOW,
+                claimed_at=NOW,
+                uncertain=False,
+            )
+        )
+        db.session.execute(
+            Issue.__table__.update().where(Issue.id == issue_id).values(status="sending")
+        )
+        db.session.commit()
+    sender.sweep(NOW + timedelta(minutes=5))
+    row = sender.deliveries()["reader10@exemple.fr"]
+    assert row.status == "failed" and "never finished" in (row.last_error or "")
+    assert sender.issue().status == "sent"
+
+
+def test_a_connection_lost_after_the_dot_is_retried_once_and_flagged(
+    batch_app: Flask, smtp_server: SMTPSink
+) -> None:
+    add_subscribers(batch_app, 3)
+    smtp_server.drop_after_data["reader0@exemple.fr"] = 1
+    smtp_server.drop_after_data["reader1@exemple.fr"] = 2
+    sender = Sender(batch_app)
+    sender.start()
+    sender.run()
+    rows = sender.deliveries()
+    assert rows["reader0@exemple.fr"].uncertain and rows["reader0@exemple.fr"].status == "queued"
+    assert rows["reader2@exemple.fr"].status == "sent"  # the batch reconnected and went on
+    for minutes in (1, 10):
+        sender.sweep(NOW + timedelta(minutes=minutes))
+        sender.run(NOW + timedelta(minutes=minutes))
+    rows = sender.deliveries()
+    assert rows["reader0@exemple.fr"].status == "sent" and rows["reader0@exemple.fr"].uncertain
+    assert rows["reader1@exemple.fr"].status == "failed"
+    assert "lost after DATA twice" in (rows["reader1@exemple.fr"].last_error or "")
+    received = [m.rcpt_tos[0] for m in smtp_server.messages]
+    # Each uncertain address received at most one extra copy: the bounded price of a lost reply.
+    assert received.count("reader0@exemple.fr") == 2 and received.count("reader1@exemple.fr") == 2
+    assert sender.issue().status == "sent"
+
+
+def test_a_421_stops_the_batch_and_its_rest_waits_without_losing_an_attempt(
+    batch_app: Flask, smtp_server: SMTPSink
+) -> None:
+    add_subscribers(batch_app, 5)
+    smtp_server.rcpt_sequences["reader1@exemple.fr"] = [
+        "421 4.7.0 Too many messages, try again in 30 seconds"
+    ]
+    sender = Sender(batch_app)
+    sender.start()
+    report = sender.run()[0]
+    assert (report.sent, report.retried, report.released) == (1, 1, 3)
+    rows = sender.deliveries()
+    waiting = [rows[f"reader{n}@exemple.fr"] for n in (2, 3, 4)]
+    # 30 s from the server, but backoff's first minute wins.
+    assert all(r.status == "queued" and r.attempts == 0 for r in waiting)
+    assert all(r.next_attempt_at == NOW + timedelta(minutes=1) for r in waiting)
+    sender.sweep(NOW + timedelta(minutes=1))
+    sender.run(NOW + timedelta(minutes=1))
+    assert len(smtp_server.messages) == 5 and sender.issue().status == "sent"
+
+
+def test_the_send_rate_is_one_schedule_shared_by_every_limiter(tmp_path: Path) -> None:
+    limiters = [FileRate(tmp_path / "rate", 10.0) for _ in range(3)]
+    if BROKER_URL.startswith("redis"):
+        limiters += [RedisRate(BROKER_URL, 10.0) for _ in range(2)]
+        limiters[-1].client.delete("hebdo:send-rate:next-slot")
+    for group in (limiters[:3], limiters[3:]):
+        if not group:
+            continue
+        waits = [group[n % len(group)].reserve() for n in range(20)]
+        # Twenty messages at 10/s: the last one waits about 1.9 s, whichever limiter took it.
+        assert waits[0] < 0.05
+        assert all(b > a for a, b in itertools.pairwise(waits))
+        assert 1.7 < waits[-1] <= 1.9
+
+
+def test_dkim_signature_covers_the_list_headers_and_verifies(
+    make_app: Callable[[dict[str, str]], Flask], env: dict[str, str], tmp_path: Path
+) -> None:
+    key = tmp_path / "dkim.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            str(key),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    public = subprocess.run(
+        ["openssl", "pkey", "-in", str(key), "-pubout", "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    import base64
+
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    app = make_app({**env, "HEBDO_DKIM_KEY_FILE": str(key), "HEBDO_DKIM_SELECTOR": "hebdo2026"})
+    add_article(app, 1, NOW - timedelta(days=1))
+    with app.app_context():
+        s = app.config["SETTINGS"]
+        plan_issue(s, WEEK, NOW)
+        issue = get_issue(WEEK)
+        assert issue is not None
+        mail = mail_for(
+            s, mail_template(s, issue, "fr"), Recipient(1, "a@exemple.fr", "fr", NOW), NOW
+        )
+        confirm = build_message(
+            s,
+            to="b@exemple.fr",
+            subject="Confirmez",
+            text="t",
+            html="<p>h</p>",
+            unsubscribe_url="https://hebdo.example.fr/unsubscribe/x",
+        )
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"hebdo2026._domainkey.news.example.fr."
+        return record
+
+    for data in (mail.data, confirm.data):
+        assert data.startswith(b"DKIM-Signature: ")
+        signed = data.split(b"\r\n\r\n", 1)[0].split(b"h=", 1)[1].split(b";", 1)[0]
+        names = set(signed.replace(b"\r\n", b"").replace(b" ", b"").lower().split(b":"))
+        assert {
+            b"from",
+            b"subject",
+            b"date",
+            b"message-id",
+            b"list-unsubscribe",
+            b"list-unsubscribe-post",
+        } <= names
+        assert dkim.verify(data, dnsfunc=dns)
+        assert not dkim.verify(data.replace(b"/unsubscribe/", b"/unsubscribX/", 1), dnsfunc=dns)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import and_, exists, func, insert, literal, select, update
+from sqlalchemy import String, and_, bindparam, exists, func, insert, literal, select, update
 from sqlalchemy.engine import CursorResult
 
 from .config import Settings
@@ -379,15 +379,54 @@ def _issue_status(issue_id: int) -> str | None:
     return db.session.execute(select(Issue.status).where(Issue.id == issue_id)).scalar()
 
 
-def _outcome(row: _Row, status: DeliveryStatus, **values: Any) -> dict[str, Any]:
-    error = values.pop("error", None)
+def _outcome(
+    row: _Row,
+    status: DeliveryStatus,
+    *,
+    error: str | None = None,
+    attempts: int | None = None,
+    uncertain: bool | None = None,
+    next_attempt_at: datetime | None = None,
+    sent_at: datetime | None = None,
+    smtp_response: str | None = None,
+    message_id: str | None = None,
+) -> dict[str, Any]:
+    """One row's parameters for `_RECORD` (None keeps the column as it is, see there)."""
     return {
-        "id": row.delivery_id,
-        "status": status,
-        "claimed_at": None,
-        "last_error": error[:512] if error else None,
-        **values,
+        "b_id": row.delivery_id,
+        "b_status": status.value,
+        "b_attempts": row.attempts if attempts is None else attempts,
+        "b_uncertain": row.uncertain if uncertain is None else uncertain,
+        "b_next": next_attempt_at,
+        "b_error": error[:512] if error else None,
+        "b_response": smtp_response[:512] if smtp_response else None,
+        "b_message_id": message_id,
+        "b_sent_at": sent_at,
     }
+
+
+_TABLE = Delivery.__table__
+# Every outcome of a batch in one executemany (pipelined by psycopg): the same statement
+# for every row, so a column that an outcome does not set is passed as NULL and kept.
+_RECORD = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        claimed_at=None,
+        attempts=bindparam("b_attempts"),
+        uncertain=bindparam("b_uncertain"),
+        next_attempt_at=func.coalesce(
+            bindparam("b_next", type_=UTCDateTime()), _TABLE.c.next_attempt_at
+        ),
+        last_error=func.coalesce(bindparam("b_error", type_=String()), _TABLE.c.last_error),
+        smtp_response=func.coalesce(
+            bindparam("b_response", type_=String()), _TABLE.c.smtp_response
+        ),
+        message_id=func.coalesce(bindparam("b_message_id", type_=String()), _TABLE.c.message_id),
+        sent_at=func.coalesce(bindparam("b_sent_at", type_=UTCDateTime()), _TABLE.c.sent_at),
+    )
+)
 
 
 def _send_one(
@@ -498,13 +537,7 @@ def _release(report: BatchReport, rows: list[_Row], when: datetime) -> None:
     for row in rows:
         report.released += 1
         report.outcomes.append(
-            {
-                "id": row.delivery_id,
-                "status": DeliveryStatus.QUEUED,
-                "claimed_at": None,
-                "attempts": row.attempts - 1,
-                "next_attempt_at": when,
-            }
+            _outcome(row, DeliveryStatus.QUEUED, attempts=row.attempts - 1, next_attempt_at=when)
         )
 
 
@@ -516,11 +549,11 @@ def _flush(
         return
     counts = {"sent": 0, "failed": 0, "bounced": 0}
     for outcome in report.outcomes:
-        key = str(outcome["status"])
+        key = outcome["b_status"]
         if key in counts:
             counts[key] += 1
-    for group in _by_keys(report.outcomes):
-        db.session.execute(update(Delivery), group)
+    if report.outcomes:
+        db.session.execute(_RECORD, report.outcomes)
     for subscriber_id, email, code in report.bounced_subscribers:
         _bounce_subscriber(settings, subscriber_id, email, code, issue_id, now)
     db.session.execute(
@@ -537,14 +570,6 @@ def _flush(
     db.session.commit()
     report.outcomes = []
     report.bounced_subscribers = []
-
-
-def _by_keys(outcomes: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    """Bulk updates need the same columns in every row of one call."""
-    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
-    for outcome in outcomes:
-        groups.setdefault(frozenset(outcome), []).append(outcome)
-    yield from groups.values()
 
 
 def _bounce_subscriber(

@@ -27,6 +27,7 @@ from email import policy
 from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.utils import format_datetime
+from functools import lru_cache
 from io import BytesIO
 from pathlib import Path
 from time import time_ns
@@ -384,18 +385,17 @@ class SMTPTransport:
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
-        context = ssl.create_default_context()
         conn: smtplib.SMTP
         try:
             if s.smtp_tls == "ssl":
                 conn = smtplib.SMTP_SSL(
-                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=context
+                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=_tls_context()
                 )
             else:
                 conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
             conn.ehlo()
             if s.smtp_tls == "starttls":
-                conn.starttls(context=context)
+                conn.starttls(context=_tls_context())
                 conn.ehlo()
             if s.smtp_user:
                 conn.login(s.smtp_user, s.smtp_password)
@@ -429,39 +429,66 @@ class SMTPTransport:
         raise AssertionError("unreachable")
 
     def _transaction(self, conn: smtplib.SMTP, mail: Outgoing) -> str:
+        """MAIL, RCPT, DATA, then the message.
+
+        Written by hand: smtplib's helpers re-parse the (already validated)
+        addresses and regex the whole message for line ends, which costs more
+        than the rest of a send (our messages have CRLF line ends by
+        construction). When the server offers PIPELINING (RFC 2920) the three
+        commands go out in one write and their replies are read together:
+        two round trips per message instead of four.
+        """
         env = mail.envelope
-        options: list[str] = []
+        options = ""
         if env.smtputf8:
             if not conn.has_extn("smtputf8"):
                 raise PermanentFailure(
                     None, "the server does not support SMTPUTF8, needed for this address"
                 )
-            options = ["SMTPUTF8", "BODY=8BITMIME"]
-        try:
-            code, resp = conn.mail(env.sender, options)
-        except (smtplib.SMTPServerDisconnected, OSError):
-            # Nothing of this message was handed over yet: safe to reconnect and retry.
-            raise _StaleConnection() from None
+            options = " SMTPUTF8 BODY=8BITMIME"
+        conn.command_encoding = "utf-8" if env.smtputf8 else "ascii"
+        commands = [f"MAIL FROM:<{env.sender}>{options}", f"RCPT TO:<{env.recipient}>", "DATA"]
+        pipelined = conn.has_extn("pipelining")
         stage = "mail"
+        handed_over = False
         try:
-            if code != 250:
-                raise self._refused(conn, code, resp, stage)
-            stage = "rcpt"
-            code, resp = conn.rcpt(env.recipient)
-            if code not in (250, 251):
-                raise self._refused(conn, code, resp, stage)
-            stage = "data"
-            code, resp = conn.data(mail.data)
-        except smtplib.SMTPResponseException as exc:
-            raise self._refused(conn, exc.smtp_code, exc.smtp_error, stage) from None
+            try:
+                if pipelined:
+                    conn.send("".join(c + "\r\n" for c in commands))
+                else:
+                    conn.send(commands[0] + "\r\n")
+                code, resp = conn.getreply()
+            except (smtplib.SMTPServerDisconnected, OSError):
+                # Nothing of this message was handed over yet: safe to reconnect and retry.
+                raise _StaleConnection() from None
+            replies = [(code, resp)]
+            # Every pipelined command gets its reply, even after a refusal; after a 421
+            # the server hangs up, so there is nothing more to read.
+            while pipelined and len(replies) < 3 and replies[-1][0] != 421:
+                replies.append(conn.getreply())
+            # A server that answered 354 to a pipelined DATA despite a refusal now waits
+            # for a message: that connection cannot be reset, only dropped.
+            waiting = len(replies) == 3 and replies[2][0] == 354
+            for index, (stage, accepted) in enumerate(
+                (("mail", (250,)), ("rcpt", (250, 251)), ("data", (354,)))
+            ):
+                if index == len(replies):
+                    conn.send(commands[index] + "\r\n")
+                    replies.append(conn.getreply())
+                code, resp = replies[index]
+                if code not in accepted:
+                    raise self._refused(conn, code, resp, stage, drop=waiting)
+            handed_over = True
+            conn.send(_dot_stuffed(mail.data) + b".\r\n")
+            code, resp = conn.getreply()
         except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
-            # Lost during DATA: the server may have accepted the message before the line broke.
+            # Lost after the message went out: the server may have accepted it.
             raise TransientFailure(
                 None,
                 f"connection lost during {stage.upper()}: {exc}",
                 stage=stage,
-                uncertain=stage == "data",
+                uncertain=handed_over,
             ) from None
         if code != 250:
             raise self._refused(conn, code, resp, stage)
@@ -469,10 +496,10 @@ class SMTPTransport:
         return f"{code} {_text(resp)}"
 
     def _refused(
-        self, conn: smtplib.SMTP, code: int, resp: bytes | str, stage: str
+        self, conn: smtplib.SMTP, code: int, resp: bytes | str, stage: str, drop: bool = False
     ) -> DeliveryError:
         error = classify(code, _text(resp), stage)
-        if code == 421:
+        if code == 421 or drop:
             # The server is closing the connection: do not reuse it.
             self._drop()
         else:
@@ -483,8 +510,24 @@ class SMTPTransport:
         return error
 
 
+@lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """Built once per process: loading the system CA store costs ~45 ms, more than a batch."""
+    return ssl.create_default_context()
+
+
 class _StaleConnection(Exception):
     pass
+
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """RFC 5321 transparency: a line starting with "." gets a second one; ends with CRLF."""
+    if data.startswith(b".") or b"\n." in data:
+        data = _LEADING_DOT.sub(b"..", data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 def _text(value: bytes | str) -> str:

@@ -7,6 +7,7 @@ with a key listed in HEBDO_SECRET_KEY_FALLBACKS keep verifying after a rotation.
 from __future__ import annotations
 
 import enum
+from functools import lru_cache
 from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -29,8 +30,14 @@ class BadToken(ValueError):
 
 
 def _serializer(settings: Settings, purpose: Purpose) -> URLSafeTimedSerializer:
+    return _cached_serializer(tuple(settings.signing_keys), purpose)
+
+
+@lru_cache(maxsize=32)
+def _cached_serializer(keys: tuple[str, ...], purpose: Purpose) -> URLSafeTimedSerializer:
     # A list of keys: itsdangerous signs with the last and verifies with all.
-    return URLSafeTimedSerializer(settings.signing_keys, salt=purpose.value)
+    # Cached: a digest signs one unsubscribe link per subscriber.
+    return URLSafeTimedSerializer(list(keys), salt=purpose.value)
 
 
 def make_token(settings: Settings, purpose: Purpose, payload: list[Any]) -> str:

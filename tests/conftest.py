@@ -86,6 +86,8 @@ class SMTPSink:
     rcpt_sequences: dict[str, list[str]] = field(default_factory=dict)
     # seconds to sleep before accepting each message (a slow server)
     data_delay: float = 0.0
+    # offer RFC 2920 PIPELINING, as most real servers do
+    pipelining: bool = True
     # address -> how many times to hang up right after its message's final dot, unanswered
     drop_after_data: dict[str, int] = field(default_factory=dict)
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -95,6 +97,9 @@ class SMTPSink:
     ) -> list[str]:
         self.sessions += 1
         session.host_name = hostname
+        if self.pipelining:
+            # aiosmtpd reads commands line by line, so it copes with pipelined ones.
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(

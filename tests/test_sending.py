@@ -127,9 +127,11 @@ def test_every_active_subscriber_gets_the_issue_once_in_batches(
     assert all(r.status == "sent" and r.smtp_response.startswith("250") for r in rows.values())
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
 def test_greylisting_is_retried_after_the_servers_delay_then_delivered(
-    batch_app: Flask, smtp_server: SMTPSink
+    batch_app: Flask, smtp_server: SMTPSink, pipelining: bool
 ) -> None:
+    smtp_server.pipelining = pipelining
     add_subscribers(batch_app, 3)
     smtp_server.rcpt_sequences["reader1@exemple.fr"] = [
         "451 4.7.1 Greylisted, try again in 300 seconds",
@@ -155,9 +157,11 @@ def test_greylisting_is_retried_after_the_servers_delay_then_delivered(
     assert sender.issue().status == "sent" and sender.issue().sent_count == 3
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
 def test_a_550_bounces_the_subscriber_for_good_and_is_never_retried(
-    batch_app: Flask, smtp_server: SMTPSink
+    batch_app: Flask, smtp_server: SMTPSink, pipelining: bool
 ) -> None:
+    smtp_server.pipelining = pipelining
     add_subscribers(batch_app, 3)
     smtp_server.rcpt_replies["reader2@exemple.fr"] = "550 5.1.1 No such user"
     sender = Sender(batch_app)
@@ -295,9 +299,11 @@ def test_a_connection_lost_after_the_dot_is_retried_once_and_flagged(
     assert sender.issue().status == "sent"
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
 def test_a_421_stops_the_batch_and_its_rest_waits_without_losing_an_attempt(
-    batch_app: Flask, smtp_server: SMTPSink
+    batch_app: Flask, smtp_server: SMTPSink, pipelining: bool
 ) -> None:
+    smtp_server.pipelining = pipelining
     add_subscribers(batch_app, 5)
     smtp_server.rcpt_sequences["reader1@exemple.fr"] = [
         "421 4.7.0 Too many messages, try again in 30 seconds"

@@ -61,7 +61,7 @@ def start_sink() -> tuple[subprocess.Popen[bytes], int]:
     argv = ["smtp-sink", "-m", "64", f"127.0.0.1:{port}", "256"]
     if os.geteuid() == 0:
         argv[1:1] = ["-u", "nobody"]
-    sink = subprocess.Popen(argv)  # noqa: S603
+    sink = subprocess.Popen(argv)
     for _ in range(50):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -74,9 +74,22 @@ def start_sink() -> tuple[subprocess.Popen[bytes], int]:
 def ceiling(port: int, size: int, count: int = 20000) -> float:
     """smtp-source: `count` messages of `size` bytes over 2 sessions that stay connected."""
     started = time.perf_counter()
-    subprocess.run(  # noqa: S603
-        ["smtp-source", "-d", "-s", "2", "-m", str(count), "-l", str(size),
-         "-f", "bench@news.example.fr", "-t", "reader@exemple.fr", f"127.0.0.1:{port}"],
+    subprocess.run(
+        [
+            "smtp-source",
+            "-d",
+            "-s",
+            "2",
+            "-m",
+            str(count),
+            "-l",
+            str(size),
+            "-f",
+            "bench@news.example.fr",
+            "-t",
+            "reader@exemple.fr",
+            f"127.0.0.1:{port}",
+        ],
         check=True,
         timeout=TIMEOUT,
     )
@@ -181,9 +194,10 @@ def statements_per_batch(values: dict[str, str], batch: int) -> tuple[int, int, 
 
 def peak_memory(pid: int) -> int:
     """Largest peak RSS (kB) among a process and its children."""
-    pids = [str(pid), *subprocess.run(
-        ["pgrep", "-P", str(pid)], capture_output=True, text=True
-    ).stdout.split()]
+    pids = [
+        str(pid),
+        *subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split(),
+    ]
     peak = 0
     for p in pids:
         try:
@@ -202,11 +216,26 @@ def send(values: dict[str, str], concurrency: int) -> tuple[float, int, int, flo
     """
     environ = {**{k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}, **values}
     log = Path(values["HEBDO_DATA_DIR"]) / "worker.log"
-    worker = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-         "--concurrency", str(concurrency), "--loglevel", "WARNING",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        env=environ, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env=environ,
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
         app = create_app(values)
@@ -294,12 +323,16 @@ def main() -> None:
         sink.terminate()
         sink.wait(10)
     print()
-    print(f"| Subscribers | Sent | Time | Messages/s | Share of smtp-source ({top:,.0f}/s) "
-          "| Peak worker RSS |")
+    print(
+        f"| Subscribers | Sent | Time | Messages/s | Share of smtp-source ({top:,.0f}/s) "
+        "| Peak worker RSS |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for n, sent, elapsed, rate, share, peak, _snap, _setup in rows:
-        print(f"| {n:,} | {sent:,} | {elapsed:.1f} s | {rate:,.0f} | {share:.2f} "
-              f"| {peak / 1024:.0f} MiB |")
+        print(
+            f"| {n:,} | {sent:,} | {elapsed:.1f} s | {rate:,.0f} | {share:.2f} "
+            f"| {peak / 1024:.0f} MiB |"
+        )
 
 
 if __name__ == "__main__":

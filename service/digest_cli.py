@@ -231,6 +231,12 @@ def digest_send(week: str | None, now_flag: bool, wait: bool) -> None:
         if recipients >= 0:
             queued = delivery.dispatch(settings, issue.id, now, enqueue_batch)
             click.echo(f"{week}: sending to {recipients} subscribers ({queued} batch tasks queued)")
+            if recipients and not queued:
+                click.echo(
+                    "hebdo: the broker is unreachable; the send is recorded and beat's sweep "
+                    "queues it once the broker is back (or run this command again)",
+                    err=True,
+                )
     else:
         click.echo(f"{week}: already {issue.status}; nothing sent twice")
     if wait:

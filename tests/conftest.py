@@ -58,6 +58,8 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
     mail_options: list[str]
+    # time.monotonic() when the message was accepted
+    at: float = 0.0
 
     @property
     def message(self) -> EmailMessage:
@@ -125,6 +127,7 @@ class SMTPSink:
                     list(envelope.rcpt_tos),
                     envelope.original_content,
                     list(envelope.mail_options),
+                    time.monotonic(),
                 )
             )
             self._cond.notify_all()

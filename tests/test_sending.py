@@ -23,7 +23,7 @@ from service.digest import Recipient, get_issue, mail_for, mail_template, plan_i
 from service.extensions import db
 from service.mailer import build_message, open_transport
 from service.models import AuditEvent, Delivery, Issue, Status, Subscriber
-from service.ratelimit import FileRate, RedisRate
+from service.ratelimit import FileRate, RedisRate, send_rate
 from service.subscriptions import is_suppressed, unsubscribe
 from tests.conftest import BROKER_URL, SMTPSink, add_article, add_subscribers
 
@@ -320,6 +320,27 @@ def test_a_421_stops_the_batch_and_its_rest_waits_without_losing_an_attempt(
     sender.sweep(NOW + timedelta(minutes=1))
     sender.run(NOW + timedelta(minutes=1))
     assert len(smtp_server.messages) == 5 and sender.issue().status == "sent"
+
+
+def test_a_batch_honours_the_send_rate(
+    make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str, str], smtp_server: SMTPSink
+) -> None:
+    app = make_app({**smtp_env, "HEBDO_SEND_RATE": "20"})
+    add_article(app, 1, NOW - timedelta(days=1))
+    add_subscribers(app, 10)
+    sender = Sender(app)
+    sender.start()
+    with app.app_context(), open_transport(sender.settings) as transport:
+        delivery.send_batch(
+            sender.settings,
+            sender.issue().id,
+            transport=transport,
+            clock=lambda: NOW,
+            rate=send_rate(sender.settings),
+        )
+    arrivals = [m.at for m in smtp_server.wait_for(10)]
+    # 10 messages at 20/s: at least 9 intervals of 50 ms between the first and the last.
+    assert arrivals[-1] - arrivals[0] >= 0.45 - 0.02
 
 
 def test_the_send_rate_is_one_schedule_shared_by_every_limiter(tmp_path: Path) -> None:

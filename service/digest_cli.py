@@ -13,7 +13,7 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from . import apitokens, delivery, feeds
+from . import apitokens, delivery, feeds, issues
 from .config import Settings
 from .digest import (
     DigestError,
@@ -48,7 +48,7 @@ def _fail(message: str) -> None:
 
 def _week(value: str | None) -> str:
     try:
-        return parse_week(value) if value else upcoming_week(_settings(), _now(), delivery.MAX_LATE)
+        return parse_week(value) if value else upcoming_week(_settings(), _now(), issues.MAX_LATE)
     except DigestError as exc:
         raise click.BadParameter(str(exc), param_hint="--week") from None
 
@@ -220,7 +220,7 @@ def digest_send(week: str | None, now_flag: bool, wait: bool) -> None:
     if issue.status == IssueStatus.CANCELLED:
         _fail(f"{week} is cancelled ({issue.note or 'by an operator'}); nothing sent")
     if issue.status == IssueStatus.DRAFT:
-        delivery.approve(issue.id, now)
+        issues.approve(issue.id, now)
         click.echo(f"{week}: approved")
     issue = _issue(week)
     if issue.status == IssueStatus.SCHEDULED:
@@ -246,14 +246,14 @@ def digest_send(week: str | None, now_flag: bool, wait: bool) -> None:
 def _follow(week: str) -> None:
     while True:
         db.session.expire_all()
-        p = delivery.progress(week, _now())
+        p = issues.progress(week, _now())
         click.echo(_progress_line(p))
         if p.status != IssueStatus.SENDING:
             return
         time.sleep(2)
 
 
-def _progress_line(p: delivery.Progress) -> str:
+def _progress_line(p: issues.Progress) -> str:
     c = p.counts
     return (
         f"{p.week} {p.status}: {p.done}/{p.recipients} done ({p.percent:.1f} %), "
@@ -269,7 +269,7 @@ def digest_status(week: str | None) -> None:
     """Counts per delivery status, progress and rate."""
     week = _week(week)
     try:
-        p = delivery.progress(week, _now())
+        p = issues.progress(week, _now())
     except DigestError as exc:
         _fail(str(exc))
         return
@@ -290,10 +290,10 @@ def _transition(name: str, week: str | None, change: str) -> None:
     issue = _issue(week)
     settings, now = _settings(), _now()
     done = {
-        "approve": lambda: delivery.approve(issue.id, now),
-        "pause": lambda: delivery.pause(issue.id),
-        "resume": lambda: delivery.resume(settings, issue.id, now, enqueue_batch),
-        "cancel": lambda: delivery.cancel(issue.id, now),
+        "approve": lambda: issues.approve(issue.id, now),
+        "pause": lambda: issues.pause(issue.id),
+        "resume": lambda: issues.resume(settings, issue.id, now, enqueue_batch),
+        "cancel": lambda: issues.cancel(issue.id, now),
     }[name]()
     if not done:
         _fail(f"{week} is {issue.status}: cannot {name} it")

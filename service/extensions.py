@@ -95,6 +95,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
         # Far below the Redis visibility timeout (3600 s), so a running task is never redelivered.
+        # A digest batch stops claiming after 120 s (delivery.BATCH_SECONDS) and writes its
+        # outcomes on the soft limit, so the hard limit never cuts a batch short.
         "task_soft_time_limit": 240,
         "task_time_limit": 300,
         "task_default_queue": "default",

@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from service import delivery
+from service import delivery, issues
 from service.digest import (
     Recipient,
     get_issue,
@@ -73,9 +73,9 @@ def test_the_beat_sends_at_eight_on_the_dst_monday_and_not_an_hour_early(
         s = app.config["SETTINGS"]
         # 07:59 in Paris (05:59 UTC): winter-time arithmetic would already have sent at 07:00 UTC
         # the week before; this week nothing happens yet.
-        delivery.tick(s, datetime(2026, 3, 30, 5, 59, tzinfo=UTC), queued.append)
+        issues.tick(s, datetime(2026, 3, 30, 5, 59, tzinfo=UTC), queued.append)
         assert get_issue(SUMMER_MONDAY) is None and queued == []
-        delivery.tick(s, datetime(2026, 3, 30, 6, 0, 30, tzinfo=UTC), queued.append)
+        issues.tick(s, datetime(2026, 3, 30, 6, 0, 30, tzinfo=UTC), queued.append)
         issue = get_issue(SUMMER_MONDAY)
         assert issue is not None and issue.status == IssueStatus.SENDING
         assert issue.recipients == 3 and len(queued) == 1
@@ -89,11 +89,11 @@ def test_a_week_is_planned_once_whatever_the_ticks_workers_and_commands(app: Fla
     with app.app_context():
         s = app.config["SETTINGS"]
         for second in range(5):
-            delivery.tick(s, NOW + timedelta(seconds=second), queued.append)
+            issues.tick(s, NOW + timedelta(seconds=second), queued.append)
         assert plan_issue(s, "2026-W48", NOW).changed is False
-        issues = db.session.execute(select(func.count()).select_from(Issue)).scalar_one()
+        issue_count = db.session.execute(select(func.count()).select_from(Issue)).scalar_one()
         deliveries = db.session.execute(select(func.count()).select_from(Delivery)).scalar_one()
-    assert issues == 1
+    assert issue_count == 1
     assert deliveries == 5
     assert len(queued) == 1  # one batch of five, dispatched once
 
@@ -137,7 +137,7 @@ def test_a_week_without_articles_sends_nothing_and_says_so_once(
     with app.app_context():
         s = app.config["SETTINGS"]
         for minute in range(3):
-            delivery.tick(s, NOW + timedelta(minutes=minute), queued.append)
+            issues.tick(s, NOW + timedelta(minutes=minute), queued.append)
         issue = get_issue("2026-W48")
         assert issue is not None and issue.status == IssueStatus.CANCELLED
         assert issue.note == "no new articles"
@@ -157,14 +157,14 @@ def test_review_mode_plans_a_draft_the_day_before_and_sends_only_once_approved(
     with app.app_context():
         s = app.config["SETTINGS"]
         sunday = NOW - timedelta(hours=23)  # Sunday 09:00 in Paris, still ISO week 47
-        delivery.tick(s, sunday, queued.append)
+        issues.tick(s, sunday, queued.append)
         issue = get_issue("2026-W48")
         assert issue is not None and issue.status == IssueStatus.DRAFT
-        delivery.tick(s, NOW + timedelta(minutes=1), queued.append)
+        issues.tick(s, NOW + timedelta(minutes=1), queued.append)
         assert get_issue("2026-W48").status == IssueStatus.DRAFT  # type: ignore[union-attr]
         assert queued == []
-        assert delivery.approve(issue.id, NOW + timedelta(minutes=2))
-        delivery.tick(s, NOW + timedelta(minutes=3), queued.append)
+        assert issues.approve(issue.id, NOW + timedelta(minutes=2))
+        issues.tick(s, NOW + timedelta(minutes=3), queued.append)
         assert get_issue("2026-W48").status == IssueStatus.SENDING  # type: ignore[union-attr]
     assert len(queued) == 1
 
@@ -173,9 +173,9 @@ def test_a_send_missed_by_more_than_a_day_is_not_caught_up_by_the_beat(app: Flas
     add_subscribers(app, 1)
     add_article(app, 1, NOW - timedelta(days=1))
     with app.app_context():
-        delivery.tick(app.config["SETTINGS"], NOW + timedelta(days=3), no_enqueue)
+        issues.tick(app.config["SETTINGS"], NOW + timedelta(days=3), no_enqueue)
         assert get_issue("2026-W48") is None
-        delivery.tick(app.config["SETTINGS"], NOW + timedelta(hours=5), no_enqueue)
+        issues.tick(app.config["SETTINGS"], NOW + timedelta(hours=5), no_enqueue)
         assert get_issue("2026-W48").status == IssueStatus.SENDING  # type: ignore[union-attr]
 
 

@@ -18,7 +18,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from service import delivery
+from service import delivery, issues
 from service.digest import Recipient, get_issue, mail_for, mail_template, plan_issue
 from service.extensions import db
 from service.mailer import build_message, open_transport
@@ -210,18 +210,18 @@ def test_pause_resume_and_cancel(batch_app: Flask, smtp_server: SMTPSink) -> Non
     sender.queue, waiting = [first], sender.queue
     sender.run()
     with batch_app.app_context():
-        assert delivery.pause(issue_id)
-        assert not delivery.pause(issue_id)
+        assert issues.pause(issue_id)
+        assert not issues.pause(issue_id)
     sender.queue = waiting
     assert [r.claimed for r in sender.run()] == [0, 0]  # paused: queued tasks claim nothing
     assert len(smtp_server.messages) == 40
     with batch_app.app_context():
-        assert delivery.resume(sender.settings, issue_id, NOW, sender.enqueue)
+        assert issues.resume(sender.settings, issue_id, NOW, sender.enqueue)
     sender.queue = sender.queue[:1]
     sender.run()
     assert len(smtp_server.messages) == 80
     with batch_app.app_context():
-        assert delivery.cancel(issue_id, NOW)
+        assert issues.cancel(issue_id, NOW)
     sender.sweep(NOW + timedelta(hours=1))
     sender.run(NOW + timedelta(hours=1))
     assert len(smtp_server.messages) == 80

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from celery import shared_task
 from flask import current_app
 
-from service import delivery, feeds
+from service import delivery, feeds, issues
 from service.config import Settings
 from service.jobs import enqueue_batch
 from service.mailer import TransientFailure, open_transport
@@ -89,7 +89,7 @@ def send_batch_task(issue_id: int) -> None:
 @shared_task(name="hebdo.digest_tick")
 def digest_tick_task() -> None:
     """Plan and start this week's issue when it is due, and keep sending issues moving."""
-    delivery.tick(_settings(), _now(), enqueue_batch)
+    issues.tick(_settings(), _now(), enqueue_batch)
 
 
 @shared_task(name="hebdo.fetch_feeds")

@@ -278,11 +278,18 @@ def send_batch(
     rate: SendRate | None = None,
     templates: Templates = TEMPLATES,
 ) -> BatchReport:
-    """Claim one batch of an issue's deliveries, send them, record every outcome."""
+    """Claim one batch of an issue's deliveries, send them, record every outcome.
+
+    Interrupted (the task's soft time limit, a worker shutting down), it still
+    writes the outcomes it has and hands back the rows it never tried; only the
+    row in flight at that moment waits for the sweep.
+    """
     report = BatchReport()
     rate = rate or Unlimited()
     started = time.monotonic()
     now = clock()
+    rows: list[_Row] = []
+    position = -1
     try:
         ids = claim(settings, issue_id, now)
         report.claimed = len(ids)
@@ -291,7 +298,7 @@ def send_batch(
         issue = get_issue_by_id(issue_id)
         rows = _load(ids)
         last_flush = time.monotonic()
-        for index, row in enumerate(rows):
+        for position, row in enumerate(rows):
             now = clock()
             stop = time.monotonic() - started > BATCH_SECONDS
             if not stop and time.monotonic() - last_flush > FLUSH_SECONDS:
@@ -299,7 +306,8 @@ def send_batch(
                 last_flush = time.monotonic()
                 stop = _issue_status(issue_id) != IssueStatus.SENDING
             if stop:
-                _release(report, rows[index:], now)
+                _release(report, rows[position:], now)
+                position = len(rows)
                 break
             if row.subscriber_status != Status.ACTIVE:
                 report.skipped += 1
@@ -312,9 +320,13 @@ def send_batch(
                 time.sleep(wait)
             halt = _send_one(settings, issue, row, transport, templates, report, clock())
             if halt is not None:
-                _release(report, rows[index + 1 :], now + halt)
+                _release(report, rows[position + 1 :], now + halt)
+                position = len(rows)
                 break
+        position = len(rows)
     finally:
+        if position < len(rows):
+            _release(report, rows[position + 1 :], clock())
         _flush(settings, issue_id, report, clock(), done=True)
     finish_if_done(issue_id, clock())
     return report

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import dkim
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from flask import Flask
 from sqlalchemy import select
 
 from service import delivery, issues
 from service.digest import Recipient, get_issue, mail_for, mail_template, plan_issue
 from service.extensions import db
-from service.mailer import build_message, open_transport
+from service.mailer import Outgoing, SMTPTransport, build_message, open_transport
 from service.models import AuditEvent, Delivery, Issue, Status, Subscriber
 from service.ratelimit import FileRate, RedisRate, send_rate
 from service.subscriptions import is_suppressed, unsubscribe
@@ -421,3 +422,43 @@ def test_dkim_signature_covers_the_list_headers_and_verifies(
         } <= names
         assert dkim.verify(data, dnsfunc=dns)
         assert not dkim.verify(data.replace(b"/unsubscribe/", b"/unsubscribX/", 1), dnsfunc=dns)
+
+
+def test_a_batch_cut_by_the_time_limit_hands_back_what_it_never_tried(
+    batch_app: Flask, smtp_server: SMTPSink
+) -> None:
+    add_subscribers(batch_app, 6)
+    sender = Sender(batch_app)
+    sender.start()
+    settings = sender.settings
+
+    class TimeLimited(SMTPTransport):
+        """The real transport, with Celery's soft time limit striking during the third send."""
+
+        calls = 0
+
+        def send(self, mail: Outgoing) -> str:
+            TimeLimited.calls += 1
+            if TimeLimited.calls == 3:
+                raise SoftTimeLimitExceeded()
+            return super().send(mail)
+
+    issue_id = sender.issue().id
+    with (
+        batch_app.app_context(),
+        TimeLimited(settings) as transport,
+        pytest.raises(SoftTimeLimitExceeded),
+    ):
+        delivery.send_batch(settings, issue_id, transport=transport, clock=lambda: NOW)
+    rows = [sender.deliveries()[f"reader{n}@exemple.fr"] for n in range(6)]
+    assert [r.status for r in rows] == ["sent", "sent", "sending", "queued", "queued", "queued"]
+    assert [r.attempts for r in rows[3:]] == [0, 0, 0]  # never tried, claim not counted
+    assert sender.issue().sent_count == 2
+    # The rest goes out with the next batch; the row in flight after its claim expires.
+    sender.run(NOW)
+    sender.sweep(NOW + timedelta(hours=1))
+    sender.run(NOW + timedelta(hours=1))
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == [
+        f"reader{n}@exemple.fr" for n in range(6)
+    ]
+    assert sender.issue().status == "sent"

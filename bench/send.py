@@ -36,10 +36,12 @@ from flask_migrate import upgrade  # noqa: E402
 from sqlalchemy import create_engine, event, insert, text  # noqa: E402
 
 from service import create_app, delivery, feeds  # noqa: E402
+from service.config import load_settings  # noqa: E402
 from service.digest import get_issue, plan_issue  # noqa: E402
 from service.extensions import db  # noqa: E402
 from service.mailer import SMTPTransport  # noqa: E402
 from service.models import Subscriber  # noqa: E402
+from service.runner import commands  # noqa: E402
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/hebdo_bench")
@@ -209,33 +211,17 @@ def peak_memory(pid: int) -> int:
     return peak
 
 
-def send(values: dict[str, str], concurrency: int) -> tuple[float, int, int, float]:
+def send(values: dict[str, str]) -> tuple[float, int, int, float]:
     """Start a worker, send the planned issue, wait until it is sent.
 
     Returns (seconds from start to sent, messages sent, peak worker kB, seconds to snapshot).
     """
     environ = {**{k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}, **values}
     log = Path(values["HEBDO_DATA_DIR"]) / "worker.log"
+    # The worker exactly as `hebdo run` starts it (HEBDO_WORKER_CONCURRENCY processes).
+    argv = commands(load_settings(values), "127.0.0.1", 0)["worker"]
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "WARNING",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        env=environ,
-        cwd=ROOT,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
+        argv, env=environ, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT
     )
     try:
         app = create_app(values)
@@ -311,7 +297,9 @@ def main() -> None:
             print(f"smtp-source ceiling (2 sessions, {size} bytes): {top:,.0f} msg/s")
             for n in args.subscribers:
                 setup = prepare(values, n)
-                elapsed, sent, peak, snapshot = send(values, args.concurrency)
+                elapsed, sent, peak, snapshot = send(
+                    {**values, "HEBDO_WORKER_CONCURRENCY": str(args.concurrency)}
+                )
                 rate = sent / elapsed
                 rows.append((n, sent, elapsed, rate, rate / top, peak, snapshot, setup))
                 print(

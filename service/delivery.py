@@ -248,6 +248,12 @@ class BatchReport:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     bounced_subscribers: list[tuple[int, str, str]] = field(default_factory=list)
 
+    def note(self, row: _Row, status: DeliveryStatus, *, counter: str = "", **values: Any) -> None:
+        """Count and keep one row's outcome, to be written by the next flush."""
+        name = counter or ("retried" if status == DeliveryStatus.QUEUED else status.value)
+        setattr(self, name, getattr(self, name) + 1)
+        self.outcomes.append(_outcome(row, status, **values))
+
 
 class Templates:
     """Rendered issues per (issue, locale), kept by a worker process between batches."""
@@ -310,10 +316,7 @@ def send_batch(
                 position = len(rows)
                 break
             if row.subscriber_status != Status.ACTIVE:
-                report.skipped += 1
-                report.outcomes.append(
-                    _outcome(row, DeliveryStatus.SKIPPED, error="no longer subscribed")
-                )
+                report.note(row, DeliveryStatus.SKIPPED, error="no longer subscribed")
                 continue
             wait = rate.reserve()
             if wait > 0:
@@ -407,54 +410,33 @@ def _send_one(
         template = templates.get(settings, issue, row.recipient.locale)
         mail = mail_for(settings, template, row.recipient, now)
     except PermanentFailure as exc:
-        report.failed += 1
-        report.outcomes.append(_outcome(row, DeliveryStatus.FAILED, error=str(exc)))
+        report.note(row, DeliveryStatus.FAILED, error=str(exc))
         return None
     except Exception as exc:  # a poison subscriber must not stop the others
         log.exception("issue %s: building delivery %s failed", issue.week, row.delivery_id)
         error = f"could not build the message: {type(exc).__name__}: {exc}"
         if row.attempts >= MAX_BUILD_FAILURES:
-            report.failed += 1
-            report.outcomes.append(_outcome(row, DeliveryStatus.FAILED, error=error))
+            report.note(row, DeliveryStatus.FAILED, error=error)
         else:
-            report.retried += 1
-            report.outcomes.append(
-                _outcome(
-                    row,
-                    DeliveryStatus.QUEUED,
-                    error=error,
-                    next_attempt_at=now + backoff(row.attempts),
-                )
+            report.note(
+                row, DeliveryStatus.QUEUED, error=error, next_attempt_at=now + backoff(row.attempts)
             )
         return None
     try:
         reply = transport.send(mail)
     except PermanentFailure as exc:
-        if exc.stage == "rcpt":
-            report.bounced += 1
-            report.outcomes.append(
-                _outcome(row, DeliveryStatus.BOUNCED, error=str(exc), smtp_response=str(exc)[:512])
-            )
+        # Refused at RCPT: the address itself is refused. Elsewhere: this message is.
+        status = DeliveryStatus.BOUNCED if exc.stage == "rcpt" else DeliveryStatus.FAILED
+        report.note(row, status, error=str(exc), smtp_response=str(exc))
+        if status == DeliveryStatus.BOUNCED:
             report.bounced_subscribers.append(
                 (row.recipient.subscriber_id, row.recipient.email, str(exc.code))
-            )
-        else:
-            report.failed += 1
-            report.outcomes.append(
-                _outcome(row, DeliveryStatus.FAILED, error=str(exc), smtp_response=str(exc)[:512])
             )
         return None
     except TransientFailure as exc:
         return _retry_later(settings, issue, row, exc, report, now)
-    report.sent += 1
-    report.outcomes.append(
-        _outcome(
-            row,
-            DeliveryStatus.SENT,
-            sent_at=now,
-            smtp_response=reply[:512],
-            message_id=mail.message_id,
-        )
+    report.note(
+        row, DeliveryStatus.SENT, sent_at=now, smtp_response=reply, message_id=mail.message_id
     )
     return None
 
@@ -470,25 +452,16 @@ def _retry_later(
     delay = max(timedelta(seconds=exc.retry_after or 0), backoff(row.attempts))
     give_up = (issue.started_at or now) + timedelta(hours=settings.send_give_up_hours)
     if exc.uncertain and row.uncertain:
-        report.failed += 1
-        report.outcomes.append(
-            _outcome(row, DeliveryStatus.FAILED, error=f"lost after DATA twice: {exc}")
-        )
+        report.note(row, DeliveryStatus.FAILED, error=f"lost after DATA twice: {exc}")
     elif now + delay > give_up:
-        report.failed += 1
-        report.outcomes.append(
-            _outcome(row, DeliveryStatus.FAILED, error=f"gave up after {row.attempts} tries: {exc}")
-        )
+        report.note(row, DeliveryStatus.FAILED, error=f"gave up after {row.attempts} tries: {exc}")
     else:
-        report.retried += 1
-        report.outcomes.append(
-            _outcome(
-                row,
-                DeliveryStatus.QUEUED,
-                error=str(exc),
-                next_attempt_at=now + delay,
-                uncertain=row.uncertain or exc.uncertain,
-            )
+        report.note(
+            row,
+            DeliveryStatus.QUEUED,
+            error=str(exc),
+            next_attempt_at=now + delay,
+            uncertain=row.uncertain or exc.uncertain,
         )
     # The server is closing or unreachable: the rest of the batch waits too.
     if exc.code == 421 or exc.stage == "connect":
@@ -499,9 +472,12 @@ def _retry_later(
 def _release(report: BatchReport, rows: list[_Row], when: datetime) -> None:
     """Give claimed rows back, untried: they were not attempted, so the claim is not counted."""
     for row in rows:
-        report.released += 1
-        report.outcomes.append(
-            _outcome(row, DeliveryStatus.QUEUED, attempts=row.attempts - 1, next_attempt_at=when)
+        report.note(
+            row,
+            DeliveryStatus.QUEUED,
+            counter="released",
+            attempts=row.attempts - 1,
+            next_attempt_at=when,
         )
 
 

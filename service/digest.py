@@ -274,7 +274,10 @@ def render_issue(
             locale, "digest.week_of", date=i18n.format_date(locale, week_start(issue.week))
         ),
         "groups": groups,
-        "online_url": public_url(settings, f"/archive/{issue.week}"),
+        # The web version in the reader's language (French is the page's default).
+        "online_url": public_url(
+            settings, f"/archive/{issue.week}" + ("?lang=en" if locale == "en" else "")
+        ),
         "subscribe_url": public_url(settings, "/subscribe"),
         "sender_identity": settings.sender_identity,
         "web": markers is None,

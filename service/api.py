@@ -155,6 +155,8 @@ def _published_at(value: str | None) -> datetime | None:
         raise PayloadError(
             422, "invalid_field", "published_at needs a time zone, e.g. 2026-11-23T08:00:00+01:00"
         )
+    if not 1970 <= moment.year <= 2100:
+        raise PayloadError(422, "invalid_field", "published_at must be between 1970 and 2100")
     return moment
 
 

@@ -126,11 +126,16 @@ def store_article(item: ArticleInput, *, source: str, now: datetime) -> tuple[in
             if len(rows) > 1:
                 # Another row already owns this URL: keep both, leave the URL as it was.
                 values.pop("url")
-            for key, value in values.items():
-                setattr(article, key, value)
-            if item.published_at is not None:
-                article.published_at = item.published_at
-            db.session.flush()
+            try:
+                with db.session.begin_nested():
+                    for key, value in values.items():
+                        setattr(article, key, value)
+                    if item.published_at is not None:
+                        article.published_at = item.published_at
+            except IntegrityError:
+                # Its new URL was taken meanwhile by another ingestion: look again.
+                values.pop("url", None)
+                continue
             return article.id, False
         article = Article(uid=uid, published_at=item.published_at or now, created_at=now, **values)
         try:

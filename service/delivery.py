@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import String, and_, bindparam, exists, func, insert, literal, select, update
+from sqlalchemy import String, and_, bindparam, exists, func, insert, literal, or_, select, update
 from sqlalchemy.engine import CursorResult
 
 from .config import Settings
@@ -36,7 +36,7 @@ from .digest import (
     mail_template,
 )
 from .extensions import UTCDateTime, db
-from .mailer import MailTemplate, PermanentFailure, TransientFailure, Transport
+from .mailer import DeliveryError, MailTemplate, PermanentFailure, TransientFailure, Transport
 from .models import Delivery, DeliveryStatus, Issue, IssueStatus, Status, Subscriber
 from .ratelimit import SendRate, Unlimited
 from .subscriptions import audit, suppress
@@ -50,6 +50,9 @@ Clock = Callable[[], datetime]
 MAX_CLAIMS = 5
 # A crash while building one subscriber's mail is retried this many times, then quarantined.
 MAX_BUILD_FAILURES = 3
+# This many recipients in a row refused for a reason on our side (relay, policy, content)
+# pause the issue: the rest would be refused the same way.
+POLICY_BREAKER = 5
 # Outcomes are written at least this often during a slow (rate-limited) batch.
 FLUSH_SECONDS = 2.0
 # A batch stops claiming time after this, well inside the task's soft time limit (240 s).
@@ -147,26 +150,42 @@ def dispatch(settings: Settings, issue_id: int, now: datetime, enqueue: Enqueue)
 
 
 def finish_if_done(issue_id: int, now: datetime) -> bool:
-    """sending → sent once no delivery is queued or being sent."""
+    """sending → sent once no delivery is queued or being sent; the counters are then
+    recounted from the rows, the truth (the running ones are kept per batch)."""
     open_rows = exists().where(Delivery.issue_id == issue_id, Delivery.status.in_(_OPEN))
     done = db.session.execute(
         update(Issue)
         .where(Issue.id == issue_id, Issue.status == IssueStatus.SENDING, ~open_rows)
         .values(status=IssueStatus.SENT, finished_at=now)
     )
-    db.session.commit()
-    if rowcount(done):
-        issue = db.session.get(Issue, issue_id)
-        assert issue is not None
-        log.info(
-            "issue %s sent: %d sent, %d failed, %d bounced",
-            issue.week,
-            issue.sent_count,
-            issue.failed_count,
-            issue.bounced_count,
+    if not rowcount(done):
+        db.session.commit()
+        return False
+    rows = db.session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.issue_id == issue_id)
+        .group_by(Delivery.status)
+    )
+    counts: dict[str, int] = {status: count for status, count in rows}
+    db.session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id)
+        .values(
+            sent_count=counts.get(DeliveryStatus.SENT.value, 0),
+            failed_count=counts.get(DeliveryStatus.FAILED.value, 0),
+            bounced_count=counts.get(DeliveryStatus.BOUNCED.value, 0),
         )
-        return True
-    return False
+    )
+    db.session.commit()
+    log.info(
+        "issue %s sent: %d sent, %d failed, %d bounced, %d skipped",
+        issue_id,
+        counts.get("sent", 0),
+        counts.get("failed", 0),
+        counts.get("bounced", 0),
+        counts.get("skipped", 0),
+    )
+    return True
 
 
 # ---------------------------------------------------------------- sending one batch
@@ -212,9 +231,11 @@ class _Row:
     uncertain: bool
     recipient: Recipient
     subscriber_status: str
+    # The claim this batch holds: an outcome is written only while the row still carries it.
+    claimed_at: datetime
 
 
-def _load(ids: list[int]) -> list[_Row]:
+def _load(ids: list[int], claimed_at: datetime) -> list[_Row]:
     rows = db.session.execute(
         select(
             Delivery.id,
@@ -231,7 +252,7 @@ def _load(ids: list[int]) -> list[_Row]:
         .order_by(Delivery.id)
     )
     return [
-        _Row(d_id, attempts, uncertain, Recipient(s_id, email, locale, created), status)
+        _Row(d_id, attempts, uncertain, Recipient(s_id, email, locale, created), status, claimed_at)
         for d_id, attempts, uncertain, s_id, email, locale, created, status in rows
     ]
 
@@ -247,6 +268,7 @@ class BatchReport:
     released: int = 0
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     bounced_subscribers: list[tuple[int, str, str]] = field(default_factory=list)
+    last_refusal: str = ""
 
     def note(self, row: _Row, status: DeliveryStatus, *, counter: str = "", **values: Any) -> None:
         """Count and keep one row's outcome, to be written by the next flush."""
@@ -275,6 +297,14 @@ class Templates:
 TEMPLATES = Templates()
 
 
+@dataclass(frozen=True)
+class Halt:
+    """The rest of the batch waits `delay`; with `pause`, the issue is paused, saying why."""
+
+    delay: timedelta
+    pause: str | None = None
+
+
 def send_batch(
     settings: Settings,
     issue_id: int,
@@ -287,12 +317,13 @@ def send_batch(
     """Claim one batch of an issue's deliveries, send them, record every outcome.
 
     Interrupted (the task's soft time limit, a worker shutting down), it still
-    writes the outcomes it has and hands back the rows it never tried; only the
-    row in flight at that moment waits for the sweep.
+    writes the outcomes it has and hands back the rows it never tried; the row
+    in flight at that moment is retried once, flagged uncertain.
     """
     report = BatchReport()
     rate = rate or Unlimited()
     started = time.monotonic()
+    deadline = min(BATCH_SECONDS, settings.claim_timeout_seconds / 2)
     now = clock()
     rows: list[_Row] = []
     position = -1
@@ -302,17 +333,25 @@ def send_batch(
         if not ids:
             return report
         issue = get_issue_by_id(issue_id)
-        rows = _load(ids)
+        rows = _load(ids, now)
+        broken = _render_all(settings, issue, rows, templates)
+        if broken:
+            _pause(issue_id, broken)
+            _release(report, rows, now)
+            position = len(rows)
+            return report
         last_flush = time.monotonic()
+        refusals = 0
         for position, row in enumerate(rows):
             now = clock()
-            stop = time.monotonic() - started > BATCH_SECONDS
+            # Well inside the claim timeout: the sweep never takes back a live batch's rows.
+            stop = time.monotonic() - started > deadline
             if not stop and time.monotonic() - last_flush > FLUSH_SECONDS:
                 _flush(settings, issue_id, report, now)
                 last_flush = time.monotonic()
                 stop = _issue_status(issue_id) != IssueStatus.SENDING
             if stop:
-                _release(report, rows[position:], now)
+                _hand_back(report, issue_id, rows[position:], now)
                 position = len(rows)
                 break
             if row.subscriber_status != Status.ACTIVE:
@@ -321,18 +360,70 @@ def send_batch(
             wait = rate.reserve()
             if wait > 0:
                 time.sleep(wait)
-            halt = _send_one(settings, issue, row, transport, templates, report, clock())
+            halt, refused = _send_one(settings, issue, row, transport, templates, report, clock())
+            refusals = refusals + 1 if refused else 0
+            if refusals >= POLICY_BREAKER and halt is None:
+                halt = Halt(
+                    backoff(1),
+                    f"{refusals} recipients in a row refused for a reason on our side "
+                    f"(last: {report.last_refusal}); fix the SMTP settings or the sending "
+                    "domain, then `hebdo digest resume`",
+                )
             if halt is not None:
-                _release(report, rows[position + 1 :], now + halt)
+                if halt.pause:
+                    _pause(issue_id, halt.pause)
+                _release(report, rows[position + 1 :], now + halt.delay)
                 position = len(rows)
                 break
         position = len(rows)
     finally:
-        if position < len(rows):
+        if 0 <= position < len(rows):
+            # Interrupted while this row was in flight: it may have gone out.
+            row = rows[position]
+            report.note(
+                row,
+                DeliveryStatus.QUEUED,
+                counter="released",
+                uncertain=True,
+                error="interrupted while sending (time limit or shutdown)",
+                next_attempt_at=clock() + backoff(1),
+            )
             _release(report, rows[position + 1 :], clock())
-        _flush(settings, issue_id, report, clock(), done=True)
+        _flush_for_sure(settings, issue_id, report, clock())
     finish_if_done(issue_id, clock())
     return report
+
+
+def _render_all(
+    settings: Settings, issue: Issue, rows: list[_Row], templates: Templates
+) -> str | None:
+    """Render the issue for every locale of the batch; the reason when it cannot be."""
+    try:
+        for locale in sorted({row.recipient.locale for row in rows}):
+            templates.get(settings, issue, locale)
+    except Exception as exc:  # a broken issue must stop the send, not fail every reader
+        log.exception("issue %s cannot be rendered; pausing it", issue.week)
+        return f"the issue cannot be rendered ({type(exc).__name__}: {exc}); fix it and resume"
+    return None
+
+
+def _pause(issue_id: int, reason: str) -> None:
+    db.session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id, Issue.status == IssueStatus.SENDING)
+        .values(status=IssueStatus.PAUSED, note=reason[:200])
+    )
+    db.session.commit()
+    log.error("issue %s paused: %s", issue_id, reason)
+
+
+def _hand_back(report: BatchReport, issue_id: int, rows: list[_Row], now: datetime) -> None:
+    """The issue was paused or cancelled under this batch: give back, or skip, the rest."""
+    if _issue_status(issue_id) == IssueStatus.CANCELLED:
+        for row in rows:
+            report.note(row, DeliveryStatus.SKIPPED, error="issue cancelled")
+    else:
+        _release(report, rows, now)
 
 
 def get_issue_by_id(issue_id: int) -> Issue:
@@ -361,6 +452,7 @@ def _outcome(
     """One row's parameters for `_RECORD` (None keeps the column as it is, see there)."""
     return {
         "b_id": row.delivery_id,
+        "b_claimed": row.claimed_at,
         "b_status": status.value,
         "b_attempts": row.attempts if attempts is None else attempts,
         "b_uncertain": row.uncertain if uncertain is None else uncertain,
@@ -377,7 +469,13 @@ _TABLE = Delivery.__table__
 # for every row, so a column that an outcome does not set is passed as NULL and kept.
 _RECORD = (
     update(_TABLE)
-    .where(_TABLE.c.id == bindparam("b_id"))
+    .where(
+        _TABLE.c.id == bindparam("b_id"),
+        # Still this batch's claim: if the sweep took the row back (a batch slower than the
+        # claim timeout), whoever holds it now records its outcome, not us.
+        _TABLE.c.status == DeliveryStatus.SENDING.value,
+        _TABLE.c.claimed_at == bindparam("b_claimed", type_=UTCDateTime()),
+    )
     .values(
         status=bindparam("b_status"),
         claimed_at=None,
@@ -404,14 +502,18 @@ def _send_one(
     templates: Templates,
     report: BatchReport,
     now: datetime,
-) -> timedelta | None:
-    """Send one delivery and note its outcome; a delay when the whole batch must stop."""
+) -> tuple[Halt | None, bool]:
+    """Send one delivery and note its outcome.
+
+    Returns a Halt when the rest of the batch must wait, and whether the server
+    refused this recipient for a reason on our side (see PermanentFailure.kind).
+    """
     try:
         template = templates.get(settings, issue, row.recipient.locale)
         mail = mail_for(settings, template, row.recipient, now)
     except PermanentFailure as exc:
         report.note(row, DeliveryStatus.FAILED, error=str(exc))
-        return None
+        return None, False
     except Exception as exc:  # a poison subscriber must not stop the others
         log.exception("issue %s: building delivery %s failed", issue.week, row.delivery_id)
         error = f"could not build the message: {type(exc).__name__}: {exc}"
@@ -421,37 +523,47 @@ def _send_one(
             report.note(
                 row, DeliveryStatus.QUEUED, error=error, next_attempt_at=now + backoff(row.attempts)
             )
-        return None
+        return None, False
     try:
         reply = transport.send(mail)
     except PermanentFailure as exc:
-        # Refused at RCPT: the address itself is refused. Elsewhere: this message is.
-        status = DeliveryStatus.BOUNCED if exc.stage == "rcpt" else DeliveryStatus.FAILED
-        report.note(row, status, error=str(exc), smtp_response=str(exc))
-        if status == DeliveryStatus.BOUNCED:
+        if exc.kind == "mailbox":
+            report.note(row, DeliveryStatus.BOUNCED, error=str(exc), smtp_response=str(exc))
             report.bounced_subscribers.append(
                 (row.recipient.subscriber_id, row.recipient.email, str(exc.code))
             )
-        return None
+            return None, False
+        report.last_refusal = str(exc)[:200]
+        if exc.kind == "message":
+            report.note(row, DeliveryStatus.FAILED, error=str(exc), smtp_response=str(exc))
+            return None, True
+        # Refused for a reason on our side: retry later, as for a temporary failure.
+        return _retry_later(settings, issue, row, exc, report, now), True
     except TransientFailure as exc:
-        return _retry_later(settings, issue, row, exc, report, now)
+        return _retry_later(settings, issue, row, exc, report, now), False
     report.note(
         row, DeliveryStatus.SENT, sent_at=now, smtp_response=reply, message_id=mail.message_id
     )
-    return None
+    return None, False
 
 
 def _retry_later(
     settings: Settings,
     issue: Issue,
     row: _Row,
-    exc: TransientFailure,
+    exc: DeliveryError,
     report: BatchReport,
     now: datetime,
-) -> timedelta | None:
-    delay = max(timedelta(seconds=exc.retry_after or 0), backoff(row.attempts))
+) -> Halt | None:
+    retry_after = exc.retry_after if isinstance(exc, TransientFailure) else None
+    uncertain = isinstance(exc, TransientFailure) and exc.uncertain
+    # The server is closing or unreachable: not this recipient's doing, so it is not
+    # charged an attempt, and the rest of the batch waits too.
+    server_wide = exc.code == 421 or exc.stage == "connect"
+    attempts = row.attempts - 1 if server_wide else row.attempts
+    delay = max(timedelta(seconds=retry_after or 0), backoff(max(attempts, 1)))
     give_up = (issue.started_at or now) + timedelta(hours=settings.send_give_up_hours)
-    if exc.uncertain and row.uncertain:
+    if uncertain and row.uncertain:
         report.note(row, DeliveryStatus.FAILED, error=f"lost after DATA twice: {exc}")
     elif now + delay > give_up:
         report.note(row, DeliveryStatus.FAILED, error=f"gave up after {row.attempts} tries: {exc}")
@@ -460,13 +572,11 @@ def _retry_later(
             row,
             DeliveryStatus.QUEUED,
             error=str(exc),
+            attempts=attempts,
             next_attempt_at=now + delay,
-            uncertain=row.uncertain or exc.uncertain,
+            uncertain=row.uncertain or uncertain,
         )
-    # The server is closing or unreachable: the rest of the batch waits too.
-    if exc.code == 421 or exc.stage == "connect":
-        return delay
-    return None
+    return Halt(delay) if server_wide else None
 
 
 def _release(report: BatchReport, rows: list[_Row], when: datetime) -> None:
@@ -512,6 +622,26 @@ def _flush(
     report.bounced_subscribers = []
 
 
+def _flush_for_sure(settings: Settings, issue_id: int, report: BatchReport, now: datetime) -> None:
+    """The batch's last write, retried: losing it would send these messages again."""
+    for attempt in range(1, 4):
+        try:
+            _flush(settings, issue_id, report, now, done=True)
+            return
+        except Exception:
+            db.session.rollback()
+            if attempt == 3:
+                ids = [o["b_id"] for o in report.outcomes]
+                log.exception(
+                    "issue %s: outcomes of deliveries %s could not be written; "
+                    "the sweep will send them again",
+                    issue_id,
+                    ids,
+                )
+                raise
+            time.sleep(attempt)
+
+
 def _bounce_subscriber(
     settings: Settings, subscriber_id: int, email: str, code: str, issue_id: int, now: datetime
 ) -> None:
@@ -535,19 +665,39 @@ def _bounce_subscriber(
 
 
 def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
-    """Keep every sending issue moving: requeue abandoned claims, re-dispatch due rows
-    whose tasks are gone or done, and mark finished issues sent. Returns tasks queued."""
+    """Keep every issue in flight moving: take back claims abandoned by a lost worker
+    (sending and paused issues requeue them, cancelled ones skip them), re-dispatch due
+    rows whose tasks are gone or done, and mark finished issues sent. Returns tasks queued."""
     stale = now - timedelta(seconds=settings.claim_timeout_seconds)
     queued = 0
-    issue_ids = db.session.execute(
-        select(Issue.id).where(Issue.status == IssueStatus.SENDING)
-    ).scalars()
-    for issue_id in list(issue_ids):
+    open_rows = exists().where(Delivery.issue_id == Issue.id, Delivery.status.in_(_OPEN))
+    in_flight = db.session.execute(
+        select(Issue.id, Issue.status).where(
+            or_(
+                Issue.status.in_((IssueStatus.SENDING, IssueStatus.PAUSED)),
+                and_(Issue.status == IssueStatus.CANCELLED, open_rows),
+            )
+        )
+    ).all()
+    for issue_id, status in in_flight:
         abandoned = and_(
             Delivery.issue_id == issue_id,
             Delivery.status == DeliveryStatus.SENDING,
             Delivery.claimed_at < stale,
         )
+        if status == IssueStatus.CANCELLED:
+            db.session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.issue_id == issue_id,
+                    or_(Delivery.status == DeliveryStatus.QUEUED, abandoned),
+                )
+                .values(
+                    status=DeliveryStatus.SKIPPED, claimed_at=None, last_error="issue cancelled"
+                )
+            )
+            db.session.commit()
+            continue
         given_up = db.session.execute(
             update(Delivery)
             .where(abandoned, Delivery.attempts >= MAX_CLAIMS)
@@ -570,6 +720,8 @@ def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
                 status=DeliveryStatus.QUEUED,
                 claimed_at=None,
                 next_attempt_at=now,
+                # May have gone out before the worker died: one more try at most.
+                uncertain=True,
                 last_error="claim expired: the worker was lost mid-batch",
             )
         )
@@ -580,7 +732,7 @@ def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
                 issue_id,
                 rowcount(requeued),
             )
-        if finish_if_done(issue_id, now):
+        if status != IssueStatus.SENDING or finish_if_done(issue_id, now):
             continue
         issue = get_issue_by_id(issue_id)
         outstanding = issue.batches_queued - issue.batches_done

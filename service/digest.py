@@ -17,11 +17,13 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from itertools import groupby
+from typing import Any, cast
 
 import css_inline
 from flask import render_template
 from markupsafe import escape
-from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
 from . import i18n
@@ -45,6 +47,8 @@ _HOLDING = (
     IssueStatus.PAUSED,
     IssueStatus.SENT,
 )
+# Statuses in which an issue may be (re)planned, as long as it never started going out.
+_PLANNABLE = (IssueStatus.DRAFT, IssueStatus.SCHEDULED, IssueStatus.CANCELLED)
 _INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
 
 
@@ -169,10 +173,7 @@ def plan_issue(settings: Settings, week: str, now: datetime) -> PlanResult:
     """
     week = parse_week(week)
     issue = get_issue(week)
-    if issue is not None and (
-        issue.status not in (IssueStatus.DRAFT, IssueStatus.SCHEDULED, IssueStatus.CANCELLED)
-        or issue.started_at is not None
-    ):
+    if issue is not None and (issue.status not in _PLANNABLE or issue.started_at is not None):
         count = _article_count(issue.id)
         return PlanResult(issue.id, week, issue.status, count, False)
     article_ids = _candidates(settings, issue.id if issue else None, week, now)
@@ -197,11 +198,26 @@ def plan_issue(settings: Settings, week: str, now: datetime) -> PlanResult:
             existing = get_issue(week)
             assert existing is not None
             return PlanResult(existing.id, week, existing.status, 0, False)
-    issue.status = status
-    issue.planned_at = now
-    issue.send_at = send_time(settings, week)
-    issue.subject = articles[0].title[:200] if articles else ""
-    issue.note = None if articles else "no new articles"
+    # Conditional on the issue still not started: a send that began since we looked
+    # (another tick, `digest send --now`) keeps the articles it started with. The UPDATE
+    # takes the row's write lock, so start_send waits for this transaction or wins it.
+    replanned = db.session.execute(
+        update(Issue)
+        .where(Issue.id == issue.id, Issue.started_at.is_(None), Issue.status.in_(_PLANNABLE))
+        .values(
+            status=status,
+            planned_at=now,
+            send_at=send_time(settings, week),
+            subject=articles[0].title[:200] if articles else "",
+            note=None if articles else "no new articles",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if not cast(CursorResult[Any], replanned).rowcount:
+        db.session.rollback()
+        current = get_issue(week)
+        assert current is not None
+        return PlanResult(current.id, week, current.status, _article_count(current.id), False)
     db.session.execute(delete(IssueArticle).where(IssueArticle.issue_id == issue.id))
     db.session.add_all(
         IssueArticle(issue_id=issue.id, article_id=a.id, position=n) for n, a in enumerate(articles)

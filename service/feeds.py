@@ -60,10 +60,13 @@ class FeedReport:
 def _read_capped(stream: Any, limit: int, deadline: float) -> bytes:
     chunks: list[bytes] = []
     size = 0
+    # read1 returns what has arrived: a server trickling bytes cannot hold one read open
+    # past the deadline (each wait is bounded by the socket timeout, HEBDO_FEED_TIMEOUT).
+    read = getattr(stream, "read1", stream.read)
     while True:
         if time.monotonic() > deadline:
             raise FeedError("timed out while downloading")
-        chunk = stream.read(65536)
+        chunk = read(65536)
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)
@@ -210,7 +213,13 @@ def ingest(url: str, settings: Settings, now: datetime) -> FeedReport:
                     report.created += 1
                 else:
                     report.updated += 1
-        feed.etag, feed.last_modified = fetched.etag, fetched.last_modified
+        # Validators too long for their columns are not kept (no conditional GET, no failure).
+        feed.etag = fetched.etag if fetched.etag and len(fetched.etag) <= 512 else None
+        feed.last_modified = (
+            fetched.last_modified
+            if fetched.last_modified and len(fetched.last_modified) <= 128
+            else None
+        )
         feed.ok_at = now
         feed.failures = 0
         feed.last_error = None

@@ -122,8 +122,15 @@ def progress(week: str, now: datetime) -> Progress:
 def tick(settings: Settings, now: datetime, enqueue: Enqueue) -> None:
     """Run by beat every HEBDO_SWEEP_SECONDS: plan and start the week's issue when due,
     and sweep. Idempotent: any number of ticks, workers or restarts give one issue."""
-    # This week's send, and next week's when review mode plans it ahead across Sunday night.
-    for week in dict.fromkeys((week_of(settings, now), week_of(settings, now + ONE_WEEK))):
+    # This week's send; last week's, when a late send crossed into a new week (a Sunday
+    # evening schedule, beat down until Monday); next week's, when review mode plans it
+    # ahead across Sunday night.
+    weeks = (
+        week_of(settings, now - ONE_WEEK),
+        week_of(settings, now),
+        week_of(settings, now + ONE_WEEK),
+    )
+    for week in dict.fromkeys(weeks):
         due = send_time(settings, week)
         plan_from = due - timedelta(hours=settings.review_lead_hours) if settings.review else due
         if now < plan_from or now - due > MAX_LATE:

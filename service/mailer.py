@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
 from email.generator import BytesGenerator
+from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime
 from functools import lru_cache
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 _WIRE = policy.SMTP.clone(refold_source="none")
 _WIRE_UTF8 = policy.SMTPUTF8.clone(refold_source="none")
 _SAFE_HEADER_VALUE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+_ENHANCED = re.compile(r"\s*5\.(\d{1,3})\.(\d{1,3})\b")
+_POLICY_WORDS = re.compile(
+    r"relay|denied|policy|spam|block|reputation|auth|rate|throttl|sender", re.IGNORECASE
+)
 _PLAIN_ADDRESS = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})+"
 )
@@ -83,7 +88,30 @@ class TransientFailure(DeliveryError):
 
 
 class PermanentFailure(DeliveryError):
-    """Never try this recipient again with this message (5xx)."""
+    """A 5xx: the server will not take this message as it stands. `kind` says whose problem:
+
+    - `mailbox`: the recipient's address does not exist or is disabled (RCPT with 5.1.x or
+      5.2.1, or a bare 550/551/553): suppress it, never mail it again;
+    - `sender`: our side is refused (MAIL, a 5.7.x policy or relay refusal, our address):
+      every recipient would be, so fix the configuration and retry, never blame the reader;
+    - `message`: this message was refused after DATA: give it up for this recipient.
+    """
+
+    @property
+    def kind(self) -> str:
+        if self.stage == "data":
+            return "message"
+        if self.stage != "rcpt":
+            return "sender"
+        enhanced = _ENHANCED.match(self.response)
+        if enhanced:
+            subject, detail = enhanced.group(1), enhanced.group(2)
+            if (subject == "1" and detail not in ("7", "8")) or (subject, detail) == ("2", "1"):
+                return "mailbox"
+            return "sender"
+        if self.code in (550, 551, 553) and not _POLICY_WORDS.search(self.response):
+            return "mailbox"
+        return "sender"
 
 
 @dataclass(frozen=True)
@@ -203,12 +231,10 @@ class MailTemplate:
         self.markers = markers or Markers()
         prefixes = (self.markers.prefix,)
         head = EmailMessage(policy=policy.default)
-        head["From"] = settings.mail_from
-        head["Subject"] = subject
-        # Encoded by the email package (RFC 2047 for non-ASCII), once per template.
-        from_line, subject_line = _split_head(serialise(head))
-        self._from = from_line + b"\r\n"
-        self._subject = subject_line + b"\r\n"
+        head["From"] = settings.mail_from  # configuration, not user text
+        self._from = _header_block(serialise(head)) + b"\r\n"
+        self._subject = _subject_header(subject)
+        check_header_block((self._from + self._subject).rstrip(b"\r\n"))
         self._list = (
             _raw_header("List-Id", f"<{settings.list_id}>")
             + _raw_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
@@ -275,11 +301,50 @@ class MailTemplate:
         return Outgoing(Envelope(s.mail_from_address, recipient, smtputf8), data, message_id)
 
 
-def _split_head(raw: bytes) -> tuple[bytes, bytes]:
-    """From and Subject lines (each possibly folded) of a serialised header block."""
-    block = raw.split(b"\r\n\r\n", 1)[0]
-    index = block.index(b"\r\nSubject:")
-    return block[:index], block[index + 2 :]
+def _header_block(raw: bytes) -> bytes:
+    return raw.split(b"\r\n\r\n", 1)[0]
+
+
+_ENCODED_WORD = re.compile(r"=\?")
+_HEADER_LINE = re.compile(rb"[A-Za-z][A-Za-z0-9-]*: |[ \t]")
+
+
+def _subject_header(subject: str) -> bytes:
+    """The Subject line, encoded here rather than by the email package's parser.
+
+    The subject carries an article title, so it is untrusted text: the email
+    package would *decode* an encoded-word found in it (`=?utf-8?q?…=0D=0A…?=`)
+    and could write a line break into the header block. Plain printable ASCII
+    goes out as it is; anything else (non-ASCII, `=?`) as RFC 2047 encoded-words,
+    which show the text literally.
+    """
+    text = " ".join(subject.split())  # no CR, LF, tabs or runs of spaces
+    if text.isascii() and text.isprintable() and not _ENCODED_WORD.search(text):
+        line = "Subject: " + text
+        if len(line) <= 998:
+            return (_fold(line) + "\r\n").encode()
+    encoded = Header(text, "utf-8", header_name="Subject").encode(linesep="\r\n")
+    return f"Subject: {encoded}\r\n".encode()
+
+
+def _fold(line: str, width: int = 78) -> str:
+    """Fold at spaces so lines stay under `width` where the words allow."""
+    out, current = [], ""
+    for word in line.split(" "):
+        if current and len(current) + 1 + len(word) > width:
+            out.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    out.append(current)
+    return "\r\n ".join(out)
+
+
+def check_header_block(block: bytes) -> None:
+    """Every line is a `Name: value` header or a continuation: no injected line can hide."""
+    for line in block.split(b"\r\n"):
+        if not _HEADER_LINE.match(line) or b"\r" in line or b"\n" in line:
+            raise ValueError(f"malformed header line: {line[:80]!r}")
 
 
 DKIM_HEADERS = (
@@ -404,7 +469,13 @@ class SMTPTransport:
                 exc.smtp_code, f"SMTP login refused: {exc.smtp_error!r}", stage="connect"
             ) from None
         except smtplib.SMTPResponseException as exc:
-            raise classify(exc.smtp_code, _text(exc.smtp_error), "connect") from None
+            # Refused before any recipient: never the reader's fault, so never permanent.
+            raise TransientFailure(
+                exc.smtp_code,
+                _text(exc.smtp_error),
+                _retry_after(_text(exc.smtp_error)),
+                stage="connect",
+            ) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise TransientFailure(
                 None, f"cannot connect to {s.smtp_host}:{s.smtp_port}: {exc}", stage="connect"
@@ -461,6 +532,9 @@ class SMTPTransport:
             except (smtplib.SMTPServerDisconnected, OSError):
                 # Nothing of this message was handed over yet: safe to reconnect and retry.
                 raise _StaleConnection() from None
+            if code == 421 and self._sent_on_conn:
+                # A reused connection the server timed out while idle: reconnect once.
+                raise _StaleConnection()
             replies = [(code, resp)]
             # Every pipelined command gets its reply, even after a refusal; after a 421
             # the server hangs up, so there is nothing more to read.
@@ -478,8 +552,9 @@ class SMTPTransport:
                 code, resp = replies[index]
                 if code not in accepted:
                     raise self._refused(conn, code, resp, stage, drop=waiting)
-            handed_over = True
             conn.send(_dot_stuffed(mail.data) + b".\r\n")
+            # Written in full: from here a lost connection may hide an accepted message.
+            handed_over = True
             code, resp = conn.getreply()
         except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()

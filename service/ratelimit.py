@@ -29,7 +29,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
 if slot < now then slot = now end
-redis.call('SET', KEYS[1], tostring(slot + tonumber(ARGV[1])), 'PX', 60000)
+local step = tonumber(ARGV[1])
+-- Kept a minute past the last reserved slot, however far ahead that is.
+local ttl = math.floor((slot + step - now) / 1000) + 60000
+redis.call('SET', KEYS[1], tostring(slot + step), 'PX', ttl)
 return slot - now
 """
 
@@ -45,18 +48,39 @@ class Unlimited:
 
 
 class RedisRate:
-    def __init__(self, url: str, rate: float) -> None:
+    """The shared schedule in Redis; without Redis, this process paces itself alone.
+
+    When Redis cannot be reached, each process keeps to rate / `processes` (the
+    processes of its own worker) for 10 s before trying Redis again, so an outage
+    costs neither a 2 s timeout per message nor a burst. Workers on other machines
+    pace themselves the same way, so the total can exceed the rate by that factor.
+    """
+
+    RETRY_SECONDS = 10.0
+
+    def __init__(self, url: str, rate: float, processes: int = 1) -> None:
         self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.step = round(1_000_000 / rate)
         self.script = self.client.register_script(_RESERVE)
+        self.local_step = self.step * max(processes, 1) / 1_000_000
+        self.local_next = 0.0
+        self.down_until = 0.0
 
     def reserve(self) -> float:
-        try:
-            return int(self.script(keys=[_KEY], args=[self.step])) / 1_000_000
-        except redis.RedisError as exc:
-            # Redis gone: hold to this process's share of the rate rather than stop sending.
-            log.warning("send rate: Redis unavailable (%s), pacing locally", type(exc).__name__)
-            return self.step / 1_000_000
+        if time.monotonic() >= self.down_until:
+            try:
+                return int(self.script(keys=[_KEY], args=[self.step])) / 1_000_000
+            except redis.RedisError as exc:
+                log.warning(
+                    "send rate: Redis unavailable (%s), pacing this process alone for %.0f s",
+                    type(exc).__name__,
+                    self.RETRY_SECONDS,
+                )
+                self.down_until = time.monotonic() + self.RETRY_SECONDS
+        now = time.monotonic()
+        slot = max(self.local_next, now)
+        self.local_next = slot + self.local_step
+        return slot - now
 
 
 class FileRate:
@@ -85,5 +109,5 @@ def send_rate(settings: Settings) -> SendRate:
     if settings.send_rate <= 0:
         return Unlimited()
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        return RedisRate(settings.broker_url, settings.send_rate)
+        return RedisRate(settings.broker_url, settings.send_rate, settings.worker_concurrency)
     return FileRate(settings.data_dir / "send-rate", settings.send_rate)

@@ -543,6 +543,23 @@ def send_confirmation(
         )
         transport.send(mail)
     except PermanentFailure as exc:
+        if exc.kind == "sender":
+            # Our relay refuses us (configuration, policy): not this reader's fault.
+            sub.confirm_claimed_at = None
+            sub.confirm_last_error = str(exc)[:512]
+            sub.confirm_due_at = now + _backoff(sub.confirm_attempts)
+            db.session.commit()
+            log.warning(
+                "confirmation mail of subscriber %s refused by the relay: %s", subscriber_id, exc
+            )
+            return False
+        if exc.kind == "message":
+            sub.confirm_claimed_at = None
+            sub.confirm_due_at = None
+            sub.confirm_last_error = str(exc)[:512]
+            db.session.commit()
+            log.warning("confirmation mail of subscriber %s rejected: %s", subscriber_id, exc)
+            return False
         before = sub.status
         sub.status = Status.BOUNCED
         sub.confirm_due_at = None

@@ -88,6 +88,8 @@ class SMTPSink:
     rcpt_sequences: dict[str, list[str]] = field(default_factory=dict)
     # seconds to sleep before accepting each message (a slow server)
     data_delay: float = 0.0
+    # reply to give to every MAIL FROM (a relay refusing us), instead of accepting it
+    mail_reply: str | None = None
     # offer RFC 2920 PIPELINING, as most real servers do
     pipelining: bool = True
     # address -> how many times to hang up right after its message's final dot, unanswered
@@ -103,6 +105,15 @@ class SMTPSink:
             # aiosmtpd reads commands line by line, so it copes with pipelined ones.
             responses.insert(-1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]

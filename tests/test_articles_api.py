@@ -90,6 +90,7 @@ def test_push_rejects_bad_articles_with_clear_errors(app: Flask) -> None:
         ({**ARTICLE, "title": "<b></b>"}, 422, "title"),
         ({**ARTICLE, "published_at": "lundi"}, 422, "published_at"),
         ({**ARTICLE, "published_at": "2026-11-24T09:30:00"}, 422, "time zone"),
+        ({**ARTICLE, "published_at": "0001-01-01T00:00:00+01:00"}, 422, "between 1970"),
         ({**ARTICLE, "title": 12}, 422, "title must be a string"),
         ({**ARTICLE, "surprise": 1}, 422, "unknown field"),
         ({**ARTICLE, "summary": "x" * 20001}, 422, "longer than"),

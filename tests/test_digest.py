@@ -292,3 +292,19 @@ def test_archive_shows_sent_issues_without_personal_data(app: Flask) -> None:
     assert "img-src https:" in page.headers["Content-Security-Policy"]
     assert client.get("/archive/2026-W99").status_code == 404
     assert client.get("/archive/../../etc").status_code == 404
+
+
+def test_a_sunday_evening_send_missed_until_monday_is_still_caught_up(
+    make_app: Callable[[dict[str, str]], Flask], env: dict[str, str]
+) -> None:
+    app = make_app({**env, "HEBDO_SEND_SCHEDULE": "sun 20:00"})
+    add_subscribers(app, 1)
+    add_article(app, 1, datetime(2026, 11, 27, 9, 0, tzinfo=UTC))
+    with app.app_context():
+        s = app.config["SETTINGS"]
+        # Beat was down from Sunday 29 November 19:00 until Monday 02:00 (Paris): ISO week 49
+        # has begun, but week 48's send is only 6 hours late.
+        issues.tick(s, datetime(2026, 11, 30, 1, 0, tzinfo=UTC), no_enqueue)
+        issue = get_issue("2026-W48")
+        assert issue is not None and issue.status == IssueStatus.SENDING
+        assert get_issue("2026-W49") is None

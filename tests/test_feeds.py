@@ -82,6 +82,19 @@ def feed_server() -> Iterator[FeedServer]:
             elif self.path == "/slow.xml":
                 state.release.wait(5)
                 self._send(200, RSS.format(title="Trop tard").encode())
+            elif self.path == "/trickle.xml":
+                # One byte every 0.2 s: each read returns, none would reach the end in time.
+                self.send_response(200)
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                try:
+                    for _ in range(100):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        if state.release.wait(0.2):
+                            return
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
             elif self.path == "/broken.xml":
                 self._send(200, b"<html><body>Maintenance { not a feed", Content_Type="text/html")
             elif self.path == "/huge.xml":
@@ -126,6 +139,7 @@ def test_one_good_feed_survives_every_kind_of_bad_one_and_rereads_are_idempotent
 ) -> None:
     urls = [
         feed_server.url("/slow.xml"),
+        feed_server.url("/trickle.xml"),
         feed_server.url("/good.xml"),
         feed_server.url("/down.xml"),
         feed_server.url("/broken.xml"),
@@ -146,11 +160,13 @@ def test_one_good_feed_survives_every_kind_of_bad_one_and_rereads_are_idempotent
     started = time.monotonic()
     with app.app_context():
         reports = {r.url: r for r in feeds.ingest_all(app.config["SETTINGS"], now)}
-    assert time.monotonic() - started < 10  # the slow feed cost its timeout, not more
+    # The slow and the trickling feed cost their time limit (1 s) each, not more.
+    assert time.monotonic() - started < 8
     ok = {u for u, r in reports.items() if r.result == "ok"}
     assert ok == {feed_server.url("/good.xml"), feed_server.url("/atom.xml")}
     errors = {u: r.error for u, r in reports.items() if r.result == "error"}
     assert "timed out" in errors[feed_server.url("/slow.xml")]
+    assert "timed out" in errors[feed_server.url("/trickle.xml")]
     assert "HTTP 500" in errors[feed_server.url("/down.xml")]
     assert "not" in errors[feed_server.url("/broken.xml")]
     assert "HEBDO_FEED_MAX_BYTES" in errors[feed_server.url("/huge.xml")]
@@ -176,7 +192,7 @@ def test_one_good_feed_survives_every_kind_of_bad_one_and_rereads_are_idempotent
 
     with app.app_context():
         failing = db.session.execute(select(Feed).where(Feed.failures > 0)).scalars().all()
-        assert len(failing) == 6 and all(f.last_error for f in failing)
+        assert len(failing) == 7 and all(f.last_error for f in failing)
 
     # Second read: 304 for the good feed (ETag sent), the Atom feed updates in place,
     # and an item's first-seen date does not move.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
+from email import message_from_bytes, policy
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -63,14 +64,17 @@ def test_wire_bytes_are_standards_clean(smtp_app: Flask, smtp_server: SMTPSink) 
     ) in head + "\r\n"
     assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in head + "\r\n"
     assert "List-Id: <hebdo.news.example.fr>" in head
-    assert "=?" not in head.split("Subject:")[0] + head.split("Subject:")[1].split("\r\n", 1)[1]
+    lines = head.split("\r\n")
+    start = next(n for n, line in enumerate(lines) if line.startswith("Subject: "))
+    end = next(n for n in range(start + 1, len(lines)) if not lines[n].startswith(" "))
+    subject_lines, others = lines[start:end], lines[:start] + lines[end:]
+    # Only the subject is encoded (RFC 2047, by hebdo, not by the email package's parser).
+    assert "=?" not in "\r\n".join(others)
+    assert all(line.isascii() and len(line) <= 78 for line in subject_lines)
     assert re.search(r"^Message-ID: <[^@\s]+@news\.example\.fr>$", unfolded, re.M)
     assert re.search(r"^Date: Mon, 30 Nov 2026 07:00:00 \+0000$", unfolded, re.M)
     assert re.search(r"^To: lecteur@exemple\.fr$", unfolded, re.M)
     assert re.search(r"^From: L'Hebdo <newsletter@news\.example\.fr>$", unfolded, re.M)
-    assert re.search(
-        r"^Subject: Confirmez votre inscription =\?utf-8\?q\?=C3=A0\?= L'Hebdo$", unfolded, re.M
-    )
     message = received.message
     assert message["Subject"] == "Confirmez votre inscription à L'Hebdo"
     assert message.get_content_type() == "multipart/alternative"
@@ -146,8 +150,22 @@ def test_header_injection_through_the_subject_or_links_is_impossible(app: Flask)
             html="h",
             unsubscribe_url=f"{BASE_URL}/x\r\nBcc: victim@exemple.fr",
         )
-    with pytest.raises(ValueError, match="linefeed or carriage return"):
-        mail_to(app, "a@exemple.fr", subject="Salut\r\nBcc: victim@exemple.fr")
+    # Subjects carry article titles: line breaks fold into spaces, and an encoded-word in
+    # the text stays text (the email package's parser would decode its CR/LF into headers).
+    for subject, shown in [
+        ("Salut\r\nBcc: victim@exemple.fr", "Salut Bcc: victim@exemple.fr"),
+        (
+            "=?utf-8?q?Hi=0D=0ABcc:_victim@exemple.fr=0D=0AX-Evil:_1?=",
+            "=?utf-8?q?Hi=0D=0ABcc:_victim@exemple.fr=0D=0AX-Evil:_1?=",
+        ),
+        ("Budget\u2028X-Evil: 1 é", "Budget X-Evil: 1 é"),
+    ]:
+        data = mail_to(app, "a@exemple.fr", subject=subject).data
+        head = data.split(b"\r\n\r\n", 1)[0]
+        names = [line.split(b":")[0] for line in head.split(b"\r\n") if line[:1] != b" "]
+        assert b"Bcc" not in names and b"X-Evil" not in names
+        message = message_from_bytes(data, policy=policy.default)
+        assert message["Subject"] == shown
 
 
 def test_capture_transport_and_dev_mailbox(app: Flask, client: FlaskClient) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +27,7 @@ from service.mailer import Outgoing, SMTPTransport, build_message, open_transpor
 from service.models import AuditEvent, Delivery, Issue, Status, Subscriber
 from service.ratelimit import FileRate, RedisRate, send_rate
 from service.subscriptions import is_suppressed, unsubscribe
-from tests.conftest import BROKER_URL, SMTPSink, add_article, add_subscribers
+from tests.conftest import BROKER_URL, SMTPSink, add_article, add_subscribers, free_port
 
 NOW = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
 WEEK = "2026-W48"
@@ -359,6 +360,15 @@ def test_the_send_rate_is_one_schedule_shared_by_every_limiter(tmp_path: Path) -
         assert 1.7 < waits[-1] <= 1.9
 
 
+def test_without_redis_each_process_paces_itself_and_does_not_retry_every_message() -> None:
+    limiter = RedisRate(f"redis://127.0.0.1:{free_port()}/0", 10.0, processes=2)
+    started = time.monotonic()
+    waits = [limiter.reserve() for _ in range(5)]
+    # One failed connection (refused at once on loopback), then local pacing at 10/s ÷ 2.
+    assert time.monotonic() - started < 1.5
+    assert waits[0] < 0.05 and 0.7 < waits[-1] <= 0.8
+
+
 def test_dkim_signature_covers_the_list_headers_and_verifies(
     make_app: Callable[[dict[str, str]], Flask], env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -451,10 +461,13 @@ def test_a_batch_cut_by_the_time_limit_hands_back_what_it_never_tried(
     ):
         delivery.send_batch(settings, issue_id, transport=transport, clock=lambda: NOW)
     rows = [sender.deliveries()[f"reader{n}@exemple.fr"] for n in range(6)]
-    assert [r.status for r in rows] == ["sent", "sent", "sending", "queued", "queued", "queued"]
+    assert [r.status for r in rows] == ["sent"] * 2 + ["queued"] * 4
+    # The row in flight may have gone out: retried once at most, a minute later.
+    assert rows[2].uncertain and rows[2].attempts == 1
+    assert rows[2].next_attempt_at == NOW + timedelta(minutes=1)
     assert [r.attempts for r in rows[3:]] == [0, 0, 0]  # never tried, claim not counted
     assert sender.issue().sent_count == 2
-    # The rest goes out with the next batch; the row in flight after its claim expires.
+    # The rest goes out with the next batch, the row that was in flight a minute later.
     sender.run(NOW)
     sender.sweep(NOW + timedelta(hours=1))
     sender.run(NOW + timedelta(hours=1))
@@ -462,3 +475,91 @@ def test_a_batch_cut_by_the_time_limit_hands_back_what_it_never_tried(
         f"reader{n}@exemple.fr" for n in range(6)
     ]
     assert sender.issue().status == "sent"
+
+
+@pytest.mark.parametrize(
+    ("where", "reply"),
+    [
+        ("rcpt", "554 5.7.1 <reader0@exemple.fr>: Relay access denied"),
+        ("rcpt", "550 Sender blocked for poor reputation"),
+        ("mail", "553 5.7.1 Sender address rejected: not owned by user"),
+    ],
+)
+def test_a_relay_refusing_us_pauses_the_issue_and_blames_no_reader(
+    batch_app: Flask, smtp_server: SMTPSink, where: str, reply: str
+) -> None:
+    ids = add_subscribers(batch_app, 12)
+    if where == "mail":
+        smtp_server.mail_reply = reply
+    else:
+        for n in range(12):
+            smtp_server.rcpt_replies[f"reader{n}@exemple.fr"] = reply
+    sender = Sender(batch_app)
+    sender.start()
+    report = sender.run()[0]
+    assert report.bounced == 0 and report.sent == 0
+    assert report.retried == delivery.POLICY_BREAKER
+    issue = sender.issue()
+    assert issue.status == "paused" and "refused for a reason on our side" in (issue.note or "")
+    rows = sender.deliveries().values()
+    assert all(r.status == "queued" for r in rows)
+    with batch_app.app_context():
+        statuses = db.session.execute(
+            select(Subscriber.status).where(Subscriber.id.in_(ids))
+        ).scalars()
+        assert set(statuses) == {"active"}
+        assert not is_suppressed(sender.settings, "reader0@exemple.fr")
+    # Fixed on our side, resumed: everyone gets it once.
+    smtp_server.mail_reply = None
+    smtp_server.rcpt_replies.clear()
+    later = NOW + timedelta(minutes=5)
+    with batch_app.app_context():
+        assert issues.resume(sender.settings, issue.id, later, sender.enqueue)
+    sender.run(later)
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == sorted(
+        f"reader{n}@exemple.fr" for n in range(12)
+    )
+    assert sender.issue().status == "sent"
+
+
+def test_cancelling_under_a_running_batch_skips_the_rest_and_closes_the_issue(
+    batch_app: Flask, smtp_server: SMTPSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_subscribers(batch_app, 10)
+    sender = Sender(batch_app)
+    sender.start()
+    issue_id = sender.issue().id
+    # The batch looks at the issue's status at every message instead of every 2 s.
+    monkeypatch.setattr(delivery, "FLUSH_SECONDS", -1.0)
+
+    class CancelledMidway(SMTPTransport):
+        def send(self, mail: Outgoing) -> str:
+            reply = super().send(mail)
+            if mail.envelope.recipient == "reader2@exemple.fr":
+                issues.cancel(issue_id, NOW)  # an editor, from another process
+            return reply
+
+    with batch_app.app_context(), CancelledMidway(sender.settings) as transport:
+        delivery.send_batch(sender.settings, issue_id, transport=transport, clock=lambda: NOW)
+    assert len(smtp_server.messages) == 3
+    statuses = [r.status for r in sender.deliveries().values()]
+    assert statuses.count("sent") == 3 and statuses.count("skipped") == 7
+    with batch_app.app_context():
+        progress = issues.progress(WEEK, NOW)
+    assert progress.status == "cancelled" and progress.percent == 100.0
+
+
+def test_rows_of_a_cancelled_issue_left_by_a_dead_worker_are_closed_by_the_sweep(
+    batch_app: Flask, smtp_server: SMTPSink
+) -> None:
+    add_subscribers(batch_app, 50)
+    sender = Sender(batch_app)
+    sender.start()
+    with batch_app.app_context():
+        issue_id = sender.issue().id
+        assert len(delivery.claim(sender.settings, issue_id, NOW)) == 40  # then dies
+        assert issues.cancel(issue_id, NOW)
+    sender.sweep(NOW + timedelta(hours=1))
+    statuses = [r.status for r in sender.deliveries().values()]
+    assert statuses.count("skipped") == 50
+    assert smtp_server.messages == []

@@ -25,7 +25,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import String, and_, bindparam, exists, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    String,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import CursorResult
 
 from .config import Settings
@@ -50,6 +62,8 @@ Clock = Callable[[], datetime]
 MAX_CLAIMS = 5
 # A crash while building one subscriber's mail is retried this many times, then quarantined.
 MAX_BUILD_FAILURES = 3
+# A claim slower than this on PostgreSQL means stale planner statistics (see claim()).
+CLAIM_SLOW_SECONDS = 0.005
 # This many recipients in a row refused for a reason on our side (relay, policy, content)
 # pause the issue: the rest would be refused the same way.
 POLICY_BREAKER = 5
@@ -108,6 +122,11 @@ def start_send(settings: Settings, issue_id: int, now: datetime) -> int:
     ).scalar_one()
     db.session.execute(update(Issue).where(Issue.id == issue_id).values(recipients=recipients))
     db.session.commit()
+    if db.engine.dialect.name == "postgresql":
+        # The snapshot just added up to millions of rows; until autovacuum notices, the
+        # planner would scan the whole table for every batch's claim and load.
+        db.session.execute(text("ANALYZE deliveries"))
+        db.session.commit()
     log.info("issue %s: sending to %d subscribers", issue_id, recipients)
     finish_if_done(issue_id, now)
     return int(recipients)
@@ -193,35 +212,100 @@ def finish_if_done(issue_id: int, now: datetime) -> bool:
 
 def claim(settings: Settings, issue_id: int, now: datetime) -> list[int]:
     """Take up to HEBDO_SEND_BATCH due deliveries of a sending issue, atomically."""
+    return [row.delivery_id for row in claim_rows(settings, issue_id, now)]
+
+
+_RECIPIENT_COLUMNS = (
+    Delivery.id,
+    Delivery.attempts,
+    Delivery.uncertain,
+    Subscriber.id,
+    Subscriber.email,
+    Subscriber.locale,
+    Subscriber.created_at,
+    Subscriber.status,
+)
+
+
+def claim_rows(settings: Settings, issue_id: int, now: datetime) -> list[_Row]:
+    """Claim a batch and return what sending it needs (the recipients included)."""
     sending = exists().where(Issue.id == issue_id, Issue.status == IssueStatus.SENDING)
     due = (
-        select(Delivery.id)
-        .where(
-            Delivery.issue_id == issue_id,
-            Delivery.status == DeliveryStatus.QUEUED,
-            Delivery.next_attempt_at <= now,
-            sending,
-        )
-        .order_by(Delivery.id)
-        .limit(settings.send_batch)
-        # PostgreSQL: concurrent claimers skip each other's rows instead of waiting.
-        # SQLite has one writer at a time and ignores the clause.
-        .with_for_update(skip_locked=True)
+        Delivery.issue_id == issue_id,
+        Delivery.status == DeliveryStatus.QUEUED,
+        Delivery.next_attempt_at <= now,
+        sending,
     )
-    ids = db.session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(due.scalar_subquery()))
-        .values(
-            status=DeliveryStatus.SENDING,
-            claimed_at=now,
-            attempts=Delivery.attempts + 1,
-        )
-        .returning(Delivery.id)
-        .execution_options(synchronize_session=False)
-    ).scalars()
-    claimed = sorted(ids)
+    take = update(Delivery).values(
+        status=DeliveryStatus.SENDING, claimed_at=now, attempts=Delivery.attempts + 1
+    )
+    if db.engine.dialect.name == "postgresql":
+        # Lock the rows, skipping those another claimer holds, reading their recipients in
+        # the same statement; then update them by primary key, one indexed lookup each.
+        started = time.monotonic()
+        found = db.session.execute(
+            select(*_RECIPIENT_COLUMNS)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(*due)
+            # ix_deliveries_queued (partial: queued rows only) gives this order directly.
+            .order_by(Delivery.id)
+            .limit(settings.send_batch)
+            .with_for_update(skip_locked=True, of=Delivery)
+        ).all()
+        _refresh_statistics(time.monotonic() - started)
+        rows = [_row(values, now, claimed=True) for values in found]
+        if rows:
+            db.session.execute(
+                take.where(Delivery.id.in_([r.delivery_id for r in rows])).execution_options(
+                    synchronize_session=False
+                )
+            )
+        db.session.commit()
+        return rows
+    # SQLite has one writer at a time: a single UPDATE … RETURNING is atomic.
+    ids = list(
+        db.session.execute(
+            take.where(
+                Delivery.id.in_(
+                    select(Delivery.id)
+                    .where(*due)
+                    .order_by(Delivery.id)
+                    .limit(settings.send_batch)
+                    .scalar_subquery()
+                )
+            )
+            .returning(Delivery.id)
+            .execution_options(synchronize_session=False)
+        ).scalars()
+    )
     db.session.commit()
-    return claimed
+    if not ids:
+        return []
+    found = db.session.execute(
+        select(*_RECIPIENT_COLUMNS)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.id.in_(ids))
+        .order_by(Delivery.id)
+    ).all()
+    return [_row(values, now, claimed=False) for values in found]
+
+
+_last_analyze = 0.0
+
+
+def _refresh_statistics(claim_seconds: float) -> None:
+    """ANALYZE deliveries when claims get slow, at most twice a minute per process.
+
+    PostgreSQL plans the claim from statistics taken when the send started, when
+    every row was queued: it then walks the primary key past every row already sent
+    instead of the partial index of queued rows, and each claim costs more than the
+    last. Fresh statistics switch it to the index; autovacuum would, a minute later.
+    """
+    global _last_analyze
+    if claim_seconds < CLAIM_SLOW_SECONDS or time.monotonic() - _last_analyze < 30:
+        return
+    _last_analyze = time.monotonic()
+    db.session.execute(text("ANALYZE deliveries"))
 
 
 @dataclass
@@ -235,26 +319,13 @@ class _Row:
     claimed_at: datetime
 
 
-def _load(ids: list[int], claimed_at: datetime) -> list[_Row]:
-    rows = db.session.execute(
-        select(
-            Delivery.id,
-            Delivery.attempts,
-            Delivery.uncertain,
-            Subscriber.id,
-            Subscriber.email,
-            Subscriber.locale,
-            Subscriber.created_at,
-            Subscriber.status,
-        )
-        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.id.in_(ids))
-        .order_by(Delivery.id)
+def _row(values: Any, claimed_at: datetime, *, claimed: bool) -> _Row:
+    d_id, attempts, uncertain, s_id, email, locale, created, status = values
+    # Read before the claim's UPDATE (PostgreSQL path): count the claim in.
+    attempts = attempts + 1 if claimed else attempts
+    return _Row(
+        d_id, attempts, uncertain, Recipient(s_id, email, locale, created), status, claimed_at
     )
-    return [
-        _Row(d_id, attempts, uncertain, Recipient(s_id, email, locale, created), status, claimed_at)
-        for d_id, attempts, uncertain, s_id, email, locale, created, status in rows
-    ]
 
 
 @dataclass
@@ -328,12 +399,11 @@ def send_batch(
     rows: list[_Row] = []
     position = -1
     try:
-        ids = claim(settings, issue_id, now)
-        report.claimed = len(ids)
-        if not ids:
+        rows = claim_rows(settings, issue_id, now)
+        report.claimed = len(rows)
+        if not rows:
             return report
         issue = get_issue_by_id(issue_id)
-        rows = _load(ids, now)
         broken = _render_all(settings, issue, rows, templates)
         if broken:
             _pause(issue_id, broken)

@@ -7,7 +7,16 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .extensions import db
@@ -221,8 +230,24 @@ class Delivery(db.Model):  # type: ignore[name-defined]
     __table_args__ = (
         UniqueConstraint("issue_id", "subscriber_id"),
         CheckConstraint(f"status IN ({_values(DeliveryStatus)})", name="status"),
-        # The claim query: due rows of one issue in id order.
-        Index("ix_deliveries_claim", "issue_id", "status", "id"),
+        # Claims in progress (the sweep looks for stale ones). Partial indexes only: each index
+        # costs every row two updates during a send (queued → sending → outcome).
+        Index(
+            "ix_deliveries_sending",
+            "issue_id",
+            "claimed_at",
+            postgresql_where=text("status = 'sending'"),
+            sqlite_where=text("status = 'sending'"),
+        ),
+        # The claim: queued rows of one issue in id order. Partial, so it holds only what is
+        # left to send and a claim never walks past the rows already sent.
+        Index(
+            "ix_deliveries_queued",
+            "issue_id",
+            "id",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

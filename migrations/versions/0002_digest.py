@@ -133,7 +133,14 @@ def upgrade():
         sa.UniqueConstraint("issue_id", "subscriber_id", name=op.f("uq_deliveries_issue_id")),
     )
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
-        batch_op.create_index("ix_deliveries_claim", ["issue_id", "status", "id"], unique=False)
+        batch_op.create_index(
+            'ix_deliveries_sending', ['issue_id', 'claimed_at'], unique=False,
+            postgresql_where=sa.text("status = 'sending'"), sqlite_where=sa.text("status = 'sending'"),
+        )
+        batch_op.create_index(
+            'ix_deliveries_queued', ['issue_id', 'id'], unique=False,
+            postgresql_where=sa.text("status = 'queued'"), sqlite_where=sa.text("status = 'queued'"),
+        )
         batch_op.create_index(
             batch_op.f("ix_deliveries_subscriber_id"), ["subscriber_id"], unique=False
         )
@@ -175,7 +182,8 @@ def downgrade():
     op.drop_table("issue_articles")
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_deliveries_subscriber_id"))
-        batch_op.drop_index("ix_deliveries_claim")
+        batch_op.drop_index('ix_deliveries_queued', postgresql_where=sa.text("status = 'queued'"), sqlite_where=sa.text("status = 'queued'"))
+        batch_op.drop_index('ix_deliveries_sending', postgresql_where=sa.text("status = 'sending'"), sqlite_where=sa.text("status = 'sending'"))
 
     op.drop_table("deliveries")
     with op.batch_alter_table("issues", schema=None) as batch_op:

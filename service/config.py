@@ -122,7 +122,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "HEBDO_CLAIM_TIMEOUT_SECONDS",
         "300",
-        "After this long a claimed but unfinished mail is considered abandoned and sent again by the sweep.",
+        "After this long a claimed but unfinished mail is considered abandoned and sent again by the sweep. At least 6 × `HEBDO_SMTP_TIMEOUT`.",
     ),
     Setting(
         "HEBDO_TRUSTED_PROXIES",
@@ -454,6 +454,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "HEBDO_SMTP_HOST is required when HEBDO_ENV=production (mail capture is for development)"
         )
 
+    smtp_timeout = _float("HEBDO_SMTP_TIMEOUT", get("HEBDO_SMTP_TIMEOUT"))
+    claim_timeout = _int("HEBDO_CLAIM_TIMEOUT_SECONDS", get("HEBDO_CLAIM_TIMEOUT_SECONDS"), 1)
+    if claim_timeout < 6 * smtp_timeout:
+        # One message can take a connect and five replies, each allowed HEBDO_SMTP_TIMEOUT:
+        # a shorter claim could expire under a live sender, and the message go out twice.
+        raise ConfigError(
+            f"HEBDO_CLAIM_TIMEOUT_SECONDS ({claim_timeout}) must be at least 6 × "
+            f"HEBDO_SMTP_TIMEOUT ({smtp_timeout:g}), the longest one message can take"
+        )
     send_weekday, send_time = _schedule(get("HEBDO_SEND_SCHEDULE"))
     dkim_key, dkim_selector = _dkim(get("HEBDO_DKIM_KEY_FILE"), get("HEBDO_DKIM_SELECTOR"))
 
@@ -468,7 +477,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         smtp_user=get("HEBDO_SMTP_USER"),
         smtp_password=source.get("HEBDO_SMTP_PASSWORD", ""),
         smtp_tls=_choice("HEBDO_SMTP_TLS", get("HEBDO_SMTP_TLS"), ("none", "starttls", "ssl")),
-        smtp_timeout=_float("HEBDO_SMTP_TIMEOUT", get("HEBDO_SMTP_TIMEOUT")),
+        smtp_timeout=smtp_timeout,
         mail_from=mail_from,
         mail_from_address=mail_from_address,
         mail_domain=mail_domain,
@@ -486,9 +495,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         consent_version=get("HEBDO_CONSENT_VERSION"),
         sweep_seconds=_float("HEBDO_SWEEP_SECONDS", get("HEBDO_SWEEP_SECONDS")),
-        claim_timeout_seconds=_int(
-            "HEBDO_CLAIM_TIMEOUT_SECONDS", get("HEBDO_CLAIM_TIMEOUT_SECONDS"), 1
-        ),
+        claim_timeout_seconds=claim_timeout,
         trusted_proxies=_int("HEBDO_TRUSTED_PROXIES", get("HEBDO_TRUSTED_PROXIES")),
         max_request_bytes=_int("HEBDO_MAX_REQUEST_BYTES", get("HEBDO_MAX_REQUEST_BYTES"), 1024),
         web_workers=_int("HEBDO_WEB_WORKERS", get("HEBDO_WEB_WORKERS"), 1),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -252,7 +253,7 @@ def claim_rows(settings: Settings, issue_id: int, now: datetime) -> list[_Row]:
             .limit(settings.send_batch)
             .with_for_update(skip_locked=True, of=Delivery)
         ).all()
-        _refresh_statistics(time.monotonic() - started)
+        slow = time.monotonic() - started > CLAIM_SLOW_SECONDS
         rows = [_row(values, now, claimed=True) for values in found]
         if rows:
             db.session.execute(
@@ -261,6 +262,8 @@ def claim_rows(settings: Settings, issue_id: int, now: datetime) -> list[_Row]:
                 )
             )
         db.session.commit()
+        if slow:
+            _refresh_statistics()
         return rows
     # SQLite has one writer at a time: a single UPDATE … RETURNING is atomic.
     ids = list(
@@ -293,19 +296,26 @@ def claim_rows(settings: Settings, issue_id: int, now: datetime) -> list[_Row]:
 _last_analyze = 0.0
 
 
-def _refresh_statistics(claim_seconds: float) -> None:
+def _refresh_statistics() -> None:
     """ANALYZE deliveries when claims get slow, at most twice a minute per process.
 
     PostgreSQL plans the claim from statistics taken when the send started, when
     every row was queued: it then walks the primary key past every row already sent
     instead of the partial index of queued rows, and each claim costs more than the
     last. Fresh statistics switch it to the index; autovacuum would, a minute later.
+    Run in its own transaction, after the claim, and never waiting long for a lock.
     """
     global _last_analyze
-    if claim_seconds < CLAIM_SLOW_SECONDS or time.monotonic() - _last_analyze < 30:
+    if time.monotonic() - _last_analyze < 30:
         return
     _last_analyze = time.monotonic()
-    db.session.execute(text("ANALYZE deliveries"))
+    try:
+        db.session.execute(text("SET LOCAL lock_timeout = '1s'"))
+        db.session.execute(text("ANALYZE deliveries"))
+        db.session.commit()
+    except Exception as exc:  # statistics are an optimisation: never fail a batch for them
+        db.session.rollback()
+        log.info("ANALYZE deliveries skipped: %s", type(exc).__name__)
 
 
 @dataclass
@@ -337,12 +347,21 @@ class BatchReport:
     retried: int = 0
     skipped: int = 0
     released: int = 0
+    lost: int = 0
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     bounced_subscribers: list[tuple[int, str, str]] = field(default_factory=list)
     last_refusal: str = ""
+    # Rows given an outcome (one each, ever), and the row whose message is on the wire.
+    noted: set[int] = field(default_factory=set)
+    in_flight: int | None = None
 
     def note(self, row: _Row, status: DeliveryStatus, *, counter: str = "", **values: Any) -> None:
         """Count and keep one row's outcome, to be written by the next flush."""
+        if row.delivery_id in self.noted:
+            return
+        self.noted.add(row.delivery_id)
+        if self.in_flight == row.delivery_id:
+            self.in_flight = None
         name = counter or ("retried" if status == DeliveryStatus.QUEUED else status.value)
         setattr(self, name, getattr(self, name) + 1)
         self.outcomes.append(_outcome(row, status, **values))
@@ -387,9 +406,9 @@ def send_batch(
 ) -> BatchReport:
     """Claim one batch of an issue's deliveries, send them, record every outcome.
 
-    Interrupted (the task's soft time limit, a worker shutting down), it still
-    writes the outcomes it has and hands back the rows it never tried; the row
-    in flight at that moment is retried once, flagged uncertain.
+    However it ends (the task's soft time limit, a worker shutting down, a
+    database error), it writes the outcomes it has, hands back the rows it never
+    tried, and flags the one that was on the wire as uncertain (retried once).
     """
     report = BatchReport()
     rate = rate or Unlimited()
@@ -397,7 +416,6 @@ def send_batch(
     deadline = min(BATCH_SECONDS, settings.claim_timeout_seconds / 2)
     now = clock()
     rows: list[_Row] = []
-    position = -1
     try:
         rows = claim_rows(settings, issue_id, now)
         report.claimed = len(rows)
@@ -407,27 +425,29 @@ def send_batch(
         broken = _render_all(settings, issue, rows, templates)
         if broken:
             _pause(issue_id, broken)
-            _release(report, rows, now)
-            position = len(rows)
-            return report
+            return report  # the rows are handed back below, untried
         last_flush = time.monotonic()
         refusals = 0
         for position, row in enumerate(rows):
+            if row.delivery_id in report.noted:
+                continue  # taken back by the sweep (see _renew_claims)
             now = clock()
-            # Well inside the claim timeout: the sweep never takes back a live batch's rows.
             stop = time.monotonic() - started > deadline
             if not stop and time.monotonic() - last_flush > FLUSH_SECONDS:
-                _flush(settings, issue_id, report, now)
+                _flush(settings, issue_id, report, now, renew=rows[position:])
                 last_flush = time.monotonic()
                 stop = _issue_status(issue_id) != IssueStatus.SENDING
             if stop:
                 _hand_back(report, issue_id, rows[position:], now)
-                position = len(rows)
                 break
             if row.subscriber_status != Status.ACTIVE:
                 report.note(row, DeliveryStatus.SKIPPED, error="no longer subscribed")
                 continue
             wait = rate.reserve()
+            if wait > deadline / 2:
+                # A slot this far ahead would hold the claims too long: let others take them.
+                _release(report, rows[position:], now + timedelta(seconds=wait))
+                break
             if wait > 0:
                 time.sleep(wait)
             halt, refused = _send_one(settings, issue, row, transport, templates, report, clock())
@@ -443,25 +463,31 @@ def send_batch(
                 if halt.pause:
                     _pause(issue_id, halt.pause)
                 _release(report, rows[position + 1 :], now + halt.delay)
-                position = len(rows)
                 break
-        position = len(rows)
     finally:
-        if 0 <= position < len(rows):
-            # Interrupted while this row was in flight: it may have gone out.
-            row = rows[position]
+        _close_out(report, rows, clock())
+        _flush_for_sure(settings, issue_id, report, clock())
+    finish_if_done(issue_id, clock())
+    return report
+
+
+def _close_out(report: BatchReport, rows: list[_Row], now: datetime) -> None:
+    """Every claimed row leaves the batch with an outcome: the one on the wire when the
+    batch was cut may have gone out (retried once, flagged), the others were never tried."""
+    for row in rows:
+        if row.delivery_id in report.noted:
+            continue
+        if row.delivery_id == report.in_flight:
             report.note(
                 row,
                 DeliveryStatus.QUEUED,
                 counter="released",
                 uncertain=True,
-                error="interrupted while sending (time limit or shutdown)",
-                next_attempt_at=clock() + backoff(1),
+                error="interrupted while sending (time limit, shutdown or error)",
+                next_attempt_at=now + backoff(1),
             )
-            _release(report, rows[position + 1 :], clock())
-        _flush_for_sure(settings, issue_id, report, clock())
-    finish_if_done(issue_id, clock())
-    return report
+        else:
+            _release(report, [row], now)
 
 
 def _render_all(
@@ -594,6 +620,7 @@ def _send_one(
                 row, DeliveryStatus.QUEUED, error=error, next_attempt_at=now + backoff(row.attempts)
             )
         return None, False
+    report.in_flight = row.delivery_id
     try:
         reply = transport.send(mail)
     except PermanentFailure as exc:
@@ -603,11 +630,11 @@ def _send_one(
                 (row.recipient.subscriber_id, row.recipient.email, str(exc.code))
             )
             return None, False
-        report.last_refusal = str(exc)[:200]
         if exc.kind == "message":
             report.note(row, DeliveryStatus.FAILED, error=str(exc), smtp_response=str(exc))
-            return None, True
+            return None, False
         # Refused for a reason on our side: retry later, as for a temporary failure.
+        report.last_refusal = str(exc)[:200]
         return _retry_later(settings, issue, row, exc, report, now), True
     except TransientFailure as exc:
         return _retry_later(settings, issue, row, exc, report, now), False
@@ -662,27 +689,30 @@ def _release(report: BatchReport, rows: list[_Row], when: datetime) -> None:
 
 
 def _flush(
-    settings: Settings, issue_id: int, report: BatchReport, now: datetime, *, done: bool = False
+    settings: Settings,
+    issue_id: int,
+    report: BatchReport,
+    now: datetime,
+    *,
+    done: bool = False,
+    renew: list[_Row] | None = None,
 ) -> None:
-    """Write the outcomes noted so far: one bulk update, counters in the same transaction."""
-    if not report.outcomes and not done:
+    """Write the outcomes noted so far, counters in the same transaction; renew the claim
+    on the rows still to send, so the sweep never takes back a batch that is alive."""
+    if not report.outcomes and not done and not renew:
         return
-    counts = {"sent": 0, "failed": 0, "bounced": 0}
-    for outcome in report.outcomes:
-        key = outcome["b_status"]
-        if key in counts:
-            counts[key] += 1
-    if report.outcomes:
-        _record(report.outcomes)
+    written = _record(report.outcomes) if report.outcomes else Counter[str]()
     for subscriber_id, email, code in report.bounced_subscribers:
         _bounce_subscriber(settings, subscriber_id, email, code, issue_id, now)
+    if renew:
+        _renew_claims(report, [r for r in renew if r.delivery_id not in report.noted], now)
     db.session.execute(
         update(Issue)
         .where(Issue.id == issue_id)
         .values(
-            sent_count=Issue.sent_count + counts["sent"],
-            failed_count=Issue.failed_count + counts["failed"],
-            bounced_count=Issue.bounced_count + counts["bounced"],
+            sent_count=Issue.sent_count + written["sent"],
+            failed_count=Issue.failed_count + written["failed"],
+            bounced_count=Issue.bounced_count + written["bounced"],
             batches_done=Issue.batches_done + (1 if done else 0),
             progress_at=now,
         )
@@ -690,6 +720,31 @@ def _flush(
     db.session.commit()
     report.outcomes = []
     report.bounced_subscribers = []
+
+
+def _renew_claims(report: BatchReport, rows: list[_Row], now: datetime) -> None:
+    if not rows:
+        return
+    renewed = set(
+        db.session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id.in_([r.delivery_id for r in rows]),
+                Delivery.status == DeliveryStatus.SENDING,
+                Delivery.claimed_at == rows[0].claimed_at,
+            )
+            .values(claimed_at=now)
+            .returning(Delivery.id)
+            .execution_options(synchronize_session=False)
+        ).scalars()
+    )
+    for row in rows:
+        if row.delivery_id in renewed:
+            row.claimed_at = now
+        else:
+            # Taken back by the sweep meanwhile: someone else sends it now, not this batch.
+            report.noted.add(row.delivery_id)
+            report.lost += 1
 
 
 # PostgreSQL: the whole batch in one statement, its outcomes passed as one array per
@@ -714,6 +769,7 @@ _RECORD_ARRAYS = text(
     ) AS o(id, claimed_at, status, attempts, uncertain, next_attempt_at, last_error,
            smtp_response, message_id, sent_at)
     WHERE d.id = o.id AND d.status = 'sending' AND d.claimed_at = o.claimed_at
+    RETURNING o.status
     """
 )
 _OUTCOME_KEYS = (
@@ -730,33 +786,46 @@ _OUTCOME_KEYS = (
 )
 
 
-def _record(outcomes: list[dict[str, Any]]) -> None:
+def _record(outcomes: list[dict[str, Any]]) -> Counter[str]:
     """Write a batch's outcomes, only for rows still under this batch's claim, a NULL
-    keeping a column as it is: `_RECORD_ARRAYS` on PostgreSQL, `_RECORD` elsewhere."""
+    keeping a column as it is: `_RECORD_ARRAYS` on PostgreSQL, `_RECORD` elsewhere.
+    Returns the statuses actually written (the issue's counters count those only)."""
     if db.engine.dialect.name != "postgresql":
-        db.session.execute(_RECORD, outcomes)
-        return
-    db.session.execute(_RECORD_ARRAYS, {key: [o[key] for o in outcomes] for key in _OUTCOME_KEYS})
+        written: Counter[str] = Counter()
+        for outcome in outcomes:  # SQLite runs in process: one statement per row is cheap
+            if rowcount(db.session.execute(_RECORD, outcome)):
+                written[outcome["b_status"]] += 1
+        return written
+    result = db.session.execute(
+        _RECORD_ARRAYS, {key: [o[key] for o in outcomes] for key in _OUTCOME_KEYS}
+    )
+    return Counter(result.scalars())
 
 
 def _flush_for_sure(settings: Settings, issue_id: int, report: BatchReport, now: datetime) -> None:
-    """The batch's last write, retried: losing it would send these messages again."""
-    for attempt in range(1, 4):
+    """The batch's last write, retried for up to a quarter of the claim timeout (a database
+    failover): losing it would send these messages again."""
+    give_up = time.monotonic() + max(settings.claim_timeout_seconds / 4, 5)
+    pause = 0.5
+    while True:
         try:
             _flush(settings, issue_id, report, now, done=True)
             return
         except Exception:
-            db.session.rollback()
-            if attempt == 3:
-                ids = [o["b_id"] for o in report.outcomes]
+            try:
+                db.session.rollback()
+            except Exception:  # the connection itself is broken: start a new session
+                db.session.close()
+            if time.monotonic() + pause > give_up:
                 log.exception(
                     "issue %s: outcomes of deliveries %s could not be written; "
                     "the sweep will send them again",
                     issue_id,
-                    ids,
+                    [o["b_id"] for o in report.outcomes],
                 )
                 raise
-            time.sleep(attempt)
+            time.sleep(pause)
+            pause = min(pause * 2, 8)
 
 
 def _bounce_subscriber(
@@ -824,12 +893,6 @@ def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
                 last_error=f"claimed {MAX_CLAIMS} times, never finished (worker lost each time)",
             )
         )
-        if rowcount(given_up):
-            db.session.execute(
-                update(Issue)
-                .where(Issue.id == issue_id)
-                .values(failed_count=Issue.failed_count + rowcount(given_up))
-            )
         requeued = db.session.execute(
             update(Delivery)
             .where(abandoned)
@@ -842,6 +905,13 @@ def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
                 last_error="claim expired: the worker was lost mid-batch",
             )
         )
+        # Deliveries first, then the issue: the order a batch's flush takes its locks in.
+        if rowcount(given_up):
+            db.session.execute(
+                update(Issue)
+                .where(Issue.id == issue_id)
+                .values(failed_count=Issue.failed_count + rowcount(given_up))
+            )
         db.session.commit()
         if rowcount(requeued):
             log.warning(

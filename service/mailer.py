@@ -48,7 +48,9 @@ _WIRE_UTF8 = policy.SMTPUTF8.clone(refold_source="none")
 _SAFE_HEADER_VALUE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
 _ENHANCED = re.compile(r"\s*5\.(\d{1,3})\.(\d{1,3})\b")
 _POLICY_WORDS = re.compile(
-    r"relay|denied|policy|spam|block|reputation|auth|rate|throttl|sender", re.IGNORECASE
+    r"\b(?:relay\w*|policy|spam\w*|block\w*|blacklist\w*|reputation|authenticat\w*"
+    r"|unauthenticated|rate.limit\w*|throttl\w*|sender)\b",
+    re.IGNORECASE,
 )
 _PLAIN_ADDRESS = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})+"
@@ -65,7 +67,7 @@ class DeliveryError(Exception):
         super().__init__(f"{code or '---'} {response}")
         self.code = code
         self.response = response
-        # connect | mail | rcpt | data: a refusal at RCPT is about the recipient.
+        # connect | mail | rcpt | data | unsupported (the server lacks what this mail needs).
         self.stage = stage
 
 
@@ -90,28 +92,37 @@ class TransientFailure(DeliveryError):
 class PermanentFailure(DeliveryError):
     """A 5xx: the server will not take this message as it stands. `kind` says whose problem:
 
-    - `mailbox`: the recipient's address does not exist or is disabled (RCPT with 5.1.x or
-      5.2.1, or a bare 550/551/553): suppress it, never mail it again;
-    - `sender`: our side is refused (MAIL, a 5.7.x policy or relay refusal, our address):
-      every recipient would be, so fix the configuration and retry, never blame the reader;
-    - `message`: this message was refused after DATA: give it up for this recipient.
+    - `mailbox`: the reader's address does not exist or is disabled (RCPT refused with 5.1.x,
+      5.2.1 or 5.4.1, or a bare 550/551/553/554): suppress it, never mail it again;
+    - `sender`: our side is refused (any refusal of MAIL FROM or before it, a 5.7.x at any
+      stage, a reply speaking of relay, policy, spam, blocking, reputation, authentication
+      or rate limits): every reader would be, so retry later and never blame the reader;
+    - `message`: this message was refused after DATA, or needs what the server lacks
+      (SMTPUTF8): give it up for this reader.
     """
 
     @property
     def kind(self) -> str:
+        enhanced = _ENHANCED.match(self.response)
+        subject, detail = (enhanced.group(1), enhanced.group(2)) if enhanced else ("", "")
+        if self.stage == "unsupported":
+            return "message"
+        if subject == "7" or _POLICY_WORDS.search(self.response):
+            # Security or policy (5.7.x: relay denied, DMARC, reputation), at any stage.
+            return "sender"
         if self.stage == "data":
             return "message"
         if self.stage != "rcpt":
             return "sender"
-        enhanced = _ENHANCED.match(self.response)
         if enhanced:
-            subject, detail = enhanced.group(1), enhanced.group(2)
-            if (subject == "1" and detail not in ("7", "8")) or (subject, detail) == ("2", "1"):
-                return "mailbox"
-            return "sender"
-        if self.code in (550, 551, 553) and not _POLICY_WORDS.search(self.response):
-            return "mailbox"
-        return "sender"
+            # 5.1.x bad destination (but 5.1.7/5.1.8 are about our address), 5.2.1 mailbox
+            # disabled, 5.4.1 "recipient address rejected" as Microsoft 365 words it.
+            mailbox = (subject == "1" and detail not in ("7", "8")) or (subject, detail) in (
+                ("2", "1"),
+                ("4", "1"),
+            )
+            return "mailbox" if mailbox else "sender"
+        return "mailbox" if self.code in (550, 551, 553, 554) else "sender"
 
 
 @dataclass(frozen=True)
@@ -422,7 +433,7 @@ class SMTPTransport:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._conn: smtplib.SMTP | None = None
-        self._sent_on_conn = 0
+        self._exchanges = 0
 
     def __enter__(self) -> SMTPTransport:
         return self
@@ -480,14 +491,14 @@ class SMTPTransport:
             raise TransientFailure(
                 None, f"cannot connect to {s.smtp_host}:{s.smtp_port}: {exc}", stage="connect"
             ) from None
-        self._sent_on_conn = 0
+        self._exchanges = 0
         return conn
 
     def send(self, mail: Outgoing) -> str:
         for attempt in (1, 2):
             if self._conn is None:
                 self._conn = self._connect()
-            reused = self._sent_on_conn > 0
+            reused = self._exchanges > 0
             try:
                 return self._transaction(self._conn, mail)
             except _StaleConnection:
@@ -514,7 +525,9 @@ class SMTPTransport:
         if env.smtputf8:
             if not conn.has_extn("smtputf8"):
                 raise PermanentFailure(
-                    None, "the server does not support SMTPUTF8, needed for this address"
+                    None,
+                    "the server does not support SMTPUTF8, needed for this address",
+                    "unsupported",
                 )
             options = " SMTPUTF8 BODY=8BITMIME"
         conn.command_encoding = "utf-8" if env.smtputf8 else "ascii"
@@ -532,7 +545,7 @@ class SMTPTransport:
             except (smtplib.SMTPServerDisconnected, OSError):
                 # Nothing of this message was handed over yet: safe to reconnect and retry.
                 raise _StaleConnection() from None
-            if code == 421 and self._sent_on_conn:
+            if code == 421 and self._exchanges:
                 # A reused connection the server timed out while idle: reconnect once.
                 raise _StaleConnection()
             replies = [(code, resp)]
@@ -567,13 +580,15 @@ class SMTPTransport:
             ) from None
         if code != 250:
             raise self._refused(conn, code, resp, stage)
-        self._sent_on_conn += 1
+        self._exchanges += 1
         return f"{code} {_text(resp)}"
 
     def _refused(
         self, conn: smtplib.SMTP, code: int, resp: bytes | str, stage: str, drop: bool = False
     ) -> DeliveryError:
         error = classify(code, _text(resp), stage)
+        # The connection works: a later hang-up on it is an idle timeout, worth a reconnect.
+        self._exchanges += 1
         if code == 421 or drop:
             # The server is closing the connection: do not reuse it.
             self._drop()

@@ -12,6 +12,7 @@ import yaml
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask import Flask
+from sqlalchemy import text
 
 from service.config import SETTINGS, ConfigError, load_settings
 from service.extensions import db
@@ -63,6 +64,10 @@ def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
         ({"HEBDO_TIMEZONE": "Europe/Pariss"}, "HEBDO_TIMEZONE must be an IANA zone"),
         ({"HEBDO_SEND_RATE": "-1"}, "HEBDO_SEND_RATE must be a number of messages per second"),
         ({"HEBDO_SEND_BATCH": "0"}, "HEBDO_SEND_BATCH must be at least 1"),
+        (
+            {"HEBDO_CLAIM_TIMEOUT_SECONDS": "60", "HEBDO_SMTP_TIMEOUT": "30"},
+            "HEBDO_CLAIM_TIMEOUT_SECONDS (60) must be at least 6 × HEBDO_SMTP_TIMEOUT (30)",
+        ),
         ({"HEBDO_DKIM_KEY_FILE": "/nonexistent.pem"}, "HEBDO_DKIM_SELECTOR is required"),
         (
             {"HEBDO_DKIM_KEY_FILE": "/nonexistent.pem", "HEBDO_DKIM_SELECTOR": "s1"},
@@ -142,3 +147,27 @@ def test_migrations_match_the_models(app: Flask) -> None:
     with app.app_context(), db.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, db.metadata) == []
+
+
+def test_the_claim_indexes_are_partial_in_the_migrated_database(app: Flask) -> None:
+    """compare_metadata does not compare index predicates: check them in the database."""
+    with app.app_context():
+        engine = db.engine
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                rows = conn.execute(
+                    text(
+                        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'deliveries'"
+                    )
+                ).all()
+            else:
+                rows = conn.execute(
+                    text("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'deliveries'")
+                ).all()
+    definitions = {name: (sql or "") for name, sql in rows}
+    assert "status = 'queued'" in definitions["ix_deliveries_queued"].replace("(", "").replace(
+        ")", ""
+    ).replace("::text", "")
+    assert "status = 'sending'" in definitions["ix_deliveries_sending"].replace("(", "").replace(
+        ")", ""
+    ).replace("::text", "")

@@ -87,6 +87,7 @@ def test_a_worker_killed_mid_send_loses_nothing_and_duplicates_stay_bounded(
         **smtp_env,
         "HEBDO_SEND_BATCH": str(batch),
         "HEBDO_CLAIM_TIMEOUT_SECONDS": "3",
+        "HEBDO_SMTP_TIMEOUT": "0.5",
         "HEBDO_SWEEP_SECONDS": "1",
     }
     app = make_app(values)

@@ -236,3 +236,27 @@ def test_smtp_login_is_used_and_a_refused_login_is_transient(
             transport.send(mail_to(bad, "auth@exemple.fr"))
     finally:
         controller.stop()
+
+
+@pytest.mark.parametrize(
+    ("code", "reply", "stage", "kind"),
+    [
+        (550, "5.1.1 <a@b.fr>: Recipient address rejected: User unknown", "rcpt", "mailbox"),
+        (550, "5.2.1 Mailbox disabled", "rcpt", "mailbox"),
+        (550, "Mailbox unavailable", "rcpt", "mailbox"),
+        (550, "5.4.1 Recipient address rejected: Access denied", "rcpt", "mailbox"),
+        (550, "The author of this accurate, separate note", "rcpt", "mailbox"),
+        (554, "5.7.1 <a@b.fr>: Relay access denied", "rcpt", "sender"),
+        (550, "Sender blocked for poor reputation", "rcpt", "sender"),
+        (550, "5.1.8 Bad sender's system address", "rcpt", "sender"),
+        (553, "5.7.1 Sender address rejected: not owned by user", "mail", "sender"),
+        (530, "5.7.0 Authentication required", "mail", "sender"),
+        (550, "5.7.26 Unauthenticated email is not accepted due to DMARC", "data", "sender"),
+        (554, "5.6.0 Message content rejected", "data", "message"),
+        (None, "the server does not support SMTPUTF8", "unsupported", "message"),
+    ],
+)
+def test_a_refusal_is_read_for_whose_problem_it_is(
+    code: int | None, reply: str, stage: str, kind: str
+) -> None:
+    assert PermanentFailure(code, reply, stage).kind == kind

@@ -563,3 +563,62 @@ def test_rows_of_a_cancelled_issue_left_by_a_dead_worker_are_closed_by_the_sweep
     statuses = [r.status for r in sender.deliveries().values()]
     assert statuses.count("skipped") == 50
     assert smtp_server.messages == []
+
+
+def test_a_batch_whose_rows_were_taken_back_writes_nothing_and_counts_nothing(
+    make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str, str], smtp_server: SMTPSink
+) -> None:
+    app = make_app({**smtp_env, "HEBDO_CLAIM_TIMEOUT_SECONDS": "60"})
+    add_article(app, 1, NOW - timedelta(days=1))
+    add_subscribers(app, 3)
+    sender = Sender(app)
+    sender.start()
+    sender.queue.clear()
+    with app.app_context():
+        issue_id = sender.issue().id
+        slow = delivery.claim_rows(sender.settings, issue_id, NOW)  # batch A, then stuck
+    sender.sweep(NOW + timedelta(seconds=61))  # takes A's rows back; batch B sends them
+    sender.run(NOW + timedelta(seconds=61))
+    assert sender.issue().status == "sent" and sender.issue().sent_count == 3
+    # Batch A wakes up and records what it believes it sent: not written, not counted.
+    report = delivery.BatchReport()
+    for row in slow:
+        report.note(row, delivery.DeliveryStatus.SENT, sent_at=NOW, smtp_response="250 late")
+    with app.app_context():
+        delivery._flush(sender.settings, issue_id, report, NOW + timedelta(seconds=90), done=True)
+    assert sender.issue().sent_count == 3
+    assert {r.smtp_response for r in sender.deliveries().values()} != {"250 late"}
+
+
+def test_a_slow_but_live_batch_renews_its_claims_so_the_sweep_leaves_them(
+    make_app: Callable[[dict[str, str]], Flask],
+    smtp_env: dict[str, str],
+    smtp_server: SMTPSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = make_app({**smtp_env, "HEBDO_CLAIM_TIMEOUT_SECONDS": "60"})
+    add_article(app, 1, NOW - timedelta(days=1))
+    add_subscribers(app, 8)
+    sender = Sender(app)
+    sender.start()
+    issue_id = sender.issue().id
+    monkeypatch.setattr(delivery, "FLUSH_SECONDS", -1.0)  # write and renew at every row
+    ticks = iter(range(10_000))
+
+    def clock() -> datetime:
+        return NOW + timedelta(seconds=5 * next(ticks))  # time runs fast for this batch
+
+    class SweptMidway(SMTPTransport):
+        def send(self, mail: Outgoing) -> str:
+            reply = super().send(mail)
+            if mail.envelope.recipient == "reader5@exemple.fr":
+                # Long after the batch claimed its rows: a sweep elsewhere looks for stale ones.
+                delivery.sweep(sender.settings, clock(), sender.enqueue)
+            return reply
+
+    with app.app_context(), SweptMidway(sender.settings) as transport:
+        delivery.send_batch(sender.settings, issue_id, transport=transport, clock=clock)
+    received = [m.rcpt_tos[0] for m in smtp_server.messages]
+    assert sorted(received) == sorted(f"reader{n}@exemple.fr" for n in range(8))
+    assert all("claim expired" not in (r.last_error or "") for r in sender.deliveries().values())
+    assert sender.issue().status == "sent"

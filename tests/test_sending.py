@@ -90,6 +90,16 @@ class Sender:
             return {email: row for email, row in rows}
 
 
+def begin(app: Flask, subscribers: int, *, article: bool = False) -> Sender:
+    """`subscribers` active readers (and the week's article), the issue started."""
+    if article:
+        add_article(app, 1, NOW - timedelta(days=1))
+    add_subscribers(app, subscribers)
+    sender = Sender(app)
+    sender.start()
+    return sender
+
+
 @pytest.fixture
 def batch_app(make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str, str]) -> Flask:
     app = make_app({**smtp_env, "HEBDO_SEND_BATCH": "40"})
@@ -204,9 +214,7 @@ def test_unsubscribed_before_their_turn_are_skipped(
 
 
 def test_pause_resume_and_cancel(batch_app: Flask, smtp_server: SMTPSink) -> None:
-    add_subscribers(batch_app, 100)
-    sender = Sender(batch_app)
-    sender.start()
+    sender = begin(batch_app, 100)
     issue_id = sender.issue().id
     first = sender.queue.pop(0)
     sender.queue, waiting = [first], sender.queue
@@ -236,10 +244,7 @@ def test_a_claim_abandoned_by_a_dead_worker_is_requeued_then_given_up(
     make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str, str], smtp_server: SMTPSink
 ) -> None:
     app = make_app({**smtp_env, "HEBDO_CLAIM_TIMEOUT_SECONDS": "60"})
-    add_article(app, 1, NOW - timedelta(days=1))
-    add_subscribers(app, 2)
-    sender = Sender(app)
-    sender.start()
+    sender = begin(app, 2, article=True)
     with app.app_context():
         issue_id = sender.issue().id
         # A worker claims the batch, then dies before sending anything.
@@ -328,10 +333,7 @@ def test_a_batch_honours_the_send_rate(
     make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str, str], smtp_server: SMTPSink
 ) -> None:
     app = make_app({**smtp_env, "HEBDO_SEND_RATE": "20"})
-    add_article(app, 1, NOW - timedelta(days=1))
-    add_subscribers(app, 10)
-    sender = Sender(app)
-    sender.start()
+    sender = begin(app, 10, article=True)
     with app.app_context(), open_transport(sender.settings) as transport:
         delivery.send_batch(
             sender.settings,
@@ -437,9 +439,7 @@ def test_dkim_signature_covers_the_list_headers_and_verifies(
 def test_a_batch_cut_by_the_time_limit_hands_back_what_it_never_tried(
     batch_app: Flask, smtp_server: SMTPSink
 ) -> None:
-    add_subscribers(batch_app, 6)
-    sender = Sender(batch_app)
-    sender.start()
+    sender = begin(batch_app, 6)
     settings = sender.settings
 
     class TimeLimited(SMTPTransport):
@@ -525,9 +525,7 @@ def test_a_relay_refusing_us_pauses_the_issue_and_blames_no_reader(
 def test_cancelling_under_a_running_batch_skips_the_rest_and_closes_the_issue(
     batch_app: Flask, smtp_server: SMTPSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    add_subscribers(batch_app, 10)
-    sender = Sender(batch_app)
-    sender.start()
+    sender = begin(batch_app, 10)
     issue_id = sender.issue().id
     # The batch looks at the issue's status at every message instead of every 2 s.
     monkeypatch.setattr(delivery, "FLUSH_SECONDS", -1.0)
@@ -552,9 +550,7 @@ def test_cancelling_under_a_running_batch_skips_the_rest_and_closes_the_issue(
 def test_rows_of_a_cancelled_issue_left_by_a_dead_worker_are_closed_by_the_sweep(
     batch_app: Flask, smtp_server: SMTPSink
 ) -> None:
-    add_subscribers(batch_app, 50)
-    sender = Sender(batch_app)
-    sender.start()
+    sender = begin(batch_app, 50)
     with batch_app.app_context():
         issue_id = sender.issue().id
         assert len(delivery.claim(sender.settings, issue_id, NOW)) == 40  # then dies
@@ -569,10 +565,7 @@ def test_a_batch_whose_rows_were_taken_back_writes_nothing_and_counts_nothing(
     make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str, str], smtp_server: SMTPSink
 ) -> None:
     app = make_app({**smtp_env, "HEBDO_CLAIM_TIMEOUT_SECONDS": "60"})
-    add_article(app, 1, NOW - timedelta(days=1))
-    add_subscribers(app, 3)
-    sender = Sender(app)
-    sender.start()
+    sender = begin(app, 3, article=True)
     sender.queue.clear()
     with app.app_context():
         issue_id = sender.issue().id
@@ -597,10 +590,7 @@ def test_a_slow_but_live_batch_renews_its_claims_so_the_sweep_leaves_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     app = make_app({**smtp_env, "HEBDO_CLAIM_TIMEOUT_SECONDS": "60"})
-    add_article(app, 1, NOW - timedelta(days=1))
-    add_subscribers(app, 8)
-    sender = Sender(app)
-    sender.start()
+    sender = begin(app, 8, article=True)
     issue_id = sender.issue().id
     monkeypatch.setattr(delivery, "FLUSH_SECONDS", -1.0)  # write and renew at every row
     ticks = iter(range(10_000))

@@ -31,8 +31,10 @@ MAX_SUMMARY = 2000
 MAX_CATEGORY = 100
 MAX_AUTHOR = 200
 _SPACES = re.compile(r"\s+")
-# C0/C1 controls, zero-width and bidi overrides: never useful in a title, dangerous in some.
-_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+# C0/C1 controls, zero-width space, bidi embeddings/overrides/isolates, BOM: never useful in
+# a title, misleading in some. ZWNJ/ZWJ (Persian words, emoji sequences) and LRM/RLM
+# (right-to-left text) are part of the text and stay.
+_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b\u202a-\u202e\u2066-\u2069\ufeff]")
 _LANGUAGE = re.compile(r"[a-z]{2,3}")
 
 
@@ -59,6 +61,8 @@ def plain_text(value: str | None, limit: int) -> str:
     """HTML or text in, one line of plain text out: tags, scripts and controls removed."""
     if not value:
         return ""
+    # Lone surrogates (from character references like &#55296;) cannot be stored or sent.
+    value = value.encode("utf-8", "replace").decode("utf-8")
     # nh3 (ammonia) drops every tag, and the content of <script>/<style>, keeping the text.
     text = html.unescape(nh3.clean(value, tags=set()))
     text = _SPACES.sub(" ", _INVISIBLE.sub(" ", text)).strip()
@@ -72,7 +76,7 @@ def web_url(value: str | None) -> str | None:
     if not value:
         return None
     value = value.strip()
-    if len(value) > MAX_URL or _INVISIBLE.search(value) or " " in value:
+    if len(value) > MAX_URL or _INVISIBLE.search(value) or " " in value or not _encodable(value):
         return None
     try:
         parts = urlsplit(value)
@@ -83,16 +87,29 @@ def web_url(value: str | None) -> str | None:
     return value
 
 
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _language(value: str) -> str:
     code = value.strip().lower().replace("_", "-").split("-", 1)[0]
     return code if _LANGUAGE.fullmatch(code) else "fr"
 
 
-def uid_for(guid: str, url: str) -> str:
-    return hashlib.sha256((guid.strip() or url).encode()).hexdigest()
+def uid_for(guid: str, url: str, namespace: str) -> str:
+    """The stable id: the guid within its feed (two feeds may both number theirs 1, 2, 3),
+    else the URL, which is the same article wherever it comes from."""
+    key = f"{namespace}\0{guid.strip()}" if guid.strip() else url
+    return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
 
 
-def store_article(item: ArticleInput, *, source: str, now: datetime) -> tuple[int, bool]:
+def store_article(
+    item: ArticleInput, *, source: str, now: datetime, namespace: str | None = None
+) -> tuple[int, bool]:
     """Insert or update one article; return (id, created). Raises InvalidArticle.
 
     Found by its stable id first, then by URL (a CMS that changed its guids).
@@ -115,7 +132,7 @@ def store_article(item: ArticleInput, *, source: str, now: datetime) -> tuple[in
         "source": source[:MAX_URL],
         "updated_at": now,
     }
-    uid = uid_for(item.guid, url)
+    uid = uid_for(item.guid, url, source if namespace is None else namespace)
     for _attempt in range(2):
         found = db.session.execute(
             select(Article).where(or_(Article.uid == uid, Article.url == url)).limit(2)

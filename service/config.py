@@ -7,6 +7,7 @@ Configuration is read when the app is created, never at import time.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -145,7 +146,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "HEBDO_SEND_SCHEDULE",
         "mon 08:00",
-        "Day and local time of the weekly send, e.g. `mon 08:00` or `fri 17:30`.",
+        "Day (`mon` … `sun`, or in full) and 24 h local time of the weekly send, e.g. `mon 08:00` or `friday 17:30`.",
     ),
     Setting(
         "HEBDO_TIMEZONE",
@@ -234,7 +235,7 @@ def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
     return raw
 
 
-_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
 def _schedule(raw: str) -> tuple[int, time]:
@@ -242,10 +243,10 @@ def _schedule(raw: str) -> tuple[int, time]:
     parts = raw.lower().split()
     try:
         day, clock = parts
-        weekday = _WEEKDAYS.index(day[:3])
+        weekday = next(n for n, name in enumerate(_FULL_DAYS) if day in (name, name[:3]))
         hour, minute = (int(x) for x in clock.split(":"))
         return weekday, time(hour, minute)
-    except ValueError:
+    except (ValueError, StopIteration):
         raise ConfigError(
             f"HEBDO_SEND_SCHEDULE must look like 'mon 08:00' (day, then 24 h local time), got {raw!r}"
         ) from None
@@ -254,7 +255,7 @@ def _schedule(raw: str) -> tuple[int, time]:
 def _timezone(raw: str) -> ZoneInfo:
     try:
         return ZoneInfo(raw)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ConfigError(
             f"HEBDO_TIMEZONE must be an IANA zone like Europe/Paris, got {raw!r}"
         ) from None
@@ -265,11 +266,19 @@ def _rate(raw: str) -> float:
         value = float(raw)
     except ValueError:
         value = -1
-    if value < 0:
+    if not math.isfinite(value) or value < 0:
         raise ConfigError(
             f"HEBDO_SEND_RATE must be a number of messages per second ≥ 0, got {raw!r}"
         )
     return value
+
+
+def _review_lead(raw: str) -> int:
+    hours = _int("HEBDO_REVIEW_LEAD_HOURS", raw, 0)
+    if hours > 144:
+        # The beat looks one week ahead: a draft is planned within the 6 days before its send.
+        raise ConfigError(f"HEBDO_REVIEW_LEAD_HOURS must be at most 144 (6 days), got {hours}")
+    return hours
 
 
 def _feeds(raw: str, env: str) -> tuple[str, ...]:
@@ -511,7 +520,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         send_time=send_time,
         timezone=_timezone(get("HEBDO_TIMEZONE")),
         review=_bool("HEBDO_REVIEW", get("HEBDO_REVIEW")),
-        review_lead_hours=_int("HEBDO_REVIEW_LEAD_HOURS", get("HEBDO_REVIEW_LEAD_HOURS"), 0),
+        review_lead_hours=_review_lead(get("HEBDO_REVIEW_LEAD_HOURS")),
         digest_max_articles=_int("HEBDO_DIGEST_MAX_ARTICLES", get("HEBDO_DIGEST_MAX_ARTICLES"), 1),
         send_batch=_int("HEBDO_SEND_BATCH", get("HEBDO_SEND_BATCH"), 1),
         send_rate=_rate(get("HEBDO_SEND_RATE")),

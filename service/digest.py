@@ -39,14 +39,29 @@ _WEEK = re.compile(r"(\d{4})-W(\d{2})")
 FIRST_ISSUE_LOOKBACK = timedelta(days=7)
 # A feed read late still gets its articles into the next issue if they are at most this old.
 LATE_INGESTION = timedelta(days=7)
-# Statuses whose articles are taken: a cancelled issue gives its articles back.
-_HOLDING = (
-    IssueStatus.DRAFT,
-    IssueStatus.SCHEDULED,
-    IssueStatus.SENDING,
-    IssueStatus.PAUSED,
-    IssueStatus.SENT,
-)
+
+
+# Issues that hold their articles: any that started going out (even if cancelled since:
+# some readers have it), and drafts and scheduled ones. A cancelled issue that never
+# started gives its articles back.
+def _holding() -> Any:
+    return or_(
+        Issue.status.in_(
+            (
+                IssueStatus.DRAFT,
+                IssueStatus.SCHEDULED,
+                IssueStatus.SENDING,
+                IssueStatus.PAUSED,
+                IssueStatus.SENT,
+            )
+        ),
+        Issue.started_at.is_not(None),
+    )
+
+
+# A feed read that was still running when the previous issue was planned commits its
+# articles with a first-seen time just before that planning: this overlap catches them.
+INGESTION_OVERLAP = timedelta(hours=2)
 # Statuses in which an issue may be (re)planned, as long as it never started going out.
 _PLANNABLE = (IssueStatus.DRAFT, IssueStatus.SCHEDULED, IssueStatus.CANCELLED)
 _INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
@@ -83,12 +98,14 @@ def send_time(settings: Settings, week: str) -> datetime:
 
 
 def upcoming_week(settings: Settings, now: datetime, late: timedelta) -> str:
-    """The issue people mean by "this week's": this week's, unless its send time
-    is more than `late` behind us, then next week's."""
-    week = week_of(settings, now)
-    if now - send_time(settings, week) > late:
-        week = week_of(settings, now + timedelta(weeks=1))
-    return week
+    """The issue people mean by "this week's": the first of last week's, this week's and
+    next week's whose send time is not more than `late` behind us (a Sunday-evening
+    issue is still "this week's" on Monday morning)."""
+    for offset in (-1, 0, 1):
+        week = week_of(settings, now + timedelta(weeks=offset))
+        if now - send_time(settings, week) <= late:
+            return week
+    raise AssertionError("next week's send time is ahead")
 
 
 def week_start(week: str) -> date:
@@ -104,7 +121,7 @@ def _candidates(settings: Settings, issue_id: int | None, week: str, now: dateti
     """Articles published (or first seen) since the previous issue, not in another issue."""
     previous = db.session.execute(
         select(Issue.planned_at)
-        .where(Issue.week < week, Issue.status.in_(_HOLDING))
+        .where(Issue.week < week, _holding())
         .order_by(Issue.week.desc())
         .limit(1)
     ).scalar_one_or_none()
@@ -112,19 +129,31 @@ def _candidates(settings: Settings, issue_id: int | None, week: str, now: dateti
         # The first issue: the last week's articles, however long they have been known.
         window = Article.published_at > now - FIRST_ISSUE_LOOKBACK
     else:
-        # Published since the previous issue, or ingested since and published shortly
-        # before it (a feed read late): never missed, never twice (see `taken`).
+        # Published since the previous issue, or first seen since (with an overlap) and
+        # published shortly before it (a feed read late): never missed, never twice (`taken`).
         window = or_(
             Article.published_at > previous,
             and_(
-                Article.created_at > previous,
+                Article.created_at > previous - INGESTION_OVERLAP,
                 Article.published_at > previous - LATE_INGESTION,
             ),
         )
+    # Articles of an issue cancelled before it went out (or a draft never approved) are
+    # given back: candidates again, however old the window says they are.
+    given_back = (
+        select(IssueArticle.id)
+        .join(Issue, Issue.id == IssueArticle.issue_id)
+        .where(
+            IssueArticle.article_id == Article.id,
+            Issue.status == IssueStatus.CANCELLED,
+            Issue.started_at.is_(None),
+        )
+    )
+    window = or_(window, exists(given_back))
     taken = (
         select(IssueArticle.id)
         .join(Issue, Issue.id == IssueArticle.issue_id)
-        .where(IssueArticle.article_id == Article.id, Issue.status.in_(_HOLDING))
+        .where(IssueArticle.article_id == Article.id, _holding())
     )
     if issue_id is not None:
         taken = taken.where(Issue.id != issue_id)
@@ -220,7 +249,18 @@ def plan_issue(settings: Settings, week: str, now: datetime) -> PlanResult:
         return PlanResult(current.id, week, current.status, _article_count(current.id), False)
     db.session.execute(delete(IssueArticle).where(IssueArticle.issue_id == issue.id))
     db.session.add_all(
-        IssueArticle(issue_id=issue.id, article_id=a.id, position=n) for n, a in enumerate(articles)
+        IssueArticle(
+            issue_id=issue.id,
+            article_id=a.id,
+            position=n,
+            url=a.url,
+            title=a.title,
+            summary=a.summary,
+            category=a.category,
+            author=a.author,
+            image_url=a.image_url,
+        )
+        for n, a in enumerate(articles)
     )
     db.session.commit()
     if articles:
@@ -230,8 +270,9 @@ def plan_issue(settings: Settings, week: str, now: datetime) -> PlanResult:
     return PlanResult(issue.id, week, status, len(articles), True)
 
 
-# Issues whose web version is public: once they started going out.
-ARCHIVED = (IssueStatus.SENDING, IssueStatus.PAUSED, IssueStatus.SENT)
+def is_archived(issue: Issue) -> bool:
+    """The web version is public once the issue started going out (cancelled later or not)."""
+    return issue.started_at is not None
 
 
 def archived_issues(limit: int = 200) -> list[tuple[Issue, int]]:
@@ -243,7 +284,7 @@ def archived_issues(limit: int = 200) -> list[tuple[Issue, int]]:
     )
     rows = db.session.execute(
         select(Issue, count)
-        .where(Issue.status.in_(ARCHIVED))
+        .where(Issue.started_at.is_not(None))
         .order_by(Issue.week.desc())
         .limit(limit)
     )
@@ -255,11 +296,11 @@ def _article_count(issue_id: int) -> int:
     return len(rows.all())
 
 
-def issue_articles(issue_id: int) -> list[Article]:
+def issue_articles(issue_id: int) -> list[IssueArticle]:
+    """The issue's articles in order, as they were planned (see IssueArticle)."""
     return list(
         db.session.execute(
-            select(Article)
-            .join(IssueArticle, IssueArticle.article_id == Article.id)
+            select(IssueArticle)
             .where(IssueArticle.issue_id == issue_id)
             .order_by(IssueArticle.position)
         ).scalars()
@@ -290,10 +331,8 @@ def render_issue(
             locale, "digest.week_of", date=i18n.format_date(locale, week_start(issue.week))
         ),
         "groups": groups,
-        # The web version in the reader's language (French is the page's default).
-        "online_url": public_url(
-            settings, f"/archive/{issue.week}" + ("?lang=en" if locale == "en" else "")
-        ),
+        # The web version in the mail's language, whatever the browser prefers.
+        "online_url": public_url(settings, f"/archive/{issue.week}?lang={locale}"),
         "subscribe_url": public_url(settings, "/subscribe"),
         "sender_identity": settings.sender_identity,
         "web": markers is None,

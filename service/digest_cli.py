@@ -48,9 +48,18 @@ def _fail(message: str) -> None:
 
 def _week(value: str | None) -> str:
     try:
-        return parse_week(value) if value else upcoming_week(_settings(), _now(), issues.MAX_LATE)
+        if value:
+            return parse_week(value)
     except DigestError as exc:
         raise click.BadParameter(str(exc), param_hint="--week") from None
+    # The issue going out now, if any; else this week's (see upcoming_week).
+    in_flight = db.session.execute(
+        select(Issue.week)
+        .where(Issue.status.in_((IssueStatus.SENDING, IssueStatus.PAUSED)))
+        .order_by(Issue.week.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return in_flight or upcoming_week(_settings(), _now(), issues.MAX_LATE)
 
 
 def _issue(week: str) -> Issue:
@@ -63,8 +72,8 @@ def _issue(week: str) -> Issue:
 
 week_option = click.option(
     "--week",
-    help="ISO week, e.g. 2026-W48. Default: this week's issue, or next week's once this "
-    "week's send time is more than a day past.",
+    help="ISO week, e.g. 2026-W48. Default: the issue being sent or paused, else this week's "
+    "(next week's once this week's send time is more than a day past).",
 )
 
 

@@ -44,6 +44,9 @@ class Fetched:
     content: bytes | None  # None: not modified since the last fetch
     etag: str | None = None
     last_modified: str | None = None
+    # For feedparser: relative links resolve against the URL, the charset comes from here
+    # when the document does not declare one.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,7 +102,13 @@ def fetch(url: str, settings: Settings, feed: Feed) -> Fetched:
                 raise FeedError(f"larger than HEBDO_FEED_MAX_BYTES ({limit} bytes)")
             content = _read_capped(response, limit, deadline)
             return Fetched(
-                content, response.headers.get("ETag"), response.headers.get("Last-Modified")
+                content,
+                response.headers.get("ETag"),
+                response.headers.get("Last-Modified"),
+                {
+                    "content-location": response.geturl() or url,
+                    "content-type": response.headers.get("Content-Type", ""),
+                },
             )
     except urllib.error.HTTPError as exc:
         if exc.code == 304:
@@ -122,7 +131,10 @@ def _when(entry: Any) -> datetime | None:
 
 def _image(entry: Any) -> str | None:
     for media in (*entry.get("media_content", ()), *entry.get("media_thumbnail", ())):
-        if media.get("url") and media.get("medium", "image") == "image":
+        medium, kind = media.get("medium"), str(media.get("type", ""))
+        # An image says so (medium="image" or an image/* type); a thumbnail is one anyway.
+        is_image = medium == "image" or kind.startswith("image/") or (not medium and not kind)
+        if media.get("url") and is_image:
             return str(media["url"])
     for link in entry.get("links", ()):
         if link.get("rel") == "enclosure" and str(link.get("type", "")).startswith("image/"):
@@ -143,9 +155,14 @@ def _sample_shift(entries: list[Any], now: datetime) -> timedelta:
     return timedelta(weeks=weeks)
 
 
-def parse(content: bytes, url: str, now: datetime) -> tuple[list[ArticleInput], list[str]]:
+def parse(
+    content: bytes, url: str, now: datetime, headers: dict[str, str] | None = None
+) -> tuple[list[ArticleInput], list[str]]:
     """The feed's items as article inputs, and a line per item that was skipped (and why)."""
-    document = feedparser.parse(content)
+    try:
+        document = feedparser.parse(content, response_headers=headers or {})
+    except Exception as exc:  # feedparser itself trips on some character references
+        raise FeedError(f"unparsable feed: {type(exc).__name__}: {exc}") from None
     if document.get("bozo") and not document.entries:
         raise FeedError(f"not a readable RSS/Atom feed: {document.get('bozo_exception')}")
     if not document.get("version") and not document.entries:
@@ -200,7 +217,7 @@ def ingest(url: str, settings: Settings, now: datetime) -> FeedReport:
         if fetched.content is None:
             report.result = "not_modified"
         else:
-            items, report.problems = parse(fetched.content, url, now)
+            items, report.problems = parse(fetched.content, url, now, fetched.headers)
             report.skipped = len(report.problems)
             for item in items:
                 try:

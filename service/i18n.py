@@ -73,23 +73,24 @@ MESSAGES: dict[str, dict[str, str]] = {
         "mail.confirm.ignore": "Si vous n’êtes pas à l’origine de cette demande, ignorez simplement cet e-mail : vous ne recevrez rien d’autre.",
         "mail.footer.why": "Vous recevez cet e-mail parce que votre adresse a été saisie sur notre formulaire d’inscription.",
         "mail.footer.unsubscribe": "Se désabonner",
-        "digest.subject": "{site} : {lead}",
+        "digest.subject": "{site} : {lead}",
         "digest.week_of": "Semaine du {date}",
         "digest.intro": "Les articles de la semaine, choisis pour vous.",
         "digest.read": "Lire l’article",
-        "digest.read_line": "Lire l’article : {url}",
-        "digest.unsubscribe_line": "Se désinscrire en un clic :",
-        "digest.online_line": "Voir la version en ligne :",
+        "digest.read_line": "Lire l’article : {url}",
+        "digest.unsubscribe_line": "Se désabonner en un clic :",
+        "digest.online_line": "Voir la version en ligne :",
         "digest.by": "Par {author}",
         "digest.other": "Autres articles",
         "digest.online": "Voir la version en ligne",
         "digest.why": "Vous recevez cette lettre hebdomadaire parce que vous vous y êtes inscrit·e avec l’adresse {email}.",
-        "digest.unsubscribe": "Se désinscrire en un clic",
-        "digest.web_why": "Cette lettre paraît chaque semaine. Recevez-la gratuitement par e-mail :",
+        "digest.unsubscribe": "Se désabonner en un clic",
+        "digest.web_why": "Cette lettre paraît chaque semaine. Recevez-la gratuitement par e-mail :",
         "digest.subscribe": "S’inscrire",
         "archive.title": "Les lettres précédentes",
         "archive.empty": "Aucune lettre n’a encore été envoyée.",
-        "archive.articles": "{count} articles",
+        "archive.articles": "{count} articles",
+        "archive.article": "1 article",
     },
     "en": {
         "accepted": "Thank you! Check your inbox: we have just sent you a confirmation email.",
@@ -168,6 +169,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "archive.title": "Past issues",
         "archive.empty": "No issue has been sent yet.",
         "archive.articles": "{count} stories",
+        "archive.article": "1 story",
     },
 }
 
@@ -211,9 +213,11 @@ MONTHS = {
 
 
 def format_date(locale: str, day: date) -> str:
-    """`23 novembre 2026` / `23 November 2026`."""
+    """`23 novembre 2026`, `1er mars 2027` / `23 November 2026`."""
     months = MONTHS.get(locale, MONTHS[DEFAULT_LOCALE])
-    return f"{day.day} {months[day.month - 1]} {day.year}"
+    # French writes the first of the month as an ordinal: « 1er mars ».
+    number = "1er" if day.day == 1 and locale != "en" else str(day.day)
+    return f"{number} {months[day.month - 1]} {day.year}"
 
 
 def pick_locale(*candidates: object, accept: Iterable[str] = ()) -> str:

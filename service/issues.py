@@ -7,6 +7,7 @@ alone, so any number of ticks, workers or restarts start one issue a week.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,8 @@ from .delivery import Enqueue, dispatch, rowcount, start_send, sweep
 from .digest import DigestError, get_issue, plan_issue, send_time, week_of
 from .extensions import db
 from .models import Delivery, DeliveryStatus, Issue, IssueStatus
+
+log = logging.getLogger(__name__)
 
 # A weekly send missed by longer than this (service down) is not caught up by the beat:
 # mail arriving days late surprises more than it helps; `hebdo digest send --now` does it.
@@ -122,6 +125,26 @@ def progress(week: str, now: datetime) -> Progress:
 def tick(settings: Settings, now: datetime, enqueue: Enqueue) -> None:
     """Run by beat every HEBDO_SWEEP_SECONDS: plan and start the week's issue when due,
     and sweep. Idempotent: any number of ticks, workers or restarts give one issue."""
+    # A draft nobody approved in time gives its articles back to the next issue.
+    expired = (
+        db.session.execute(
+            update(Issue)
+            .where(Issue.status == IssueStatus.DRAFT, Issue.send_at < now - MAX_LATE)
+            .values(
+                status=IssueStatus.CANCELLED,
+                note="not approved in time; articles go to the next issue",
+            )
+            .returning(Issue.week)
+            .execution_options(synchronize_session=False)
+        )
+        .scalars()
+        .all()
+    )
+    db.session.commit()
+    for week in expired:
+        log.warning(
+            "issue %s was never approved: cancelled, its articles go to the next issue", week
+        )
     # This week's send; last week's, when a late send crossed into a new week (a Sunday
     # evening schedule, beat down until Monday); next week's, when review mode plans it
     # ahead across Sunday night.

@@ -317,6 +317,7 @@ def _header_block(raw: bytes) -> bytes:
 
 
 _ENCODED_WORD = re.compile(r"=\?")
+_BREAKING_SPACE = re.compile(r"[^\S\u00a0\u202f]+")
 _HEADER_LINE = re.compile(rb"[A-Za-z][A-Za-z0-9-]*: |[ \t]")
 
 
@@ -329,7 +330,8 @@ def _subject_header(subject: str) -> bytes:
     goes out as it is; anything else (non-ASCII, `=?`) as RFC 2047 encoded-words,
     which show the text literally.
     """
-    text = " ".join(subject.split())  # no CR, LF, tabs or runs of spaces
+    # No CR, LF, tabs, line separators or runs of spaces; no-break spaces (French « : ») stay.
+    text = _BREAKING_SPACE.sub(" ", subject).strip()
     if text.isascii() and text.isprintable() and not _ENCODED_WORD.search(text):
         line = "Subject: " + text
         if len(line) <= 998:

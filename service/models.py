@@ -200,7 +200,11 @@ class Issue(db.Model):  # type: ignore[name-defined]
 
 
 class IssueArticle(db.Model):  # type: ignore[name-defined]
-    """The articles of an issue, in the order they are shown."""
+    """The articles of an issue, in the order they are shown, as they were when planned.
+
+    A copy, not a reference: what readers got is what the archive shows, and every
+    batch of a send renders the same text, whatever a feed says about the article later.
+    """
 
     __tablename__ = "issue_articles"
     __table_args__ = (UniqueConstraint("issue_id", "article_id"),)
@@ -211,6 +215,12 @@ class IssueArticle(db.Model):  # type: ignore[name-defined]
         ForeignKey("articles.id", ondelete="CASCADE"), index=True
     )
     position: Mapped[int]
+    url: Mapped[str] = mapped_column(String(2000))
+    title: Mapped[str] = mapped_column(String(500))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    category: Mapped[str] = mapped_column(String(100), default="")
+    author: Mapped[str] = mapped_column(String(200), default="")
+    image_url: Mapped[str | None] = mapped_column(String(2000))
 
 
 class DeliveryStatus(enum.StrEnum):

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, render_template, request
 
-from .digest import ARCHIVED, DigestError, archived_issues, get_issue, parse_week, render_issue
+from .digest import (
+    DigestError,
+    archived_issues,
+    get_issue,
+    is_archived,
+    parse_week,
+    render_issue,
+)
 from .models import Status, Subscriber
 from .subscriptions import (
     Consent,
@@ -153,15 +160,16 @@ def archive_issue(week: str) -> Response:
     except DigestError:
         abort(404)
     issue = get_issue(week)
-    if issue is None or issue.status not in ARCHIVED:
+    if issue is None or not is_archived(issue):
         abort(404)
     locale = page_locale()
     response = Response(render_issue(settings(), issue, locale).html, mimetype="text/html")
     # The mail's own inline styles, and the articles' images from the news site.
     response.headers["Content-Security-Policy"] = (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; "
+        "default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
         "frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
     )
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
     response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["Vary"] = "Accept-Language"
     return response

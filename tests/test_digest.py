@@ -6,14 +6,15 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from service import delivery, issues
+from service import delivery, i18n, issues
+from service.articles import ArticleInput, store_article
 from service.digest import (
     Recipient,
     get_issue,
@@ -23,6 +24,7 @@ from service.digest import (
     parse_week,
     plan_issue,
     send_time,
+    upcoming_week,
     week_of,
 )
 from service.extensions import db
@@ -60,7 +62,9 @@ def test_send_time_follows_paris_wall_clock_across_daylight_saving(app: Flask) -
     assert week_of(s, datetime(2026, 3, 29, 22, 30, tzinfo=UTC)) == SUMMER_MONDAY
     with pytest.raises(ValueError):
         parse_week("2026-W54")
-    assert parse_week("2026-w9".replace("w9", "W09")) == "2026-W09"
+    assert parse_week(" 2026-w09 ") == "2026-W09"
+    with pytest.raises(ValueError):
+        parse_week("2026-W9")  # ISO writes two digits
 
 
 def test_the_beat_sends_at_eight_on_the_dst_monday_and_not_an_hour_early(
@@ -241,12 +245,12 @@ def test_the_digest_on_the_wire_is_standards_clean_and_escapes_feed_text(
     message = mail.message
     assert message.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
-    assert message["Subject"].startswith("L'Hebdo : ")
+    assert message["Subject"].startswith("L'Hebdo\u00a0: ")
     html, text = mail.part("html"), mail.part("plain")
     assert "<script" not in html and "onerror" not in html and "<b>" not in html
     assert "Budget &amp; défense" in html or "Budget &amp; d&eacute;fense" in html
     assert "alert(1)" not in text and "Le résumé Bcc: victim@example.com" in text
-    assert "Lire l’article : https://lhebdo.example/articles/1" in text
+    assert "Lire l’article\u00a0: https://lhebdo.example/articles/1" in text
     assert "lectrice@exemple.fr" in text and "lectrice@exemple.fr" in html
     # Every link is absolute: on HEBDO_BASE_URL (ours) or the article's own site.
     hrefs = re.findall(r'href="([^"]+)"', html)
@@ -291,7 +295,7 @@ def test_archive_shows_sent_issues_without_personal_data(app: Flask) -> None:
     assert "reader0@exemple.fr" not in page.text and "/unsubscribe/" not in page.text
     assert "img-src https:" in page.headers["Content-Security-Policy"]
     assert client.get("/archive/2026-W99").status_code == 404
-    assert client.get("/archive/../../etc").status_code == 404
+    assert client.get("/archive/2026-W60").status_code == 404  # no such week
 
 
 def test_a_sunday_evening_send_missed_until_monday_is_still_caught_up(
@@ -308,3 +312,96 @@ def test_a_sunday_evening_send_missed_until_monday_is_still_caught_up(
         issue = get_issue("2026-W48")
         assert issue is not None and issue.status == IssueStatus.SENDING
         assert get_issue("2026-W49") is None
+
+
+def test_an_article_committed_just_after_planning_goes_in_the_next_issue(app: Flask) -> None:
+    planned = NOW
+    with app.app_context():
+        s = app.config["SETTINGS"]
+        add_article(app, 1, planned - timedelta(days=1))
+        assert plan_issue(s, "2026-W48", planned).articles == 1
+        # A feed read that started 20 s before planning commits its items after it.
+        for n, published in ((2, planned - timedelta(hours=1)), (3, None)):
+            store_article(
+                ArticleInput(
+                    url=f"https://lhebdo.example/late/{n}",
+                    title=f"Tard {n}",
+                    published_at=published,
+                ),
+                source="feed",
+                now=planned - timedelta(seconds=20),
+            )
+        db.session.commit()
+        plan_issue(s, "2026-W49", planned + timedelta(days=7))
+        issue = get_issue("2026-W49")
+        assert issue is not None
+        assert sorted(a.title for a in issue_articles(issue.id)) == ["Tard 2", "Tard 3"]
+
+
+def test_a_cancelled_issue_that_went_out_keeps_its_articles_and_its_web_page(app: Flask) -> None:
+    add_subscribers(app, 2)
+    add_article(app, 1, NOW - timedelta(days=1))
+    with app.app_context():
+        s = app.config["SETTINGS"]
+        plan_issue(s, "2026-W48", NOW)
+        issue = get_issue("2026-W48")
+        assert issue is not None
+        delivery.start_send(s, issue.id, NOW)
+        assert issues.cancel(issue.id, NOW)
+    assert app.test_client().get("/archive/2026-W48").status_code == 200
+    add_article(app, 2, NOW + timedelta(days=3))
+    with app.app_context():
+        plan_issue(app.config["SETTINGS"], "2026-W49", NOW + timedelta(days=7))
+        next_issue = get_issue("2026-W49")
+        assert next_issue is not None
+        assert [a.url.rsplit("/", 1)[1] for a in issue_articles(next_issue.id)] == ["2"]
+
+
+def test_a_draft_never_approved_gives_its_articles_to_the_next_issue(
+    make_app: Callable[[dict[str, str]], Flask],
+    env: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_app({**env, "HEBDO_REVIEW": "1"})
+    add_article(app, 1, NOW - timedelta(days=2))
+    with app.app_context():
+        s = app.config["SETTINGS"]
+        issues.tick(s, NOW - timedelta(hours=20), no_enqueue)
+        assert get_issue("2026-W48").status == IssueStatus.DRAFT  # type: ignore[union-attr]
+        issues.tick(s, NOW + timedelta(hours=25), no_enqueue)
+        stale = get_issue("2026-W48")
+        assert stale is not None and stale.status == IssueStatus.CANCELLED
+        assert "not approved in time" in (stale.note or "")
+        plan_issue(s, "2026-W49", NOW + timedelta(days=6))
+        issue = get_issue("2026-W49")
+        assert issue is not None and len(issue_articles(issue.id)) == 1
+    assert any("never approved" in r.getMessage() for r in caplog.records)
+
+
+def test_what_readers_got_is_what_the_archive_keeps(app: Flask) -> None:
+    add_subscribers(app, 1)
+    add_article(app, 1, NOW - timedelta(days=1), title="Titre du lundi")
+    with app.app_context():
+        s = app.config["SETTINGS"]
+        plan_issue(s, "2026-W48", NOW)
+        issue = get_issue("2026-W48")
+        assert issue is not None
+        delivery.start_send(s, issue.id, NOW)
+    # The feed corrects the title on Tuesday: the sent issue does not change.
+    add_article(app, 1, NOW - timedelta(days=1), title="Titre corrigé")
+    page = app.test_client().get("/archive/2026-W48?lang=fr")
+    assert "Titre du lundi" in page.text and "Titre corrigé" not in page.text
+    assert page.headers["Vary"] == "Accept-Language"
+
+
+def test_the_week_commands_mean_follows_the_schedule(
+    make_app: Callable[[dict[str, str]], Flask], env: dict[str, str]
+) -> None:
+    app = make_app({**env, "HEBDO_SEND_SCHEDULE": "sunday 20:00"})
+    s = app.config["SETTINGS"]
+    # Monday 02:00 in Paris: the Sunday-evening issue is still "this week's".
+    assert upcoming_week(s, datetime(2026, 11, 30, 1, 0, tzinfo=UTC), issues.MAX_LATE) == "2026-W48"
+    # Thursday: the next one.
+    assert upcoming_week(s, datetime(2026, 12, 3, 9, 0, tzinfo=UTC), issues.MAX_LATE) == "2026-W49"
+    assert i18n.format_date("fr", date(2027, 3, 1)) == "1er mars 2027"
+    assert i18n.format_date("en", date(2027, 3, 1)) == "1 March 2027"

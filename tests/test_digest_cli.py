@@ -12,6 +12,7 @@ from flask import Flask
 from service import issues
 from service.digest import get_issue, upcoming_week
 from service.extensions import db
+from service.models import Subscriber
 from tests.conftest import SMTPSink, add_article, add_subscribers
 
 
@@ -45,8 +46,14 @@ def test_plan_preview_and_test_show_exactly_what_subscribers_get(
     plain = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     assert "Read the article: " in plain and "reader0@exemple.fr" in plain
     unsubscribe = message["List-Unsubscribe"].split("<", 1)[1].split(">", 1)[0]
-    page = app.test_client().get(unsubscribe.removeprefix("https://hebdo.example.fr"))
-    assert page.status_code == 200  # the link of subscriber `ids[0]`, not a dummy
+    # The preview's link is this subscriber's own: its one-click POST unsubscribes them.
+    one_click = app.test_client().post(
+        unsubscribe.removeprefix("https://hebdo.example.fr"),
+        data={"List-Unsubscribe": "One-Click"},
+    )
+    assert one_click.status_code == 200
+    with app.app_context():
+        assert db.session.get(Subscriber, ids[0]).status == "unsubscribed"  # type: ignore[union-attr]
     html = tmp_path / "reader.html"
     assert _cli(app, "digest", "preview", "--out", str(html))[0] == 0
     assert html.read_text().startswith("<!DOCTYPE html>") and "Grand titre" in html.read_text()
@@ -61,7 +68,6 @@ def test_plan_preview_and_test_show_exactly_what_subscribers_get(
     with app.app_context():
         issue = get_issue(week)
         assert issue is not None and issue.status == "scheduled" and issue.recipients == 0
-        assert ids
 
 
 def test_send_status_pause_resume_cancel_from_the_command_line(

@@ -14,6 +14,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from service import feeds
+from service.articles import ArticleInput, plain_text, store_article
 from service.extensions import db
 from service.models import Article, Feed
 from tests.conftest import free_port
@@ -82,6 +83,19 @@ def feed_server() -> Iterator[FeedServer]:
             elif self.path == "/slow.xml":
                 state.release.wait(5)
                 self._send(200, RSS.format(title="Trop tard").encode())
+            elif self.path == "/latin.xml":
+                # No XML declaration: the charset is only in the HTTP header; links relative.
+                body = (
+                    '<feed xmlns="http://www.w3.org/2005/Atom"><title>L</title><id>urn:l</id>'
+                    "<entry><title>Prix : 5 \u20ac</title><id>urn:l:1</id>"
+                    '<link href="/articles/prix"/><updated>2026-11-23T08:00:00Z</updated>'
+                    '<media:content xmlns:media="http://search.yahoo.com/mrss/" '
+                    'url="/video/1.mp4" type="video/mp4"/></entry></feed>'
+                ).encode("iso-8859-15")
+                self._send(200, body, Content_Type="application/atom+xml; charset=iso-8859-15")
+            elif self.path == "/charref.xml":
+                body = RSS.format(title="Mauvais &#55296; caractère").encode()
+                self._send(200, body, Content_Type="application/rss+xml")
             elif self.path == "/trickle.xml":
                 # One byte every 0.2 s: each read returns, none would reach the end in time.
                 self.send_response(200)
@@ -168,7 +182,7 @@ def test_one_good_feed_survives_every_kind_of_bad_one_and_rereads_are_idempotent
     assert "timed out" in errors[feed_server.url("/slow.xml")]
     assert "timed out" in errors[feed_server.url("/trickle.xml")]
     assert "HTTP 500" in errors[feed_server.url("/down.xml")]
-    assert "not" in errors[feed_server.url("/broken.xml")]
+    assert "not a readable RSS/Atom feed" in errors[feed_server.url("/broken.xml")]
     assert "HEBDO_FEED_MAX_BYTES" in errors[feed_server.url("/huge.xml")]
     assert "cannot read" in errors["/nonexistent/feed.xml"]
     assert "cannot fetch" in errors[urls[-1]]
@@ -244,3 +258,53 @@ def test_feeds_fetch_command_reports_and_fails_when_a_feed_fails(
     assert result.exit_code == 1
     assert "sample: ok, 14 new, 0 updated, 0 skipped" in result.output
     assert "down.xml: ERROR HTTP 500" in result.output
+
+
+def test_relative_links_header_charsets_and_broken_character_references(
+    make_app: Callable[[dict[str, str]], Flask], env: dict[str, str], feed_server: FeedServer
+) -> None:
+    app = make_app(
+        {**env, "HEBDO_FEEDS": f"{feed_server.url('/latin.xml')},{feed_server.url('/charref.xml')}"}
+    )
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    with app.app_context():
+        latin, charref = feeds.ingest_all(app.config["SETTINGS"], now)
+    assert latin.result == "ok" and latin.created == 1
+    article = _articles(app)[feed_server.url("/articles/prix")]
+    assert article.title == "Prix : 5 €"  # ISO-8859-15 from the Content-Type header
+    assert article.image_url is None  # a video is not an image
+    # feedparser itself raises on `&#55296;`: the feed is recorded as failing, with the reason,
+    # instead of an internal error that leaves no trace on the feed.
+    assert charref.result == "error" and "unparsable feed" in charref.error
+    with app.app_context():
+        feed = db.session.execute(
+            select(Feed).where(Feed.url == feed_server.url("/charref.xml"))
+        ).scalar_one()
+        assert feed.failures == 1 and "UnicodeEncodeError" in (feed.last_error or "")
+
+
+def test_two_feeds_with_the_same_guids_keep_their_own_articles(app: Flask) -> None:
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    with app.app_context():
+        a = store_article(
+            ArticleInput(url="https://a.example/1", title="Article de A", guid="1"),
+            source="https://a.example/feed",
+            now=now,
+        )
+        b = store_article(
+            ArticleInput(url="https://b.example/1", title="Article de B", guid="1"),
+            source="https://b.example/feed",
+            now=now,
+        )
+        db.session.commit()
+    assert a[0] != b[0] and a[1] and b[1]
+    titles = {x.url: x.title for x in _articles(app).values()}
+    assert titles == {"https://a.example/1": "Article de A", "https://b.example/1": "Article de B"}
+
+
+def test_text_keeps_what_belongs_to_it_and_loses_what_hides_in_it() -> None:
+    assert plain_text("👩\u200d💻 Les développeuses", 100) == "👩\u200d💻 Les développeuses"
+    assert plain_text("می\u200cخواهم", 100) == "می\u200cخواهم"  # Persian ZWNJ
+    assert plain_text("a\u202eevil\u202c b\u200bc", 100) == "a evil b c"
+    assert plain_text("x\ud800y", 100) == "x?y"  # a lone surrogate cannot be stored
+    assert plain_text("<p>" + "mot " * 1000 + "</p>", 50).endswith("…")

@@ -155,6 +155,12 @@ def upgrade():
         sa.Column("issue_id", sa.Integer(), nullable=False),
         sa.Column("article_id", sa.Integer(), nullable=False),
         sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column("url", sa.String(length=2000), nullable=False),
+        sa.Column("title", sa.String(length=500), nullable=False),
+        sa.Column("summary", sa.Text(), nullable=False),
+        sa.Column("category", sa.String(length=100), nullable=False),
+        sa.Column("author", sa.String(length=200), nullable=False),
+        sa.Column("image_url", sa.String(length=2000), nullable=True),
         sa.ForeignKeyConstraint(
             ["article_id"],
             ["articles.id"],

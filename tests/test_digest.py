@@ -52,6 +52,17 @@ def no_enqueue(issue_id: int) -> bool:
     return True
 
 
+def start_week(app: Flask, week: str = "2026-W48") -> int:
+    """Plan the week's issue at NOW and start sending it; its id."""
+    with app.app_context():
+        s = app.config["SETTINGS"]
+        plan_issue(s, week, NOW)
+        issue = get_issue(week)
+        assert issue is not None
+        delivery.start_send(s, issue.id, NOW)
+        return issue.id
+
+
 def test_send_time_follows_paris_wall_clock_across_daylight_saving(app: Flask) -> None:
     s = app.config["SETTINGS"]
     assert send_time(s, WINTER_MONDAY).astimezone(UTC) == datetime(2026, 3, 23, 7, 0, tzinfo=UTC)
@@ -341,13 +352,9 @@ def test_an_article_committed_just_after_planning_goes_in_the_next_issue(app: Fl
 def test_a_cancelled_issue_that_went_out_keeps_its_articles_and_its_web_page(app: Flask) -> None:
     add_subscribers(app, 2)
     add_article(app, 1, NOW - timedelta(days=1))
+    issue_id = start_week(app)
     with app.app_context():
-        s = app.config["SETTINGS"]
-        plan_issue(s, "2026-W48", NOW)
-        issue = get_issue("2026-W48")
-        assert issue is not None
-        delivery.start_send(s, issue.id, NOW)
-        assert issues.cancel(issue.id, NOW)
+        assert issues.cancel(issue_id, NOW)
     assert app.test_client().get("/archive/2026-W48").status_code == 200
     add_article(app, 2, NOW + timedelta(days=3))
     with app.app_context():
@@ -381,12 +388,7 @@ def test_a_draft_never_approved_gives_its_articles_to_the_next_issue(
 def test_what_readers_got_is_what_the_archive_keeps(app: Flask) -> None:
     add_subscribers(app, 1)
     add_article(app, 1, NOW - timedelta(days=1), title="Titre du lundi")
-    with app.app_context():
-        s = app.config["SETTINGS"]
-        plan_issue(s, "2026-W48", NOW)
-        issue = get_issue("2026-W48")
-        assert issue is not None
-        delivery.start_send(s, issue.id, NOW)
+    start_week(app)
     # The feed corrects the title on Tuesday: the sent issue does not change.
     add_article(app, 1, NOW - timedelta(days=1), title="Titre corrigé")
     page = app.test_client().get("/archive/2026-W48?lang=fr")

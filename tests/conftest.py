@@ -90,6 +90,8 @@ class SMTPSink:
     data_delay: float = 0.0
     # reply to give to every MAIL FROM (a relay refusing us), instead of accepting it
     mail_reply: str | None = None
+    # replies for the next MAIL FROMs, in order (then back to normal)
+    mail_sequence: list[str] = field(default_factory=list)
     # offer RFC 2920 PIPELINING, as most real servers do
     pipelining: bool = True
     # address -> how many times to hang up right after its message's final dot, unanswered
@@ -111,6 +113,8 @@ class SMTPSink:
     ) -> str:
         if self.mail_reply:
             return self.mail_reply
+        if self.mail_sequence:
+            return self.mail_sequence.pop(0)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"

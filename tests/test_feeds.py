@@ -96,6 +96,13 @@ def feed_server() -> Iterator[FeedServer]:
             elif self.path == "/charref.xml":
                 body = RSS.format(title="Mauvais &#55296; caractère").encode()
                 self._send(200, body, Content_Type="application/rss+xml")
+            elif self.path == "/dated.xml":
+                stamp = "Mon, 23 Nov 2026 08:00:00 GMT"
+                if self.headers.get("If-Modified-Since") == stamp:
+                    self._send(304, b"")
+                    return
+                body = RSS.format(title="Daté").encode()
+                self._send(200, body, Last_Modified=stamp, Content_Type="application/rss+xml")
             elif self.path == "/trickle.xml":
                 # One byte every 0.2 s: each read returns, none would reach the end in time.
                 self.send_response(200)
@@ -308,3 +315,15 @@ def test_text_keeps_what_belongs_to_it_and_loses_what_hides_in_it() -> None:
     assert plain_text("a\u202eevil\u202c b\u200bc", 100) == "a evil b c"
     assert plain_text("x\ud800y", 100) == "x?y"  # a lone surrogate cannot be stored
     assert plain_text("<p>" + "mot " * 1000 + "</p>", 50).endswith("…")
+
+
+def test_last_modified_makes_the_second_read_conditional(
+    make_app: Callable[[dict[str, str]], Flask], env: dict[str, str], feed_server: FeedServer
+) -> None:
+    app = make_app({**env, "HEBDO_FEEDS": feed_server.url("/dated.xml")})
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    with app.app_context():
+        first = feeds.ingest_all(app.config["SETTINGS"], now)[0]
+        second = feeds.ingest_all(app.config["SETTINGS"], now + timedelta(hours=1))[0]
+    assert (first.result, first.created) == ("ok", 2)
+    assert second.result == "not_modified"

@@ -260,3 +260,19 @@ def test_a_refusal_is_read_for_whose_problem_it_is(
     code: int | None, reply: str, stage: str, kind: str
 ) -> None:
     assert PermanentFailure(code, reply, stage).kind == kind
+
+
+def test_a_421_on_a_connection_left_idle_reconnects_once_and_sends(
+    smtp_app: Flask, smtp_server: SMTPSink
+) -> None:
+    settings = smtp_app.config["SETTINGS"]
+    with smtp_app.app_context(), SMTPTransport(settings) as transport:
+        transport.send(mail_to(smtp_app, "premier@exemple.fr"))
+        # The server timed the idle connection out and says so at the next command.
+        smtp_server.mail_sequence.append("421 4.4.2 Idle timeout, closing connection")
+        transport.send(mail_to(smtp_app, "second@exemple.fr"))
+    assert [m.rcpt_tos[0] for m in smtp_server.messages] == [
+        "premier@exemple.fr",
+        "second@exemple.fr",
+    ]
+    assert smtp_server.sessions == 2

@@ -612,3 +612,26 @@ def test_a_slow_but_live_batch_renews_its_claims_so_the_sweep_leaves_them(
     assert sorted(received) == sorted(f"reader{n}@exemple.fr" for n in range(8))
     assert all("claim expired" not in (r.last_error or "") for r in sender.deliveries().values())
     assert sender.issue().status == "sent"
+
+
+def test_a_rate_slot_far_ahead_hands_the_rows_back_instead_of_holding_them(
+    make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str, str], smtp_server: SMTPSink
+) -> None:
+    # One message every 20 s, claims of 60 s: waiting for the second slot would hold the
+    # batch's claims for a third of their life, so the rest goes back to the queue.
+    app = make_app({**smtp_env, "HEBDO_SEND_RATE": "0.05", "HEBDO_CLAIM_TIMEOUT_SECONDS": "60"})
+    sender = begin(app, 4, article=True)
+    started = time.monotonic()
+    with app.app_context(), open_transport(sender.settings) as transport:
+        report = delivery.send_batch(
+            sender.settings,
+            sender.issue().id,
+            transport=transport,
+            clock=lambda: NOW,
+            rate=send_rate(sender.settings),
+        )
+    assert time.monotonic() - started < 10
+    assert (report.sent, report.released) == (1, 3)
+    waiting = [r for r in sender.deliveries().values() if r.status == "queued"]
+    assert len(waiting) == 3 and all(r.attempts == 0 for r in waiting)
+    assert all(r.next_attempt_at > NOW + timedelta(seconds=15) for r in waiting)

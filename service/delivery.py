@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     String,
@@ -39,7 +39,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import CursorResult
 
 from .config import Settings
 from .digest import (
@@ -48,11 +47,11 @@ from .digest import (
     mail_for,
     mail_template,
 )
-from .extensions import UTCDateTime, db
+from .extensions import UTCDateTime, db, rowcount
 from .mailer import DeliveryError, MailTemplate, PermanentFailure, TransientFailure, Transport
 from .models import Delivery, DeliveryStatus, Issue, IssueStatus, Status, Subscriber
 from .ratelimit import SendRate, Unlimited
-from .subscriptions import audit, suppress
+from .subscriptions import mark_bounced
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +73,6 @@ FLUSH_SECONDS = 2.0
 BATCH_SECONDS = 120.0
 
 _OPEN = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
-
-
-def rowcount(result: Any) -> int:
-    """Rows an UPDATE matched (typed access to a CursorResult attribute)."""
-    return cast(CursorResult[Any], result).rowcount
 
 
 def backoff(attempts: int) -> timedelta:
@@ -118,9 +112,12 @@ def start_send(settings: Settings, issue_id: int, now: datetime) -> int:
             rows,
         )
     )
-    recipients = db.session.execute(
-        select(func.count()).select_from(Delivery).where(Delivery.issue_id == issue_id)
-    ).scalar_one()
+    # Counted: this INSERT … SELECT reports no row count on PostgreSQL (-1).
+    recipients = int(
+        db.session.execute(
+            select(func.count()).select_from(Delivery).where(Delivery.issue_id == issue_id)
+        ).scalar_one()
+    )
     db.session.execute(update(Issue).where(Issue.id == issue_id).values(recipients=recipients))
     db.session.commit()
     if db.engine.dialect.name == "postgresql":
@@ -130,7 +127,7 @@ def start_send(settings: Settings, issue_id: int, now: datetime) -> int:
         db.session.commit()
     log.info("issue %s: sending to %d subscribers", issue_id, recipients)
     finish_if_done(issue_id, now)
-    return int(recipients)
+    return recipients
 
 
 def due_count(issue_id: int, now: datetime) -> int:
@@ -181,31 +178,48 @@ def finish_if_done(issue_id: int, now: datetime) -> bool:
     if not rowcount(done):
         db.session.commit()
         return False
-    rows = db.session.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.issue_id == issue_id)
-        .group_by(Delivery.status)
-    )
-    counts: dict[str, int] = {status: count for status, count in rows}
+    counts = status_counts(issue_id)
     db.session.execute(
         update(Issue)
         .where(Issue.id == issue_id)
         .values(
-            sent_count=counts.get(DeliveryStatus.SENT.value, 0),
-            failed_count=counts.get(DeliveryStatus.FAILED.value, 0),
-            bounced_count=counts.get(DeliveryStatus.BOUNCED.value, 0),
+            sent_count=counts["sent"],
+            failed_count=counts["failed"],
+            bounced_count=counts["bounced"],
         )
     )
     db.session.commit()
     log.info(
         "issue %s sent: %d sent, %d failed, %d bounced, %d skipped",
         issue_id,
-        counts.get("sent", 0),
-        counts.get("failed", 0),
-        counts.get("bounced", 0),
-        counts.get("skipped", 0),
+        counts["sent"],
+        counts["failed"],
+        counts["bounced"],
+        counts["skipped"],
     )
     return True
+
+
+def status_counts(issue_id: int) -> dict[str, int]:
+    """Deliveries of an issue per status, every status present (0 when none)."""
+    counts = dict.fromkeys((s.value for s in DeliveryStatus), 0)
+    rows = db.session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.issue_id == issue_id)
+        .group_by(Delivery.status)
+    )
+    for status, count in rows:
+        counts[status] = count
+    return counts
+
+
+def set_issue_status(issue_id: int, allowed: tuple[str, ...], **values: Any) -> bool:
+    """Change an issue only from one of the `allowed` statuses; True when it changed."""
+    changed = db.session.execute(
+        update(Issue).where(Issue.id == issue_id, Issue.status.in_(allowed)).values(**values)
+    )
+    db.session.commit()
+    return bool(rowcount(changed))
 
 
 # ---------------------------------------------------------------- sending one batch
@@ -216,16 +230,18 @@ def claim(settings: Settings, issue_id: int, now: datetime) -> list[int]:
     return [row.delivery_id for row in claim_rows(settings, issue_id, now)]
 
 
-_RECIPIENT_COLUMNS = (
-    Delivery.id,
-    Delivery.attempts,
-    Delivery.uncertain,
-    Subscriber.id,
-    Subscriber.email,
-    Subscriber.locale,
-    Subscriber.created_at,
-    Subscriber.status,
-)
+def _recipients() -> Any:
+    """Deliveries with what sending them needs of their subscriber (see _row)."""
+    return select(
+        Delivery.id,
+        Delivery.attempts,
+        Delivery.uncertain,
+        Subscriber.id,
+        Subscriber.email,
+        Subscriber.locale,
+        Subscriber.created_at,
+        Subscriber.status,
+    ).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
 
 
 def claim_rows(settings: Settings, issue_id: int, now: datetime) -> list[_Row]:
@@ -245,8 +261,7 @@ def claim_rows(settings: Settings, issue_id: int, now: datetime) -> list[_Row]:
         # the same statement; then update them by primary key, one indexed lookup each.
         started = time.monotonic()
         found = db.session.execute(
-            select(*_RECIPIENT_COLUMNS)
-            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            _recipients()
             .where(*due)
             # ix_deliveries_queued (partial: queued rows only) gives this order directly.
             .order_by(Delivery.id)
@@ -285,10 +300,7 @@ def claim_rows(settings: Settings, issue_id: int, now: datetime) -> list[_Row]:
     if not ids:
         return []
     found = db.session.execute(
-        select(*_RECIPIENT_COLUMNS)
-        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.id.in_(ids))
-        .order_by(Delivery.id)
+        _recipients().where(Delivery.id.in_(ids)).order_by(Delivery.id)
     ).all()
     return [_row(values, now, claimed=False) for values in found]
 
@@ -349,7 +361,7 @@ class BatchReport:
     released: int = 0
     lost: int = 0
     outcomes: list[dict[str, Any]] = field(default_factory=list)
-    bounced_subscribers: list[tuple[int, str, str]] = field(default_factory=list)
+    bounced_subscribers: list[tuple[int, str]] = field(default_factory=list)
     last_refusal: str = ""
     # Rows given an outcome (one each, ever), and the row whose message is on the wire.
     noted: set[int] = field(default_factory=set)
@@ -432,13 +444,17 @@ def send_batch(
             if row.delivery_id in report.noted:
                 continue  # taken back by the sweep (see _renew_claims)
             now = clock()
+            status: str | None = None
             stop = time.monotonic() - started > deadline
             if not stop and time.monotonic() - last_flush > FLUSH_SECONDS:
                 _flush(settings, issue_id, report, now, renew=rows[position:])
                 last_flush = time.monotonic()
-                stop = _issue_status(issue_id) != IssueStatus.SENDING
+                status = _issue_status(issue_id)
+                stop = status != IssueStatus.SENDING
             if stop:
-                _hand_back(report, issue_id, rows[position:], now)
+                if status is None:
+                    status = _issue_status(issue_id)
+                _hand_back(report, status, rows[position:], now)
                 break
             if row.subscriber_status != Status.ACTIVE:
                 report.note(row, DeliveryStatus.SKIPPED, error="no longer subscribed")
@@ -504,18 +520,14 @@ def _render_all(
 
 
 def _pause(issue_id: int, reason: str) -> None:
-    db.session.execute(
-        update(Issue)
-        .where(Issue.id == issue_id, Issue.status == IssueStatus.SENDING)
-        .values(status=IssueStatus.PAUSED, note=reason[:200])
-    )
-    db.session.commit()
+    set_issue_status(issue_id, (IssueStatus.SENDING,), status=IssueStatus.PAUSED, note=reason[:200])
     log.error("issue %s paused: %s", issue_id, reason)
 
 
-def _hand_back(report: BatchReport, issue_id: int, rows: list[_Row], now: datetime) -> None:
-    """The issue was paused or cancelled under this batch: give back, or skip, the rest."""
-    if _issue_status(issue_id) == IssueStatus.CANCELLED:
+def _hand_back(report: BatchReport, status: str | None, rows: list[_Row], now: datetime) -> None:
+    """The batch stops early (its time is up, or the issue was paused or cancelled under it):
+    skip the rest of a cancelled issue, give the rest back otherwise."""
+    if status == IssueStatus.CANCELLED:
         for row in rows:
             report.note(row, DeliveryStatus.SKIPPED, error="issue cancelled")
     else:
@@ -561,8 +573,8 @@ def _outcome(
 
 
 _TABLE = Delivery.__table__
-# SQLite: every outcome of a batch in one executemany, the same statement for every row,
-# so a column that an outcome does not set is passed as NULL and kept.
+# SQLite: one row's outcome (see _record), the same statement for every row, so a column
+# that an outcome does not set is passed as NULL and kept.
 _RECORD = (
     update(_TABLE)
     .where(
@@ -626,9 +638,7 @@ def _send_one(
     except PermanentFailure as exc:
         if exc.kind == "mailbox":
             report.note(row, DeliveryStatus.BOUNCED, error=str(exc), smtp_response=str(exc))
-            report.bounced_subscribers.append(
-                (row.recipient.subscriber_id, row.recipient.email, str(exc.code))
-            )
+            report.bounced_subscribers.append((row.recipient.subscriber_id, str(exc.code)))
             return None, False
         if exc.kind == "message":
             report.note(row, DeliveryStatus.FAILED, error=str(exc), smtp_response=str(exc))
@@ -702,8 +712,8 @@ def _flush(
     if not report.outcomes and not done and not renew:
         return
     written = _record(report.outcomes) if report.outcomes else Counter[str]()
-    for subscriber_id, email, code in report.bounced_subscribers:
-        _bounce_subscriber(settings, subscriber_id, email, code, issue_id, now)
+    for subscriber_id, code in report.bounced_subscribers:
+        _bounce_subscriber(settings, subscriber_id, code, issue_id, now)
     if renew:
         _renew_claims(report, [r for r in renew if r.delivery_id not in report.noted], now)
     db.session.execute(
@@ -829,22 +839,13 @@ def _flush_for_sure(settings: Settings, issue_id: int, report: BatchReport, now:
 
 
 def _bounce_subscriber(
-    settings: Settings, subscriber_id: int, email: str, code: str, issue_id: int, now: datetime
+    settings: Settings, subscriber_id: int, code: str, issue_id: int, now: datetime
 ) -> None:
     """A 5xx on RCPT: the address does not exist; never mail it again."""
     sub = db.session.get(Subscriber, subscriber_id)
     if sub is None or sub.status != Status.ACTIVE:
         return
-    sub.status = Status.BOUNCED
-    suppress(settings, email, "bounce", now)
-    audit(
-        "bounce",
-        sub,
-        actor="system",
-        now=now,
-        before=Status.ACTIVE,
-        detail={"code": code, "issue_id": issue_id},
-    )
+    mark_bounced(settings, sub, now, detail={"code": code, "issue_id": issue_id})
 
 
 # ---------------------------------------------------------------- sweep

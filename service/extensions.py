@@ -6,14 +6,14 @@ Objects only: nothing here reads configuration at import time.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery, Task
 from flask import Flask
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, MetaData, event
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import CursorResult, Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, registry
 from sqlalchemy.types import TypeDecorator
 
@@ -119,3 +119,8 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app
+
+
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE/INSERT matched (typed access to a CursorResult attribute)."""
+    return cast(CursorResult[Any], result).rowcount

@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import func, select, update
 
 from .config import Settings
-from .delivery import Enqueue, dispatch, rowcount, start_send, sweep
+from .delivery import Enqueue, dispatch, set_issue_status, start_send, status_counts, sweep
 from .digest import DigestError, get_issue, plan_issue, send_time, week_of
 from .extensions import db
 from .models import Delivery, DeliveryStatus, Issue, IssueStatus
@@ -28,28 +27,20 @@ MAX_LATE = timedelta(hours=24)
 ONE_WEEK = timedelta(weeks=1)
 
 
-def _set_status(issue_id: int, allowed: tuple[str, ...], **values: Any) -> bool:
-    changed = db.session.execute(
-        update(Issue).where(Issue.id == issue_id, Issue.status.in_(allowed)).values(**values)
-    )
-    db.session.commit()
-    return bool(rowcount(changed))
-
-
 def approve(issue_id: int, now: datetime) -> bool:
     """draft → scheduled (review mode)."""
-    return _set_status(
+    return set_issue_status(
         issue_id, (IssueStatus.DRAFT,), status=IssueStatus.SCHEDULED, approved_at=now
     )
 
 
 def pause(issue_id: int) -> bool:
     """sending → paused: batch tasks stop claiming; the batches in flight finish."""
-    return _set_status(issue_id, (IssueStatus.SENDING,), status=IssueStatus.PAUSED)
+    return set_issue_status(issue_id, (IssueStatus.SENDING,), status=IssueStatus.PAUSED)
 
 
 def resume(settings: Settings, issue_id: int, now: datetime, enqueue: Enqueue) -> bool:
-    if not _set_status(issue_id, (IssueStatus.PAUSED,), status=IssueStatus.SENDING):
+    if not set_issue_status(issue_id, (IssueStatus.PAUSED,), status=IssueStatus.SENDING):
         return False
     dispatch(settings, issue_id, now, enqueue)
     return True
@@ -58,7 +49,7 @@ def resume(settings: Settings, issue_id: int, now: datetime, enqueue: Enqueue) -
 def cancel(issue_id: int, now: datetime) -> bool:
     """Stop an issue for good; deliveries not yet sent are marked skipped."""
     allowed = (IssueStatus.DRAFT, IssueStatus.SCHEDULED, IssueStatus.SENDING, IssueStatus.PAUSED)
-    if not _set_status(issue_id, allowed, status=IssueStatus.CANCELLED, finished_at=now):
+    if not set_issue_status(issue_id, allowed, status=IssueStatus.CANCELLED, finished_at=now):
         return False
     db.session.execute(
         update(Delivery)
@@ -94,14 +85,7 @@ def progress(week: str, now: datetime) -> Progress:
     issue = get_issue(week)
     if issue is None:
         raise DigestError(f"no issue for {week}")
-    counts = dict.fromkeys((s.value for s in DeliveryStatus), 0)
-    rows = db.session.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.issue_id == issue.id)
-        .group_by(Delivery.status)
-    )
-    for status, count in rows:
-        counts[status] = count
+    counts = status_counts(issue.id)
     last_minute = db.session.execute(
         select(func.count())
         .select_from(Delivery)

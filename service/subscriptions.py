@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any, cast
+from typing import Any
 
 from email_validator import (
     EmailNotValidError,
@@ -28,12 +28,11 @@ from email_validator import (
 )
 from flask import render_template
 from sqlalchemy import delete, or_, select, update
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
 from . import i18n
 from .config import Settings
-from .extensions import db
+from .extensions import db, rowcount
 from .mailer import PermanentFailure, TransientFailure, Transport, build_message
 from .models import AuditEvent, Status, Subscriber, Suppression
 from .tokens import BadToken, Purpose, make_token, read_token
@@ -196,6 +195,16 @@ def suppress(settings: Settings, email: str, reason: str, now: datetime) -> None
                 email_hash=suppression_hashes(settings, email)[0], reason=reason, created_at=now
             )
         )
+
+
+def mark_bounced(
+    settings: Settings, sub: Subscriber, now: datetime, *, detail: dict[str, Any]
+) -> None:
+    """The server says the address does not exist: bounced, suppressed, and audited."""
+    before = sub.status
+    sub.status = Status.BOUNCED
+    suppress(settings, sub.email, "bounce", now)
+    audit("bounce", sub, actor="system", now=now, before=before, detail=detail)
 
 
 def audit(
@@ -523,7 +532,7 @@ def send_confirmation(
         .values(confirm_claimed_at=now, confirm_attempts=Subscriber.confirm_attempts + 1)
         .execution_options(synchronize_session=False)
     )
-    claimed = cast(CursorResult[Any], result).rowcount
+    claimed = rowcount(result)
     db.session.commit()
     if not claimed:
         return False
@@ -560,13 +569,10 @@ def send_confirmation(
             db.session.commit()
             log.warning("confirmation mail of subscriber %s rejected: %s", subscriber_id, exc)
             return False
-        before = sub.status
-        sub.status = Status.BOUNCED
         sub.confirm_due_at = None
         sub.confirm_claimed_at = None
         sub.confirm_last_error = str(exc)[:512]
-        suppress(settings, sub.email, "bounce", now)
-        audit("bounce", sub, actor="system", now=now, before=before, detail={"code": exc.code})
+        mark_bounced(settings, sub, now, detail={"code": exc.code})
         db.session.commit()
         log.info("confirmation mail to subscriber %s bounced: %s", subscriber_id, exc.code)
         return False

@@ -17,18 +17,17 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from itertools import groupby
-from typing import Any, cast
+from typing import Any
 
 import css_inline
 from flask import render_template
 from markupsafe import escape
 from sqlalchemy import and_, delete, exists, func, or_, select, update
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
 from . import i18n
 from .config import Settings
-from .extensions import db
+from .extensions import db, rowcount
 from .mailer import MailTemplate, Markers, Outgoing
 from .models import Article, Issue, IssueArticle, IssueStatus
 from .subscriptions import public_url, unsubscribe_token_for
@@ -210,14 +209,9 @@ def plan_issue(settings: Settings, week: str, now: datetime) -> PlanResult:
     status = IssueStatus.DRAFT if settings.review else IssueStatus.SCHEDULED
     if not articles:
         status = IssueStatus.CANCELLED
+    due = send_time(settings, week)
     if issue is None:
-        issue = Issue(
-            week=week,
-            subject="",
-            status=status,
-            planned_at=now,
-            send_at=send_time(settings, week),
-        )
+        issue = Issue(week=week, subject="", status=status, planned_at=now, send_at=due)
         try:
             with db.session.begin_nested():
                 db.session.add(issue)
@@ -236,13 +230,13 @@ def plan_issue(settings: Settings, week: str, now: datetime) -> PlanResult:
         .values(
             status=status,
             planned_at=now,
-            send_at=send_time(settings, week),
+            send_at=due,
             subject=articles[0].title[:200] if articles else "",
             note=None if articles else "no new articles",
         )
         .execution_options(synchronize_session=False)
     )
-    if not cast(CursorResult[Any], replanned).rowcount:
+    if not rowcount(replanned):
         db.session.rollback()
         current = get_issue(week)
         assert current is not None
@@ -292,8 +286,11 @@ def archived_issues(limit: int = 200) -> list[tuple[Issue, int]]:
 
 
 def _article_count(issue_id: int) -> int:
-    rows = db.session.execute(select(IssueArticle.id).where(IssueArticle.issue_id == issue_id))
-    return len(rows.all())
+    return int(
+        db.session.execute(
+            select(func.count()).select_from(IssueArticle).where(IssueArticle.issue_id == issue_id)
+        ).scalar_one()
+    )
 
 
 def issue_articles(issue_id: int) -> list[IssueArticle]:

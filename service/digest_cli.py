@@ -220,10 +220,13 @@ def digest_send(week: str | None, now_flag: bool, wait: bool) -> None:
     week = _week(week)
     now = _now()
     issue = get_issue(week)
-    if issue is None or (issue.status == IssueStatus.SCHEDULED and not settings.review):
-        plan_issue(settings, week, now)
-        issue = _issue(week)
-    if issue.status == IssueStatus.CANCELLED and issue.started_at is None:
+    # Plan it if absent, refresh its articles (without review), or revive a week that was
+    # cancelled before going out (no articles then, perhaps some now).
+    if (
+        issue is None
+        or (issue.status == IssueStatus.SCHEDULED and not settings.review)
+        or (issue.status == IssueStatus.CANCELLED and issue.started_at is None)
+    ):
         plan_issue(settings, week, now)
         issue = _issue(week)
     if issue.status == IssueStatus.CANCELLED:

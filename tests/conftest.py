@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,8 +31,10 @@ from sqlalchemy import create_engine, insert, select, text
 
 from service import create_app
 from service.articles import ArticleInput, store_article
+from service.config import load_settings
 from service.extensions import db
 from service.models import Subscriber
+from service.runner import commands
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL = os.environ.get("HEBDO_DATABASE_URL", "")
@@ -422,21 +423,9 @@ def celery_worker(spawn: Callable[..., Process]) -> Callable[..., Process]:
     """Start a real Celery worker (prefork) on the given settings; `beat=True` embeds beat."""
 
     def start(values: dict[str, str], *, beat: bool = False, concurrency: int = 1) -> Process:
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
+        values = {**values, "HEBDO_WORKER_CONCURRENCY": str(concurrency), "HEBDO_LOG_LEVEL": "INFO"}
+        # The worker exactly as `hebdo run` starts it, without heartbeats (tests stop it).
+        argv = [*commands(load_settings(values), "127.0.0.1", 0)["worker"], "--without-heartbeat"]
         if beat:
             argv += ["--beat", "--schedule", str(Path(values["HEBDO_DATA_DIR"]) / "beat-schedule")]
         return spawn(argv, values, ready="ready.")

@@ -14,7 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import i18n
 from .config import load_settings
-from .extensions import celery_init_app, db, migrate
+from .extensions import celery_init_app, csrf, db, limiter, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
@@ -46,6 +46,18 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         MAX_FORM_MEMORY_SIZE=settings.max_request_bytes,
         TESTING=settings.env == "test",
+        SESSION_COOKIE_NAME="hebdo_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
+        WTF_CSRF_CHECK_DEFAULT=False,
+        # The CSRF token lives as long as the admin session may (the server ends it sooner).
+        WTF_CSRF_TIME_LIMIT=settings.admin_session_hours * 3600,
+        RATELIMIT_STORAGE_URI=settings.ratelimit_storage,
+        # Redis down: limits fall back to per-process memory rather than failing logins.
+        RATELIMIT_SWALLOW_ERRORS=True,
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
+        RATELIMIT_HEADERS_ENABLED=True,
     )
     if settings.trusted_proxies:
         n = settings.trusted_proxies
@@ -55,14 +67,14 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(MIGRATIONS), render_as_batch=True)
     celery_init_app(app, settings)
 
-    from . import api, public
+    # CSRF is checked by the admin blueprint only: the public pages' signed links and the
+    # RFC 8058 one-click POST come from mail clients that carry no form token.
+    csrf.init_app(app)
+    limiter.init_app(app)
 
-    app.register_blueprint(api.bp)
-    app.register_blueprint(public.bp)
-    if settings.capture_mail and settings.env != "production":
-        from . import devmail
+    from .web import api, register
 
-        app.register_blueprint(devmail.bp)
+    register(app, settings)
 
     # Block tags leave no blank lines behind: the plain-text mails depend on it.
     app.jinja_env.trim_blocks = True

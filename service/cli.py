@@ -50,9 +50,15 @@ def config_command() -> None:
 
 
 def init_app(app: Flask) -> None:
-    from .digest_cli import COMMANDS
+    from . import admin_cli, digest_cli
 
-    for command in (run_command, sweep_command, config_command, *COMMANDS):
+    for command in (
+        run_command,
+        sweep_command,
+        config_command,
+        *digest_cli.COMMANDS,
+        *admin_cli.COMMANDS,
+    ):
         app.cli.add_command(command)
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from limits import parse_many
+
 
 class ConfigError(RuntimeError):
     """A setting is missing or malformed; the message says which and how to fix it."""
@@ -132,6 +134,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("HEBDO_MAX_REQUEST_BYTES", "65536", "Largest request body accepted; larger gets 413."),
     Setting(
+        "HEBDO_ADMIN_MAX_REQUEST_BYTES",
+        "33554432",
+        "Largest request body the admin area and admin API accept (CSV imports, pasted lists).",
+    ),
+    Setting(
         "HEBDO_FEEDS",
         "",
         "Comma-separated RSS/Atom URLs or local file paths to ingest. `sample` is the bundled French sample feed, used when this is empty outside production.",
@@ -191,6 +198,31 @@ SETTINGS: tuple[Setting, ...] = (
         "HEBDO_DKIM_SELECTOR",
         "",
         "DKIM selector (the `<selector>._domainkey` DNS record); required with a key.",
+    ),
+    Setting(
+        "HEBDO_ADMIN_IDLE_MINUTES",
+        "30",
+        "An admin browser session ends after this many minutes without a request.",
+    ),
+    Setting(
+        "HEBDO_ADMIN_SESSION_HOURS",
+        "12",
+        "An admin browser session ends this many hours after login, however active.",
+    ),
+    Setting(
+        "HEBDO_LOGIN_RATE_LIMIT",
+        "20/15 minutes",
+        "Admin login attempts allowed per client IP (Flask-Limiter notation, `;` between limits).",
+    ),
+    Setting(
+        "HEBDO_LOGIN_ACCOUNT_RATE_LIMIT",
+        "5/15 minutes",
+        "Failed admin logins allowed per account name, from any IP, before it is locked for the window.",
+    ),
+    Setting(
+        "HEBDO_RATELIMIT_STORAGE",
+        "",
+        "Flask-Limiter storage (`redis://...`); default: the broker when it is Redis, else memory (per process).",
     ),
     Setting("HEBDO_WEB_WORKERS", "2", "gunicorn worker processes started by `hebdo run`."),
     Setting("HEBDO_WORKER_CONCURRENCY", "2", "Celery worker processes started by `hebdo run`."),
@@ -288,6 +320,24 @@ def _feeds(raw: str, env: str) -> tuple[str, ...]:
     return feeds
 
 
+def _limit(name: str, raw: str) -> str:
+    try:
+        parsed = parse_many(raw)
+    except ValueError:
+        parsed = []
+    if not parsed:
+        raise ConfigError(f"{name} must be a rate limit such as `20/15 minutes`, got {raw!r}")
+    return raw
+
+
+def _ratelimit_storage(raw: str, broker_url: str) -> str:
+    if raw:
+        if not raw.startswith(("redis://", "rediss://", "memory://")):
+            raise ConfigError(f"HEBDO_RATELIMIT_STORAGE must be redis:// or memory://, got {raw!r}")
+        return raw
+    return broker_url if broker_url.startswith(("redis://", "rediss://")) else "memory://"
+
+
 def _dkim(key_file: str, selector: str) -> tuple[bytes | None, str]:
     if not key_file:
         return None, ""
@@ -333,6 +383,7 @@ class Settings:
     claim_timeout_seconds: int
     trusted_proxies: int
     max_request_bytes: int
+    admin_max_request_bytes: int
     web_workers: int
     worker_concurrency: int
     log_level: str
@@ -352,6 +403,11 @@ class Settings:
     sender_identity: str
     dkim_key: bytes | None
     dkim_selector: str
+    admin_idle_minutes: int
+    admin_session_hours: int
+    login_rate_limit: str
+    login_account_rate_limit: str
+    ratelimit_storage: str
 
     @property
     def capture_mail(self) -> bool:
@@ -507,6 +563,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         claim_timeout_seconds=claim_timeout,
         trusted_proxies=_int("HEBDO_TRUSTED_PROXIES", get("HEBDO_TRUSTED_PROXIES")),
         max_request_bytes=_int("HEBDO_MAX_REQUEST_BYTES", get("HEBDO_MAX_REQUEST_BYTES"), 1024),
+        admin_max_request_bytes=_int(
+            "HEBDO_ADMIN_MAX_REQUEST_BYTES", get("HEBDO_ADMIN_MAX_REQUEST_BYTES"), 1024
+        ),
         web_workers=_int("HEBDO_WEB_WORKERS", get("HEBDO_WEB_WORKERS"), 1),
         worker_concurrency=_int("HEBDO_WORKER_CONCURRENCY", get("HEBDO_WORKER_CONCURRENCY"), 1),
         log_level=get("HEBDO_LOG_LEVEL").upper(),
@@ -528,4 +587,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         sender_identity=get("HEBDO_SENDER_IDENTITY"),
         dkim_key=dkim_key,
         dkim_selector=dkim_selector,
+        admin_idle_minutes=_int("HEBDO_ADMIN_IDLE_MINUTES", get("HEBDO_ADMIN_IDLE_MINUTES"), 1),
+        admin_session_hours=_int("HEBDO_ADMIN_SESSION_HOURS", get("HEBDO_ADMIN_SESSION_HOURS"), 1),
+        login_rate_limit=_limit("HEBDO_LOGIN_RATE_LIMIT", get("HEBDO_LOGIN_RATE_LIMIT")),
+        login_account_rate_limit=_limit(
+            "HEBDO_LOGIN_ACCOUNT_RATE_LIMIT", get("HEBDO_LOGIN_ACCOUNT_RATE_LIMIT")
+        ),
+        ratelimit_storage=_ratelimit_storage(get("HEBDO_RATELIMIT_STORAGE"), broker_url),
     )

@@ -117,7 +117,8 @@ def get_issue(week: str) -> Issue | None:
 
 
 def _candidates(settings: Settings, issue_id: int | None, week: str, now: datetime) -> list[int]:
-    """Articles published (or first seen) since the previous issue, not in another issue."""
+    """Articles published (or first seen) since the previous issue, not in another issue,
+    not excluded by an editor; pinned ones are kept first when there are too many."""
     previous = db.session.execute(
         select(Issue.planned_at)
         .where(Issue.week < week, _holding())
@@ -160,24 +161,34 @@ def _candidates(settings: Settings, issue_id: int | None, week: str, now: dateti
         select(Article.id)
         .where(
             Article.published_at <= now,
+            Article.excluded.is_(False),
             window,
             ~exists(taken),
         )
-        .order_by(Article.published_at.desc(), Article.id.desc())
+        .order_by(Article.pinned.is_(None), Article.published_at.desc(), Article.id.desc())
         .limit(settings.digest_max_articles)
     )
     return list(db.session.execute(query).scalars())
 
 
 def _display_order(article_ids: list[int]) -> list[Article]:
-    """Grouped by category (the category with the newest article first), newest first within."""
-    articles = db.session.execute(select(Article).where(Article.id.in_(article_ids))).scalars()
-    newest_first = sorted(articles, key=lambda a: (a.published_at, a.id), reverse=True)
+    """Pinned articles first, in pin order (an editor's choice, see editorial); then the
+    automatic order: grouped by category (the category with the newest article first),
+    newest first within."""
+    articles = list(
+        db.session.execute(select(Article).where(Article.id.in_(article_ids))).scalars()
+    )
+    pinned = sorted((a for a in articles if a.pinned is not None), key=lambda a: (a.pinned, a.id))
+    newest_first = sorted(
+        (a for a in articles if a.pinned is None),
+        key=lambda a: (a.published_at, a.id),
+        reverse=True,
+    )
     rank: dict[str, int] = {}
     for article in newest_first:
         # Uncategorised articles go last, under "Other stories".
         rank.setdefault(article.category, len(rank) if article.category else 10**6)
-    return sorted(newest_first, key=lambda a: rank[a.category])
+    return pinned + sorted(newest_first, key=lambda a: rank[a.category])
 
 
 @dataclass(frozen=True)

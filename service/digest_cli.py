@@ -1,11 +1,10 @@
-"""`hebdo feeds …`, `hebdo digest …` and `hebdo admin token …`: thin commands over the domain."""
+"""`hebdo feeds …` and `hebdo digest …`: thin commands over the domain."""
 
 from __future__ import annotations
 
 import sys
 import time
 from datetime import UTC, datetime
-from email import message_from_bytes, policy
 from pathlib import Path
 
 import click
@@ -13,23 +12,21 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from . import apitokens, delivery, feeds, issues
+from . import feeds, issues
 from .config import Settings
 from .digest import (
     DigestError,
     Recipient,
     get_issue,
-    mail_for,
-    mail_template,
     parse_week,
     plan_issue,
     upcoming_week,
 )
 from .extensions import db
 from .jobs import enqueue_batch
-from .mailer import DeliveryError, Outgoing, open_transport
-from .models import Issue, IssueStatus, Subscriber
-from .subscriptions import InvalidEmail, normalise_email
+from .mailer import DeliveryError
+from .models import Issue, IssueStatus
+from .subscriptions import InvalidEmail
 
 
 def _settings() -> Settings:
@@ -135,18 +132,10 @@ def _when(issue: Issue) -> str:
 
 
 def _sample_recipient(email: str | None, locale: str | None) -> Recipient:
-    if email:
-        try:
-            address = normalise_email(email, check_deliverability=False)
-        except InvalidEmail as exc:
-            raise click.BadParameter(f"invalid address: {exc.code}", param_hint="--email") from None
-        sub = db.session.execute(
-            select(Subscriber).where(Subscriber.email == address)
-        ).scalar_one_or_none()
-        if sub is not None:
-            return Recipient(sub.id, sub.email, locale or sub.locale, sub.created_at)
-        return Recipient(0, address, locale or "fr", _now())
-    return Recipient(0, "lectrice@example.fr", locale or "fr", _now())
+    try:
+        return issues.sample_recipient(email, locale, _now())
+    except InvalidEmail as exc:
+        raise click.BadParameter(f"invalid address: {exc.code}", param_hint="--email") from None
 
 
 @digest_group.command("preview")
@@ -164,9 +153,7 @@ def digest_preview(
     """The exact mail a subscriber gets (text part on stdout without --out)."""
     issue = _issue(_week(week))
     recipient = _sample_recipient(email, locale)
-    mail = mail_for(
-        _settings(), mail_template(_settings(), issue, recipient.locale), recipient, _now()
-    )
+    mail = issues.preview(_settings(), issue, recipient, _now())
     if out is None:
         click.echo(_part(mail, "plain"))
     elif out.suffix == ".html":
@@ -179,11 +166,7 @@ def digest_preview(
         click.echo(f"written to {out}")
 
 
-def _part(mail: Outgoing, subtype: str) -> str:
-    message = message_from_bytes(mail.data, policy=policy.default)
-    body = message.get_body(preferencelist=(subtype,))
-    assert body is not None
-    return str(body.get_content())
+_part = issues.mail_part
 
 
 @digest_group.command("test")
@@ -192,16 +175,13 @@ def _part(mail: Outgoing, subtype: str) -> str:
 @click.option("--locale", type=click.Choice(["fr", "en"]), help="Force the locale.")
 def digest_test(week: str | None, to: str, locale: str | None) -> None:
     """Send the issue to one address now, marked [TEST]; no delivery is recorded."""
-    settings = _settings()
     issue = _issue(_week(week))
-    recipient = _sample_recipient(to, locale)
-    template = mail_template(settings, issue, recipient.locale, subject_prefix="[TEST] ")
-    mail = mail_for(settings, template, recipient, _now())
-    with open_transport(settings) as transport:
-        try:
-            reply = transport.send(mail)
-        except DeliveryError as exc:
-            _fail(f"test mail refused: {exc}")
+    _sample_recipient(to, locale)  # a bad address is a usage error (exit 2), as --email's
+    try:
+        recipient, reply = issues.send_test(_settings(), issue, to, locale, _now())
+    except DeliveryError as exc:
+        _fail(f"test mail refused: {exc}")
+        return
     click.echo(f"test of {issue.week} sent to {recipient.email}: {reply}")
 
 
@@ -216,41 +196,31 @@ def digest_send(week: str | None, now_flag: bool, wait: bool) -> None:
 
     Sending twice is harmless: an issue goes to each subscriber once.
     """
-    settings = _settings()
     week = _week(week)
-    now = _now()
-    issue = get_issue(week)
-    # Plan it if absent, refresh its articles (without review), or revive a week that was
-    # cancelled before going out (no articles then, perhaps some now).
-    if (
-        issue is None
-        or (issue.status == IssueStatus.SCHEDULED and not settings.review)
-        or (issue.status == IssueStatus.CANCELLED and issue.started_at is None)
-    ):
-        plan_issue(settings, week, now)
-        issue = _issue(week)
-    if issue.status == IssueStatus.CANCELLED:
-        _fail(f"{week} is cancelled ({issue.note or 'by an operator'}); nothing sent")
-    if issue.status == IssueStatus.DRAFT:
-        issues.approve(issue.id, now)
+    try:
+        result = issues.send(_settings(), week, _now(), enqueue_batch, at_once=now_flag)
+    except issues.Refused as exc:
+        _fail(str(exc))
+        return
+    if result.approved:
         click.echo(f"{week}: approved")
-    issue = _issue(week)
-    if issue.status == IssueStatus.SCHEDULED:
+    if result.status == IssueStatus.SCHEDULED:
         if not now_flag:
-            click.echo(f"{week}: scheduled, {_when(issue)}")
+            click.echo(f"{week}: scheduled, {_when(_issue(week))}")
             return
-        recipients = delivery.start_send(settings, issue.id, now)
-        if recipients >= 0:
-            queued = delivery.dispatch(settings, issue.id, now, enqueue_batch)
-            click.echo(f"{week}: sending to {recipients} subscribers ({queued} batch tasks queued)")
-            if recipients and not queued:
+        if result.recipients is not None:
+            click.echo(
+                f"{week}: sending to {result.recipients} subscribers "
+                f"({result.queued} batch tasks queued)"
+            )
+            if result.recipients and not result.queued:
                 click.echo(
                     "hebdo: the broker is unreachable; the send is recorded and beat's sweep "
                     "queues it once the broker is back (or run this command again)",
                     err=True,
                 )
     else:
-        click.echo(f"{week}: already {issue.status}; nothing sent twice")
+        click.echo(f"{week}: already {result.status}; nothing sent twice")
     if wait:
         _follow(week)
 
@@ -299,16 +269,11 @@ def digest_status(week: str | None) -> None:
 
 def _transition(name: str, week: str | None, change: str) -> None:
     week = _week(week)
-    issue = _issue(week)
-    settings, now = _settings(), _now()
-    done = {
-        "approve": lambda: issues.approve(issue.id, now),
-        "pause": lambda: issues.pause(issue.id),
-        "resume": lambda: issues.resume(settings, issue.id, now, enqueue_batch),
-        "cancel": lambda: issues.cancel(issue.id, now),
-    }[name]()
-    if not done:
-        _fail(f"{week} is {issue.status}: cannot {name} it")
+    _issue(week)
+    try:
+        issues.transition(_settings(), week, name, _now(), enqueue_batch)
+    except issues.Refused as exc:
+        _fail(str(exc))
     click.echo(f"{week}: {change}")
 
 
@@ -340,49 +305,4 @@ def digest_cancel(week: str | None) -> None:
     _transition("cancel", week, "cancelled")
 
 
-# ---------------------------------------------------------------- admin tokens
-
-
-@click.group("admin", cls=AppGroup)
-def admin_group() -> None:
-    """Administration: API tokens."""
-
-
-@admin_group.group("token")
-def token_group() -> None:
-    """Bearer tokens for the API (e.g. a CMS pushing articles)."""
-
-
-@token_group.command("create")
-@click.argument("name")
-@click.option("--role", type=click.Choice(apitokens.ROLES), default="publisher", show_default=True)
-def token_create(name: str, role: str) -> None:
-    """Create a token; it is printed once and stored hashed."""
-    try:
-        token = apitokens.create_token(name, role, _now())
-    except apitokens.TokenError as exc:
-        _fail(str(exc))
-        return
-    click.echo(token)
-    click.echo(f"(token {name!r}, role {role}: store it now, it cannot be shown again)", err=True)
-
-
-@token_group.command("revoke")
-@click.argument("name")
-def token_revoke(name: str) -> None:
-    """Revoke a token at once."""
-    if not apitokens.revoke_token(name, _now()):
-        _fail(f"no live token named {name!r}")
-    click.echo(f"token {name!r} revoked")
-
-
-@token_group.command("list")
-def token_list() -> None:
-    """Tokens with their role and state (never the token itself)."""
-    for t in apitokens.list_tokens():
-        state = f"revoked {t.revoked_at:%Y-%m-%d}" if t.revoked_at else "live"
-        used = f"last used {t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never used"
-        click.echo(f"{t.name}\t{t.role}\t{state}\t{used}")
-
-
-COMMANDS = (feeds_group, digest_group, admin_group)
+COMMANDS = (feeds_group, digest_group)

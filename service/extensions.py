@@ -1,4 +1,5 @@
-"""Extension objects (database, migrations, Celery) and the one function that wires Celery.
+"""Extension objects (database, migrations, CSRF, rate limits, Celery) and the one function
+that wires Celery.
 
 Objects only: nothing here reads configuration at import time.
 """
@@ -10,8 +11,11 @@ from typing import Any, cast
 
 from celery import Celery, Task
 from flask import Flask
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.engine import CursorResult, Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, registry
@@ -69,6 +73,12 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
+# CSRF tokens on every form post of the browser faces; the JSON APIs (bearer tokens, no
+# cookies) are exempted where their blueprints are registered.
+csrf = CSRFProtect()
+# No default limit: each limited view names its own (admin login here, the form in its own).
+# ProxyFix (HEBDO_TRUSTED_PROXIES) has already put the client's address in remote_addr.
+limiter = Limiter(key_func=get_remote_address, key_prefix="hebdo")
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

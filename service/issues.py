@@ -1,5 +1,9 @@
 """An issue's life after planning: the weekly clock that starts it, pause, resume,
-cancel, approve, and its progress.
+cancel, approve, sending it at once, test mails, its progress, and the audit of what
+people did to it.
+
+The CLI (`hebdo digest …`), the admin pages and the admin API all call these, so an
+issue answers the same way whichever face steers it.
 
 The beat calls `tick` every HEBDO_SWEEP_SECONDS; it decides from the database
 alone, so any number of ticks, workers or restarts start one issue a week.
@@ -10,14 +14,28 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email import message_from_bytes, policy
+from typing import Any
 
 from sqlalchemy import func, select, update
 
 from .config import Settings
 from .delivery import Enqueue, dispatch, set_issue_status, start_send, status_counts, sweep
-from .digest import DigestError, get_issue, plan_issue, send_time, week_of
+from .digest import (
+    DigestError,
+    Recipient,
+    get_issue,
+    mail_for,
+    mail_template,
+    parse_week,
+    plan_issue,
+    send_time,
+    week_of,
+)
 from .extensions import db
-from .models import Delivery, DeliveryStatus, Issue, IssueStatus
+from .mailer import Outgoing, open_transport
+from .models import AuditEvent, Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber
+from .subscriptions import normalise_email
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +78,169 @@ def cancel(issue_id: int, now: datetime) -> bool:
     return True
 
 
+class NoIssue(DigestError):
+    """No issue for that week (or no such week): a 404 for the web faces."""
+
+
+class Refused(DigestError):
+    """The issue is not in a status that allows the action: a 409 for the web faces."""
+
+    def __init__(self, message: str, week: str, status: str) -> None:
+        super().__init__(message)
+        self.week = week
+        self.status = status
+
+
+def require_issue(week: str) -> Issue:
+    """The issue of `week` (any spelling parse_week accepts); NoIssue when there is none."""
+    try:
+        week = parse_week(week)
+    except DigestError as exc:
+        raise NoIssue(str(exc)) from None
+    issue = get_issue(week)
+    if issue is None:
+        raise NoIssue(f"no issue for {week}")
+    return issue
+
+
+TRANSITIONS = ("approve", "pause", "resume", "cancel")
+
+
+def transition(settings: Settings, week: str, name: str, now: datetime, enqueue: Enqueue) -> Issue:
+    """approve, pause, resume or cancel the issue of `week`; Refused when its status forbids it."""
+    issue = require_issue(week)
+    done = {
+        "approve": lambda: approve(issue.id, now),
+        "pause": lambda: pause(issue.id),
+        "resume": lambda: resume(settings, issue.id, now, enqueue),
+        "cancel": lambda: cancel(issue.id, now),
+    }[name]()
+    if not done:
+        raise Refused(f"{issue.week} is {issue.status}: cannot {name} it", issue.week, issue.status)
+    db.session.refresh(issue)
+    return issue
+
+
+@dataclass(frozen=True)
+class SendResult:
+    week: str
+    # A draft approved on the way.
+    approved: bool
+    # The issue's status when the send was decided (before this call started it).
+    status: str
+    # Set when this call started the send: subscribers snapshotted, batch tasks queued.
+    recipients: int | None
+    queued: int
+
+
+def send(
+    settings: Settings, week: str, now: datetime, enqueue: Enqueue, *, at_once: bool
+) -> SendResult:
+    """Approve the issue for its scheduled time, or with `at_once` start sending it now.
+
+    Plans it if absent, refreshes its articles (without review), or revives a week that
+    was cancelled before going out. Sending twice is harmless: `start_send` only starts
+    a scheduled issue, so a second call finds it sending and starts nothing.
+    """
+    week = parse_week(week)
+    issue = get_issue(week)
+    if (
+        issue is None
+        or (issue.status == IssueStatus.SCHEDULED and not settings.review)
+        or (issue.status == IssueStatus.CANCELLED and issue.started_at is None)
+    ):
+        plan_issue(settings, week, now)
+        issue = require_issue(week)
+    if issue.status == IssueStatus.CANCELLED:
+        raise Refused(
+            f"{week} is cancelled ({issue.note or 'by an operator'}); nothing sent",
+            week,
+            issue.status,
+        )
+    approved = issue.status == IssueStatus.DRAFT and approve(issue.id, now)
+    issue = require_issue(week)
+    db.session.refresh(issue)
+    status = issue.status
+    recipients: int | None = None
+    queued = 0
+    if status == IssueStatus.SCHEDULED and at_once:
+        started = start_send(settings, issue.id, now)
+        if started >= 0:
+            recipients = started
+            queued = dispatch(settings, issue.id, now, enqueue)
+    return SendResult(week, approved, status, recipients, queued)
+
+
+# ---------------------------------------------------------------- previews and test mails
+
+PLACEHOLDER_ADDRESS = "lectrice@example.fr"
+
+
+def sample_recipient(email: str | None, locale: str | None, now: datetime) -> Recipient:
+    """Whom a preview or test is rendered for: the subscriber with that address when there
+    is one (their locale and links), else a stand-in that is nobody's subscription.
+    Raises InvalidEmail for an address that is not one."""
+    if not email:
+        return Recipient(0, PLACEHOLDER_ADDRESS, locale or "fr", now)
+    address = normalise_email(email, check_deliverability=False)
+    sub = db.session.execute(
+        select(Subscriber).where(Subscriber.email == address)
+    ).scalar_one_or_none()
+    if sub is not None:
+        return Recipient(sub.id, sub.email, locale or sub.locale, sub.created_at)
+    return Recipient(0, address, locale or "fr", now)
+
+
+def mail_part(mail: Outgoing, subtype: str) -> str:
+    """The `plain` or `html` part of a built message, decoded."""
+    message = message_from_bytes(mail.data, policy=policy.default)
+    body = message.get_body(preferencelist=(subtype,))
+    assert body is not None
+    return str(body.get_content())
+
+
+def preview(settings: Settings, issue: Issue, recipient: Recipient, now: datetime) -> Outgoing:
+    """The exact mail `recipient` would get."""
+    return mail_for(settings, mail_template(settings, issue, recipient.locale), recipient, now)
+
+
+def send_test(
+    settings: Settings, issue: Issue, to: str, locale: str | None, now: datetime
+) -> tuple[Recipient, str]:
+    """Send the issue to one address now through the configured mailer, marked [TEST];
+    no delivery is recorded. Returns the recipient and the server's reply; raises
+    InvalidEmail or mailer.DeliveryError."""
+    recipient = sample_recipient(to, locale, now)
+    template = mail_template(settings, issue, recipient.locale, subject_prefix="[TEST] ")
+    mail = mail_for(settings, template, recipient, now)
+    with open_transport(settings) as transport:
+        reply = transport.send(mail)
+    return recipient, reply
+
+
+def record(
+    action: str,
+    week: str,
+    *,
+    actor: str,
+    now: datetime,
+    ip: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """An audit event about the issue of `week` (`issue.send`, `issue.pause`…), committed."""
+    db.session.add(
+        AuditEvent(
+            created_at=now,
+            actor=actor,
+            action=action,
+            subject=f"issue:{week}",
+            ip=ip,
+            detail=detail,
+        )
+    )
+    db.session.commit()
+
+
 @dataclass(frozen=True)
 class Progress:
     week: str
@@ -80,11 +261,44 @@ class Progress:
     def percent(self) -> float:
         return 100.0 * self.done / self.recipients if self.recipients else 100.0
 
+    @property
+    def pending(self) -> int:
+        """Still to go: queued, or claimed by a batch and not yet answered."""
+        return self.counts.get("queued", 0) + self.counts.get("sending", 0)
+
+    @property
+    def eta_seconds(self) -> int | None:
+        """At the last minute's pace; None when nothing is moving (not sending, or stalled)."""
+        if self.status != IssueStatus.SENDING or self.rate_last_minute <= 0:
+            return None
+        return round(self.pending / self.rate_last_minute)
+
+    def as_dict(self) -> dict[str, Any]:
+        """What the admin's live panel and the API show."""
+        c = self.counts
+        return {
+            "week": self.week,
+            "status": self.status,
+            "recipients": self.recipients,
+            "sent": c.get("sent", 0),
+            "failed": c.get("failed", 0),
+            "bounced": c.get("bounced", 0),
+            "skipped": c.get("skipped", 0),
+            "pending": self.pending,
+            "done": self.done,
+            "percent": round(self.percent, 1),
+            "rate": round(self.rate_last_minute, 2),
+            "eta_seconds": self.eta_seconds,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "note": self.note,
+        }
+
 
 def progress(week: str, now: datetime) -> Progress:
     issue = get_issue(week)
     if issue is None:
-        raise DigestError(f"no issue for {week}")
+        raise NoIssue(f"no issue for {week}")
     counts = status_counts(issue.id)
     last_minute = db.session.execute(
         select(func.count())
@@ -101,6 +315,54 @@ def progress(week: str, now: datetime) -> Progress:
         rate_last_minute=last_minute / 60.0,
         note=issue.note,
     )
+
+
+@dataclass(frozen=True)
+class IssueSummary:
+    """One line of the issues list: the issue and its deliveries per status."""
+
+    issue: Issue
+    counts: dict[str, int]
+
+    @property
+    def pending(self) -> int:
+        return self.counts["queued"] + self.counts["sending"]
+
+    def as_dict(self) -> dict[str, Any]:
+        i, c = self.issue, self.counts
+        return {
+            "week": i.week,
+            "subject": i.subject,
+            "status": i.status,
+            "note": i.note,
+            "send_at": i.send_at.isoformat(),
+            "started_at": i.started_at.isoformat() if i.started_at else None,
+            "finished_at": i.finished_at.isoformat() if i.finished_at else None,
+            "recipients": i.recipients,
+            "sent": c["sent"],
+            "failed": c["failed"],
+            "bounced": c["bounced"],
+            "skipped": c["skipped"],
+            "pending": self.pending,
+        }
+
+
+def recent_issues(limit: int = 104) -> list[IssueSummary]:
+    """The latest issues, newest week first, with their delivery counts (one grouped query
+    for all of them, not one per issue)."""
+    rows = list(
+        db.session.execute(select(Issue).order_by(Issue.week.desc()).limit(limit)).scalars()
+    )
+    counts = {i.id: dict.fromkeys((s.value for s in DeliveryStatus), 0) for i in rows}
+    if rows:
+        grouped = db.session.execute(
+            select(Delivery.issue_id, Delivery.status, func.count())
+            .where(Delivery.issue_id.in_(counts))
+            .group_by(Delivery.issue_id, Delivery.status)
+        )
+        for issue_id, status, n in grouped:
+            counts[issue_id][status] = int(n)
+    return [IssueSummary(i, counts[i.id]) for i in rows]
 
 
 # ---------------------------------------------------------------- the weekly clock

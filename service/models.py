@@ -4,6 +4,7 @@ and the weekly digest's articles, feeds, issues and deliveries."""
 from __future__ import annotations
 
 import enum
+import unicodedata
 from datetime import datetime
 from typing import Any
 
@@ -37,18 +38,42 @@ def _values(kind: type[enum.StrEnum]) -> str:
 _STATUSES = _values(Status)
 
 
+def search_key(text_: str) -> str:
+    """Lower case without accents: `José@Exemple.fr` is found by `jose@exemple`."""
+    decomposed = unicodedata.normalize("NFKD", text_)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def _search_key_default(context: Any) -> str:
+    return search_key(context.get_current_parameters()["email"])
+
+
 class Subscriber(db.Model):  # type: ignore[name-defined]
     __tablename__ = "subscribers"
     __table_args__ = (
         CheckConstraint(f"status IN ({_STATUSES})", name="status"),
         # The sweep's query: confirmation mails owed and not yet sent.
         Index("ix_subscribers_confirm_due_at", "confirm_due_at"),
+        # The admin list's keyset orders (newest first, by status), and the send's snapshot
+        # of active subscribers (the status prefix).
+        Index("ix_subscribers_created", "created_at", "id"),
+        Index("ix_subscribers_status_created", "status", "created_at", "id"),
+        # Substring search over a million addresses: trigrams, on PostgreSQL only (SQLite
+        # scans, which is fine at the sizes SQLite serves).
+        Index(
+            "ix_subscribers_search_trgm",
+            "search_key",
+            postgresql_using="gin",
+            postgresql_ops={"search_key": "gin_trgm_ops"},
+        ).ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # Normalised (see subscriptions.normalise_email): unique, the identity of a subscriber.
     email: Mapped[str] = mapped_column(String(320), unique=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    # search_key(email), for the admin's case- and accent-insensitive search.
+    search_key: Mapped[str] = mapped_column(String(320), default=_search_key_default)
+    status: Mapped[str] = mapped_column(String(16))
     locale: Mapped[str] = mapped_column(String(8), default="fr")
     created_at: Mapped[datetime]
     # Incremented each time the address enters `pending`: a confirmation link
@@ -98,8 +123,11 @@ class AuditEvent(db.Model):  # type: ignore[name-defined]
 
     id: Mapped[int] = mapped_column(primary_key=True)
     created_at: Mapped[datetime] = mapped_column(index=True)
-    actor: Mapped[str] = mapped_column(String(64))
+    # `subscriber`, `system`, `admin:<name>` (browser) or `token:<name>` (API).
+    actor: Mapped[str] = mapped_column(String(80))
     action: Mapped[str] = mapped_column(String(64))
+    # What the action was on when it is not a subscriber: `issue:2026-W48`, `user:alice`...
+    subject: Mapped[str | None] = mapped_column(String(100))
     # No foreign key: the event outlives an erased subscriber.
     subscriber_id: Mapped[int | None] = mapped_column(index=True)
     before_status: Mapped[str | None] = mapped_column(String(16))
@@ -143,6 +171,10 @@ class Article(db.Model):  # type: ignore[name-defined]
     language: Mapped[str] = mapped_column(String(8), default="fr")
     created_at: Mapped[datetime] = mapped_column(index=True)
     updated_at: Mapped[datetime]
+    # Editors' choices for the coming issue: left out of it, or placed at this position
+    # (pinned articles come first, in pin order; the others follow in the automatic order).
+    excluded: Mapped[bool] = mapped_column(default=False)
+    pinned: Mapped[int | None]
 
 
 class Feed(db.Model):  # type: ignore[name-defined]
@@ -275,3 +307,55 @@ class Delivery(db.Model):  # type: ignore[name-defined]
     smtp_response: Mapped[str | None] = mapped_column(String(512))
     message_id: Mapped[str | None] = mapped_column(String(255))
     sent_at: Mapped[datetime | None]
+
+
+class AdminRole(enum.StrEnum):
+    ADMIN = "admin"  # everything
+    EDITOR = "editor"  # issues and articles; subscribers read-only
+
+
+class AdminUser(db.Model):  # type: ignore[name-defined]
+    """A person who signs in to the admin area. Only a scrypt hash of the password is kept."""
+
+    __tablename__ = "admin_users"
+    __table_args__ = (CheckConstraint(f"role IN ({_values(AdminRole)})", name="role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    # Where "send a test to me" sends.
+    email: Mapped[str | None] = mapped_column(String(320))
+    locale: Mapped[str] = mapped_column(String(8), default="fr")
+    created_at: Mapped[datetime]
+    last_login_at: Mapped[datetime | None]
+    disabled_at: Mapped[datetime | None]
+
+
+class AdminSession(db.Model):  # type: ignore[name-defined]
+    """A signed-in browser. The cookie holds a random id; only its SHA-256 is stored, so a
+    session can be ended (logout, timeout, user disabled) on the server."""
+
+    __tablename__ = "admin_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("admin_users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    ip: Mapped[str | None] = mapped_column(String(45))
+
+
+class ImportFile(db.Model):  # type: ignore[name-defined]
+    """An uploaded CSV between its dry run and its import. Holds addresses, so it is
+    deleted once imported, and after a day when it never is."""
+
+    __tablename__ = "import_files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(80))
+    filename: Mapped[str] = mapped_column(String(255))
+    content: Mapped[str] = mapped_column(Text)

@@ -40,6 +40,9 @@ def commands(settings: Settings, host: str, port: int) -> dict[str, list[str]]:
             "-",
             "--graceful-timeout",
             "10",
+            # An admin import of 100,000 rows is applied within its request (≈30 s measured).
+            "--timeout",
+            "120",
             "service.wsgi:app",
         ],
         "worker": [

@@ -198,13 +198,19 @@ def suppress(settings: Settings, email: str, reason: str, now: datetime) -> None
 
 
 def mark_bounced(
-    settings: Settings, sub: Subscriber, now: datetime, *, detail: dict[str, Any]
+    settings: Settings,
+    sub: Subscriber,
+    now: datetime,
+    *,
+    detail: dict[str, Any],
+    actor: str = "system",
+    ip: str | None = None,
 ) -> None:
-    """The server says the address does not exist: bounced, suppressed, and audited."""
+    """The server (or an admin) says the address does not exist: bounced, suppressed, audited."""
     before = sub.status
     sub.status = Status.BOUNCED
     suppress(settings, sub.email, "bounce", now)
-    audit("bounce", sub, actor="system", now=now, before=before, detail=detail)
+    audit("bounce", sub, actor=actor, now=now, before=before, ip=ip, detail=detail)
 
 
 def audit(
@@ -265,7 +271,7 @@ def _mail_allowed(sub: Subscriber, settings: Settings, now: datetime) -> bool:
     return now - sub.confirm_sent_at >= timedelta(hours=settings.confirm_resend_hours)
 
 
-def _owe_confirmation(sub: Subscriber, settings: Settings, now: datetime) -> bool:
+def owe_confirmation(sub: Subscriber, settings: Settings, now: datetime) -> bool:
     """Owe the subscriber a confirmation mail now, if the per-address limit allows one."""
     if not _mail_allowed(sub, settings, now):
         return False
@@ -316,14 +322,14 @@ def subscribe(
             audit("subscribe", sub, actor="subscriber", now=now, ip=consent.ip)
             due = True
         elif sub.status == Status.PENDING:
-            due = _owe_confirmation(sub, settings, now)
+            due = owe_confirmation(sub, settings, now)
         elif sub.status != Status.ACTIVE:
             before = sub.status
             sub.status = Status.PENDING
             sub.optin_serial += 1
             sub.locale = locale
             _record_consent(sub, consent, now)
-            due = _owe_confirmation(sub, settings, now)
+            due = owe_confirmation(sub, settings, now)
             audit("subscribe", sub, actor="subscriber", now=now, before=before, ip=consent.ip)
         try:
             db.session.commit()
@@ -441,6 +447,7 @@ def unsubscribe(
     now: datetime,
     ip: str | None = None,
     actor: str = "subscriber",
+    reason: str = "",
 ) -> bool:
     """Stop all mail to a subscriber; True when this call changed the status (idempotent)."""
     sub = db.session.get(Subscriber, subscriber_id, with_for_update=True)
@@ -454,9 +461,8 @@ def unsubscribe(
     # A pending address that unsubscribes from its confirmation mail is owed nothing more.
     sub.confirm_due_at = None
     sub.confirm_claimed_at = None
-    audit(
-        "unsubscribe", sub, actor=actor, now=now, before=before, ip=ip, detail={"channel": channel}
-    )
+    detail = {"channel": channel, **({"reason": reason[:200]} if reason else {})}
+    audit("unsubscribe", sub, actor=actor, now=now, before=before, ip=ip, detail=detail)
     db.session.commit()
     return True
 

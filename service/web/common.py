@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from flask import current_app, g, request
 
-from . import i18n
-from .config import Settings
+from .. import i18n
+from ..config import Settings
 
 
 def settings() -> Settings:

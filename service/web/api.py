@@ -12,11 +12,11 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from . import apitokens, i18n, jobs
-from .articles import ArticleInput, InvalidArticle, store_article
-from .extensions import db
-from .subscriptions import Consent, InvalidEmail, subscribe
-from .web import client_ip, now, page_locale, settings, user_agent
+from .. import apitokens, i18n, jobs
+from ..articles import ArticleInput, InvalidArticle, store_article
+from ..extensions import db
+from ..subscriptions import Consent, InvalidEmail, subscribe
+from .common import client_ip, now, page_locale, settings, user_agent
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 

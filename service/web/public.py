@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, render_template, request
 
-from .digest import (
+from ..digest import (
     DigestError,
     archived_issues,
     get_issue,
@@ -17,8 +17,8 @@ from .digest import (
     parse_week,
     render_issue,
 )
-from .models import Status, Subscriber
-from .subscriptions import (
+from ..models import Status, Subscriber
+from ..subscriptions import (
     Consent,
     check_confirm_token,
     confirm,
@@ -27,8 +27,8 @@ from .subscriptions import (
     subscriber_for_unsubscribe,
     unsubscribe,
 )
-from .tokens import BadToken
-from .web import client_ip, now, page_locale, settings, user_agent
+from ..tokens import BadToken
+from .common import client_ip, now, page_locale, settings, user_agent
 
 bp = Blueprint("public", __name__)
 

@@ -1,0 +1,437 @@
+"""Admin CSV import (upload → dry-run report → apply) and CSV export of a subscriber view,
+in the browser and over the admin API. Thin views over `subscriber_io`.
+
+The uploaded file waits in `import_files` between its dry run and its import (the browser
+cannot be trusted to send the same bytes twice); it is deleted when imported, and files
+left more than a day are deleted whenever the list is shown or a file is added.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, cast
+
+from flask import (
+    Response,
+    abort,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    request,
+    stream_with_context,
+    url_for,
+)
+from sqlalchemy import delete, select
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from ..extensions import db, rowcount
+from ..models import ImportFile
+from ..subscriber_io import (
+    NEW,
+    OUTCOMES,
+    BadImportFile,
+    ExportProgress,
+    Plan,
+    PlannedLine,
+    apply_import,
+    audit_export,
+    decode,
+    export_csv,
+    plan_import,
+    report_csv,
+)
+from ..subscriber_search import SearchError, parse_filters
+from .admin_base import actor, add_texts, api_bp, bp, page, requires_admin, t
+from .common import client_ip, now, settings
+
+KEEP_FILES = timedelta(hours=24)
+PAGE_LINES = 500  # non-new lines shown on the report page
+API_LINES = 1000  # non-new lines returned by the API
+FILENAME_MAX = 255
+
+add_texts(
+    {
+        "fr": {
+            "imports.title": "Importer des abonnés",
+            "imports.intro": "Un fichier CSV en UTF-8, avec une ligne d’en-tête. Colonnes : "
+            "email (obligatoire), locale, source, consent_date, consent_text, dans "
+            "n’importe quel ordre, séparées par « , » ou « ; ».",
+            "imports.consent": "Une ligne avec consent_date (date ISO, pas dans le futur) et "
+            "consent_text est importée active : c’est l’affirmation d’un consentement déjà "
+            "donné. Sans eux, l’adresse est importée en attente et reçoit un e-mail de "
+            "confirmation.",
+            "imports.limits": "Au plus {rows} lignes et {size} Ko par fichier.",
+            "imports.file": "Fichier CSV",
+            "imports.upload": "Vérifier le fichier (simulation)",
+            "imports.recent": "Fichiers en attente d’import",
+            "imports.none": "Aucun fichier en attente.",
+            "imports.filename": "Fichier",
+            "imports.by": "Déposé par",
+            "imports.at": "Déposé le",
+            "imports.no_file": "Choisissez un fichier CSV.",
+            "imports.too_large": "Fichier trop volumineux : au plus {size} Ko par envoi.",
+            "imports.gone": "Ce fichier n’est plus en attente (déjà importé ou expiré).",
+            "imports.report": "Simulation : {filename}",
+            "imports.report_intro": "Rien n’a encore été écrit. Voici ce que l’import ferait.",
+            "imports.total": "Lignes",
+            "imports.outcome.new_active": "Nouveaux actifs",
+            "imports.outcome.new_pending": "Nouveaux en attente (e-mail de confirmation)",
+            "imports.outcome.exists": "Déjà abonnés",
+            "imports.outcome.suppressed": "Sur la liste de suppression",
+            "imports.outcome.invalid": "Invalides",
+            "imports.outcome.duplicate": "Doublons dans le fichier",
+            "imports.ignored": "Colonnes ignorées : {columns}.",
+            "imports.lines": "Lignes non importées",
+            "imports.lines_cap": "Les {n} premières lignes sont affichées ; le rapport complet "
+            "est dans le CSV.",
+            "imports.line": "Ligne",
+            "imports.email": "Adresse",
+            "imports.outcome": "Résultat",
+            "imports.reason": "Motif",
+            "imports.download": "Télécharger le rapport ligne par ligne (CSV)",
+            "imports.apply": "Importer",
+            "imports.apply_confirm": "Importer {n} nouvelle(s) adresse(s) ?",
+            "imports.nothing": "Aucune nouvelle adresse à importer.",
+            "imports.done": "Import terminé : {new_active} actifs, {new_pending} en attente, "
+            "{exists} déjà abonnés, {suppressed} supprimés, {invalid} invalides, "
+            "{duplicate} doublons.",
+            "imports.back": "Retour à l’import",
+            "export.link": "Exporter cette vue (CSV)",
+            "export.bad_filter": "Filtre invalide : {message}",
+        },
+        "en": {
+            "imports.title": "Import subscribers",
+            "imports.intro": "A UTF-8 CSV file with a header line. Columns: email (required), "
+            "locale, source, consent_date, consent_text, in any order, separated by “,” or "
+            "“;”.",
+            "imports.consent": "A line with consent_date (ISO date, not in the future) and "
+            "consent_text is imported active: it asserts consent already given. Without them "
+            "the address is imported pending and gets a confirmation email.",
+            "imports.limits": "At most {rows} lines and {size} KB per file.",
+            "imports.file": "CSV file",
+            "imports.upload": "Check the file (dry run)",
+            "imports.recent": "Files waiting to be imported",
+            "imports.none": "No file waiting.",
+            "imports.filename": "File",
+            "imports.by": "Uploaded by",
+            "imports.at": "Uploaded at",
+            "imports.no_file": "Choose a CSV file.",
+            "imports.too_large": "File too large: at most {size} KB per upload.",
+            "imports.gone": "This file is no longer waiting (already imported or expired).",
+            "imports.report": "Dry run: {filename}",
+            "imports.report_intro": "Nothing has been written yet. This is what the import "
+            "would do.",
+            "imports.total": "Lines",
+            "imports.outcome.new_active": "New active",
+            "imports.outcome.new_pending": "New pending (confirmation email)",
+            "imports.outcome.exists": "Already subscribed",
+            "imports.outcome.suppressed": "On the suppression list",
+            "imports.outcome.invalid": "Invalid",
+            "imports.outcome.duplicate": "Duplicates in the file",
+            "imports.ignored": "Ignored columns: {columns}.",
+            "imports.lines": "Lines not imported",
+            "imports.lines_cap": "The first {n} lines are shown; the full report is in the CSV.",
+            "imports.line": "Line",
+            "imports.email": "Address",
+            "imports.outcome": "Outcome",
+            "imports.reason": "Reason",
+            "imports.download": "Download the line-by-line report (CSV)",
+            "imports.apply": "Import",
+            "imports.apply_confirm": "Import {n} new address(es)?",
+            "imports.nothing": "No new address to import.",
+            "imports.done": "Import done: {new_active} active, {new_pending} pending, "
+            "{exists} already subscribed, {suppressed} suppressed, {invalid} invalid, "
+            "{duplicate} duplicates.",
+            "imports.back": "Back to import",
+            "export.link": "Export this view (CSV)",
+            "export.bad_filter": "Invalid filter: {message}",
+        },
+    }
+)
+
+
+def _locale() -> str:
+    return cast(str, g.get("admin_locale", "fr"))
+
+
+def _clean_filename(name: str | None) -> str:
+    """A file name fit for a column and a consent source: its last path part, printable."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip()
+    return base[:FILENAME_MAX] or "upload.csv"
+
+
+def _purge_old_files() -> None:
+    db.session.execute(delete(ImportFile).where(ImportFile.created_at < now() - KEEP_FILES))
+
+
+def _limits() -> dict[str, str]:
+    from ..subscriber_io import MAX_ROWS
+
+    return {"rows": f"{MAX_ROWS:,}", "size": f"{settings().admin_max_request_bytes // 1024:,}"}
+
+
+# ---------------------------------------------------------------- browser
+
+
+def _form(status: int = 200, error: str | None = None) -> tuple[str, int]:
+    _purge_old_files()
+    db.session.commit()
+    files = db.session.execute(
+        select(ImportFile.id, ImportFile.filename, ImportFile.created_by, ImportFile.created_at)
+        .order_by(ImportFile.created_at.desc())
+        .limit(50)
+    ).all()
+    return page("imports.html", status, files=files, error=error, limits=_limits())
+
+
+def _report(stored: ImportFile, plan: Plan) -> tuple[str, int]:
+    shown: list[PlannedLine] = []
+    for planned in plan.not_new():
+        if len(shown) == PAGE_LINES:
+            break
+        shown.append(planned)
+    hidden = plan.counts["total"] - plan.counts["new_active"] - plan.counts["new_pending"]
+    return page(
+        "import_report.html",
+        stored=stored,
+        plan=plan,
+        outcomes=OUTCOMES,
+        lines=shown,
+        capped=hidden > len(shown),
+        page_lines=PAGE_LINES,
+        new=sum(plan.counts[o] for o in NEW),
+    )
+
+
+def _plan(stored: ImportFile) -> Plan:
+    return plan_import(
+        stored.content,
+        filename=stored.filename,
+        settings=settings(),
+        now=now(),
+        locale=_locale(),
+    )
+
+
+@bp.get("/imports")
+@requires_admin
+def imports() -> tuple[str, int]:
+    """The upload form and the files waiting for their import."""
+    return _form()
+
+
+@bp.post("/imports")
+@requires_admin
+def imports_upload() -> tuple[str, int]:
+    """Keep the upload and show its dry run; nothing is imported yet."""
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        return _form(400, t("imports.no_file"))
+    filename = _clean_filename(upload.filename)
+    try:
+        content = decode(upload.read())
+        stored = ImportFile(
+            created_at=now(), created_by=actor(), filename=filename, content=content
+        )
+        plan = _plan(stored)
+    except BadImportFile as exc:
+        db.session.rollback()
+        return _form(422, exc.message(_locale()))
+    _purge_old_files()
+    db.session.add(stored)
+    db.session.commit()
+    return _report(stored, plan)
+
+
+def _stored(file_id: int) -> ImportFile:
+    stored = db.session.get(ImportFile, file_id)
+    if stored is None:
+        abort(404)
+    return stored
+
+
+@bp.get("/imports/<int:file_id>")
+@requires_admin
+def import_report(file_id: int) -> tuple[str, int] | Response:
+    """The dry run of a waiting file, against the database as it is now."""
+    stored = db.session.get(ImportFile, file_id)
+    if stored is None:
+        flash(t("imports.gone"), "error")
+        return cast(Response, redirect(url_for("admin.imports")))
+    return _report(stored, _plan(stored))
+
+
+@bp.get("/imports/<int:file_id>/report.csv")
+@requires_admin
+def import_report_csv(file_id: int) -> Response:
+    """Every line's dry-run outcome, as CSV."""
+    stored = _stored(file_id)
+    plan = _plan(stored)
+    stem = stored.filename.rsplit(".", 1)[0] or "import"
+    return _csv_response(report_csv(plan), f"{stem}-report.csv")
+
+
+@bp.post("/imports/<int:file_id>/apply")
+@requires_admin
+def import_apply(file_id: int) -> Response:
+    """Import a waiting file, then forget it."""
+    stored = db.session.get(ImportFile, file_id)
+    content, filename = (stored.content, stored.filename) if stored else ("", "")
+    # Deleting the file first claims it: a second click (or a second admin) finds nothing
+    # to import instead of importing it twice. A crash midway loses only the upload; the
+    # rows written stay, and uploading the file again reports them as `exists`.
+    claimed = stored is not None and rowcount(
+        db.session.execute(delete(ImportFile).where(ImportFile.id == file_id))
+    )
+    db.session.commit()
+    if not claimed:
+        flash(t("imports.gone"), "error")
+        return cast(Response, redirect(url_for("admin.imports")))
+    try:
+        plan = apply_import(
+            content,
+            filename=filename,
+            settings=settings(),
+            now=now(),
+            actor=actor(),
+            locale=_locale(),
+        )
+    except BadImportFile as exc:
+        flash(exc.message(_locale()), "error")
+        return cast(Response, redirect(url_for("admin.imports")))
+    flash(t("imports.done", **plan.counts), "info")
+    return cast(Response, redirect(url_for("admin.imports")))
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(_exc: RequestEntityTooLarge) -> tuple[str, int]:
+    # Raised while the CSRF check reads the form, before any view runs.
+    size = f"{settings().admin_max_request_bytes // 1024:,}"
+    return page("message.html", 413, title=t("imports.too_large", size=size), body="")
+
+
+# ---------------------------------------------------------------- API
+
+
+def _api_error(status: int, error: str, message: str) -> tuple[Response, int]:
+    return jsonify({"error": error, "message": message}), status
+
+
+def _dry_run(value: str | None) -> bool | None:
+    if value is None or value.lower() in ("1", "true", "yes", ""):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    return None
+
+
+def _api_upload() -> tuple[bytes, str] | tuple[Response, int]:
+    """The CSV bytes and a file name, from a text/csv body or a multipart `file`."""
+    try:
+        if request.mimetype == "multipart/form-data":
+            upload = request.files.get("file")
+            if upload is None:
+                return _api_error(422, "no_file", "send the CSV as the multipart field `file`")
+            return upload.read(), _clean_filename(upload.filename or request.args.get("filename"))
+        if request.mimetype not in ("text/csv", "text/plain", "application/csv"):
+            return _api_error(
+                415, "unsupported_media_type", "send text/csv, or multipart/form-data with `file`"
+            )
+        return request.get_data(), _clean_filename(request.args.get("filename") or "api.csv")
+    except RequestEntityTooLarge:
+        limit = settings().admin_max_request_bytes
+        return _api_error(413, "too_large", f"the request is larger than {limit} bytes")
+
+
+@api_bp.post("/imports")
+@requires_admin
+def api_import() -> tuple[Response, int]:
+    """Dry run (the default, `?dry_run=1`) or apply (`?dry_run=0`) a CSV import."""
+    dry_run = _dry_run(request.args.get("dry_run"))
+    if dry_run is None:
+        return _api_error(422, "bad_dry_run", "dry_run is 1 (the default) or 0")
+    received = _api_upload()
+    if isinstance(received[0], Response):
+        return cast(tuple[Response, int], received)
+    data, filename = cast(tuple[bytes, str], received)
+    try:
+        content = decode(data)
+        if dry_run:
+            plan = plan_import(content, filename=filename, settings=settings(), now=now())
+        else:
+            plan = apply_import(
+                content, filename=filename, settings=settings(), now=now(), actor=actor()
+            )
+    except BadImportFile as exc:
+        db.session.rollback()
+        return _api_error(422, exc.code, exc.message(_locale()))
+    lines: list[dict[str, Any]] = []
+    truncated = False
+    for planned in plan.not_new():
+        if len(lines) == API_LINES:
+            truncated = True
+            break
+        lines.append(
+            {
+                "line": planned.line,
+                "email": planned.email,
+                "outcome": planned.outcome,
+                "code": planned.code,
+                "reason": planned.reason,
+            }
+        )
+    body: dict[str, Any] = {
+        "dry_run": dry_run,
+        "filename": filename,
+        "counts": plan.counts,
+        "ignored_columns": list(plan.ignored_columns),
+        "lines": lines,
+        "truncated": truncated,
+    }
+    return jsonify(body), 200
+
+
+# ---------------------------------------------------------------- export
+
+
+def _csv_response(chunks: Any, filename: str) -> Response:
+    response = Response(stream_with_context(chunks), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def _export(*, bom: bool) -> Response:
+    filters = parse_filters(request.args)
+    progress = ExportProgress()
+    who, ip, started = actor(), client_ip(), now()
+
+    def chunks() -> Any:
+        try:
+            yield from export_csv(filters, progress=progress, bom=bom)
+        finally:
+            # When the stream ends, or the client goes away: only then is the count known.
+            audit_export(filters, progress, actor=who, now=started, ip=ip)
+
+    return _csv_response(chunks(), f"hebdo-subscribers-{started:%Y-%m-%d}.csv")
+
+
+@bp.get("/subscribers.csv")
+@requires_admin
+def subscribers_csv() -> Response | tuple[str, int]:
+    """The list's current view as CSV (same filters), streamed."""
+    try:
+        return _export(bom=True)
+    except SearchError as exc:
+        return page("message.html", 422, title=t("export.bad_filter", message=str(exc)), body="")
+
+
+@api_bp.get("/subscribers.csv")
+@requires_admin
+def api_subscribers_csv() -> Response | tuple[Response, int]:
+    """A view of the subscribers as CSV (the list API's filters), streamed."""
+    try:
+        return _export(bom=False)
+    except SearchError as exc:
+        return _api_error(422, "bad_filter", str(exc))

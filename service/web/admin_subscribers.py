@@ -1,0 +1,673 @@
+"""Admin pages and API for subscribers: the list, one subscriber's record, actions on one,
+a selection or a pasted list, the suppression list and the audit log."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, cast
+
+from flask import (
+    Response,
+    abort,
+    flash,
+    jsonify,
+    redirect,
+    request,
+    stream_with_context,
+    url_for,
+)
+from sqlalchemy import func, select
+
+from .. import subscriber_search as search
+from ..extensions import db
+from ..models import AuditEvent, Subscriber, Suppression
+from ..subscriber_admin import (
+    Action,
+    Actor,
+    BulkError,
+    Outcome,
+    act,
+    act_on_addresses,
+    act_on_ids,
+    addresses_in,
+)
+from ..subscriptions import InvalidEmail, normalise_email, suppression_hashes
+from .admin_base import actor, add_texts, api_bp, bp, current, page, requires_admin, t
+from .common import client_ip, now, settings
+
+add_texts(
+    {
+        "fr": {
+            "subs.title": "Abonnés",
+            "subs.search": "Adresse contient",
+            "subs.status": "Statut",
+            "subs.any": "Tous",
+            "subs.locale": "Langue",
+            "subs.source": "Source (début de l’URL)",
+            "subs.since": "Inscrit depuis le",
+            "subs.until": "Inscrit jusqu’au",
+            "subs.sort": "Tri",
+            "subs.sort.newest": "Plus récents",
+            "subs.sort.oldest": "Plus anciens",
+            "subs.sort.email": "Adresse (A→Z)",
+            "subs.sort.-email": "Adresse (Z→A)",
+            "subs.filter": "Filtrer",
+            "subs.export": "Exporter cette vue (CSV)",
+            "subs.bulk_link": "Action sur une liste d’adresses",
+            "subs.none": "Aucun abonné ne correspond.",
+            "subs.email": "Adresse",
+            "subs.signed_up": "Inscription",
+            "subs.next": "Page suivante →",
+            "subs.first": "← Première page",
+            "subs.select_all": "Tout sélectionner",
+            "subs.select": "Sélectionner {email}",
+            "subs.with_selection": "Pour la sélection :",
+            "subs.action": "Action",
+            "subs.reason": "Motif (facultatif)",
+            "subs.apply": "Appliquer",
+            "subs.confirm_selection": "Appliquer cette action aux abonnés sélectionnés ?",
+            "subs.nothing_selected": "Aucun abonné sélectionné.",
+            "status.pending": "en attente",
+            "status.active": "actif",
+            "status.unsubscribed": "désinscrit",
+            "status.bounced": "en erreur (bounce)",
+            "status.complained": "plainte",
+            "action.unsubscribe": "Désinscrire",
+            "action.resubscribe": "Réinscrire (nouvelle confirmation)",
+            "action.bounce": "Marquer en erreur (bounce)",
+            "action.erase": "Effacer (RGPD)",
+            "outcome.done": "fait",
+            "outcome.already": "déjà fait",
+            "outcome.unknown": "inconnu",
+            "outcome.invalid": "invalide",
+            "counts.summary": "{done} fait(s), {already} déjà fait(s), {unknown} inconnu(s), {invalid} invalide(s).",
+            "one.title": "Abonné n° {id}",
+            "one.facts": "Fiche",
+            "one.consent": "Preuve du consentement",
+            "one.consent_at": "Date",
+            "one.consent_source": "Page ou origine",
+            "one.consent_text": "Version du texte",
+            "one.consent_ip": "Adresse IP",
+            "one.consent_agent": "Navigateur",
+            "one.confirmed_at": "Confirmé le",
+            "one.confirm_ip": "IP de confirmation",
+            "one.unsubscribed_at": "Désinscrit le",
+            "one.channel": "Par",
+            "one.history": "Historique",
+            "one.deliveries": "Envois des derniers numéros",
+            "one.bounces": "Bounces",
+            "one.no_bounce": "Aucun bounce.",
+            "one.no_delivery": "Aucun envoi.",
+            "one.week": "Semaine",
+            "one.attempts": "Tentatives",
+            "one.sent_at": "Envoyé le",
+            "one.answer": "Réponse du serveur",
+            "one.when": "Quand",
+            "one.who": "Qui",
+            "one.what": "Quoi",
+            "one.change": "Statut",
+            "one.actions": "Actions",
+            "one.confirm_unsubscribe": "Désinscrire cet abonné ?",
+            "one.confirm_bounce": "Marquer cette adresse en erreur ? Elle ne recevra plus rien.",
+            "one.erase_help": "Efface l’adresse, le consentement et les envois. Seule une empreinte (HMAC) reste dans la liste de suppression : l’adresse ne sera plus jamais écrite, sauf nouvelle inscription confirmée. Irréversible.",
+            "one.erase_check": "Je confirme l’effacement définitif",
+            "one.confirm_erase": "Effacer définitivement cet abonné ? Cette action est irréversible.",
+            "one.erased": "Abonné n° {id} effacé ; son adresse reste bloquée par la liste de suppression.",
+            "one.erase_unchecked": "Cochez la case pour confirmer l’effacement.",
+            "one.done": "{action} : {outcome}.",
+            "bulk.title": "Action sur une liste d’adresses",
+            "bulk.help": "Collez les adresses (une par ligne, ou un CSV avec une colonne « email ») ou choisissez un fichier. 10 000 adresses au plus.",
+            "bulk.text": "Adresses",
+            "bulk.file": "ou fichier (CSV ou texte)",
+            "bulk.run": "Lancer",
+            "bulk.confirm": "Appliquer cette action à toutes les adresses de la liste ?",
+            "bulk.report": "Résultat, ligne par ligne",
+            "bulk.line": "Ligne",
+            "bulk.result": "Résultat",
+            "bulk.empty": "La liste ne contient aucune adresse.",
+            "supp.title": "Liste de suppression",
+            "supp.help": "Adresses qu’hebdo n’écrira plus jamais (sauf nouvelle inscription confirmée). Seules des empreintes HMAC sont conservées, jamais les adresses.",
+            "supp.check": "Vérifier une adresse",
+            "supp.is": "Cette adresse est dans la liste de suppression (motif : {reason}).",
+            "supp.is_not": "Cette adresse n’est pas dans la liste de suppression.",
+            "supp.hash": "Empreinte",
+            "supp.reason": "Motif",
+            "supp.since": "Depuis",
+            "audit.title": "Journal des actions",
+            "audit.export": "Exporter le journal (CSV)",
+            "audit.action": "Action",
+            "audit.actor": "Auteur",
+            "audit.subject": "Objet",
+            "audit.ip": "IP",
+            "audit.filter": "Filtrer",
+            "audit.none": "Aucun événement.",
+        },
+        "en": {
+            "subs.title": "Subscribers",
+            "subs.search": "Address contains",
+            "subs.status": "Status",
+            "subs.any": "All",
+            "subs.locale": "Language",
+            "subs.source": "Source (start of the URL)",
+            "subs.since": "Signed up from",
+            "subs.until": "Signed up until",
+            "subs.sort": "Sort",
+            "subs.sort.newest": "Newest",
+            "subs.sort.oldest": "Oldest",
+            "subs.sort.email": "Address (A→Z)",
+            "subs.sort.-email": "Address (Z→A)",
+            "subs.filter": "Filter",
+            "subs.export": "Export this view (CSV)",
+            "subs.bulk_link": "Act on a list of addresses",
+            "subs.none": "No subscriber matches.",
+            "subs.email": "Address",
+            "subs.signed_up": "Signed up",
+            "subs.next": "Next page →",
+            "subs.first": "← First page",
+            "subs.select_all": "Select all",
+            "subs.select": "Select {email}",
+            "subs.with_selection": "With the selection:",
+            "subs.action": "Action",
+            "subs.reason": "Reason (optional)",
+            "subs.apply": "Apply",
+            "subs.confirm_selection": "Apply this action to the selected subscribers?",
+            "subs.nothing_selected": "No subscriber selected.",
+            "status.pending": "pending",
+            "status.active": "active",
+            "status.unsubscribed": "unsubscribed",
+            "status.bounced": "bounced",
+            "status.complained": "complained",
+            "action.unsubscribe": "Unsubscribe",
+            "action.resubscribe": "Resubscribe (new confirmation)",
+            "action.bounce": "Mark bounced",
+            "action.erase": "Erase (GDPR)",
+            "outcome.done": "done",
+            "outcome.already": "already",
+            "outcome.unknown": "unknown",
+            "outcome.invalid": "invalid",
+            "counts.summary": "{done} done, {already} already, {unknown} unknown, {invalid} invalid.",
+            "one.title": "Subscriber #{id}",
+            "one.facts": "Record",
+            "one.consent": "Proof of consent",
+            "one.consent_at": "Date",
+            "one.consent_source": "Page or origin",
+            "one.consent_text": "Consent text version",
+            "one.consent_ip": "IP address",
+            "one.consent_agent": "Browser",
+            "one.confirmed_at": "Confirmed",
+            "one.confirm_ip": "Confirmation IP",
+            "one.unsubscribed_at": "Unsubscribed",
+            "one.channel": "Through",
+            "one.history": "History",
+            "one.deliveries": "Recent issues",
+            "one.bounces": "Bounces",
+            "one.no_bounce": "No bounce.",
+            "one.no_delivery": "No delivery.",
+            "one.week": "Week",
+            "one.attempts": "Attempts",
+            "one.sent_at": "Sent",
+            "one.answer": "Server's answer",
+            "one.when": "When",
+            "one.who": "Who",
+            "one.what": "What",
+            "one.change": "Status",
+            "one.actions": "Actions",
+            "one.confirm_unsubscribe": "Unsubscribe this subscriber?",
+            "one.confirm_bounce": "Mark this address bounced? It will get nothing more.",
+            "one.erase_help": "Erases the address, the consent record and the deliveries. Only a fingerprint (HMAC) stays on the suppression list: the address is never mailed again unless it signs up and confirms anew. Cannot be undone.",
+            "one.erase_check": "I confirm the permanent erasure",
+            "one.confirm_erase": "Erase this subscriber for good? This cannot be undone.",
+            "one.erased": "Subscriber #{id} erased; the suppression list keeps blocking the address.",
+            "one.erase_unchecked": "Tick the box to confirm the erasure.",
+            "one.done": "{action}: {outcome}.",
+            "bulk.title": "Act on a list of addresses",
+            "bulk.help": "Paste the addresses (one per line, or a CSV with an “email” column) or choose a file. At most 10,000 addresses.",
+            "bulk.text": "Addresses",
+            "bulk.file": "or a file (CSV or text)",
+            "bulk.run": "Run",
+            "bulk.confirm": "Apply this action to every address of the list?",
+            "bulk.report": "Result, line by line",
+            "bulk.line": "Line",
+            "bulk.result": "Result",
+            "bulk.empty": "The list holds no address.",
+            "supp.title": "Suppression list",
+            "supp.help": "Addresses hebdo will never mail again (unless they sign up and confirm anew). Only HMAC fingerprints are kept, never the addresses.",
+            "supp.check": "Check an address",
+            "supp.is": "This address is on the suppression list (reason: {reason}).",
+            "supp.is_not": "This address is not on the suppression list.",
+            "supp.hash": "Fingerprint",
+            "supp.reason": "Reason",
+            "supp.since": "Since",
+            "audit.title": "Audit log",
+            "audit.export": "Export the log (CSV)",
+            "audit.action": "Action",
+            "audit.actor": "Actor",
+            "audit.subject": "Subject",
+            "audit.ip": "IP",
+            "audit.filter": "Filter",
+            "audit.none": "No event.",
+        },
+    }
+)
+
+PAGE_SIZE = 50
+AUDIT_PAGE = 100
+
+
+def _by() -> Actor:
+    return Actor(actor(), client_ip())
+
+
+def _action(value: str | None) -> Action:
+    try:
+        return Action(value or "")
+    except ValueError:
+        abort(400)
+
+
+def _filters_or_400() -> search.Filters:
+    try:
+        return search.parse_filters(request.args)
+    except search.SearchError as exc:
+        abort(400, str(exc))
+
+
+# ---------------------------------------------------------------- pages
+
+
+@bp.get("/subscribers")
+def subscribers() -> tuple[str, int]:
+    """The list: search, filters, sort, keyset pages, counts per status."""
+    try:
+        filters = search.parse_filters(request.args)
+        result = search.list_page(filters, cursor=request.args.get("cursor"), limit=PAGE_SIZE)
+    except search.SearchError as exc:
+        flash(str(exc), "error")
+        filters, result = search.Filters(), search.list_page(search.Filters(), limit=PAGE_SIZE)
+    args = {k: v for k, v in request.args.items(multi=True) if k not in ("cursor", "lang")}
+    return page(
+        "subscribers.html",
+        filters=filters,
+        result=result,
+        counts=search.status_counts(),
+        args=args,
+        statuses=[s for s in search.Status],
+        sorts=search.SORTS,
+        actions=list(Action),
+    )
+
+
+@bp.get("/subscribers/<int:subscriber_id>")
+def subscriber(subscriber_id: int) -> tuple[str, int]:
+    """One subscriber's record: consent, history, deliveries, bounces, actions."""
+    sub = db.session.get(Subscriber, subscriber_id)
+    if sub is None:
+        abort(404)
+    return page(
+        "subscriber.html",
+        sub=sub,
+        history=search.history(subscriber_id),
+        deliveries=search.recent_deliveries(subscriber_id),
+        bounces=search.bounces(subscriber_id),
+        actions=list(Action),
+    )
+
+
+@bp.post("/subscribers/<int:subscriber_id>/<name>")
+@requires_admin
+def subscriber_action(subscriber_id: int, name: str) -> Response:
+    action = _action(name)
+    reason = request.form.get("reason", "").strip()[:200]
+    here = url_for("admin.subscriber", subscriber_id=subscriber_id)
+    if action == Action.ERASE and request.form.get("confirm") != "yes":
+        flash(t("one.erase_unchecked"), "error")
+        return cast(Response, redirect(here))
+    outcome = act(settings(), action, subscriber_id, by=_by(), now=now(), reason=reason)
+    if outcome == Outcome.UNKNOWN:
+        abort(404)
+    if action == Action.ERASE:
+        flash(t("one.erased", id=subscriber_id), "info")
+        return cast(Response, redirect(url_for("admin.subscribers")))
+    flash(t("one.done", action=t(f"action.{action}"), outcome=t(f"outcome.{outcome}")), "info")
+    return cast(Response, redirect(here))
+
+
+@bp.post("/subscribers/selection")
+@requires_admin
+def subscribers_selection() -> Response:
+    """One action on the subscribers ticked on the list page."""
+    action = _action(request.form.get("action"))
+    ids = [int(v) for v in request.form.getlist("id") if v.isdigit()]
+    back = request.form.get("back", "")
+    target = back if back.startswith("/admin/subscribers") else url_for("admin.subscribers")
+    if not ids:
+        flash(t("subs.nothing_selected"), "error")
+        return cast(Response, redirect(target))
+    reason = request.form.get("reason", "").strip()[:200]
+    try:
+        counts = act_on_ids(settings(), action, ids, by=_by(), now=now(), reason=reason)
+    except BulkError as exc:
+        flash(str(exc), "error")
+        return cast(Response, redirect(target))
+    summary = {o.value: counts.get(o.value, 0) for o in Outcome}
+    flash(f"{t(f'action.{action}')} — {t('counts.summary', **summary)}", "info")
+    return cast(Response, redirect(target))
+
+
+@bp.route("/subscribers/bulk", methods=["GET", "POST"])
+@requires_admin
+def subscribers_bulk() -> tuple[str, int]:
+    """Paste or upload a list of addresses; a report line per address."""
+    if request.method == "GET":
+        return page("bulk.html", actions=list(Action), report=None)
+    action = _action(request.form.get("action"))
+    text = request.form.get("addresses", "")
+    upload = request.files.get("file")
+    if upload and upload.filename:
+        try:
+            text = upload.read().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            flash("The file is not UTF-8 text.", "error")
+            return page("bulk.html", 400, actions=list(Action), report=None)
+    try:
+        addresses = addresses_in(text)
+    except BulkError as exc:
+        flash(str(exc), "error")
+        return page("bulk.html", 400, actions=list(Action), report=None)
+    if not addresses:
+        flash(t("bulk.empty"), "error")
+        return page("bulk.html", 400, actions=list(Action), report=None)
+    reason = request.form.get("reason", "").strip()[:200]
+    report = act_on_addresses(settings(), action, addresses, by=_by(), now=now(), reason=reason)
+    flash(f"{t(f'action.{action}')} — {t('counts.summary', **report.counts)}", "info")
+    return page("bulk.html", actions=list(Action), report=report, done_action=action)
+
+
+@bp.get("/suppressions")
+@requires_admin
+def suppressions() -> tuple[str, int]:
+    """The suppression list: hashes and reasons only; an address can be checked against it."""
+    checked: str | None = None
+    address = request.args.get("address", "").strip()
+    if address:
+        try:
+            email = normalise_email(address)
+        except InvalidEmail as exc:
+            flash(exc.message(current().locale), "error")
+        else:
+            reason = db.session.execute(
+                select(Suppression.reason).where(
+                    Suppression.email_hash.in_(suppression_hashes(settings(), email))
+                )
+            ).scalar_one_or_none()
+            checked = t("supp.is", reason=reason) if reason else t("supp.is_not")
+    before = request.args.get("before", type=int)
+    query = select(Suppression).order_by(Suppression.id.desc()).limit(PAGE_SIZE + 1)
+    if before:
+        query = query.where(Suppression.id < before)
+    rows = list(db.session.execute(query).scalars())
+    reasons = db.session.execute(
+        select(Suppression.reason, func.count()).group_by(Suppression.reason)
+    ).all()
+    return page(
+        "suppressions.html",
+        rows=rows[:PAGE_SIZE],
+        more=rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None,
+        reasons=reasons,
+        checked=checked,
+    )
+
+
+def _audit_query(args: Any) -> Any:
+    query = select(AuditEvent).order_by(AuditEvent.id.desc())
+    if args.get("action"):
+        query = query.where(AuditEvent.action == args["action"])
+    if args.get("actor"):
+        query = query.where(AuditEvent.actor == args["actor"])
+    subscriber_id = args.get("subscriber_id", "")
+    if str(subscriber_id).isdigit():
+        query = query.where(AuditEvent.subscriber_id == int(subscriber_id))
+    before = args.get("before", "")
+    if str(before).isdigit():
+        query = query.where(AuditEvent.id < int(before))
+    return query
+
+
+def _audit_page(args: Any, size: int) -> tuple[list[AuditEvent], int | None]:
+    rows = list(db.session.execute(_audit_query(args).limit(size + 1)).scalars())
+    return rows[:size], (rows[size - 1].id if len(rows) > size else None)
+
+
+@bp.get("/audit")
+@requires_admin
+def audit() -> tuple[str, int]:
+    """Every admin, subscriber and system action, newest first."""
+    events, more = _audit_page(request.args, AUDIT_PAGE)
+    args = {k: v for k, v in request.args.items() if k in ("action", "actor", "subscriber_id")}
+    return page("audit.html", events=events, more=more, args=args)
+
+
+AUDIT_COLUMNS = (
+    "id",
+    "created_at",
+    "actor",
+    "action",
+    "subject",
+    "subscriber_id",
+    "before_status",
+    "after_status",
+    "ip",
+)
+
+
+def _csv_line(values: list[Any]) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(["" if v is None else v for v in values])
+    return out.getvalue()
+
+
+@bp.get("/audit.csv")
+@requires_admin
+def audit_csv() -> Response:
+    """The whole log (or a filtered part), streamed a page at a time."""
+    args = {k: v for k, v in request.args.items() if k in ("action", "actor", "subscriber_id")}
+
+    def lines() -> Iterator[str]:
+        yield _csv_line(list(AUDIT_COLUMNS))
+        before: int | None = None
+        while True:
+            events, before = _audit_page({**args, "before": str(before or "")}, 1000)
+            for e in events:
+                yield _csv_line([_audit_cell(getattr(e, c)) for c in AUDIT_COLUMNS])
+            db.session.expunge_all()
+            if before is None:
+                return
+
+    stamp = now().strftime("%Y%m%d-%H%M")
+    return Response(
+        stream_with_context(lines()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="hebdo-audit-{stamp}.csv"'},
+    )
+
+
+def _audit_cell(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+# ---------------------------------------------------------------- API
+
+
+def _json_error(status: int, code: str, message: str) -> tuple[Response, int]:
+    return jsonify({"error": code, "message": message}), status
+
+
+def subscriber_json(sub: Subscriber, *, full: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": sub.id,
+        "email": sub.email,
+        "status": sub.status,
+        "locale": sub.locale,
+        "created_at": sub.created_at.isoformat(),
+        "confirmed_at": sub.confirmed_at.isoformat() if sub.confirmed_at else None,
+        "source": sub.consent_source,
+    }
+    if full:
+        data["unsubscribed_at"] = sub.unsubscribed_at.isoformat() if sub.unsubscribed_at else None
+        data["unsubscribe_channel"] = sub.unsubscribe_channel
+        data["consent"] = {
+            "at": sub.consent_at.isoformat(),
+            "source": sub.consent_source,
+            "text_version": sub.consent_text_version,
+            "ip": sub.consent_ip,
+            "user_agent": sub.consent_user_agent,
+        }
+        data["history"] = [event_json(e) for e in search.history(sub.id)]
+        data["deliveries"] = [
+            {
+                "week": d.week,
+                "status": d.status,
+                "attempts": d.attempts,
+                "sent_at": d.sent_at.isoformat() if d.sent_at else None,
+                "error": d.error,
+            }
+            for d in search.recent_deliveries(sub.id)
+        ]
+    return data
+
+
+def event_json(e: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "created_at": e.created_at.isoformat(),
+        "actor": e.actor,
+        "action": e.action,
+        "subject": e.subject,
+        "subscriber_id": e.subscriber_id,
+        "before_status": e.before_status,
+        "after_status": e.after_status,
+        "ip": e.ip,
+        "detail": e.detail,
+    }
+
+
+@api_bp.get("/subscribers")
+def api_subscribers() -> Response | tuple[Response, int]:
+    """A keyset page of a filtered view; `next_cursor` fetches the next one."""
+    try:
+        filters = search.parse_filters(request.args)
+        limit = request.args.get("limit", str(search.DEFAULT_LIMIT))
+        if not limit.isdigit():
+            raise search.SearchError(f"limit must be 1 to {search.MAX_LIMIT}")
+        result = search.list_page(filters, cursor=request.args.get("cursor"), limit=int(limit))
+    except search.SearchError as exc:
+        return _json_error(422, "invalid_parameter", str(exc))
+    body: dict[str, Any] = {
+        "items": [subscriber_json(s) for s in result.items],
+        "next_cursor": result.next_cursor,
+    }
+    if "cursor" not in request.args:
+        # The first page carries the counts per status; later pages (or `cursor=`) skip them.
+        body["counts"] = search.status_counts()
+    return jsonify(body)
+
+
+def _api_subscriber(subscriber_id: int) -> Subscriber:
+    sub = db.session.get(Subscriber, subscriber_id)
+    if sub is None:
+        abort(404, f"no subscriber #{subscriber_id}")
+    return sub
+
+
+@api_bp.get("/subscribers/<int:subscriber_id>")
+def api_subscriber(subscriber_id: int) -> Response:
+    return jsonify(subscriber_json(_api_subscriber(subscriber_id), full=True))
+
+
+# PATCH {"status": ...}: the statuses an admin may ask for, and the action that gets there.
+PATCH_ACTIONS = {
+    "unsubscribed": Action.UNSUBSCRIBE,
+    "pending": Action.RESUBSCRIBE,
+    "bounced": Action.BOUNCE,
+}
+
+
+@api_bp.patch("/subscribers/<int:subscriber_id>")
+@requires_admin
+def api_subscriber_patch(subscriber_id: int) -> Response | tuple[Response, int]:
+    """Change a status: `unsubscribed`, `pending` (resubscribe: a new confirmation mail;
+    never straight to `active`) or `bounced`; with an optional `reason`."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return _json_error(400, "malformed_json", "send a JSON object")
+    unknown = sorted(set(body) - {"status", "reason"})
+    if unknown:
+        return _json_error(422, "invalid_field", f"unknown field(s): {', '.join(unknown)}")
+    status, reason = body.get("status"), body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 200:
+        return _json_error(422, "invalid_field", "reason must be a string of at most 200")
+    if status not in PATCH_ACTIONS:
+        return _json_error(
+            422, "invalid_field", f"status must be one of {', '.join(PATCH_ACTIONS)}"
+        )
+    _api_subscriber(subscriber_id)
+    outcome = act(
+        settings(), PATCH_ACTIONS[status], subscriber_id, by=_by(), now=now(), reason=reason
+    )
+    sub = _api_subscriber(subscriber_id)
+    if outcome == Outcome.ALREADY and sub.status != status:
+        return _json_error(409, "conflict", f"a {sub.status} subscriber cannot become {status}")
+    return jsonify({"result": outcome.value, "subscriber": subscriber_json(sub)})
+
+
+@api_bp.delete("/subscribers/<int:subscriber_id>")
+@requires_admin
+def api_subscriber_delete(subscriber_id: int) -> tuple[str, int]:
+    """Erase (GDPR): see subscriber_admin.erase."""
+    _api_subscriber(subscriber_id)
+    act(settings(), Action.ERASE, subscriber_id, by=_by(), now=now())
+    return "", 204
+
+
+@api_bp.post("/unsubscribes")
+@requires_admin
+def api_unsubscribes() -> Response | tuple[Response, int]:
+    """Bulk unsubscribe: `{"emails": [...], "reason"?: "..."}` → a result per address."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return _json_error(400, "malformed_json", "send a JSON object")
+    emails, reason = body.get("emails"), body.get("reason", "")
+    unknown = sorted(set(body) - {"emails", "reason"})
+    if unknown:
+        return _json_error(422, "invalid_field", f"unknown field(s): {', '.join(unknown)}")
+    if not isinstance(emails, list) or not all(isinstance(e, str) for e in emails):
+        return _json_error(422, "invalid_field", "emails must be a list of strings")
+    if not isinstance(reason, str) or len(reason) > 200:
+        return _json_error(422, "invalid_field", "reason must be a string of at most 200")
+    try:
+        report = act_on_addresses(
+            settings(), Action.UNSUBSCRIBE, emails, by=_by(), now=now(), reason=reason
+        )
+    except BulkError as exc:
+        return _json_error(422, "too_many", str(exc))
+    return jsonify(
+        {
+            "results": [
+                {"email": line.given, "result": line.outcome.value, "reason": line.reason or None}
+                for line in report.lines
+            ],
+            "counts": report.counts,
+        }
+    )
+
+
+@api_bp.get("/audit")
+@requires_admin
+def api_audit() -> Response:
+    """Audit events, newest first; `next_before` fetches the next page."""
+    limit = min(max(request.args.get("limit", 100, type=int) or 100, 1), 1000)
+    events, more = _audit_page(request.args, limit)
+    return jsonify({"items": [event_json(e) for e in events], "next_before": more})

@@ -1,0 +1,399 @@
+"""CSV import (dry run, apply, confirmation mails) and CSV export, in the browser and the API."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import delete, func, select
+
+from service.extensions import db
+from service.models import AuditEvent, ImportFile, Status, Subscriber
+from service.subscriptions import suppress
+from tests.conftest import Admin, SMTPSink, add_subscribers, api_token, create_admin
+from tests.test_lifecycle import sweep
+
+BIG = str(8 * 1024 * 1024)
+
+
+@pytest.fixture
+def env(env: dict[str, str]) -> dict[str, str]:
+    """Imports are files of thousands of lines: a request limit that lets them through."""
+    return {**env, "HEBDO_ADMIN_MAX_REQUEST_BYTES": BIG}
+
+
+def csv_bytes(rows: list[list[str]], *, delimiter: str = ",", bom: bool = False) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, delimiter=delimiter, lineterminator="\r\n").writerows(rows)
+    return (("\ufeff" if bom else "") + buffer.getvalue()).encode()
+
+
+def post_csv(client: Any, headers: dict[str, str], body: bytes, dry_run: str | None = None) -> Any:
+    query = "" if dry_run is None else f"?dry_run={dry_run}"
+    return client.post(
+        f"/api/v1/admin/imports{query}",
+        data=body,
+        headers={**headers, "Content-Type": "text/csv"},
+    )
+
+
+def count(app: Flask, model: Any, *where: Any) -> int:
+    with app.app_context():
+        return int(
+            db.session.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
+        )
+
+
+def get_sub(app: Flask, email: str) -> Subscriber:
+    with app.app_context():
+        sub = db.session.execute(select(Subscriber).where(Subscriber.email == email)).scalar_one()
+        db.session.expunge(sub)
+        return sub
+
+
+def suppress_address(app: Flask, email: str) -> None:
+    with app.app_context():
+        suppress(app.config["SETTINGS"], email, "complaint", datetime.now(UTC))
+        db.session.commit()
+
+
+SIX_OUTCOMES = [
+    # Column order free; a BOM, `;` and CRLF in the test that uses it.
+    ["consent_text", "Email", "locale", "consent_date", "source"],
+    ["CGU 2024 v3", "Ancienne@Exemple.fr", "en", "2024-03-01", "salon-2024"],
+    ["", "nouveau@exemple.fr", "fr", "", ""],
+    ["", "reader0@exemple.fr", "", "", ""],
+    ["", "banni@exemple.fr", "", "", ""],
+    ["", "pas-une-adresse", "", "", ""],
+    ["", "NOUVEAU@exemple.fr", "", "", ""],
+]
+
+
+def test_api_dry_run_reports_every_outcome_and_writes_nothing(app: Flask, client: Any) -> None:
+    add_subscribers(app, 1)
+    suppress_address(app, "banni@exemple.fr")
+    headers = api_token(app)
+    before = (count(app, Subscriber), count(app, AuditEvent))
+
+    response = post_csv(client, headers, csv_bytes(SIX_OUTCOMES, delimiter=";", bom=True))
+
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert body["dry_run"] is True
+    assert body["counts"] == {
+        "new_active": 1,
+        "new_pending": 1,
+        "exists": 1,
+        "suppressed": 1,
+        "invalid": 1,
+        "duplicate": 1,
+        "total": 6,
+    }
+    by_line = {line["line"]: line for line in body["lines"]}
+    assert set(by_line) == {4, 5, 6, 7}
+    assert by_line[4]["outcome"] == "exists"
+    assert by_line[5]["outcome"] == "suppressed"
+    assert by_line[6]["outcome"] == "invalid"
+    assert by_line[6]["reason"] == "Il manque le caractère « @ » dans l’adresse e-mail."
+    assert by_line[7]["outcome"] == "duplicate" and "ligne 3" in by_line[7]["reason"]
+    assert body["truncated"] is False
+    assert (count(app, Subscriber), count(app, AuditEvent)) == before
+
+
+def test_browser_upload_dry_run_then_apply(app: Flask, admin: Admin) -> None:
+    add_subscribers(app, 1)
+    suppress_address(app, "banni@exemple.fr")
+    upload = {"file": (io.BytesIO(csv_bytes(SIX_OUTCOMES)), "salon.csv")}
+
+    report = admin.post("/admin/imports", data=upload, content_type="multipart/form-data")
+
+    assert report.status_code == 200
+    html = report.text
+    assert "Simulation : salon.csv" in html
+    assert 'data-outcome="new_active">1<' in html and 'data-outcome="invalid">1<' in html
+    assert "Il manque le caractère « @ »" in html
+    assert count(app, Subscriber) == 1
+    with app.app_context():
+        (file_id,) = db.session.execute(select(ImportFile.id)).scalars()
+    assert f"/admin/imports/{file_id}/apply" in html
+
+    listed = admin.get("/admin/imports")
+    assert "salon.csv" in listed.text
+    per_line = admin.get(f"/admin/imports/{file_id}/report.csv")
+    assert per_line.headers["Content-Disposition"].startswith("attachment")
+    rows = list(csv.DictReader(io.StringIO(per_line.text)))
+    assert [r["outcome"] for r in rows] == [
+        "new_active",
+        "new_pending",
+        "exists",
+        "suppressed",
+        "invalid",
+        "duplicate",
+    ]
+
+    applied = admin.post(f"/admin/imports/{file_id}/apply")
+    assert applied.status_code == 302
+    flashed = admin.get(applied.headers["Location"]).text
+    assert "Import terminé : 1 actifs, 1 en attente" in flashed
+    assert count(app, ImportFile) == 0
+
+    active = get_sub(app, "ancienne@exemple.fr")
+    assert active.status == Status.ACTIVE and active.locale == "en"
+    assert active.consent_at.replace(tzinfo=UTC) == datetime(2024, 3, 1, tzinfo=UTC)
+    assert active.consent_text_version == "CGU 2024 v3"
+    assert active.consent_source == "salon-2024"
+    assert active.confirm_due_at is None
+    pending = get_sub(app, "nouveau@exemple.fr")
+    assert pending.status == Status.PENDING and pending.confirm_due_at is not None
+    assert pending.consent_source == "import:salon.csv"
+    assert count(app, Subscriber) == 3
+
+    with app.app_context():
+        events = (
+            db.session.execute(select(AuditEvent).where(AuditEvent.action == "import"))
+            .scalars()
+            .all()
+        )
+        per_subscriber = [e for e in events if e.subscriber_id is not None]
+        assert {e.subscriber_id for e in per_subscriber} == {active.id, pending.id}
+        assert all(e.actor == "admin:alice" for e in events)
+        assert not any("@" in str(e.detail) for e in events)
+        (summary,) = [e for e in events if e.subscriber_id is None]
+        assert summary.detail is not None and summary.detail["counts"]["new_active"] == 1
+
+    again = admin.post(f"/admin/imports/{file_id}/apply")
+    assert "plus en attente" in admin.get(again.headers["Location"]).text
+    assert count(app, Subscriber) == 3
+
+
+def test_pending_import_gets_exactly_one_confirmation_mail(
+    smtp_app: Flask, smtp_server: SMTPSink
+) -> None:
+    suppress_address(smtp_app, "banni@exemple.fr")
+    rows = [
+        ["email", "consent_date", "consent_text"],
+        ["un@exemple.fr", "", ""],
+        ["deux@exemple.fr", "", ""],
+        ["actif@exemple.fr", "2025-01-15T10:00:00+01:00", "formulaire papier v2"],
+        ["banni@exemple.fr", "", ""],
+    ]
+    client = smtp_app.test_client()
+    response = post_csv(client, api_token(smtp_app), csv_bytes(rows), dry_run="0")
+    assert response.status_code == 200
+    assert response.json["counts"]["new_pending"] == 2
+
+    assert sweep(smtp_app) == 2
+    mails = smtp_server.wait_for(2)
+    assert sorted(m.rcpt_tos[0] for m in mails) == ["deux@exemple.fr", "un@exemple.fr"]
+    assert sweep(smtp_app, datetime.now(UTC) + timedelta(minutes=5)) == 0
+    assert len(smtp_server.messages) == 2
+    actif = get_sub(smtp_app, "actif@exemple.fr")
+    assert actif.consent_at.replace(tzinfo=UTC) == datetime(2025, 1, 15, 9, tzinfo=UTC)
+
+    # Imported again: they exist, and nobody gets a second mail.
+    again = post_csv(client, api_token(smtp_app, name="again"), csv_bytes(rows), dry_run="0")
+    assert again.json["counts"]["exists"] == 3
+    assert sweep(smtp_app) == 0
+
+
+def test_consent_claims_are_checked(app: Flask, client: Any) -> None:
+    future = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
+    long_text = "J’accepte de recevoir L’Hebdo chaque semaine. " * 3
+    rows = [
+        ["email", "consent_date", "consent_text", "locale"],
+        ["futur@exemple.fr", future, "v1", ""],
+        ["moitie@exemple.fr", "2024-01-01", "", ""],
+        ["pasdate@exemple.fr", "hier", "v1", ""],
+        ["langue@exemple.fr", "", "", "de"],
+        ["long@exemple.fr", "2024-01-01 08:30", long_text, "fr-CA"],
+    ]
+    headers = api_token(app)
+    body = post_csv(client, headers, csv_bytes(rows), dry_run="0").json
+    codes = {line["line"]: line["code"] for line in body["lines"]}
+    assert codes == {2: "consent_future", 3: "consent_half", 4: "consent_date", 5: "locale"}
+    sub = get_sub(app, "long@exemple.fr")
+    assert sub.status == Status.ACTIVE and sub.locale == "fr"
+    assert sub.consent_text_version.startswith("sha256:") and len(sub.consent_text_version) == 64
+    with app.app_context():
+        summary = db.session.execute(
+            select(AuditEvent).where(AuditEvent.subject.is_not(None))
+        ).scalar_one()
+        assert summary.detail is not None
+        assert summary.detail["consent_texts"] == {sub.consent_text_version: long_text.strip()}
+
+
+def test_whole_file_errors(
+    app: Flask, client: Any, make_app: Callable[..., Flask], env: Any
+) -> None:
+    headers = api_token(app)
+    unknown = post_csv(client, headers, b"email,prenom\r\na@exemple.fr,Ana\r\n")
+    assert unknown.status_code == 422
+    assert unknown.json["error"] == "unknown_columns" and "'prenom'" in unknown.json["message"]
+    assert post_csv(client, headers, b"locale\r\nfr\r\n").json["error"] == "header"
+    assert post_csv(client, headers, b"").json["error"] == "empty"
+    assert post_csv(client, headers, "email\né@x.fr\n".encode("latin-1")).json["error"] == (
+        "encoding"
+    )
+    too_many = b"email\n" + b"a@exemple.fr\n" * 100_001
+    refused = post_csv(client, headers, too_many)
+    assert refused.status_code == 422 and refused.json["error"] == "too_many_rows"
+    wrong_type = client.post("/api/v1/admin/imports", json={"email": "a@b.fr"}, headers=headers)
+    assert wrong_type.status_code == 415 and wrong_type.json["error"] == "unsupported_media_type"
+    assert post_csv(client, headers, b"email\n", dry_run="peut-etre").status_code == 422
+
+    small = make_app({**env, "HEBDO_ADMIN_MAX_REQUEST_BYTES": "65536"})
+    small_headers = api_token(small, name="small")
+    big_body = b"email\n" + b"quelquun@exemple.fr\n" * 5000
+    too_large = post_csv(small.test_client(), small_headers, big_body)
+    assert too_large.status_code == 413
+    assert set(too_large.json) == {"error", "message"}
+    create_admin(small, "bob")
+    browser = Admin(small.test_client())
+    assert browser.login("bob").status_code == 302
+    upload = {"file": (io.BytesIO(big_body), "gros.csv")}
+    page = browser.post("/admin/imports", data=upload, content_type="multipart/form-data")
+    assert page.status_code == 413 and "Fichier trop volumineux : au plus 64 Ko" in page.text
+
+
+def test_browser_upload_errors_are_shown_on_the_form(admin: Admin) -> None:
+    page = admin.post(
+        "/admin/imports",
+        data={"file": (io.BytesIO(b"courriel\nx@y.fr\n"), "liste.csv")},
+        content_type="multipart/form-data",
+    )
+    assert page.status_code == 422 and "Colonnes inconnues : &#39;courriel&#39;" in page.text
+    assert admin.post("/admin/imports", data={}).status_code == 400
+
+
+def test_export_streams_a_filtered_view_defused_and_audited(app: Flask, admin: Admin) -> None:
+    rows = [
+        ["email", "locale", "source", "consent_date", "consent_text"],
+        ["-moins@exemple.fr", "en", '=HYPERLINK("http://x")', "2024-05-01", "+v1"],
+        ["anglais@exemple.fr", "en", "@salon", "2024-05-02", "v1"],
+        ["francais@exemple.fr", "fr", "", "2024-05-03", "v1"],
+        ["attente@exemple.fr", "en", "", "", ""],
+    ]
+    post_csv(app.test_client(), api_token(app), csv_bytes(rows), dry_run="0")
+
+    response = admin.get("/admin/subscribers.csv?status=active&locale=en&sort=email")
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    assert response.is_streamed
+    today = datetime.now(UTC).date().isoformat()
+    assert response.headers["Content-Disposition"] == (
+        f'attachment; filename="hebdo-subscribers-{today}.csv"'
+    )
+    text = response.get_data(as_text=True)
+    assert text.startswith("\ufeffemail,status,locale,created_at,confirmed_at,consent_at,")
+    exported = list(csv.DictReader(io.StringIO(text.removeprefix("\ufeff"))))
+    assert [r["email"] for r in exported] == ["'-moins@exemple.fr", "anglais@exemple.fr"]
+    first = exported[0]
+    assert first["consent_source"] == '\'=HYPERLINK("http://x")'
+    assert first["consent_text_version"] == "'+v1"
+    assert exported[1]["consent_source"] == "'@salon"
+    assert first["consent_at"] == "2024-05-01T00:00:00+00:00"
+
+    with app.app_context():
+        event = db.session.execute(
+            select(AuditEvent).where(AuditEvent.action == "export")
+        ).scalar_one()
+        assert event.actor == "admin:alice" and event.detail is not None
+        assert event.detail["rows"] == 2 and event.detail["complete"] is True
+        assert event.detail["filters"]["status"] == ["active"]
+
+    bad = admin.get("/admin/subscribers.csv?status=perdu")
+    assert bad.status_code == 422
+
+
+def test_export_then_import_round_trip(app: Flask, client: Any) -> None:
+    headers = api_token(app)
+    rows = [["email", "locale", "source", "consent_date", "consent_text"]]
+    rows += [
+        [f"lecteur{n}@exemple.fr", "en" if n % 2 else "fr", f"site-{n}", "2024-06-01", "v2"]
+        for n in range(30)
+    ]
+    rows += [["=piege@exemple.fr", "fr", "-moins", "2024-06-02T12:00:00", "v2"]]
+    rows += [[f"attente{n}@exemple.fr", "fr", "", "", ""] for n in range(5)]
+    post_csv(client, headers, csv_bytes(rows), dry_run="0")
+    add_subscribers(app, 3, status="unsubscribed", start=100)
+
+    view = "/api/v1/admin/subscribers.csv?status=active,pending&sort=email"
+    first = client.get(view, headers=headers)
+    assert first.status_code == 200
+    assert not first.text.startswith("\ufeff")
+
+    with app.app_context():
+        db.session.execute(delete(Subscriber).where(Subscriber.status != "unsubscribed"))
+        db.session.commit()
+    applied = post_csv(client, headers, first.data, dry_run="0").json
+    assert applied["counts"]["new_active"] == 31
+    assert applied["counts"]["new_pending"] == 5
+    assert applied["ignored_columns"] == ["created_at", "confirmed_at", "unsubscribed_at"]
+
+    second = client.get(view, headers=headers)
+    kept = ("email", "status", "locale", "consent_source", "consent_text_version")
+
+    def facts(text: str) -> list[tuple[str, ...]]:
+        return [
+            tuple(row[c] for c in kept)
+            + ((row["consent_at"],) if row["status"] == "active" else ())
+            for row in csv.DictReader(io.StringIO(text))
+        ]
+
+    assert len(facts(first.text)) == 36
+    assert facts(second.text) == facts(first.text)
+    assert "'=piege@exemple.fr" in second.text
+
+    # An export of unsubscribed addresses does not bring them back.
+    gone = client.get("/api/v1/admin/subscribers.csv?status=unsubscribed", headers=headers)
+    with app.app_context():
+        db.session.execute(delete(Subscriber))
+        db.session.commit()
+    refused = post_csv(client, headers, gone.data).json
+    assert refused["counts"]["invalid"] == 3
+    assert {line["code"] for line in refused["lines"]} == {"status"}
+    assert count(app, Subscriber) == 0
+
+
+def test_editors_may_neither_import_nor_export(app: Flask, editor: Admin) -> None:
+    assert editor.get("/admin/imports").status_code == 403
+    upload = {"file": (io.BytesIO(b"email\na@exemple.fr\n"), "a.csv")}
+    assert (
+        editor.post("/admin/imports", data=upload, content_type="multipart/form-data").status_code
+        == 403
+    )
+    assert editor.get("/admin/subscribers.csv").status_code == 403
+    headers = api_token(app, "editor")
+    client = app.test_client()
+    assert post_csv(client, headers, b"email\na@exemple.fr\n").status_code == 403
+    assert client.get("/api/v1/admin/subscribers.csv", headers=headers).status_code == 403
+    assert client.post("/api/v1/admin/imports", data=b"email\n").status_code == 401
+    assert count(app, Subscriber) == 0
+
+
+def test_two_thousand_line_import_on_sqlite(app: Flask, admin: Admin) -> None:
+    rows = [["email", "consent_date", "consent_text"]]
+    rows += [[f"masse{n}@exemple.fr", "2024-01-01", "v1"] for n in range(1000)]
+    rows += [[f"masse{n}@exemple.fr", "", ""] for n in range(1000, 2000)]
+    upload = {"file": (io.BytesIO(csv_bytes(rows)), "masse.csv")}
+    report = admin.post("/admin/imports", data=upload, content_type="multipart/form-data")
+    assert 'data-outcome="total">2000<' in report.text
+    with app.app_context():
+        (file_id,) = db.session.execute(select(ImportFile.id)).scalars()
+    admin.post(f"/admin/imports/{file_id}/apply")
+    assert count(app, Subscriber, Subscriber.status == Status.ACTIVE) == 1000
+    assert count(app, Subscriber, Subscriber.status == Status.PENDING) == 1000
+    assert count(app, AuditEvent, AuditEvent.subscriber_id.is_not(None)) == 2000
+
+
+def test_files_older_than_a_day_are_deleted(app: Flask, admin: Admin) -> None:
+    with app.app_context():
+        old = datetime.now(UTC) - timedelta(hours=25)
+        db.session.add(ImportFile(created_at=old, created_by="x", filename="vieux.csv", content=""))
+        db.session.commit()
+    assert "vieux.csv" not in admin.get("/admin/imports").text
+    assert count(app, ImportFile) == 0

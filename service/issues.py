@@ -23,6 +23,7 @@ from .config import Settings
 from .delivery import Enqueue, dispatch, set_issue_status, start_send, status_counts, sweep
 from .digest import (
     DigestError,
+    PlanResult,
     Recipient,
     get_issue,
     mail_for,
@@ -104,6 +105,25 @@ def require_issue(week: str) -> Issue:
 
 
 TRANSITIONS = ("approve", "pause", "resume", "cancel")
+
+
+def plan_week(week: str) -> str:
+    """The canonical form of a week to plan (`2026-w5` → `2026-W05`); NoIssue when it is none."""
+    try:
+        return parse_week(week)
+    except DigestError as exc:
+        raise NoIssue(str(exc)) from None
+
+
+def plan(settings: Settings, week: str, now: datetime) -> PlanResult:
+    """Plan (or refresh) the issue of `week` ahead of its send, so it can be previewed,
+    tested, approved or sent now; Refused once it has started going out."""
+    result = plan_issue(settings, plan_week(week), now)
+    if not result.changed:
+        raise Refused(
+            f"{result.week} is {result.status}: cannot plan it again", result.week, result.status
+        )
+    return result
 
 
 def transition(settings: Settings, week: str, name: str, now: datetime, enqueue: Enqueue) -> Issue:

@@ -19,6 +19,7 @@ from typing import IO
 from flask import Flask
 from flask_migrate import upgrade
 
+from . import accounts
 from .config import Settings
 from .jobs import FETCH_FEEDS, enqueue
 
@@ -109,6 +110,12 @@ def run_all(app: Flask, *, host: str, port: int) -> int:
         else "SMTP " + settings.smtp_host
     )
     print(f"hebdo: http://{host}:{port}  ({mode}; Ctrl-C stops)", flush=True)
+    if not accounts.list_users():
+        print(
+            f"hebdo: admin area at http://{host}:{port}/admin/ — create its first user with "
+            "`hebdo admin create-user NAME --email YOU@EXAMPLE` in another terminal",
+            flush=True,
+        )
 
     status = 0
     while not stopping.is_set():

@@ -422,3 +422,32 @@ def test_api_needs_an_editor_or_admin_token(app: Flask) -> None:
     for path in ("/admin/issues", f"/admin/issues/{week}", f"/admin/issues/{week}/progress.json"):
         response = client.get(path)
         assert response.status_code == 302 and "/admin/login" in response.headers["Location"]
+
+
+def test_the_coming_issue_can_be_planned_ahead_from_the_list_and_the_api(
+    app: Flask, admin: Admin
+) -> None:
+    """A newcomer on a Thursday: nothing planned yet, one button plans the coming issue."""
+    ids = _three_articles(app)
+    week = _coming(app)
+    listing = admin.get("/admin/issues").get_data(as_text=True)
+    assert f"/admin/issues/{week}/plan" in listing
+    response = admin.post(f"/admin/issues/{week}/plan")
+    assert response.status_code == 302 and response.headers["Location"].endswith(week)
+    page = admin.get(response.headers["Location"]).get_data(as_text=True)
+    assert any(f"Numéro {week} préparé : 3 article(s)" in f for f in _flashes(page))
+    assert sorted(_order(app, week)) == sorted(ids)
+    assert _issue(app, week).status == IssueStatus.SCHEDULED
+    assert f"/admin/issues/{week}/plan" not in admin.get("/admin/issues").get_data(as_text=True)
+    assert ("admin:alice", "issue.plan") in _events(app, f"issue:{week}")
+    assert admin.post("/admin/issues/not-a-week/plan").status_code == 404
+
+    client = app.test_client()
+    headers = api_token(app, "editor")
+    again = client.post(f"/api/v1/admin/issues/{week}/plan", headers=headers)
+    assert again.status_code == 200 and again.json["articles"] == 3
+    assert client.post("/api/v1/admin/issues/2026-W99/plan", headers=headers).status_code == 404
+    sent = client.post(f"/api/v1/admin/issues/{week}/send", headers=headers)
+    assert sent.status_code == 200
+    refused = client.post(f"/api/v1/admin/issues/{week}/plan", headers=headers)
+    assert refused.status_code == 409

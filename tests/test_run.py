@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from http.cookiejar import CookieJar
 from pathlib import Path
 
 from tests.conftest import Process, free_port
@@ -116,3 +118,135 @@ def test_hebdo_run_serves_subscribes_captures_and_stops_on_ctrl_c(
     assert process.popen.wait(60) == 0, process.output()[-3000:]
     assert "hebdo: stopped" in process.output()
     assert processes_with(data_dir) == []
+
+
+class Browser:
+    """urllib with a cookie jar: what a person's browser does with hebdo's admin pages."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+        self.csrf = ""
+
+    def open(self, path: str, form: dict[str, str] | None = None) -> tuple[int, str, str]:
+        data = None
+        if form is not None:
+            data = urllib.parse.urlencode({"csrf_token": self.csrf, **form}).encode()
+        try:
+            with self.opener.open(self.base + path, data=data, timeout=10) as response:
+                body = response.read().decode()
+                status, url = response.status, response.url
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(), exc.url
+        token = re.search(r'<meta name="csrf-token" content="([^"]+)"', body)
+        if token:
+            self.csrf = token.group(1)
+        return status, body, url
+
+
+def test_a_newcomer_runs_the_newsletter_from_the_admin_area(
+    env: dict[str, str], spawn: Callable[..., Process]
+) -> None:
+    """README's first command, then: create an admin, log in, see the form's sign-ups,
+    unsubscribe one, preview and send the week's digest, and watch it progress."""
+    port = free_port()
+    values = {
+        **env,
+        "HEBDO_BASE_URL": f"http://127.0.0.1:{port}",
+        "HEBDO_WEB_WORKERS": "1",
+        "HEBDO_WORKER_CONCURRENCY": "1",
+    }
+    hebdo = [sys.executable, "-m", "service.cli", "run", "--port", str(port)]
+    process = spawn(hebdo, values, ready="hebdo: admin area at", timeout=120)
+    base = f"http://127.0.0.1:{port}"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
+    created = subprocess.run(
+        [sys.executable, "-m", "service.cli", "admin", "create-user", "alice", "--password-stdin",
+         "--email", "alice@exemple.fr"],
+        input="a long enough password\n",
+        env={**environ, **values},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if http(f"{base}/healthz")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, process.output()[-3000:]
+        time.sleep(0.2)
+    for email in ("lea@exemple.fr", "tom@exemple.fr"):
+        status, _ = http(
+            f"{base}/api/v1/subscriptions",
+            urllib.parse.urlencode({"email": email}).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert status == 200  # the thank-you page, after the 303
+
+    browser = Browser(base)
+    assert browser.open("/admin/subscribers")[2].startswith(f"{base}/admin/login")
+    status, body, url = browser.open(
+        "/admin/login", {"name": "alice", "password": "a long enough password"}
+    )
+    assert status == 200 and url == f"{base}/admin/", body[-2000:]
+    # Both sign-ups are listed (pending until they confirm from their mailbox).
+    status, body, _ = browser.open("/admin/subscribers?q=exemple.fr")
+    assert "lea@exemple.fr" in body and "tom@exemple.fr" in body
+    ids = dict(re.findall(r'href="/admin/subscribers/(\d+)">([^<]+)</a>', body))
+    tom = next(i for i, email in ids.items() if email == "tom@exemple.fr")
+    status, body, _ = browser.open(f"/admin/subscribers/{tom}/unsubscribe", {"reason": "asked"})
+    assert "Désinscrire : fait." in body and "désinscrit" in body
+
+    # Léa confirms from the captured mail.
+    deadline = time.monotonic() + 60
+    while "lea@exemple.fr" not in http(f"{base}/dev/mailbox/")[1]:
+        assert time.monotonic() < deadline, process.output()[-3000:]
+        time.sleep(0.3)
+    mailbox = http(f"{base}/dev/mailbox/")[1]
+    names = re.findall(r'href="/dev/mailbox/([^"]+\.eml)"', mailbox)
+    mails = [http(f"{base}/dev/mailbox/{n}/raw")[1].replace("=\r\n", "") for n in names]
+    lea = next(m for m in mails if "To: lea@exemple.fr" in m)
+    confirm = re.search(rf"{re.escape(base)}(/confirm/[A-Za-z0-9._-]+)", lea)
+    assert confirm
+    assert "Inscription confirmée" in http(base + confirm.group(1), data=b"")[1]
+
+    # The week's issue: planned from the issues page once the sample feed is in, previewed, sent.
+    deadline = time.monotonic() + 60
+    while "feed sample: ok, 14 new" not in process.output():
+        assert time.monotonic() < deadline, process.output()[-3000:]
+        time.sleep(0.3)
+    status, body, _ = browser.open("/admin/issues")
+    week = re.search(r'action="/admin/issues/(\d{4}-W\d{2})/plan"', body)
+    assert week, body[-3000:]
+    status, body, url = browser.open(f"/admin/issues/{week.group(1)}/plan", {})
+    assert url.endswith(f"/admin/issues/{week.group(1)}") and "préparé" in body
+    assert 'sandbox=""' in body or "sandbox " in body or "sandbox>" in body
+    status, preview, _ = browser.open(f"/admin/issues/{week.group(1)}/preview.html")
+    assert status == 200 and "lhebdo.example" in preview
+    status, body, _ = browser.open(f"/admin/issues/{week.group(1)}/send", {})
+    assert "1 abonnés" in body, body[-3000:]
+    deadline = time.monotonic() + 60
+    while True:
+        progress = json.loads(browser.open(f"/admin/issues/{week.group(1)}/progress.json")[1])
+        if progress["status"] == "sent":
+            break
+        assert time.monotonic() < deadline, (progress, process.output()[-3000:])
+        time.sleep(0.3)
+    assert progress["sent"] == 1 and progress["percent"] == 100
+    mailbox = http(f"{base}/dev/mailbox/")[1]
+    names = re.findall(r'href="/dev/mailbox/([^"]+\.eml)"', mailbox)
+    digests = [
+        mail
+        for mail in (http(f"{base}/dev/mailbox/{n}/raw")[1] for n in names)
+        if "List-Unsubscribe-Post" in mail and "lhebdo.example" in mail
+    ]
+    # Léa (confirmed) got the digest; Tom (unsubscribed by the admin) did not.
+    assert len(digests) == 1 and "To: lea@exemple.fr" in digests[0]
+    process.popen.send_signal(signal.SIGINT)
+    assert process.popen.wait(60) == 0, process.output()[-3000:]

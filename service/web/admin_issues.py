@@ -13,7 +13,7 @@ from typing import Any, cast
 from flask import Response, abort, flash, g, jsonify, redirect, request, url_for
 
 from .. import editorial, i18n, issues
-from ..digest import Recipient, issue_articles
+from ..digest import Recipient, get_issue, issue_articles
 from ..jobs import enqueue_batch
 from ..mailer import DeliveryError
 from ..models import Issue, IssueStatus
@@ -59,6 +59,9 @@ add_texts(
             "issues.confirm_pause": "Mettre l’envoi en pause ?",
             "issues.done.approve": "Numéro {week} approuvé : il partira à l’heure prévue.",
             "issues.done.send": "Envoi du numéro {week} lancé vers {recipients} abonnés.",
+            "issues.done.plan": "Numéro {week} préparé : {articles} article(s), {status}.",
+            "issues.plan": "Préparer le numéro {week} maintenant",
+            "issues.plan_help": "Le numéro de la semaine {week} n’est pas encore préparé : préparez-le pour le prévisualiser, l’envoyer en test ou tout de suite. Sans relecture, ses articles sont remis à jour juste avant l’envoi programmé.",
             "issues.done.pause": "Envoi du numéro {week} mis en pause.",
             "issues.done.resume": "Envoi du numéro {week} repris.",
             "issues.done.cancel": "Numéro {week} annulé.",
@@ -138,6 +141,9 @@ add_texts(
             "issues.confirm_pause": "Pause the send?",
             "issues.done.approve": "Issue {week} approved: it goes out at its scheduled time.",
             "issues.done.send": "Issue {week} is going out to {recipients} subscribers.",
+            "issues.done.plan": "Issue {week} planned: {articles} article(s), {status}.",
+            "issues.plan": "Plan issue {week} now",
+            "issues.plan_help": "The issue of week {week} is not planned yet: plan it to preview it, send a test or send it now. Without review, its articles are refreshed right before the scheduled send.",
             "issues.done.pause": "Issue {week} paused.",
             "issues.done.resume": "Issue {week} sending again.",
             "issues.done.cancel": "Issue {week} cancelled.",
@@ -184,7 +190,7 @@ add_texts(
     }
 )
 
-ACTIONS = ("approve", "send", "pause", "resume", "cancel", "test")
+ACTIONS = ("plan", "approve", "send", "pause", "resume", "cancel", "test")
 
 
 def _status(status: str) -> str:
@@ -207,9 +213,21 @@ def _act(week: str, action: str, to: str | None, locale: str | None) -> _Outcome
     """Run one issue action; raises issues.NoIssue, issues.Refused, InvalidEmail,
     DeliveryError. Writes the audit event of what was done."""
     s, moment = settings(), now()
+    extra: dict[str, Any] = {}
+    if action == "plan":
+        # The only action on a week that may have no issue yet.
+        planned = issues.plan(s, week, moment)
+        week = planned.week
+        message = t(
+            "issues.done.plan", week=week, articles=planned.articles, status=_status(planned.status)
+        )
+        issues.record(
+            "issue.plan", week, actor=actor(), now=moment, ip=client_ip(),
+            detail={"articles": planned.articles, "status": planned.status},
+        )  # fmt: skip
+        return _Outcome(issues.require_issue(week), message, articles=planned.articles)
     issue = issues.require_issue(week)
     week = issue.week
-    extra: dict[str, Any] = {}
     if action == "test":
         if not to:
             raise InvalidEmail("empty")
@@ -242,8 +260,17 @@ def _act(week: str, action: str, to: str | None, locale: str | None) -> _Outcome
 @bp.get("/issues", endpoint="issues")
 def issues_list() -> tuple[str, int]:
     """Every issue, newest first, with its delivery figures."""
+    coming = editorial.coming_week(settings(), now())
+    found = get_issue(coming)
+    plannable = found is None or (
+        found.status == IssueStatus.CANCELLED and found.started_at is None
+    )
     return page(
-        "issues.html", rows=issues.recent_issues(), status_text=_status, tz=settings().timezone
+        "issues.html",
+        rows=issues.recent_issues(),
+        status_text=_status,
+        tz=settings().timezone,
+        coming=coming if plannable else None,
     )
 
 
@@ -312,13 +339,19 @@ def issue_action(week: str, action: str) -> Response:
     """Approve, send now, pause, resume, cancel or test; the outcome as a flash message."""
     if action not in ACTIONS:
         abort(404)
-    found = _issue_or_404(week)
+    if action == "plan":
+        try:
+            week = issues.plan_week(week)
+        except issues.NoIssue:
+            abort(404)
+    else:
+        week = _issue_or_404(week).week
     to = request.form.get("to", "").strip() or current().email
     if action == "test" and not to:
         flash(t("issues.refused.no_address"), "error")
     else:
         try:
-            outcome = _act(found.week, action, to, request.form.get("locale") or None)
+            outcome = _act(week, action, to, request.form.get("locale") or None)
             flash(outcome.message, "info")
         except issues.Refused as exc:
             flash(t("issues.refused", week=exc.week, status=_status(exc.status)), "error")
@@ -326,7 +359,7 @@ def issue_action(week: str, action: str) -> Response:
             flash(t("issues.refused.test_address"), "error")
         except DeliveryError as exc:
             flash(t("issues.refused.mailer", error=str(exc)), "error")
-    return cast(Response, redirect(url_for("admin.issue", week=found.week)))
+    return cast(Response, redirect(url_for("admin.issue", week=week)))
 
 
 @bp.get("/articles")
@@ -409,7 +442,10 @@ def api_issue_action(week: str, action: str) -> Response | tuple[Response, int]:
     if action not in ACTIONS:
         return _api_error(404, "not_found", f"no action {action!r}")
     try:
-        issues.require_issue(week)
+        if action == "plan":
+            issues.plan_week(week)
+        else:
+            issues.require_issue(week)
     except issues.NoIssue as exc:
         return _api_error(404, "not_found", str(exc))
     to = locale = None

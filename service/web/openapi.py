@@ -56,7 +56,7 @@ FILTERS = [
     {"name": "sort", "in": "query",
      "schema": {"type": "string", "enum": ["newest", "oldest", "email", "-email"]}},
 ]  # fmt: skip
-ISSUE_ACTIONS = ("approve", "send", "pause", "resume", "cancel", "test")
+ISSUE_ACTIONS = ("plan", "approve", "send", "pause", "resume", "cancel", "test")
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 
 SCHEMAS: dict[str, Any] = {

@@ -116,7 +116,7 @@ def get_issue(week: str) -> Issue | None:
     return db.session.execute(select(Issue).where(Issue.week == week)).scalar_one_or_none()
 
 
-def _candidates(settings: Settings, issue_id: int | None, week: str, now: datetime) -> list[int]:
+def candidates(settings: Settings, issue_id: int | None, week: str, now: datetime) -> list[int]:
     """Articles published (or first seen) since the previous issue, not in another issue,
     not excluded by an editor; pinned ones are kept first when there are too many."""
     previous = db.session.execute(
@@ -171,7 +171,7 @@ def _candidates(settings: Settings, issue_id: int | None, week: str, now: dateti
     return list(db.session.execute(query).scalars())
 
 
-def _display_order(article_ids: list[int]) -> list[Article]:
+def display_order(article_ids: list[int]) -> list[Article]:
     """Pinned articles first, in pin order (an editor's choice, see editorial); then the
     automatic order: grouped by category (the category with the newest article first),
     newest first within."""
@@ -215,8 +215,8 @@ def plan_issue(settings: Settings, week: str, now: datetime) -> PlanResult:
     if issue is not None and (issue.status not in _PLANNABLE or issue.started_at is not None):
         count = _article_count(issue.id)
         return PlanResult(issue.id, week, issue.status, count, False)
-    article_ids = _candidates(settings, issue.id if issue else None, week, now)
-    articles = _display_order(article_ids)
+    article_ids = candidates(settings, issue.id if issue else None, week, now)
+    articles = display_order(article_ids)
     status = IssueStatus.DRAFT if settings.review else IssueStatus.SCHEDULED
     if not articles:
         status = IssueStatus.CANCELLED

@@ -179,7 +179,7 @@ def digest_test(week: str | None, to: str, locale: str | None) -> None:
     _sample_recipient(to, locale)  # a bad address is a usage error (exit 2), as --email's
     try:
         recipient, reply = issues.send_test(_settings(), issue, to, locale, _now())
-    except DeliveryError as exc:
+    except (DeliveryError, issues.SuppressedAddress) as exc:
         _fail(f"test mail refused: {exc}")
         return
     click.echo(f"test of {issue.week} sent to {recipient.email}: {reply}")

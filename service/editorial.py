@@ -2,8 +2,8 @@
 
 The choices live on the article (`Article.excluded`, `Article.pinned`), not on the issue,
 so they hold whenever the issue is (re)planned: by the beat, by `hebdo digest plan`, or
-right after the change here. Planning applies them (digest._candidates never offers an
-excluded article; digest._display_order puts pinned ones first, in pin order).
+right after the change here. Planning applies them (digest.candidates never offers an
+excluded article; digest.display_order puts pinned ones first, in pin order).
 
 After a change, the coming issue is re-planned when it exists and has not started, so
 its articles follow at once. In review mode that makes it a draft again: an approval
@@ -20,8 +20,8 @@ from sqlalchemy import func, select, update
 
 from .config import Settings
 from .digest import (
-    _candidates,
-    _display_order,
+    candidates,
+    display_order,
     get_issue,
     issue_articles,
     plan_issue,
@@ -70,8 +70,8 @@ def coming_order(settings: Settings, now: datetime) -> tuple[str, list[int], boo
     if issue is not None and issue.status != IssueStatus.CANCELLED:
         # Sending or sent: nothing of it can change.
         return week, [], False
-    ids = _candidates(settings, issue.id if issue else None, week, now)
-    return week, [a.id for a in _display_order(ids)], False
+    ids = candidates(settings, issue.id if issue else None, week, now)
+    return week, [a.id for a in display_order(ids)], False
 
 
 @dataclass(frozen=True)

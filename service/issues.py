@@ -36,7 +36,7 @@ from .digest import (
 from .extensions import db
 from .mailer import Outgoing, open_transport
 from .models import AuditEvent, Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber
-from .subscriptions import normalise_email
+from .subscriptions import is_suppressed, normalise_email
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +224,19 @@ def preview(settings: Settings, issue: Issue, recipient: Recipient, now: datetim
     return mail_for(settings, mail_template(settings, issue, recipient.locale), recipient, now)
 
 
+class SuppressedAddress(ValueError):
+    """A test send to an address on the suppression list: refused."""
+
+
 def send_test(
     settings: Settings, issue: Issue, to: str, locale: str | None, now: datetime
 ) -> tuple[Recipient, str]:
     """Send the issue to one address now through the configured mailer, marked [TEST];
     no delivery is recorded. Returns the recipient and the server's reply; raises
-    InvalidEmail or mailer.DeliveryError."""
+    InvalidEmail, SuppressedAddress (never mailed, even a test) or mailer.DeliveryError."""
     recipient = sample_recipient(to, locale, now)
+    if is_suppressed(settings, recipient.email):
+        raise SuppressedAddress(f"{recipient.email} is on the suppression list")
     template = mail_template(settings, issue, recipient.locale, subject_prefix="[TEST] ")
     mail = mail_for(settings, template, recipient, now)
     with open_transport(settings) as transport:

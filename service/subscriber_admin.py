@@ -1,9 +1,10 @@
 """What the admin does to subscribers: unsubscribe, resubscribe, mark bounced and erase,
 on one, on a selection, or on a pasted/uploaded list of addresses.
 
-Every action answers per subscriber with one of four words, the same in the pages,
-the API and the bulk reports: `done`, `already` (nothing to change), `unknown` (no
-such subscriber), `invalid` (not an address). Every change writes an AuditEvent
+Every action answers per subscriber with one word, the same in the pages, the API
+and the bulk reports: `done`, `already` (nothing to change), `unknown` (no such
+subscriber), `invalid` (not an address), `refused` (the action may not apply: a
+subscriber who complained is never invited back). Every change writes an AuditEvent
 naming the actor; none of them ever holds a plaintext address.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import enum
-import io
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,10 +47,15 @@ class Outcome(enum.StrEnum):
     ALREADY = "already"
     UNKNOWN = "unknown"
     INVALID = "invalid"
+    REFUSED = "refused"
 
 
 class BulkError(ValueError):
-    """A list that cannot be read at all (too long, not text); the message says why."""
+    """A list too long to act on; `count` says how many it held."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"at most {MAX_BULK} addresses at a time, got {count}")
+        self.count = count
 
 
 @dataclass(frozen=True)
@@ -94,9 +99,12 @@ def act(
 
 def _resubscribe(settings: Settings, sub: Subscriber, by: Actor, now: datetime) -> Outcome:
     """Back to pending, never straight to active: the address must confirm again, and the
-    confirmation mail is owed now (within the per-address resend limit)."""
+    confirmation mail is owed now (within the per-address resend limit). Never for an
+    address that complained (marked the mail as spam): it may sign up again itself."""
     if sub.status in (Status.ACTIVE, Status.PENDING):
         return Outcome.ALREADY
+    if sub.status == Status.COMPLAINED:
+        return Outcome.REFUSED
     before = sub.status
     sub.status = Status.PENDING
     sub.optin_serial += 1
@@ -118,9 +126,10 @@ def erase(
     on the suppression list so it is never mailed again unless it opts in anew.
 
     Deleted: the subscriber row (address, consent record, IPs, user agent), their delivery
-    rows (SMTP answers may quote the address), and pending import files that name it. Kept,
-    scrubbed: their audit events, without IP or detail, so the log still shows what
-    happened to subscriber #id. The issues' counters keep their totals.
+    rows (SMTP answers may quote the address), and every upload waiting for its import (it
+    may hold the address in any spelling; it lives a day at most and can be uploaded
+    again). Kept, scrubbed: their audit events, without IP or detail, so the log still
+    shows what happened to subscriber #id. The issues' counters keep their totals.
     """
     subscriber_id, email, before = sub.id, sub.email, sub.status
     suppress(settings, email, "erased", now)
@@ -131,10 +140,7 @@ def erase(
         .values(ip=None, detail=None)
         .execution_options(synchronize_session=False)
     )
-    needle = email.casefold()
-    for upload in db.session.execute(select(ImportFile)).scalars():
-        if needle in upload.content.casefold():
-            db.session.delete(upload)
+    db.session.execute(delete(ImportFile))
     db.session.delete(sub)
     db.session.add(
         AuditEvent(
@@ -154,27 +160,36 @@ def erase(
 # ---------------------------------------------------------------- lists of addresses
 
 
-def addresses_in(text: str) -> list[str]:
-    """The addresses of a pasted or uploaded list: one per line, or a CSV whose header has
-    an `email` column (else its first column). Blank lines and `#` comments are skipped."""
-    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    if not lines:
+def addresses_in(text: str) -> list[tuple[int, str]]:
+    """(line number, address) of a pasted or uploaded list: one address per line, or a CSV
+    whose header has an `email` column (else its first column). Blank lines and `#`
+    comments are skipped; line numbers are those of the text as given."""
+    numbered = [
+        (n, line)
+        for n, line in enumerate(text.lstrip("\ufeff").splitlines(), 1)
+        if line.strip() and not line.startswith("#")
+    ]
+    if not numbered:
         return []
-    dialect = ";" if lines[0].count(";") > lines[0].count(",") else ","
-    rows = list(csv.reader(io.StringIO("\n".join(lines)), delimiter=dialect))
-    header = [cell.strip().lstrip("\ufeff").casefold() for cell in rows[0]]
+    first = numbered[0][1]
+    dialect = ";" if first.count(";") > first.count(",") else ","
+    header = [cell.strip().casefold() for cell in next(csv.reader([first], delimiter=dialect))]
     column = 0
     if "email" in header:
         column = header.index("email")
-        rows = rows[1:]
-    found = [row[column].strip() if len(row) > column else "" for row in rows]
-    if len(found) > MAX_BULK:
-        raise BulkError(f"at most {MAX_BULK} addresses at a time, got {len(found)}")
+        numbered = numbered[1:]
+    if len(numbered) > MAX_BULK:
+        raise BulkError(len(numbered))
+    found = []
+    for n, line in numbered:
+        cells = next(csv.reader([line], delimiter=dialect), [])
+        found.append((n, cells[column].strip() if len(cells) > column else ""))
     return found
 
 
 @dataclass
 class BulkLine:
+    line: int
     given: str
     outcome: Outcome
     reason: str = ""
@@ -193,27 +208,29 @@ class BulkReport:
 def act_on_addresses(
     settings: Settings,
     action: Action,
-    addresses: list[str],
+    addresses: list[tuple[int, str]],
     *,
     by: Actor,
     now: datetime,
     reason: str = "",
+    locale: str = "en",
 ) -> BulkReport:
-    """Apply one action to each address of a list; a line per address, in the list's order."""
+    """Apply one action to each (line, address) of a list; a report line per address, in
+    the list's order, with the validator's reason (in `locale`) for an invalid one."""
     if len(addresses) > MAX_BULK:
-        raise BulkError(f"at most {MAX_BULK} addresses at a time, got {len(addresses)}")
+        raise BulkError(len(addresses))
     report = BulkReport()
     seen: dict[str, Outcome] = {}
-    for given in addresses:
+    for line, given in addresses:
         try:
             email = normalise_email(given)
         except InvalidEmail as exc:
-            report.lines.append(BulkLine(given, Outcome.INVALID, exc.message("en")))
+            report.lines.append(BulkLine(line, given, Outcome.INVALID, exc.message(locale)))
             continue
         if email in seen:
             # The same address twice in one list: the second asks for what is already done.
             outcome = Outcome.ALREADY if seen[email] != Outcome.UNKNOWN else Outcome.UNKNOWN
-            report.lines.append(BulkLine(given, outcome))
+            report.lines.append(BulkLine(line, given, outcome))
             continue
         subscriber_id = db.session.execute(
             select(Subscriber.id).where(Subscriber.email == email)
@@ -223,7 +240,7 @@ def act_on_addresses(
         else:
             outcome = act(settings, action, subscriber_id, by=by, now=now, reason=reason)
         seen[email] = outcome
-        report.lines.append(BulkLine(given, outcome))
+        report.lines.append(BulkLine(line, given, outcome))
     return report
 
 
@@ -238,7 +255,7 @@ def act_on_ids(
 ) -> Counter[str]:
     """Apply one action to a selection from the list page; counts per outcome."""
     if len(ids) > MAX_BULK:
-        raise BulkError(f"at most {MAX_BULK} subscribers at a time, got {len(ids)}")
+        raise BulkError(len(ids))
     counts: Counter[str] = Counter()
     for subscriber_id in dict.fromkeys(ids):
         counts[act(settings, action, subscriber_id, by=by, now=now, reason=reason).value] += 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
@@ -77,11 +78,12 @@ TEXTS = {
     "fr": {
         "duplicate": "Adresse déjà présente plus haut dans le fichier (ligne {line}).",
         "exists": "Déjà abonné : laissé tel quel.",
-        "suppressed": "Sur la liste de suppression : jamais écrit.",
+        "suppressed": "Sur la liste de suppression : ligne non importée.",
         "fields": "La ligne a plus de champs que l’en-tête.",
         "locale": "Langue inconnue « {value} » (attendu : {locales}).",
         "source": "Source trop longue (plus de {max} caractères).",
-        "consent_date": "consent_date n’est pas une date ISO (AAAA-MM-JJ ou AAAA-MM-JJTHH:MM:SS).",
+        "consent_date": "consent_date n’est pas une date ISO valide "
+        "(AAAA-MM-JJ ou AAAA-MM-JJThh:mm:ss).",
         "consent_future": "consent_date est dans le futur.",
         "consent_half": "consent_date et consent_text vont ensemble : l’un manque.",
         "status": "Statut « {value} » : seules les lignes active ou pending sont importées.",
@@ -89,11 +91,11 @@ TEXTS = {
     "en": {
         "duplicate": "Address already earlier in the file (line {line}).",
         "exists": "Already a subscriber: left unchanged.",
-        "suppressed": "On the suppression list: never written to.",
+        "suppressed": "On the suppression list: line not imported.",
         "fields": "The line has more fields than the header.",
         "locale": "Unknown language “{value}” (expected: {locales}).",
         "source": "Source too long (more than {max} characters).",
-        "consent_date": "consent_date is not an ISO date (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS).",
+        "consent_date": "consent_date is not a valid ISO date (YYYY-MM-DD or YYYY-MM-DDThh:mm:ss).",
         "consent_future": "consent_date is in the future.",
         "consent_half": "consent_date and consent_text go together: one is missing.",
         "status": "Status “{value}”: only active or pending lines are imported.",
@@ -132,7 +134,18 @@ class BadImportFile(ValueError):
 
     def message(self, locale: str) -> str:
         texts = FILE_TEXTS.get(locale, FILE_TEXTS[i18n.DEFAULT_LOCALE])
-        return texts[self.code].format(**self.params)
+        params = {
+            name: number(value, locale) if isinstance(value, int) else value
+            for name, value in self.params.items()
+        }
+        return texts[self.code].format(**params)
+
+
+def number(value: int, locale: str) -> str:
+    """A count as the language writes it: 100,000 in English, 100 000 in French (a narrow
+    no-break space: "100,000" reads as a hundred in French)."""
+    grouped = f"{value:,}"
+    return grouped if locale == "en" else grouped.replace(",", "\u202f")
 
 
 def _text(locale: str, key: str, **params: object) -> str:
@@ -170,9 +183,20 @@ class Header:
     ignored: tuple[str, ...]
 
 
+# Blank lines (nothing but spaces) before the header, with their line ends.
+LEADING_BLANK_LINES = re.compile(r"(?:[^\S\r\n]*(?:\r\n|\r|\n))*")
+LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def _read(content: str) -> tuple[Header, Iterator[RawLine]]:
-    """The header (checked) and an iterator over the data lines, blank ones skipped."""
+    """The header (checked) and an iterator over the data lines, blank ones skipped.
+
+    Blank lines before the header are skipped too; line numbers stay those of the file.
+    """
     content = content.removeprefix("\ufeff")
+    blank = LEADING_BLANK_LINES.match(content)
+    skipped = len(LINE_END.findall(blank.group())) if blank else 0
+    content = content[blank.end() :] if blank else content
     first = content.split("\n", 1)[0]
     if not first.strip():
         raise BadImportFile("empty")
@@ -181,7 +205,7 @@ def _read(content: str) -> tuple[Header, Iterator[RawLine]]:
     try:
         names = [name.strip().lower() for name in next(reader)]
     except (StopIteration, csv.Error) as exc:
-        raise BadImportFile("csv", line=1, detail=str(exc) or "empty") from None
+        raise BadImportFile("csv", line=skipped + 1, detail=str(exc) or "empty") from None
     names = [ALIASES.get(name, name) for name in names]
     known = (*IMPORT_COLUMNS, "status", *IGNORED_COLUMNS)
     unknown = [name for name in names if name not in known]
@@ -206,13 +230,13 @@ def _read(content: str) -> tuple[Header, Iterator[RawLine]]:
                     continue
                 count += 1
                 if count > MAX_ROWS:
-                    raise BadImportFile("too_many_rows", max=f"{MAX_ROWS:,}")
+                    raise BadImportFile("too_many_rows", max=MAX_ROWS)
                 values = {
                     name: undefuse(cell.strip()) for name, cell in zip(names, cells, strict=False)
                 }
-                yield RawLine(reader.line_num, values, len(cells) > len(names))
+                yield RawLine(skipped + reader.line_num, values, len(cells) > len(names))
         except csv.Error as exc:
-            raise BadImportFile("csv", line=reader.line_num, detail=str(exc)) from None
+            raise BadImportFile("csv", line=skipped + reader.line_num, detail=str(exc)) from None
 
     return header, lines()
 
@@ -265,7 +289,11 @@ def consent_version(text: str) -> str:
 
 
 def _consent_date(value: str, now: datetime) -> datetime:
-    """An ISO date (midnight UTC) or datetime (UTC when it names no zone); ValueError if not."""
+    """An ISO date (midnight UTC) or datetime (UTC when it names no zone).
+
+    ValueError if it is none; OverflowError if it is one that UTC cannot hold (year 1 at
+    00:00+05:00 is still year 0 in UTC, year 9999 at 23:00-05:00 already year 10000).
+    """
     if len(value) == 10:
         moment = datetime.combine(date.fromisoformat(value), time(), tzinfo=UTC)
     else:
@@ -314,7 +342,7 @@ def _plan_line(
     if raw_date:
         try:
             consent_at = _consent_date(raw_date, now)
-        except ValueError:
+        except (ValueError, OverflowError):
             return invalid("consent_date")
         if consent_at > now:
             return invalid("consent_future")
@@ -417,7 +445,11 @@ def _write_batch(batch: list[PlannedLine], *, actor: str, filename: str, now: da
     Core bulk INSERTs (batched VALUES lists with RETURNING): an ORM object per row, or the
     ORM's bulk path with its per-row default, costs several times as much. Raises
     IntegrityError when another writer created one of the addresses since the plan was made.
+    An empty batch (every line of it taken by another writer meanwhile) writes nothing:
+    executing an INSERT with an empty list would run it once with no values at all.
     """
+    if not batch:
+        return
     table = Subscriber.__table__
     result = db.session.execute(
         insert(table).returning(table.c.id, table.c.email, table.c.status),
@@ -474,7 +506,7 @@ def apply_import(
         else:
             raise RuntimeError("could not write an import batch after concurrent inserts")
         if progress:
-            progress(start + len(batch))
+            progress(min(start + batch_size, len(new)))
     plan.count()
     long_texts = {
         consent_version(planned.consent_text): planned.consent_text
@@ -570,13 +602,17 @@ def export_csv(
 def audit_export(
     filters: Filters, progress: ExportProgress, *, actor: str, now: datetime, ip: str | None
 ) -> None:
-    """One audit event per export: who, which view, how many rows (and whether it finished)."""
+    """One audit event per export: who, which view, how many rows (and whether it finished).
+
+    The search text and the source prefix are recorded as used or not, never as typed: a
+    search text is a piece of an address, a source may name a person (`admin:<name>`), and
+    the audit log outlives an erasure.
+    """
     view = {
-        # A search for an address would put it in the log, which never holds one.
-        "q": "[address]" if "@" in filters.q else filters.q,
+        "q": bool(filters.q),
+        "source": bool(filters.source),
         "status": list(filters.statuses),
         "locale": filters.locale,
-        "source": filters.source,
         "since": filters.since.isoformat() if filters.since else None,
         "until": filters.until.isoformat() if filters.until else None,
         "sort": filters.sort,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, literal, select, tuple_
+from sqlalchemy import Select, and_, func, literal, or_, select, tuple_
 
 from .extensions import UTCDateTime, db
 from .models import (
@@ -34,8 +34,26 @@ SORTS = ("newest", "oldest", "email", "-email")
 MAX_QUERY = 320
 
 
+# Ids and cursor keys beyond this are no row's: refused before they reach the database
+# (PostgreSQL's integer is 32-bit; a larger literal is an error there, not "no match").
+MAX_ID = 2**31 - 1
+
+
 class SearchError(ValueError):
-    """A filter or cursor that cannot be used; the message names it."""
+    """A filter or cursor that cannot be used; the message names it, `field` says which."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def bounded_int(value: object, *, default: int | None = None, maximum: int = MAX_ID) -> int | None:
+    """An integer from a query or form value: ASCII digits only (`"²".isdigit()` is true),
+    at most `maximum`; `default` when absent or not such a number."""
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit():
+        return default
+    number = int(value[:12])
+    return number if number <= maximum else default
 
 
 @dataclass(frozen=True)
@@ -62,21 +80,23 @@ def parse_filters(args: Any) -> Filters:
 
     q = one("q")
     if len(q) > MAX_QUERY:
-        raise SearchError(f"q is longer than {MAX_QUERY} characters")
+        raise SearchError("q", f"q is longer than {MAX_QUERY} characters")
     raw_statuses = args.getlist("status") if hasattr(args, "getlist") else [args.get("status", "")]
     statuses = tuple(s for value in raw_statuses for s in str(value or "").split(",") if s.strip())
     for status in statuses:
         if status not in tuple(Status):
-            raise SearchError(f"status must be one of {', '.join(Status)}, got {status!r}")
+            raise SearchError(
+                "status", f"status must be one of {', '.join(Status)}, got {status!r}"
+            )
     sort = one("sort") or "newest"
     if sort not in SORTS:
-        raise SearchError(f"sort must be one of {', '.join(SORTS)}")
+        raise SearchError("sort", f"sort must be one of {', '.join(SORTS)}")
     locale = one("locale")
     if len(locale) > 8:
-        raise SearchError("locale is at most 8 characters")
+        raise SearchError("locale", "locale is at most 8 characters")
     source = one("source")
     if len(source) > 2048:
-        raise SearchError("source is at most 2048 characters")
+        raise SearchError("source", "source is at most 2048 characters")
     return Filters(
         q=q,
         statuses=statuses,
@@ -92,9 +112,13 @@ def _date(value: str, name: str) -> date | None:
     if not value:
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
-        raise SearchError(f"{name} must be a date, YYYY-MM-DD") from None
+        raise SearchError(name, f"{name} must be a date, YYYY-MM-DD") from None
+    if not 1970 <= day.year <= 9998:
+        # Out of any sign-up's range, and `until` + 1 day must stay a date.
+        raise SearchError(name, f"{name} must be between 1970 and 9998")
+    return day
 
 
 def _midnight(day: date) -> datetime:
@@ -161,12 +185,24 @@ def decode_cursor(cursor: str, sort: str) -> list[Any]:
         if data["s"] != sort or not isinstance(key, list):
             raise ValueError
         if sort in ("newest", "oldest"):
-            datetime.fromisoformat(key[0])
-            int(key[1])
-        elif not isinstance(key[0], str):
+            moment = datetime.fromisoformat(key[0])
+            if moment.tzinfo is None or not isinstance(key[1], int) or not 0 <= key[1] <= MAX_ID:
+                raise ValueError
+        elif not isinstance(key[0], str) or len(key[0]) > 320:
             raise ValueError
-    except (ValueError, KeyError, IndexError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise SearchError("cursor is not one this list gave out (or the sort changed)") from None
+    except (
+        ValueError,
+        OverflowError,
+        KeyError,
+        IndexError,
+        TypeError,
+        binascii.Error,
+        UnicodeDecodeError,
+        RecursionError,
+    ):
+        raise SearchError(
+            "cursor", "cursor is not one this list gave out (or the sort changed)"
+        ) from None
     return key
 
 
@@ -178,7 +214,7 @@ class Page:
 
 def list_page(filters: Filters, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT) -> Page:
     if not 1 <= limit <= MAX_LIMIT:
-        raise SearchError(f"limit must be 1 to {MAX_LIMIT}")
+        raise SearchError("limit", f"limit must be 1 to {MAX_LIMIT}")
     query = filtered(filters)
     if cursor:
         query = _after(query, filters.sort, decode_cursor(cursor, filters.sort))
@@ -197,6 +233,9 @@ def iterate(filters: Filters, chunk: int = 2000) -> Iterator[Subscriber]:
         page = list_page(filters, cursor=cursor, limit=min(chunk, MAX_LIMIT))
         yield from page.items
         db.session.expunge_all()
+        # End the read transaction between pages: a slow download must not hold a pooled
+        # connection idle in a transaction (nor an old snapshot) for its whole length.
+        db.session.rollback()
         if page.next_cursor is None:
             return
         cursor = page.next_cursor
@@ -252,22 +291,13 @@ def recent_deliveries(subscriber_id: int, limit: int = 12) -> list[DeliveryLine]
 
 def bounces(subscriber_id: int) -> list[AuditEvent]:
     """Bounce events (confirmation mails and digests), with the server's answer in `detail`."""
-    return [e for e in history(subscriber_id) if e.action == "bounce"]
-
-
-def by_ids(ids: list[int]) -> list[Subscriber]:
-    if not ids:
-        return []
-    return list(db.session.execute(select(Subscriber).where(Subscriber.id.in_(ids))).scalars())
-
-
-def by_emails(emails: list[str]) -> dict[str, Subscriber]:
-    found: dict[str, Subscriber] = {}
-    for start in range(0, len(emails), 500):
-        chunk = emails[start : start + 500]
-        query = select(Subscriber).where(Subscriber.email.in_(chunk))
-        found.update((sub.email, sub) for sub in db.session.execute(query).scalars())
-    return found
+    return list(
+        db.session.execute(
+            select(AuditEvent)
+            .where(AuditEvent.subscriber_id == subscriber_id, AuditEvent.action == "bounce")
+            .order_by(AuditEvent.id.desc())
+        ).scalars()
+    )
 
 
 def signups_and_unsubscribes(weeks: int, now: datetime) -> list[tuple[date, int, int]]:
@@ -293,7 +323,15 @@ def signups_and_unsubscribes(weeks: int, now: datetime) -> list[tuple[date, int,
             .where(
                 AuditEvent.created_at >= start,
                 AuditEvent.created_at < end,
-                AuditEvent.action.in_(("unsubscribe", "erase")),
+                # Leaving: an unsubscription, or an erasure of someone still subscribed (one
+                # who had unsubscribed before was counted then).
+                or_(
+                    AuditEvent.action == "unsubscribe",
+                    and_(
+                        AuditEvent.action == "erase",
+                        AuditEvent.before_status.in_((Status.ACTIVE, Status.PENDING)),
+                    ),
+                ),
             )
         ).scalar_one()
         result.append((monday, int(signups), int(leaving)))

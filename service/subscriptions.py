@@ -27,7 +27,7 @@ from email_validator import (
     validate_email,
 )
 from flask import render_template
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import i18n
@@ -178,13 +178,33 @@ def suppression_hashes(settings: Settings, email: str) -> list[str]:
     ]
 
 
+def suppression_reason(settings: Settings, email: str) -> str | None:
+    """Why a (normalised) address is on the suppression list, or None when it is not."""
+    return db.session.execute(
+        select(Suppression.reason)
+        .where(Suppression.email_hash.in_(suppression_hashes(settings, email)))
+        .limit(1)
+    ).scalar_one_or_none()
+
+
 def is_suppressed(settings: Settings, email: str) -> bool:
-    found = db.session.execute(
-        select(Suppression.id).where(
-            Suppression.email_hash.in_(suppression_hashes(settings, email))
-        )
-    ).first()
-    return found is not None
+    return suppression_reason(settings, email) is not None
+
+
+def suppressions_page(before: int | None, size: int) -> tuple[list[Suppression], int | None]:
+    """A page of the suppression list, newest first, and the `before` of the next page."""
+    query = select(Suppression).order_by(Suppression.id.desc()).limit(size + 1)
+    if before:
+        query = query.where(Suppression.id < before)
+    rows = list(db.session.execute(query).scalars())
+    return rows[:size], (rows[size - 1].id if len(rows) > size else None)
+
+
+def suppression_reasons() -> list[tuple[str, int]]:
+    rows = db.session.execute(
+        select(Suppression.reason, func.count()).group_by(Suppression.reason)
+    ).all()
+    return [(reason, int(n)) for reason, n in rows]
 
 
 def suppress(settings: Settings, email: str, reason: str, now: datetime) -> None:

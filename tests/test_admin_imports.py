@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
+from werkzeug.http import parse_options_header
 
 from service.extensions import db
-from service.models import AuditEvent, ImportFile, Status, Subscriber
+from service.models import AuditEvent, ImportFile, Status, Subscriber, search_key
 from service.subscriptions import suppress
 from tests.conftest import Admin, SMTPSink, add_subscribers, api_token, create_admin
 from tests.test_lifecycle import sweep
@@ -99,8 +100,9 @@ def test_api_dry_run_reports_every_outcome_and_writes_nothing(app: Flask, client
     assert by_line[4]["outcome"] == "exists"
     assert by_line[5]["outcome"] == "suppressed"
     assert by_line[6]["outcome"] == "invalid"
-    assert by_line[6]["reason"] == "Il manque le caractère « @ » dans l’adresse e-mail."
-    assert by_line[7]["outcome"] == "duplicate" and "ligne 3" in by_line[7]["reason"]
+    # The admin API speaks English (French only when Accept-Language asks for it).
+    assert by_line[6]["reason"] == "The email address is missing an “@”."
+    assert by_line[7]["outcome"] == "duplicate" and "(line 3)" in by_line[7]["reason"]
     assert body["truncated"] is False
     assert (count(app, Subscriber), count(app, AuditEvent)) == before
 
@@ -139,7 +141,10 @@ def test_browser_upload_dry_run_then_apply(app: Flask, admin: Admin) -> None:
     applied = admin.post(f"/admin/imports/{file_id}/apply")
     assert applied.status_code == 302
     flashed = admin.get(applied.headers["Location"]).text
-    assert "Import terminé : 1 actifs, 1 en attente" in flashed
+    assert (
+        "Import terminé : 1 actif(s), 1 en attente, 1 déjà abonné(s), "
+        "1 sur la liste de suppression, 1 invalide(s), 1 doublon(s)." in flashed
+    )
     assert count(app, ImportFile) == 0
 
     active = get_sub(app, "ancienne@exemple.fr")
@@ -397,3 +402,235 @@ def test_files_older_than_a_day_are_deleted(app: Flask, admin: Admin) -> None:
         db.session.commit()
     assert "vieux.csv" not in admin.get("/admin/imports").text
     assert count(app, ImportFile) == 0
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def upload_file(app: Flask, admin: Admin, body: bytes, name: str) -> int:
+    """Upload a file in the browser (its dry run); return the waiting file's id."""
+    upload = {"file": (io.BytesIO(body), name)}
+    report = admin.post("/admin/imports", data=upload, content_type="multipart/form-data")
+    assert report.status_code == 200, report.text
+    with app.app_context():
+        return int(
+            db.session.execute(
+                select(ImportFile.id).order_by(ImportFile.id.desc()).limit(1)
+            ).scalar_one()
+        )
+
+
+@pytest.mark.parametrize(
+    ("upload_name", "download_name"),
+    [
+        ('x"; filename=evil.exe; a=".csv', 'x"; filename=evil.exe; a="-report.csv'),
+        ("abonnés 数据.csv", "abonnés 数据-report.csv"),
+    ],
+)
+def test_report_download_name_is_one_safe_header_parameter(
+    app: Flask, admin: Admin, upload_name: str, download_name: str
+) -> None:
+    # Stored as an upload keeps its name (the test client cannot send such a name as a
+    # browser does, percent-encoded or escaped in the multipart header).
+    with app.app_context():
+        stored = ImportFile(
+            created_at=datetime.now(UTC),
+            created_by="admin:alice",
+            filename=upload_name,
+            content="email\na@exemple.fr\n",
+        )
+        db.session.add(stored)
+        db.session.commit()
+        file_id = stored.id
+
+    header = admin.get(f"/admin/imports/{file_id}/report.csv").headers["Content-Disposition"]
+
+    # Latin-1 at most in a header (gunicorn refuses more): plain ASCII, the name in filename*.
+    assert header.isascii()
+    # One parameter, the whole name: no `filename=evil.exe` slipped in beside it.
+    assert parse_options_header(header) == ("attachment", {"filename": download_name})
+    # The ASCII fallback alone (for clients that ignore filename*) holds no quote either.
+    fallback = header.split("; filename*=", 1)[0]
+    disposition, params = parse_options_header(fallback)
+    assert disposition == "attachment" and set(params) == {"filename"}
+    assert params["filename"].isascii() and '"' not in params["filename"]
+
+
+def test_consent_date_out_of_utc_range_is_invalid(app: Flask, client: Any) -> None:
+    rows = [
+        ["email", "consent_date", "consent_text"],
+        ["tot@exemple.fr", "0001-01-01T00:00:00+05:00", "v1"],
+        ["tard@exemple.fr", "9999-12-31T23:00:00-05:00", "v1"],
+    ]
+    response = post_csv(client, api_token(app), csv_bytes(rows))
+    assert response.status_code == 200, response.text
+    lines = {line["line"]: (line["outcome"], line["code"]) for line in response.json["lines"]}
+    assert lines == {2: ("invalid", "consent_date"), 3: ("invalid", "consent_date")}
+    assert "not a valid ISO date" in response.json["lines"][0]["reason"]
+
+
+def test_apply_when_others_subscribed_a_whole_batch_meanwhile(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service import subscriber_io
+
+    emails = [f"course{n}@exemple.fr" for n in range(4)]
+    real_plan = subscriber_io.plan_import
+
+    def plan_then_others_subscribe(*args: Any, **kwargs: Any) -> subscriber_io.Plan:
+        plan = real_plan(*args, **kwargs)
+        db.session.rollback()
+        # Between the plan and the first batch, someone else subscribes the first batch.
+        now = datetime.now(UTC)
+        db.session.execute(
+            insert(Subscriber),
+            [
+                {
+                    "email": email,
+                    "search_key": search_key(email),
+                    "status": Status.PENDING,
+                    "locale": "fr",
+                    "created_at": now,
+                    "optin_serial": 1,
+                    "consent_at": now,
+                    "consent_text_version": "form",
+                    "confirm_attempts": 0,
+                }
+                for email in emails[:2]
+            ],
+        )
+        db.session.commit()
+        return plan
+
+    monkeypatch.setattr(subscriber_io, "plan_import", plan_then_others_subscribe)
+    content = "email\n" + "\n".join(emails) + "\n"
+    with app.app_context():
+        plan = subscriber_io.apply_import(
+            content,
+            filename="course.csv",
+            settings=app.config["SETTINGS"],
+            now=datetime.now(UTC),
+            actor="test",
+            batch_size=2,
+        )
+    assert plan.counts["exists"] == 2 and plan.counts["new_pending"] == 2
+    assert count(app, Subscriber) == 4
+    assert count(app, AuditEvent, AuditEvent.subscriber_id.is_not(None)) == 2
+
+
+def test_a_failed_apply_keeps_the_file_for_another_try(
+    app: Flask, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.web import admin_imports
+
+    file_id = upload_file(app, admin, b"email\nessai@exemple.fr\n", "essai.csv")
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("the database went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(admin_imports, "apply_import", broken)
+        failed = admin.post(f"/admin/imports/{file_id}/apply")
+    assert failed.status_code == 302
+    assert (
+        "L’import a échoué ; le fichier est conservé" in admin.get(failed.headers["Location"]).text
+    )
+    with app.app_context():
+        kept = db.session.get(ImportFile, file_id)
+        assert (
+            kept is not None and kept.filename == "essai.csv" and kept.created_by == "admin:alice"
+        )
+    assert admin.get(f"/admin/imports/{file_id}").status_code == 200
+
+    applied = admin.post(f"/admin/imports/{file_id}/apply")
+    assert (
+        "Import terminé : 0 actif(s), 1 en attente" in admin.get(applied.headers["Location"]).text
+    )
+    assert count(app, ImportFile) == 0 and count(app, Subscriber) == 1
+    # A second click still finds nothing to import.
+    again = admin.post(f"/admin/imports/{file_id}/apply")
+    assert "plus en attente" in admin.get(again.headers["Location"]).text
+    assert count(app, Subscriber) == 1
+
+
+def test_export_audit_keeps_which_filters_not_their_text(app: Flask, admin: Admin) -> None:
+    add_subscribers(app, 2)
+    response = admin.get(
+        "/admin/subscribers.csv?q=reader0&source=admin:bob&status=active&locale=fr&sort=email"
+    )
+    assert response.status_code == 200
+    response.get_data()
+    with app.app_context():
+        event = db.session.execute(
+            select(AuditEvent).where(AuditEvent.action == "export")
+        ).scalar_one()
+        assert event.detail is not None
+        assert event.detail["filters"] == {
+            "q": True,
+            "source": True,
+            "status": ["active"],
+            "locale": "fr",
+            "since": None,
+            "until": None,
+            "sort": "email",
+        }
+        assert "reader0" not in str(event.detail) and "bob" not in str(event.detail)
+
+
+def test_french_texts_count_as_french_does(app: Flask, admin: Admin, client: Any) -> None:
+    form = admin.get("/admin/imports").text
+    assert "Au plus 100\u202f000 lignes et 8\u202f192 Ko par fichier." in form
+    headers = {**api_token(app), "Accept-Language": "fr"}
+    refused = post_csv(client, headers, b"email\n" + b"a@exemple.fr\n" * 100_001)
+    assert refused.json["message"] == "Plus de 100\u202f000 lignes : découpez le fichier."
+    english = post_csv(client, api_token(app, name="en"), b"email\n" + b"a@exemple.fr\n" * 100_001)
+    assert english.json["message"] == "More than 100,000 lines: split the file."
+
+
+def test_blank_lines_before_the_header_are_skipped(app: Flask, client: Any) -> None:
+    headers = api_token(app)
+    body = b"\r\n  \r\n\nemail;locale\r\nun@exemple.fr;en\r\n\r\npas-une-adresse;fr\r\n"
+    response = post_csv(client, headers, body)
+    assert response.status_code == 200, response.json
+    assert response.json["counts"]["new_pending"] == 1 and response.json["counts"]["invalid"] == 1
+    # Line numbers stay those of the file.
+    assert [line["line"] for line in response.json["lines"]] == [7]
+    assert post_csv(client, headers, b"\n \r\n\t\n").json["error"] == "empty"
+
+
+def test_api_speaks_english_unless_asked_for_french_and_pages_the_admins_language(
+    app: Flask, admin: Admin, client: Any
+) -> None:
+    headers = api_token(app)
+    body = b"courriel\nx@exemple.fr\n"
+    english = post_csv(client, headers, body).json
+    assert english["message"].startswith("Unknown columns: 'courriel'.")
+    lines = csv_bytes([["email", "locale"], ["sans-arobase", ""], ["a@exemple.fr", "de"]])
+    reasons = [line["reason"] for line in post_csv(client, headers, lines).json["lines"]]
+    assert reasons == [
+        "The email address is missing an “@”.",
+        "Unknown language “de” (expected: fr, en).",
+    ]
+
+    french_headers = {**headers, "Accept-Language": "fr-CA,fr;q=0.9,en;q=0.5"}
+    french = post_csv(client, french_headers, body).json
+    assert french["message"].startswith("Colonnes inconnues : 'courriel'.")
+    german = post_csv(client, {**headers, "Accept-Language": "de"}, body).json
+    assert german["message"].startswith("Unknown columns")
+
+    # The browser: the signed-in admin's language, whatever the request's Accept-Language.
+    page = admin.post(
+        "/admin/imports",
+        data={"file": (io.BytesIO(lines), "l.csv")},
+        content_type="multipart/form-data",
+        headers={"Accept-Language": "en"},
+    )
+    assert "Il manque le caractère « @ »" in page.text
+    admin.get("/admin/imports?lang=en")
+    page = admin.post(
+        "/admin/imports",
+        data={"file": (io.BytesIO(lines), "l.csv")},
+        content_type="multipart/form-data",
+    )
+    assert "The email address is missing an “@”." in page.text
+    assert "Unknown language “de”" in page.text

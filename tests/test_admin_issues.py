@@ -22,6 +22,7 @@ from service.models import (
     IssueArticle,
     IssueStatus,
 )
+from service.subscriptions import suppress
 from tests.conftest import (
     Admin,
     SMTPSink,
@@ -286,6 +287,17 @@ def test_send_a_test_to_me_and_to_a_typed_address(
         f"/admin/issues/{week}/test", {"to": "pas une adresse"}, follow_redirects=True
     )
     assert "Adresse de test invalide." in _flashes(response.get_data(as_text=True))
+    # Never to a suppressed address, not even a test.
+    with smtp_app.app_context():
+        suppress(smtp_app.config["SETTINGS"], "parti@exemple.fr", "erased", _now())
+        db.session.commit()
+    response = smtp_admin.post(
+        f"/admin/issues/{week}/test", {"to": "Parti@exemple.fr"}, follow_redirects=True
+    )
+    assert (
+        "Cette adresse est sur la liste de suppression"
+        in _flashes(response.get_data(as_text=True))[0]
+    )
     assert len(smtp_server.messages) == 2
     with smtp_app.app_context():
         assert db.session.execute(select(Delivery.id)).first() is None
@@ -451,3 +463,15 @@ def test_the_coming_issue_can_be_planned_ahead_from_the_list_and_the_api(
     assert sent.status_code == 200
     refused = client.post(f"/api/v1/admin/issues/{week}/plan", headers=headers)
     assert refused.status_code == 409
+
+
+def test_test_sends_are_capped_per_client(app: Flask, admin: Admin) -> None:
+    _three_articles(app)
+    week = _plan(app)
+    codes = [
+        admin.post(f"/admin/issues/{week}/test", {"to": f"r{n}@exemple.fr"}).status_code
+        for n in range(31)
+    ]
+    assert codes == [302] * 30 + [429]
+    # Other actions are not counted against the cap.
+    assert admin.post(f"/admin/issues/{week}/pause").status_code == 302

@@ -88,6 +88,8 @@ add_texts(
             "csrf.failed": "Le formulaire a expiré : rechargez la page et recommencez.",
             "role.admin": "administrateur",
             "role.editor": "éditeur",
+            # French puts a (narrow no-break) space before a colon, English none.
+            "punct.colon": "\u202f:",
         },
         "en": {
             "nav.dashboard": "Dashboard",
@@ -113,6 +115,7 @@ add_texts(
             "csrf.failed": "The form expired: reload the page and try again.",
             "role.admin": "admin",
             "role.editor": "editor",
+            "punct.colon": ":",
         },
     }
 )
@@ -147,15 +150,24 @@ def _locale(user_locale: str | None) -> str:
     return i18n.pick_locale(session.get("admin_lang"), user_locale)
 
 
-def _safe_next(target: str | None) -> str:
-    """Only a path inside the admin area: never an open redirect."""
-    default = url_for("admin.dashboard")
+def safe_target(target: str | None, default: str, inside: str = "/admin") -> str:
+    """`target` when it is a path inside `inside` (never another site: no open redirect),
+    else `default`."""
     if not target:
         return default
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not parts.path.startswith("/admin") or "\\" in target:
+    if parts.scheme or parts.netloc or not parts.path.startswith(inside) or "\\" in target:
         return default
     return target
+
+
+def _safe_next(target: str | None) -> str:
+    return safe_target(target, url_for("admin.dashboard"))
+
+
+def json_error(status: int, code: str, message: str) -> tuple[Response, int]:
+    """The admin API's error body, `{"error", "message"}`, as the public API's."""
+    return jsonify({"error": code, "message": message}), status
 
 
 PUBLIC_ENDPOINTS = {"admin.login", "admin.asset"}
@@ -211,8 +223,7 @@ def _token() -> Response | tuple[Response, int] | None:
 
 
 def _forbidden_json() -> tuple[Response, int]:
-    body = {"error": "forbidden", "message": "this token's role may not do this"}
-    return jsonify(body), 403
+    return json_error(403, "forbidden", "this token's role may not do this")
 
 
 F = TypeVar("F", bound=Callable[..., Any])

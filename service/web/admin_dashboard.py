@@ -21,7 +21,7 @@ add_texts(
             "dashboard.subscribers": "Abonnés",
             "dashboard.status.pending": "en attente de confirmation",
             "dashboard.status.active": "actifs",
-            "dashboard.status.unsubscribed": "désabonnés",
+            "dashboard.status.unsubscribed": "désinscrits",
             "dashboard.status.bounced": "adresses en échec",
             "dashboard.status.complained": "plaintes",
             "dashboard.weeks": "Inscriptions et désabonnements par semaine",

@@ -4,16 +4,23 @@ in the browser and over the admin API. Thin views over `subscriber_io`.
 The uploaded file waits in `import_files` between its dry run and its import (the browser
 cannot be trusted to send the same bytes twice); it is deleted when imported, and files
 left more than a day are deleted whenever the list is shown or a file is added.
+
+Languages: the browser pages speak the signed-in admin's language; the admin API speaks
+English, or French for a request whose Accept-Language asks for it (as `api.json_error`
+reads Accept-Language).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import timedelta
 from typing import Any, cast
+from urllib.parse import quote
 
 from flask import (
     Response,
     abort,
+    current_app,
     flash,
     g,
     jsonify,
@@ -24,10 +31,13 @@ from flask import (
 )
 from sqlalchemy import delete, select
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.http import quote_header_value
 
+from .. import i18n
 from ..extensions import db, rowcount
 from ..models import ImportFile
 from ..subscriber_io import (
+    MAX_ROWS,
     NEW,
     OUTCOMES,
     BadImportFile,
@@ -38,11 +48,12 @@ from ..subscriber_io import (
     audit_export,
     decode,
     export_csv,
+    number,
     plan_import,
     report_csv,
 )
 from ..subscriber_search import SearchError, parse_filters
-from .admin_base import actor, add_texts, api_bp, bp, page, requires_admin, t
+from .admin_base import actor, add_texts, api_bp, bp, json_error, page, requires_admin, t
 from .common import client_ip, now, settings
 
 KEEP_FILES = timedelta(hours=24)
@@ -93,12 +104,14 @@ add_texts(
             "imports.apply": "Importer",
             "imports.apply_confirm": "Importer {n} nouvelle(s) adresse(s) ?",
             "imports.nothing": "Aucune nouvelle adresse à importer.",
-            "imports.done": "Import terminé : {new_active} actifs, {new_pending} en attente, "
-            "{exists} déjà abonnés, {suppressed} supprimés, {invalid} invalides, "
-            "{duplicate} doublons.",
+            "imports.done": "Import terminé : {new_active} actif(s), {new_pending} en attente, "
+            "{exists} déjà abonné(s), {suppressed} sur la liste de suppression, "
+            "{invalid} invalide(s), {duplicate} doublon(s).",
+            "imports.failed": "L’import a échoué ; le fichier est conservé, vous pouvez "
+            "réessayer. Les adresses déjà écrites seront signalées comme déjà abonnées.",
             "imports.back": "Retour à l’import",
             "export.link": "Exporter cette vue (CSV)",
-            "export.bad_filter": "Filtre invalide : {message}",
+            "export.bad_filter": "Le filtre « {field} » n’est pas valide.",
         },
         "en": {
             "imports.title": "Import subscribers",
@@ -141,18 +154,26 @@ add_texts(
             "imports.apply_confirm": "Import {n} new address(es)?",
             "imports.nothing": "No new address to import.",
             "imports.done": "Import done: {new_active} active, {new_pending} pending, "
-            "{exists} already subscribed, {suppressed} suppressed, {invalid} invalid, "
-            "{duplicate} duplicates.",
+            "{exists} already subscribed, {suppressed} on the suppression list, "
+            "{invalid} invalid, {duplicate} duplicate(s).",
+            "imports.failed": "The import failed; the file is kept and you can try again. "
+            "Addresses already written will be reported as already subscribed.",
             "imports.back": "Back to import",
             "export.link": "Export this view (CSV)",
-            "export.bad_filter": "Invalid filter: {message}",
+            "export.bad_filter": "The “{field}” filter is not valid.",
         },
     }
 )
 
 
 def _locale() -> str:
+    """The browser's language: the signed-in admin's."""
     return cast(str, g.get("admin_locale", "fr"))
+
+
+def _api_locale() -> str:
+    """The admin API's language: English, unless Accept-Language asks for French."""
+    return i18n.pick_locale(accept=[*(lang for lang, _q in request.accept_languages), "en"])
 
 
 def _clean_filename(name: str | None) -> str:
@@ -166,10 +187,12 @@ def _purge_old_files() -> None:
     db.session.execute(delete(ImportFile).where(ImportFile.created_at < now() - KEEP_FILES))
 
 
-def _limits() -> dict[str, str]:
-    from ..subscriber_io import MAX_ROWS
+def _size_kb() -> str:
+    return number(settings().admin_max_request_bytes // 1024, _locale())
 
-    return {"rows": f"{MAX_ROWS:,}", "size": f"{settings().admin_max_request_bytes // 1024:,}"}
+
+def _limits() -> dict[str, str]:
+    return {"rows": number(MAX_ROWS, _locale()), "size": _size_kb()}
 
 
 # ---------------------------------------------------------------- browser
@@ -276,15 +299,16 @@ def import_report_csv(file_id: int) -> Response:
 @bp.post("/imports/<int:file_id>/apply")
 @requires_admin
 def import_apply(file_id: int) -> Response:
-    """Import a waiting file, then forget it."""
+    """Import a waiting file, then forget it; a failed import keeps it for another try."""
     stored = db.session.get(ImportFile, file_id)
-    content, filename = (stored.content, stored.filename) if stored else ("", "")
+    if stored is None:
+        flash(t("imports.gone"), "error")
+        return cast(Response, redirect(url_for("admin.imports")))
+    created_at, created_by = stored.created_at, stored.created_by
+    content, filename = stored.content, stored.filename
     # Deleting the file first claims it: a second click (or a second admin) finds nothing
-    # to import instead of importing it twice. A crash midway loses only the upload; the
-    # rows written stay, and uploading the file again reports them as `exists`.
-    claimed = stored is not None and rowcount(
-        db.session.execute(delete(ImportFile).where(ImportFile.id == file_id))
-    )
+    # to import instead of importing it twice.
+    claimed = rowcount(db.session.execute(delete(ImportFile).where(ImportFile.id == file_id)))
     db.session.commit()
     if not claimed:
         flash(t("imports.gone"), "error")
@@ -298,8 +322,25 @@ def import_apply(file_id: int) -> Response:
             actor=actor(),
             locale=_locale(),
         )
-    except BadImportFile as exc:
-        flash(exc.message(_locale()), "error")
+    except Exception as exc:
+        # Put the file back as it was (same id, so its dry-run page still works): the
+        # rows already written stay, and the next try reports them as `exists`.
+        db.session.rollback()
+        db.session.add(
+            ImportFile(
+                id=file_id,
+                created_at=created_at,
+                created_by=created_by,
+                filename=filename,
+                content=content,
+            )
+        )
+        db.session.commit()
+        if isinstance(exc, BadImportFile):
+            flash(exc.message(_locale()), "error")
+        else:
+            current_app.logger.exception("import of file %s failed", file_id)
+            flash(t("imports.failed"), "error")
         return cast(Response, redirect(url_for("admin.imports")))
     flash(t("imports.done", **plan.counts), "info")
     return cast(Response, redirect(url_for("admin.imports")))
@@ -308,15 +349,10 @@ def import_apply(file_id: int) -> Response:
 @bp.errorhandler(RequestEntityTooLarge)
 def _too_large(_exc: RequestEntityTooLarge) -> tuple[str, int]:
     # Raised while the CSRF check reads the form, before any view runs.
-    size = f"{settings().admin_max_request_bytes // 1024:,}"
-    return page("message.html", 413, title=t("imports.too_large", size=size), body="")
+    return page("message.html", 413, title=t("imports.too_large", size=_size_kb()), body="")
 
 
 # ---------------------------------------------------------------- API
-
-
-def _api_error(status: int, error: str, message: str) -> tuple[Response, int]:
-    return jsonify({"error": error, "message": message}), status
 
 
 def _dry_run(value: str | None) -> bool | None:
@@ -333,16 +369,16 @@ def _api_upload() -> tuple[bytes, str] | tuple[Response, int]:
         if request.mimetype == "multipart/form-data":
             upload = request.files.get("file")
             if upload is None:
-                return _api_error(422, "no_file", "send the CSV as the multipart field `file`")
+                return json_error(422, "no_file", "send the CSV as the multipart field `file`")
             return upload.read(), _clean_filename(upload.filename or request.args.get("filename"))
         if request.mimetype not in ("text/csv", "text/plain", "application/csv"):
-            return _api_error(
+            return json_error(
                 415, "unsupported_media_type", "send text/csv, or multipart/form-data with `file`"
             )
         return request.get_data(), _clean_filename(request.args.get("filename") or "api.csv")
     except RequestEntityTooLarge:
         limit = settings().admin_max_request_bytes
-        return _api_error(413, "too_large", f"the request is larger than {limit} bytes")
+        return json_error(413, "too_large", f"the request is larger than {limit} bytes")
 
 
 @api_bp.post("/imports")
@@ -351,22 +387,30 @@ def api_import() -> tuple[Response, int]:
     """Dry run (the default, `?dry_run=1`) or apply (`?dry_run=0`) a CSV import."""
     dry_run = _dry_run(request.args.get("dry_run"))
     if dry_run is None:
-        return _api_error(422, "bad_dry_run", "dry_run is 1 (the default) or 0")
+        return json_error(422, "bad_dry_run", "dry_run is 1 (the default) or 0")
     received = _api_upload()
     if isinstance(received[0], Response):
         return cast(tuple[Response, int], received)
     data, filename = cast(tuple[bytes, str], received)
+    locale = _api_locale()
     try:
         content = decode(data)
         if dry_run:
-            plan = plan_import(content, filename=filename, settings=settings(), now=now())
+            plan = plan_import(
+                content, filename=filename, settings=settings(), now=now(), locale=locale
+            )
         else:
             plan = apply_import(
-                content, filename=filename, settings=settings(), now=now(), actor=actor()
+                content,
+                filename=filename,
+                settings=settings(),
+                now=now(),
+                actor=actor(),
+                locale=locale,
             )
     except BadImportFile as exc:
         db.session.rollback()
-        return _api_error(422, exc.code, exc.message(_locale()))
+        return json_error(422, exc.code, exc.message(locale))
     lines: list[dict[str, Any]] = []
     truncated = False
     for planned in plan.not_new():
@@ -396,9 +440,27 @@ def api_import() -> tuple[Response, int]:
 # ---------------------------------------------------------------- export
 
 
+def _content_disposition(filename: str) -> str:
+    """`attachment` with a file name no client can misread, built as werkzeug's
+    `send_file(download_name=...)` builds it: the name quoted and escaped by werkzeug's
+    `quote_header_value` (an upload named `x"; filename=evil.exe` stays one name), and a
+    name that is not plain ASCII (a header must be Latin-1, and gunicorn refuses more)
+    given as `filename*=UTF-8''<percent-encoded>` beside an ASCII `filename=` fallback.
+    """
+    simple = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode("ascii")
+    # The fallback keeps no quote, backslash or control character, escaped or not.
+    simple = "".join(ch if ch.isprintable() and ch not in '"\\' else "_" for ch in simple)
+    fallback = simple.strip() or "download.csv"
+    value = "attachment; filename=" + quote_header_value(fallback, allow_token=False)
+    if fallback != filename:
+        # safe = RFC 5987 attr-char, as in werkzeug.utils.send_file
+        value += f"; filename*=UTF-8''{quote(filename, safe='!#$&+-.^_`|~')}"
+    return value
+
+
 def _csv_response(chunks: Any, filename: str) -> Response:
     response = Response(stream_with_context(chunks), mimetype="text/csv")
-    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.headers["Content-Disposition"] = _content_disposition(filename)
     return response
 
 
@@ -424,7 +486,7 @@ def subscribers_csv() -> Response | tuple[str, int]:
     try:
         return _export(bom=True)
     except SearchError as exc:
-        return page("message.html", 422, title=t("export.bad_filter", message=str(exc)), body="")
+        return page("message.html", 422, title=t("export.bad_filter", field=exc.field), body="")
 
 
 @api_bp.get("/subscribers.csv")
@@ -434,4 +496,4 @@ def api_subscribers_csv() -> Response | tuple[Response, int]:
     try:
         return _export(bom=False)
     except SearchError as exc:
-        return _api_error(422, "bad_filter", str(exc))
+        return json_error(422, "bad_filter", str(exc))

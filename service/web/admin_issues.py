@@ -14,11 +14,12 @@ from flask import Response, abort, flash, g, jsonify, redirect, request, url_for
 
 from .. import editorial, i18n, issues
 from ..digest import Recipient, get_issue, issue_articles
+from ..extensions import limiter
 from ..jobs import enqueue_batch
 from ..mailer import DeliveryError
 from ..models import Issue, IssueStatus
 from ..subscriptions import InvalidEmail
-from .admin_base import actor, add_texts, api_bp, bp, current, page, t
+from .admin_base import actor, add_texts, api_bp, bp, current, json_error, page, t
 from .common import client_ip, now, settings
 
 add_texts(
@@ -68,6 +69,7 @@ add_texts(
             "issues.done.test": "Test du numéro {week} envoyé à {to}.",
             "issues.refused": "Impossible : le numéro {week} est « {status} ».",
             "issues.refused.test_address": "Adresse de test invalide.",
+            "issues.refused.suppressed": "Cette adresse est sur la liste de suppression : aucun test ne lui est envoyé.",
             "issues.refused.no_address": "Indiquez une adresse : votre compte n’en a pas.",
             "issues.refused.mailer": "Le serveur de messagerie a refusé le test : {error}",
             "issues.status.draft": "brouillon",
@@ -150,6 +152,7 @@ add_texts(
             "issues.done.test": "Test of issue {week} sent to {to}.",
             "issues.refused": "Not possible: issue {week} is “{status}”.",
             "issues.refused.test_address": "Invalid test address.",
+            "issues.refused.suppressed": "This address is on the suppression list: no test is sent to it.",
             "issues.refused.no_address": "Type an address: your account has none.",
             "issues.refused.mailer": "The mail server refused the test: {error}",
             "issues.status.draft": "draft",
@@ -311,7 +314,7 @@ def _preview_recipient() -> Recipient:
 
 PREVIEW_CSP = (
     "default-src 'none'; img-src * data:; style-src 'unsafe-inline'; "
-    "frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
+    "frame-ancestors 'self'; base-uri 'none'; form-action 'none'; sandbox"
 )
 
 
@@ -334,7 +337,17 @@ def issue_progress(week: str) -> Response:
     return jsonify(issues.progress(found.week, now()).as_dict())
 
 
+def _not_a_test() -> bool:
+    return (request.view_args or {}).get("action") != "test"
+
+
+# Test sends go to any address typed in: a cap per client, so the form cannot become a
+# mail cannon (each is also audited).
+TEST_SEND_LIMIT = "30/hour"
+
+
 @bp.post("/issues/<week>/<action>")
+@limiter.limit(TEST_SEND_LIMIT, exempt_when=_not_a_test, scope="issue-test")
 def issue_action(week: str, action: str) -> Response:
     """Approve, send now, pause, resume, cancel or test; the outcome as a flash message."""
     if action not in ACTIONS:
@@ -357,6 +370,8 @@ def issue_action(week: str, action: str) -> Response:
             flash(t("issues.refused", week=exc.week, status=_status(exc.status)), "error")
         except InvalidEmail:
             flash(t("issues.refused.test_address"), "error")
+        except issues.SuppressedAddress:
+            flash(t("issues.refused.suppressed"), "error")
         except DeliveryError as exc:
             flash(t("issues.refused.mailer", error=str(exc)), "error")
     return cast(Response, redirect(url_for("admin.issue", week=week)))
@@ -407,10 +422,6 @@ def article_action(article_id: int, action: str) -> Response:
 # ---------------------------------------------------------------- admin API
 
 
-def _api_error(status: int, error: str, message: str) -> tuple[Response, int]:
-    return jsonify({"error": error, "message": message}), status
-
-
 @api_bp.get("/issues")
 def api_issues() -> Response:
     """Every issue with its status and delivery counts."""
@@ -423,7 +434,7 @@ def api_issue(week: str) -> Response | tuple[Response, int]:
     try:
         found = issues.require_issue(week)
     except issues.NoIssue as exc:
-        return _api_error(404, "not_found", str(exc))
+        return json_error(404, "not_found", str(exc))
     body = issues.progress(found.week, now()).as_dict()
     body |= {
         "subject": found.subject,
@@ -437,35 +448,38 @@ def api_issue(week: str) -> Response | tuple[Response, int]:
 
 
 @api_bp.post("/issues/<week>/<action>")
+@limiter.limit(TEST_SEND_LIMIT, exempt_when=_not_a_test, scope="issue-test")
 def api_issue_action(week: str, action: str) -> Response | tuple[Response, int]:
     """approve, send (at once), pause, resume, cancel, or test (JSON `{"to": address}`)."""
     if action not in ACTIONS:
-        return _api_error(404, "not_found", f"no action {action!r}")
+        return json_error(404, "not_found", f"no action {action!r}")
     try:
         if action == "plan":
             issues.plan_week(week)
         else:
             issues.require_issue(week)
     except issues.NoIssue as exc:
-        return _api_error(404, "not_found", str(exc))
+        return json_error(404, "not_found", str(exc))
     to = locale = None
     if action == "test":
         body = request.get_json(silent=True)
         to = body.get("to") if isinstance(body, dict) else None
         locale = body.get("locale") if isinstance(body, dict) else None
         if not isinstance(to, str) or not to.strip():
-            return _api_error(422, "invalid_address", 'a JSON body {"to": address} is required')
+            return json_error(422, "invalid_address", 'a JSON body {"to": address} is required')
         if locale not in (None, *i18n.LOCALES):
-            return _api_error(422, "invalid_locale", f"locale must be one of {i18n.LOCALES}")
+            return json_error(422, "invalid_locale", f"locale must be one of {i18n.LOCALES}")
     try:
         outcome = _act(week, action, to, locale)
     except issues.NoIssue as exc:
-        return _api_error(404, "not_found", str(exc))
+        return json_error(404, "not_found", str(exc))
     except issues.Refused as exc:
-        return _api_error(409, "conflict", f"{exc.week} is {exc.status}: cannot {action} it")
+        return json_error(409, "conflict", f"{exc.week} is {exc.status}: cannot {action} it")
     except InvalidEmail as exc:
-        return _api_error(422, "invalid_address", f"invalid address: {exc.code}")
+        return json_error(422, "invalid_address", f"invalid address: {exc.code}")
+    except issues.SuppressedAddress as exc:
+        return json_error(422, "suppressed_address", str(exc))
     except DeliveryError as exc:
-        return _api_error(502, "mail_refused", f"the mail server refused the test: {exc}")
+        return json_error(502, "mail_refused", f"the mail server refused the test: {exc}")
     result = {"week": outcome.issue.week, "status": outcome.issue.status, **outcome.extra}
     return jsonify(result)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any, cast
 
 from flask import (
@@ -19,11 +18,11 @@ from flask import (
     stream_with_context,
     url_for,
 )
-from sqlalchemy import func, select
 
+from .. import audit_log
 from .. import subscriber_search as search
 from ..extensions import db
-from ..models import AuditEvent, Subscriber, Suppression
+from ..models import AdminRole, AuditEvent, Subscriber
 from ..subscriber_admin import (
     Action,
     Actor,
@@ -34,8 +33,26 @@ from ..subscriber_admin import (
     act_on_ids,
     addresses_in,
 )
-from ..subscriptions import InvalidEmail, normalise_email, suppression_hashes
-from .admin_base import actor, add_texts, api_bp, bp, current, page, requires_admin, t
+from ..subscriber_io import defuse
+from ..subscriptions import (
+    InvalidEmail,
+    normalise_email,
+    suppression_reason,
+    suppression_reasons,
+    suppressions_page,
+)
+from .admin_base import (
+    actor,
+    add_texts,
+    api_bp,
+    bp,
+    current,
+    json_error,
+    page,
+    requires_admin,
+    safe_target,
+    t,
+)
 from .common import client_ip, now, settings
 
 add_texts(
@@ -83,7 +100,11 @@ add_texts(
             "outcome.already": "déjà fait",
             "outcome.unknown": "inconnu",
             "outcome.invalid": "invalide",
-            "counts.summary": "{done} fait(s), {already} déjà fait(s), {unknown} inconnu(s), {invalid} invalide(s).",
+            "outcome.refused": "refusé",
+            "counts.summary": "{done} fait(s), {already} déjà fait(s), {unknown} inconnu(s), {invalid} invalide(s), {refused} refusé(s).",
+            "subs.bad_filter": "Le filtre « {field} » n’est pas valide : la liste est affichée sans filtre.",
+            "bulk.too_many": "La liste contient {count} adresses : 10 000 au plus à la fois.",
+            "bulk.not_utf8": "Le fichier n’est pas du texte UTF-8.",
             "one.title": "Abonné n° {id}",
             "one.facts": "Fiche",
             "one.consent": "Preuve du consentement",
@@ -188,7 +209,11 @@ add_texts(
             "outcome.already": "already",
             "outcome.unknown": "unknown",
             "outcome.invalid": "invalid",
-            "counts.summary": "{done} done, {already} already, {unknown} unknown, {invalid} invalid.",
+            "outcome.refused": "refused",
+            "counts.summary": "{done} done, {already} already, {unknown} unknown, {invalid} invalid, {refused} refused.",
+            "subs.bad_filter": "The “{field}” filter is not valid: the list is shown unfiltered.",
+            "bulk.too_many": "The list holds {count} addresses: at most 10,000 at a time.",
+            "bulk.not_utf8": "The file is not UTF-8 text.",
             "one.title": "Subscriber #{id}",
             "one.facts": "Record",
             "one.consent": "Proof of consent",
@@ -268,13 +293,6 @@ def _action(value: str | None) -> Action:
         abort(400)
 
 
-def _filters_or_400() -> search.Filters:
-    try:
-        return search.parse_filters(request.args)
-    except search.SearchError as exc:
-        abort(400, str(exc))
-
-
 # ---------------------------------------------------------------- pages
 
 
@@ -285,7 +303,7 @@ def subscribers() -> tuple[str, int]:
         filters = search.parse_filters(request.args)
         result = search.list_page(filters, cursor=request.args.get("cursor"), limit=PAGE_SIZE)
     except search.SearchError as exc:
-        flash(str(exc), "error")
+        flash(t("subs.bad_filter", field=exc.field), "error")
         filters, result = search.Filters(), search.list_page(search.Filters(), limit=PAGE_SIZE)
     args = {k: v for k, v in request.args.items(multi=True) if k not in ("cursor", "lang")}
     return page(
@@ -340,9 +358,10 @@ def subscriber_action(subscriber_id: int, name: str) -> Response:
 def subscribers_selection() -> Response:
     """One action on the subscribers ticked on the list page."""
     action = _action(request.form.get("action"))
-    ids = [int(v) for v in request.form.getlist("id") if v.isdigit()]
-    back = request.form.get("back", "")
-    target = back if back.startswith("/admin/subscribers") else url_for("admin.subscribers")
+    ids = [i for v in request.form.getlist("id") if (i := search.bounded_int(v)) is not None]
+    target = safe_target(
+        request.form.get("back"), url_for("admin.subscribers"), inside="/admin/subscribers"
+    )
     if not ids:
         flash(t("subs.nothing_selected"), "error")
         return cast(Response, redirect(target))
@@ -350,7 +369,7 @@ def subscribers_selection() -> Response:
     try:
         counts = act_on_ids(settings(), action, ids, by=_by(), now=now(), reason=reason)
     except BulkError as exc:
-        flash(str(exc), "error")
+        flash(t("bulk.too_many", count=exc.count), "error")
         return cast(Response, redirect(target))
     summary = {o.value: counts.get(o.value, 0) for o in Outcome}
     flash(f"{t(f'action.{action}')} — {t('counts.summary', **summary)}", "info")
@@ -370,18 +389,20 @@ def subscribers_bulk() -> tuple[str, int]:
         try:
             text = upload.read().decode("utf-8-sig")
         except UnicodeDecodeError:
-            flash("The file is not UTF-8 text.", "error")
+            flash(t("bulk.not_utf8"), "error")
             return page("bulk.html", 400, actions=list(Action), report=None)
     try:
         addresses = addresses_in(text)
     except BulkError as exc:
-        flash(str(exc), "error")
+        flash(t("bulk.too_many", count=exc.count), "error")
         return page("bulk.html", 400, actions=list(Action), report=None)
     if not addresses:
         flash(t("bulk.empty"), "error")
         return page("bulk.html", 400, actions=list(Action), report=None)
     reason = request.form.get("reason", "").strip()[:200]
-    report = act_on_addresses(settings(), action, addresses, by=_by(), now=now(), reason=reason)
+    report = act_on_addresses(
+        settings(), action, addresses, by=_by(), now=now(), reason=reason, locale=current().locale
+    )
     flash(f"{t(f'action.{action}')} — {t('counts.summary', **report.counts)}", "info")
     return page("bulk.html", actions=list(Action), report=report, done_action=action)
 
@@ -398,74 +419,38 @@ def suppressions() -> tuple[str, int]:
         except InvalidEmail as exc:
             flash(exc.message(current().locale), "error")
         else:
-            reason = db.session.execute(
-                select(Suppression.reason).where(
-                    Suppression.email_hash.in_(suppression_hashes(settings(), email))
-                )
-            ).scalar_one_or_none()
+            reason = suppression_reason(settings(), email)
             checked = t("supp.is", reason=reason) if reason else t("supp.is_not")
-    before = request.args.get("before", type=int)
-    query = select(Suppression).order_by(Suppression.id.desc()).limit(PAGE_SIZE + 1)
-    if before:
-        query = query.where(Suppression.id < before)
-    rows = list(db.session.execute(query).scalars())
-    reasons = db.session.execute(
-        select(Suppression.reason, func.count()).group_by(Suppression.reason)
-    ).all()
+    rows, more = suppressions_page(search.bounded_int(request.args.get("before")), PAGE_SIZE)
     return page(
-        "suppressions.html",
-        rows=rows[:PAGE_SIZE],
-        more=rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None,
-        reasons=reasons,
-        checked=checked,
+        "suppressions.html", rows=rows, more=more, reasons=suppression_reasons(), checked=checked
     )
 
 
-def _audit_query(args: Any) -> Any:
-    query = select(AuditEvent).order_by(AuditEvent.id.desc())
-    if args.get("action"):
-        query = query.where(AuditEvent.action == args["action"])
-    if args.get("actor"):
-        query = query.where(AuditEvent.actor == args["actor"])
-    subscriber_id = args.get("subscriber_id", "")
-    if str(subscriber_id).isdigit():
-        query = query.where(AuditEvent.subscriber_id == int(subscriber_id))
-    before = args.get("before", "")
-    if str(before).isdigit():
-        query = query.where(AuditEvent.id < int(before))
-    return query
-
-
-def _audit_page(args: Any, size: int) -> tuple[list[AuditEvent], int | None]:
-    rows = list(db.session.execute(_audit_query(args).limit(size + 1)).scalars())
-    return rows[:size], (rows[size - 1].id if len(rows) > size else None)
+def _audit_filters(args: Any) -> tuple[audit_log.AuditFilters, dict[str, str]]:
+    """Filters from query parameters, and those parameters again for the page's links."""
+    kept = {k: v for k, v in args.items() if k in ("action", "actor", "subscriber_id") and v}
+    filters = audit_log.AuditFilters(
+        action=kept.get("action", ""),
+        actor=kept.get("actor", ""),
+        subscriber_id=search.bounded_int(kept.get("subscriber_id")),
+    )
+    return filters, kept
 
 
 @bp.get("/audit")
 @requires_admin
 def audit() -> tuple[str, int]:
     """Every admin, subscriber and system action, newest first."""
-    events, more = _audit_page(request.args, AUDIT_PAGE)
-    args = {k: v for k, v in request.args.items() if k in ("action", "actor", "subscriber_id")}
+    filters, args = _audit_filters(request.args)
+    before = search.bounded_int(request.args.get("before"))
+    events, more = audit_log.page(filters, before, AUDIT_PAGE)
     return page("audit.html", events=events, more=more, args=args)
-
-
-AUDIT_COLUMNS = (
-    "id",
-    "created_at",
-    "actor",
-    "action",
-    "subject",
-    "subscriber_id",
-    "before_status",
-    "after_status",
-    "ip",
-)
 
 
 def _csv_line(values: list[Any]) -> str:
     out = io.StringIO()
-    csv.writer(out).writerow(["" if v is None else v for v in values])
+    csv.writer(out).writerow(["" if v is None else defuse(str(v)) for v in values])
     return out.getvalue()
 
 
@@ -473,18 +458,12 @@ def _csv_line(values: list[Any]) -> str:
 @requires_admin
 def audit_csv() -> Response:
     """The whole log (or a filtered part), streamed a page at a time."""
-    args = {k: v for k, v in request.args.items() if k in ("action", "actor", "subscriber_id")}
+    filters, _args = _audit_filters(request.args)
 
     def lines() -> Iterator[str]:
-        yield _csv_line(list(AUDIT_COLUMNS))
-        before: int | None = None
-        while True:
-            events, before = _audit_page({**args, "before": str(before or "")}, 1000)
-            for e in events:
-                yield _csv_line([_audit_cell(getattr(e, c)) for c in AUDIT_COLUMNS])
-            db.session.expunge_all()
-            if before is None:
-                return
+        yield _csv_line(list(audit_log.COLUMNS))
+        for row in audit_log.rows(filters):
+            yield _csv_line(row)
 
     stamp = now().strftime("%Y%m%d-%H%M")
     return Response(
@@ -494,15 +473,7 @@ def audit_csv() -> Response:
     )
 
 
-def _audit_cell(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
 # ---------------------------------------------------------------- API
-
-
-def _json_error(status: int, code: str, message: str) -> tuple[Response, int]:
-    return jsonify({"error": code, "message": message}), status
 
 
 def subscriber_json(sub: Subscriber, *, full: bool = False) -> dict[str, Any]:
@@ -522,9 +493,10 @@ def subscriber_json(sub: Subscriber, *, full: bool = False) -> dict[str, Any]:
             "at": sub.consent_at.isoformat(),
             "source": sub.consent_source,
             "text_version": sub.consent_text_version,
-            "ip": sub.consent_ip,
-            "user_agent": sub.consent_user_agent,
         }
+        if current().role == AdminRole.ADMIN:
+            # IPs and browsers are the admin's to see (proof of consent), not an editor's.
+            data["consent"].update(ip=sub.consent_ip, user_agent=sub.consent_user_agent)
         data["history"] = [event_json(e) for e in search.history(sub.id)]
         data["deliveries"] = [
             {
@@ -559,12 +531,10 @@ def api_subscribers() -> Response | tuple[Response, int]:
     """A keyset page of a filtered view; `next_cursor` fetches the next one."""
     try:
         filters = search.parse_filters(request.args)
-        limit = request.args.get("limit", str(search.DEFAULT_LIMIT))
-        if not limit.isdigit():
-            raise search.SearchError(f"limit must be 1 to {search.MAX_LIMIT}")
-        result = search.list_page(filters, cursor=request.args.get("cursor"), limit=int(limit))
+        limit = search.bounded_int(request.args.get("limit", str(search.DEFAULT_LIMIT)), default=0)
+        result = search.list_page(filters, cursor=request.args.get("cursor"), limit=limit or 0)
     except search.SearchError as exc:
-        return _json_error(422, "invalid_parameter", str(exc))
+        return json_error(422, "invalid_parameter", str(exc))
     body: dict[str, Any] = {
         "items": [subscriber_json(s) for s in result.items],
         "next_cursor": result.next_cursor,
@@ -602,24 +572,22 @@ def api_subscriber_patch(subscriber_id: int) -> Response | tuple[Response, int]:
     never straight to `active`) or `bounced`; with an optional `reason`."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        return _json_error(400, "malformed_json", "send a JSON object")
+        return json_error(400, "malformed_json", "send a JSON object")
     unknown = sorted(set(body) - {"status", "reason"})
     if unknown:
-        return _json_error(422, "invalid_field", f"unknown field(s): {', '.join(unknown)}")
+        return json_error(422, "invalid_field", f"unknown field(s): {', '.join(unknown)}")
     status, reason = body.get("status"), body.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 200:
-        return _json_error(422, "invalid_field", "reason must be a string of at most 200")
+        return json_error(422, "invalid_field", "reason must be a string of at most 200")
     if status not in PATCH_ACTIONS:
-        return _json_error(
-            422, "invalid_field", f"status must be one of {', '.join(PATCH_ACTIONS)}"
-        )
+        return json_error(422, "invalid_field", f"status must be one of {', '.join(PATCH_ACTIONS)}")
     _api_subscriber(subscriber_id)
     outcome = act(
         settings(), PATCH_ACTIONS[status], subscriber_id, by=_by(), now=now(), reason=reason
     )
     sub = _api_subscriber(subscriber_id)
-    if outcome == Outcome.ALREADY and sub.status != status:
-        return _json_error(409, "conflict", f"a {sub.status} subscriber cannot become {status}")
+    if outcome == Outcome.REFUSED or (outcome == Outcome.ALREADY and sub.status != status):
+        return json_error(409, "conflict", f"a {sub.status} subscriber cannot become {status}")
     return jsonify({"result": outcome.value, "subscriber": subscriber_json(sub)})
 
 
@@ -638,21 +606,26 @@ def api_unsubscribes() -> Response | tuple[Response, int]:
     """Bulk unsubscribe: `{"emails": [...], "reason"?: "..."}` → a result per address."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        return _json_error(400, "malformed_json", "send a JSON object")
+        return json_error(400, "malformed_json", "send a JSON object")
     emails, reason = body.get("emails"), body.get("reason", "")
     unknown = sorted(set(body) - {"emails", "reason"})
     if unknown:
-        return _json_error(422, "invalid_field", f"unknown field(s): {', '.join(unknown)}")
+        return json_error(422, "invalid_field", f"unknown field(s): {', '.join(unknown)}")
     if not isinstance(emails, list) or not all(isinstance(e, str) for e in emails):
-        return _json_error(422, "invalid_field", "emails must be a list of strings")
+        return json_error(422, "invalid_field", "emails must be a list of strings")
     if not isinstance(reason, str) or len(reason) > 200:
-        return _json_error(422, "invalid_field", "reason must be a string of at most 200")
+        return json_error(422, "invalid_field", "reason must be a string of at most 200")
     try:
         report = act_on_addresses(
-            settings(), Action.UNSUBSCRIBE, emails, by=_by(), now=now(), reason=reason
+            settings(),
+            Action.UNSUBSCRIBE,
+            list(enumerate(emails, 1)),
+            by=_by(),
+            now=now(),
+            reason=reason,
         )
     except BulkError as exc:
-        return _json_error(422, "too_many", str(exc))
+        return json_error(422, "too_many", str(exc))
     return jsonify(
         {
             "results": [
@@ -668,6 +641,8 @@ def api_unsubscribes() -> Response | tuple[Response, int]:
 @requires_admin
 def api_audit() -> Response:
     """Audit events, newest first; `next_before` fetches the next page."""
-    limit = min(max(request.args.get("limit", 100, type=int) or 100, 1), 1000)
-    events, more = _audit_page(request.args, limit)
+    limit = search.bounded_int(request.args.get("limit"), default=100, maximum=1000) or 100
+    filters, _args = _audit_filters(request.args)
+    before = search.bounded_int(request.args.get("before"))
+    events, more = audit_log.page(filters, before, limit)
     return jsonify({"items": [event_json(e) for e in events], "next_before": more})

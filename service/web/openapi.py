@@ -100,7 +100,10 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "email": {"type": "string"},
-            "result": {"type": "string", "enum": ["done", "already", "unknown", "invalid"]},
+            "result": {
+                "type": "string",
+                "enum": ["done", "already", "unknown", "invalid", "refused"],
+            },
             "reason": {"type": ["string", "null"]},
         },
     },

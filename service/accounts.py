@@ -19,7 +19,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from .config import Settings
 from .extensions import db, rowcount
-from .models import AdminRole, AdminSession, AdminUser
+from .models import AdminRole, AdminSession, AdminUser, AuditEvent
 
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024
@@ -155,6 +155,16 @@ def purge_sessions(settings: Settings, now: datetime) -> int:
     )
     db.session.commit()
     return rowcount(result)
+
+
+def record(name: str, action: str, now: datetime, ip: str | None) -> None:
+    """An audit event about an admin's own session (`admin.login`, `admin.logout`)."""
+    db.session.add(
+        AuditEvent(
+            created_at=now, actor=f"admin:{name}", action=action, subject=f"user:{name}", ip=ip
+        )
+    )
+    db.session.commit()
 
 
 def list_users() -> list[AdminUser]:

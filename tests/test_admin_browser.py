@@ -194,12 +194,12 @@ def test_search_open_unsubscribe_with_confirm_and_see_it_audited(
 
     page.goto("/admin/audit")
     row = page.locator("tbody tr").filter(
-        has=page.locator("td", has_text=re.compile("^unsubscribe$"))
+        has=page.locator("td", has_text=re.compile("^désinscription$"))
     )
     expect(row).to_have_count(1)
     expect(row.locator("td").nth(1)).to_have_text("admin:alice")
     expect(row.get_by_role("link", name=f"#{jose}")).to_be_visible()
-    expect(row).to_contain_text("active → unsubscribed")
+    expect(row).to_contain_text("actif → désinscrit")
 
 
 def test_keyboard_only_login_and_skip_link(page: Page) -> None:

@@ -161,6 +161,9 @@ def test_login_makes_a_new_server_side_session_with_safe_cookie_flags(
     with app.app_context():
         assert db.session.execute(select(AdminSession)).first() is None
     assert client.get("/admin/subscribers").status_code == 302
+    logins = [(e.actor, e.subject) for e in events(app, "admin.login")]
+    assert logins == [("admin:alice", "user:alice")] * 2  # failed attempts are not events
+    assert [e.actor for e in events(app, "admin.logout")] == ["admin:alice"]
 
 
 def test_login_redirects_only_inside_the_admin_area(app: Flask, client: FlaskClient) -> None:
@@ -553,14 +556,14 @@ def test_the_audit_log_in_the_api_and_as_csv(app: Flask, admin: Admin, client: F
     admin.post(f"/admin/subscribers/{subscriber_id}/unsubscribe", {"reason": "x"})
     body = client.get("/api/v1/admin/audit", headers=api_token(app)).json
     assert body is not None
-    assert [e["action"] for e in body["items"]] == ["unsubscribe", "subscribe"]
+    assert [e["action"] for e in body["items"]] == ["unsubscribe", "subscribe", "admin.login"]
     assert body["items"][0]["actor"] == "admin:alice"
     exported = admin.get("/admin/audit.csv")
     assert exported.mimetype == "text/csv"
     assert "attachment" in exported.headers["Content-Disposition"]
     lines = exported.get_data(as_text=True).splitlines()
     assert lines[0].startswith("id,created_at,actor,action")
-    assert len(lines) == 3 and "admin:alice,unsubscribe" in lines[1]
+    assert len(lines) == 4 and "admin:alice,unsubscribe" in lines[1]
     assert "lea@exemple.fr" not in exported.get_data(as_text=True)
 
 

@@ -88,6 +88,28 @@ add_texts(
             "csrf.failed": "Le formulaire a expiré : rechargez la page et recommencez.",
             "role.admin": "administrateur",
             "role.editor": "éditeur",
+            "event.subscribe": "inscription",
+            "event.confirm": "confirmation",
+            "event.unsubscribe": "désinscription",
+            "event.resubscribe": "réinscription",
+            "event.bounce": "adresse en échec",
+            "event.complaint": "plainte",
+            "event.erase": "effacement (RGPD)",
+            "event.import": "import",
+            "event.export": "export",
+            "event.admin.login": "connexion",
+            "event.admin.logout": "déconnexion",
+            "event.article.exclude": "article exclu",
+            "event.article.include": "article réintégré",
+            "event.article.move_up": "article remonté",
+            "event.article.move_down": "article descendu",
+            "event.issue.plan": "numéro préparé",
+            "event.issue.approve": "numéro approuvé",
+            "event.issue.send": "envoi lancé",
+            "event.issue.pause": "envoi suspendu",
+            "event.issue.resume": "envoi repris",
+            "event.issue.cancel": "numéro annulé",
+            "event.issue.test": "test envoyé",
             # French puts a (narrow no-break) space before a colon, English none.
             "punct.colon": "\u202f:",
         },
@@ -115,10 +137,42 @@ add_texts(
             "csrf.failed": "The form expired: reload the page and try again.",
             "role.admin": "admin",
             "role.editor": "editor",
+            "event.subscribe": "sign-up",
+            "event.confirm": "confirmation",
+            "event.unsubscribe": "unsubscription",
+            "event.resubscribe": "resubscription",
+            "event.bounce": "bounced address",
+            "event.complaint": "complaint",
+            "event.erase": "erasure (GDPR)",
+            "event.import": "import",
+            "event.export": "export",
+            "event.admin.login": "sign-in",
+            "event.admin.logout": "sign-out",
+            "event.article.exclude": "article left out",
+            "event.article.include": "article put back",
+            "event.article.move_up": "article moved up",
+            "event.article.move_down": "article moved down",
+            "event.issue.plan": "issue planned",
+            "event.issue.approve": "issue approved",
+            "event.issue.send": "send started",
+            "event.issue.pause": "send paused",
+            "event.issue.resume": "send resumed",
+            "event.issue.cancel": "issue cancelled",
+            "event.issue.test": "test sent",
             "punct.colon": ":",
         },
     }
 )
+
+
+def label(kind: str, code: str | None) -> str:
+    """The words for a code (`event.unsubscribe`, `status.active`…) when there are some,
+    else the code itself: a new code still shows, untranslated, never an error."""
+    if not code:
+        return "—"
+    key = f"{kind}.{code}"
+    locale = g.get("admin_locale", i18n.DEFAULT_LOCALE)
+    return TEXTS.get(locale, {}).get(key) or TEXTS[i18n.DEFAULT_LOCALE].get(key) or code
 
 
 def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
@@ -127,7 +181,7 @@ def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
 
 @bp.context_processor
 def _admin_globals() -> dict[str, Any]:
-    return {"t": t, "admin": g.get("admin"), "locale": g.get("admin_locale", "fr")}
+    return {"t": t, "label": label, "admin": g.get("admin"), "locale": g.get("admin_locale", "fr")}
 
 
 # ---------------------------------------------------------------- who is signed in
@@ -293,6 +347,7 @@ def login() -> Response | tuple[str, int]:
     lang = session.get("admin_lang")
     session.clear()
     session[SESSION_KEY] = accounts.open_session(user, now(), client_ip())
+    accounts.record(user.name, "admin.login", now(), client_ip())
     if lang:
         session["admin_lang"] = lang
     return cast(Response, redirect(target))
@@ -303,6 +358,9 @@ def logout() -> Response:
     token = session.get(SESSION_KEY)
     if isinstance(token, str):
         accounts.close_session(token)
+        admin = g.get("admin")
+        if admin is not None:
+            accounts.record(admin.name, "admin.logout", now(), client_ip())
     session.clear()
     flash(t("logout.done"), "info")
     return cast(Response, redirect(url_for("admin.login")))

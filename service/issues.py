@@ -285,7 +285,10 @@ class Progress:
 
     @property
     def percent(self) -> float:
-        return 100.0 * self.done / self.recipients if self.recipients else 100.0
+        if not self.recipients:
+            # Nobody to send to: complete once started, not begun before.
+            return 100.0 if self.started_at else 0.0
+        return 100.0 * self.done / self.recipients
 
     @property
     def pending(self) -> int:

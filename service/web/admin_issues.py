@@ -334,7 +334,8 @@ def issue_preview(week: str) -> Response:
 def issue_progress(week: str) -> Response:
     """The live panel's figures (admin.js polls this every 2 s while the issue is live)."""
     found = _issue_or_404(week)
-    return jsonify(issues.progress(found.week, now()).as_dict())
+    figures = issues.progress(found.week, now()).as_dict()
+    return jsonify({**figures, "status_text": _status(figures["status"])})
 
 
 def _not_a_test() -> bool:

@@ -57,7 +57,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         # Redis down: limits fall back to per-process memory rather than failing logins.
         RATELIMIT_SWALLOW_ERRORS=True,
         RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
-        RATELIMIT_HEADERS_ENABLED=True,
+        # No X-RateLimit-* headers: on the sign-up form the per-address counter would tell
+        # whether someone posted an address lately. 429s carry their own Retry-After.
+        RATELIMIT_HEADERS_ENABLED=False,
     )
     if settings.trusted_proxies:
         n = settings.trusted_proxies
@@ -84,6 +86,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response | tuple[str, int]:
+        if exc.response is not None:
+            # A response made on purpose (the sign-up form's localised 429, for one).
+            return exc.response  # type: ignore[return-value]
         if request.path.startswith("/api/"):
             return api.json_error(exc)
         locale = i18n.pick_locale(

@@ -16,6 +16,7 @@ from datetime import time
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from limits import parse_many
@@ -126,6 +127,55 @@ SETTINGS: tuple[Setting, ...] = (
         "HEBDO_CLAIM_TIMEOUT_SECONDS",
         "300",
         "After this long a claimed but unfinished mail is considered abandoned and sent again by the sweep. At least 6 × `HEBDO_SMTP_TIMEOUT`.",
+    ),
+    Setting(
+        "HEBDO_CONSENT_TEXT",
+        "",
+        "Consent line shown with an unticked box in the sign-up form (French); empty: no box. Sign-ups must tick it; its version is HEBDO_CONSENT_VERSION.",
+    ),
+    Setting(
+        "HEBDO_CONSENT_TEXT_EN",
+        "",
+        "The same consent line in English (default: the French one).",
+    ),
+    Setting(
+        "HEBDO_ALLOWED_ORIGINS",
+        "",
+        "Comma-separated origins (`https://www.site.fr`) whose pages may embed the form: CORS for them only, and only their page URLs are recorded as sources. This service's own origin is always one.",
+    ),
+    Setting(
+        "HEBDO_SUBSCRIBE_RATE_LIMIT",
+        "30/minute;500/day",
+        "Sign-up posts allowed per client IP (Flask-Limiter notation). Stops a bot's burst, not a newsroom behind one address.",
+    ),
+    Setting(
+        "HEBDO_SUBSCRIBE_NETWORK_RATE_LIMIT",
+        "300/hour",
+        "Sign-up posts allowed per /24 (IPv4) or /64 (IPv6) network.",
+    ),
+    Setting(
+        "HEBDO_SUBSCRIBE_ADDRESS_RATE_LIMIT",
+        "3/hour;10/day",
+        "Sign-up posts allowed per target address, from anywhere (subscription bombing); keyed by an HMAC, never the address.",
+    ),
+    Setting(
+        "HEBDO_FORM_MIN_SECONDS",
+        "2",
+        "A form posted sooner than this after it was shown is a bot's: answered like any other, nothing stored.",
+    ),
+    Setting(
+        "HEBDO_CAPTCHA_PROVIDER",
+        "none",
+        "`none`, `turnstile`, `hcaptcha` or `friendlycaptcha`: server-side CAPTCHA verification, asked for only above HEBDO_CAPTCHA_THRESHOLD.",
+    ),
+    Setting("HEBDO_CAPTCHA_SITE_KEY", "", "The CAPTCHA provider's public site key."),
+    Setting(
+        "HEBDO_CAPTCHA_SECRET", "", "The CAPTCHA provider's secret key (server-side verification)."
+    ),
+    Setting(
+        "HEBDO_CAPTCHA_THRESHOLD",
+        "60",
+        "Sign-ups per minute, site-wide, above which the form asks for a CAPTCHA (with a provider set); 0: always.",
     ),
     Setting(
         "HEBDO_TRUSTED_PROXIES",
@@ -330,6 +380,41 @@ def _limit(name: str, raw: str) -> str:
     return raw
 
 
+def _float_or_zero(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not 0 <= value <= 3600 or math.isnan(value):
+        raise ConfigError(f"{name} must be between 0 and 3600, got {raw!r}")
+    return value
+
+
+def origin_of(url: str) -> str:
+    """`https://www.site.fr/a/b?c` → `https://www.site.fr` (lower-case scheme and host);
+    an empty string for what is no URL at all (`https://[::1`)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    return f"{parts.scheme.lower()}://{(parts.netloc or '').lower()}"
+
+
+def _origins(raw: str, base_url: str) -> tuple[str, ...]:
+    found = []
+    for item in (o.strip().rstrip("/") for o in raw.split(",")):
+        if not item:
+            continue
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or "@" in item:
+            raise ConfigError(
+                f"HEBDO_ALLOWED_ORIGINS takes origins such as https://www.site.fr, got {item!r}"
+            )
+        found.append(origin_of(item))
+    # This service's own pages (/subscribe, the sample page) are always allowed.
+    return tuple(dict.fromkeys([origin_of(base_url), *found]))
+
+
 def _ratelimit_storage(raw: str, broker_url: str) -> str:
     if raw:
         if not raw.startswith(("redis://", "rediss://", "memory://")):
@@ -384,6 +469,17 @@ class Settings:
     trusted_proxies: int
     max_request_bytes: int
     admin_max_request_bytes: int
+    consent_text: str
+    consent_text_en: str
+    allowed_origins: tuple[str, ...]
+    subscribe_rate_limit: str
+    subscribe_network_rate_limit: str
+    subscribe_address_rate_limit: str
+    form_min_seconds: float
+    captcha_provider: str
+    captcha_site_key: str
+    captcha_secret: str
+    captcha_threshold: int
     web_workers: int
     worker_concurrency: int
     log_level: str
@@ -529,6 +625,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"HEBDO_SMTP_TIMEOUT ({smtp_timeout:g}), the longest one message can take"
         )
     send_weekday, send_time = _schedule(get("HEBDO_SEND_SCHEDULE"))
+    captcha_provider = _choice(
+        "HEBDO_CAPTCHA_PROVIDER",
+        get("HEBDO_CAPTCHA_PROVIDER"),
+        ("none", "turnstile", "hcaptcha", "friendlycaptcha"),
+    )
+    if captcha_provider != "none" and not (
+        get("HEBDO_CAPTCHA_SITE_KEY") and get("HEBDO_CAPTCHA_SECRET")
+    ):
+        raise ConfigError(
+            "HEBDO_CAPTCHA_PROVIDER needs HEBDO_CAPTCHA_SITE_KEY and HEBDO_CAPTCHA_SECRET"
+        )
     dkim_key, dkim_selector = _dkim(get("HEBDO_DKIM_KEY_FILE"), get("HEBDO_DKIM_SELECTOR"))
 
     return Settings(
@@ -566,6 +673,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         admin_max_request_bytes=_int(
             "HEBDO_ADMIN_MAX_REQUEST_BYTES", get("HEBDO_ADMIN_MAX_REQUEST_BYTES"), 1024
         ),
+        consent_text=get("HEBDO_CONSENT_TEXT"),
+        consent_text_en=get("HEBDO_CONSENT_TEXT_EN"),
+        allowed_origins=_origins(get("HEBDO_ALLOWED_ORIGINS"), base_url),
+        subscribe_rate_limit=_limit(
+            "HEBDO_SUBSCRIBE_RATE_LIMIT", get("HEBDO_SUBSCRIBE_RATE_LIMIT")
+        ),
+        subscribe_network_rate_limit=_limit(
+            "HEBDO_SUBSCRIBE_NETWORK_RATE_LIMIT", get("HEBDO_SUBSCRIBE_NETWORK_RATE_LIMIT")
+        ),
+        subscribe_address_rate_limit=_limit(
+            "HEBDO_SUBSCRIBE_ADDRESS_RATE_LIMIT", get("HEBDO_SUBSCRIBE_ADDRESS_RATE_LIMIT")
+        ),
+        form_min_seconds=_float_or_zero("HEBDO_FORM_MIN_SECONDS", get("HEBDO_FORM_MIN_SECONDS")),
+        captcha_provider=captcha_provider,
+        captcha_site_key=get("HEBDO_CAPTCHA_SITE_KEY"),
+        captcha_secret=get("HEBDO_CAPTCHA_SECRET"),
+        captcha_threshold=_int("HEBDO_CAPTCHA_THRESHOLD", get("HEBDO_CAPTCHA_THRESHOLD"), 0),
         web_workers=_int("HEBDO_WEB_WORKERS", get("HEBDO_WEB_WORKERS"), 1),
         worker_concurrency=_int("HEBDO_WORKER_CONCURRENCY", get("HEBDO_WORKER_CONCURRENCY"), 1),
         log_level=get("HEBDO_LOG_LEVEL").upper(),

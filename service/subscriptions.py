@@ -17,7 +17,7 @@ import logging
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from email_validator import (
@@ -28,13 +28,15 @@ from email_validator import (
 )
 from flask import render_template
 from sqlalchemy import delete, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import insert as insert_into
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import i18n
 from .config import Settings
 from .extensions import db, rowcount
 from .mailer import PermanentFailure, TransientFailure, Transport, build_message
-from .models import AuditEvent, Status, Subscriber, Suppression
+from .models import AuditEvent, Status, Subscriber, Suppression, search_key
 from .tokens import BadToken, Purpose, make_token, read_token
 
 log = logging.getLogger(__name__)
@@ -161,13 +163,19 @@ def _osa_distance(a: str, b: str) -> int:
 def suggest_fix(email: str) -> str | None:
     """`user@gmail.com` for `user@gmial.com`: a likely typo of a major mail domain, or None."""
     local, _, domain = email.rpartition("@")
+    fixed = _domain_fix(domain)
+    return f"{local}@{fixed}" if fixed else None
+
+
+@lru_cache(maxsize=8192)
+def _domain_fix(domain: str) -> str | None:
+    """The major domain `domain` is a typo of. Cached: a site's readers share a few hundred
+    domains, and comparing one against every major domain costs ≈ 1.5 ms in Python."""
     if domain in MAJOR_DOMAINS:
         return None
     best = min(MAJOR_DOMAINS, key=lambda d: (_osa_distance(domain, d), d))
     distance = _osa_distance(domain, best)
-    if 0 < distance <= (1 if len(domain) < 8 else 2):
-        return f"{local}@{best}"
-    return None
+    return best if 0 < distance <= (1 if len(domain) < 8 else 2) else None
 
 
 def suppression_hashes(settings: Settings, email: str) -> list[str]:
@@ -322,26 +330,19 @@ def subscribe(
     )
     suggestion = suggest_fix(email)
     for _attempt in range(3):
+        # A new address (the common case) in one statement; None when it exists.
+        created = _insert_new(email, locale=locale, consent=consent, now=now)
+        if created is not None:
+            return SubscribeResult(created, True, suggestion)
         sub = db.session.execute(
             select(Subscriber).where(Subscriber.email == email).with_for_update()
         ).scalar_one_or_none()
-        due = False
         if sub is None:
-            sub = Subscriber(
-                email=email,
-                status=Status.PENDING,
-                locale=locale,
-                created_at=now,
-                optin_serial=1,
-                confirm_due_at=now,
-                confirm_attempts=0,
-            )
-            _record_consent(sub, consent, now)
-            db.session.add(sub)
-            db.session.flush()
-            audit("subscribe", sub, actor="subscriber", now=now, ip=consent.ip)
-            due = True
-        elif sub.status == Status.PENDING:
+            # Erased between the two statements: insert again.
+            db.session.rollback()
+            continue
+        due = False
+        if sub.status == Status.PENDING:
             due = owe_confirmation(sub, settings, now)
         elif sub.status != Status.ACTIVE:
             before = sub.status
@@ -351,14 +352,68 @@ def subscribe(
             _record_consent(sub, consent, now)
             due = owe_confirmation(sub, settings, now)
             audit("subscribe", sub, actor="subscriber", now=now, before=before, ip=consent.ip)
-        try:
-            db.session.commit()
-        except IntegrityError:
-            # Another request created the same address at the same moment: read it and go again.
-            db.session.rollback()
-            continue
-        return SubscribeResult(sub.id, due, suggestion)
-    raise RuntimeError("could not record the subscription after concurrent inserts")
+        # Read before the commit expires the row (else one more SELECT to reload it).
+        subscriber_id = sub.id
+        db.session.commit()
+        return SubscribeResult(subscriber_id, due, suggestion)
+    raise RuntimeError("could not record the subscription: the address kept changing")
+
+
+@cache
+def _insert_statements(dialect: str) -> tuple[Any, Any]:
+    """The new-subscriber INSERT and its audit INSERT, built once per dialect on the tables
+    (not the ORM classes): values come as parameters, so each sign-up only binds them."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    table = Subscriber.__table__
+    subscriber = (
+        insert(table).on_conflict_do_nothing(index_elements=[table.c.email]).returning(table.c.id)
+    )
+    return subscriber, insert_into(AuditEvent.__table__)
+
+
+def _insert_new(email: str, *, locale: str, consent: Consent, now: datetime) -> int | None:
+    """The common case, a new address, in one statement: `INSERT … ON CONFLICT DO NOTHING
+    RETURNING id` (PostgreSQL and SQLite alike), then its audit event, then the commit.
+    None when the address exists: the caller then reads and updates it under a row lock.
+
+    A sign-up is the form's hot path: the ORM's SELECT-then-INSERT cost one more round
+    trip and most of a millisecond of Python per sign-up.
+    """
+    add_subscriber, add_event = _insert_statements(db.session.get_bind().dialect.name)
+    subscriber_id = db.session.execute(
+        add_subscriber,
+        {
+            "email": email,
+            "search_key": search_key(email),
+            "status": Status.PENDING.value,
+            "locale": locale,
+            "created_at": now,
+            "optin_serial": 1,
+            "confirm_due_at": now,
+            "confirm_attempts": 0,
+            "consent_at": now,
+            "consent_source": consent.source,
+            "consent_text_version": consent.text_version,
+            "consent_ip": consent.ip,
+            "consent_user_agent": consent.user_agent,
+        },
+    ).scalar_one_or_none()
+    if subscriber_id is None:
+        db.session.rollback()
+        return None
+    db.session.execute(
+        add_event,
+        {
+            "created_at": now,
+            "actor": "subscriber",
+            "action": "subscribe",
+            "subscriber_id": subscriber_id,
+            "after_status": Status.PENDING.value,
+            "ip": consent.ip,
+        },
+    )
+    db.session.commit()
+    return int(subscriber_id)
 
 
 def _token_identity(sub: Subscriber) -> list[Any]:

@@ -19,6 +19,8 @@ class Purpose(enum.StrEnum):
     CONFIRM = "hebdo.confirm"
     UNSUBSCRIBE = "hebdo.unsubscribe"
     RESUBSCRIBE = "hebdo.resubscribe"
+    # The sign-up form's timestamp (minimum fill time), not a link.
+    FORM = "hebdo.form"
 
 
 class BadToken(ValueError):

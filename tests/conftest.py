@@ -298,6 +298,10 @@ def env(tmp_path: Path, migrated_database: str) -> dict[str, str]:
         "HEBDO_BASE_URL": BASE_URL,
         "HEBDO_MAIL_FROM": "L'Hebdo <newsletter@news.example.fr>",
         "HEBDO_SMTP_HOST": "",
+        # The news site whose article pages embed the form.
+        "HEBDO_ALLOWED_ORIGINS": "https://news.example.fr",
+        # Tests post at once after "showing" a form; the fill-time test sets its own.
+        "HEBDO_FORM_MIN_SECONDS": "0",
     }
     if BROKER_URL:
         values["HEBDO_BROKER_URL"] = BROKER_URL

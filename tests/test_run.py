@@ -67,12 +67,21 @@ def test_hebdo_run_serves_subscribes_captures_and_stops_on_ctrl_c(
         assert time.monotonic() < deadline, process.output()[-3000:]
         time.sleep(0.2)
 
+    # The newcomer signs up from the box at the end of the sample article page, as a
+    # reader without JavaScript would: the form as served, with its hidden fields.
+    status, page = http(f"{base}/exemple")
+    assert status == 200 and "Rejoignez gratuitement la communauté" in page
+    action = re.search(r'<form class="hebdo-box" method="post" action="([^"]+)"', page)
+    assert action and action.group(1) == f"{base}/api/v1/subscriptions"
+    fields = dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)"', page))
+    assert "ts" in fields
+    fields["email"] = "nouveau@exemple.fr"
     status, body = http(
-        f"{base}/api/v1/subscriptions",
-        json.dumps({"email": "nouveau@exemple.fr"}).encode(),
-        {"Content-Type": "application/json"},
+        action.group(1),
+        urllib.parse.urlencode(fields).encode(),
+        {"Content-Type": "application/x-www-form-urlencoded", "Referer": f"{base}/exemple"},
     )
-    assert status == 202, body
+    assert status == 200 and "Plus qu’une étape" in body, body
     deadline = time.monotonic() + 60
     while "nouveau@exemple.fr" not in http(f"{base}/dev/mailbox/")[1]:
         assert time.monotonic() < deadline, process.output()[-3000:]

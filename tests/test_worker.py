@@ -48,6 +48,30 @@ def test_a_real_worker_sends_the_confirmation_mail(
         assert queue.is_dir() and list(queue.iterdir()) == []
 
 
+def test_a_burst_of_sign_ups_shares_one_sweep_and_every_mail_goes_once(
+    smtp_env: dict[str, str],
+    smtp_app: Flask,
+    smtp_server: SMTPSink,
+    celery_worker: Callable[..., Process],
+) -> None:
+    """Sign-ups schedule one confirmation sweep per window (one broker message for many
+    sign-ups); each owed mail still goes out once, within seconds."""
+    worker = celery_worker(smtp_env)
+    client = smtp_app.test_client()
+    started = time.monotonic()
+    for i in range(25):
+        answer = client.post("/api/v1/subscriptions", json={"email": f"burst{i}@exemple.fr"})
+        assert answer.status_code == 202
+    burst = time.monotonic() - started
+    mails = smtp_server.wait_for(25, timeout=60)
+    assert sorted(m.rcpt_tos[0] for m in mails) == sorted(f"burst{i}@exemple.fr" for i in range(25))
+    time.sleep(1.5)
+    assert len(smtp_server.messages) == 25
+    sweeps = worker.output().count("Task hebdo.sweep_confirmations[")
+    # One sweep per started second of the burst (its window), never one per sign-up.
+    assert 1 <= sweeps <= 2 * (int(burst) + 2), (sweeps, burst)
+
+
 @pytest.fixture
 def private_redis(tmp_path: object) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
     """A redis-server of this test's own on a free loopback port, started on demand."""

@@ -51,14 +51,27 @@ def send_confirmation_task(subscriber_id: int) -> None:
             log.info("confirmation for %s deferred: %s", subscriber_id, exc)
 
 
+# A burst of sign-ups may owe more mails than one round sends: go on while rounds come back
+# full, within a bound (the next sweep carries on).
+SWEEP_ROUNDS = 20
+SWEEP_BATCH = 500
+
+
 @shared_task(name="hebdo.sweep_confirmations")
 def sweep_confirmations_task() -> None:
     """Send every owed confirmation mail nobody is sending."""
     settings = _settings()
+    total = 0
     with open_transport(settings) as transport:
-        sent = send_due_confirmations(transport=transport, settings=settings, now=datetime.now(UTC))
-    if sent:
-        log.info("sweep sent %d confirmation mail(s)", sent)
+        for _round in range(SWEEP_ROUNDS):
+            sent = send_due_confirmations(
+                transport=transport, settings=settings, now=datetime.now(UTC), limit=SWEEP_BATCH
+            )
+            total += sent
+            if sent < SWEEP_BATCH:
+                break
+    if total:
+        log.info("sweep sent %d confirmation mail(s)", total)
 
 
 @shared_task(name="hebdo.send_batch")

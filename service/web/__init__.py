@@ -20,16 +20,21 @@ def register(app: Flask, settings: Settings) -> None:
     from . import (  # noqa: F401
         admin_base,
         admin_dashboard,
+        admin_embed,
         admin_imports,
         admin_issues,
         admin_subscribers,
         api,
+        embed,
         openapi,
         public,
+        signup,
     )
 
     app.register_blueprint(api.bp)
     app.register_blueprint(public.bp)
+    app.register_blueprint(embed.bp)
+    app.register_blueprint(signup.bp)
     app.register_blueprint(admin_base.bp)
     app.register_blueprint(admin_base.api_bp)
     app.register_blueprint(openapi.bp)

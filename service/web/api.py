@@ -1,129 +1,20 @@
-"""JSON API: POST /api/v1/subscriptions (public) and POST /api/v1/articles (token).
-
-The subscription answer never depends on whether the address was already
-known: new, pending, active and unsubscribed addresses all get the same body.
-"""
+"""Token API: POST /api/v1/articles (a CMS pushing an article), and the JSON error
+body of every /api route. The public sign-up endpoint lives in signup.py."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
-from werkzeug.exceptions import BadRequest, HTTPException
+from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 
-from .. import apitokens, i18n, jobs
+from .. import apitokens, i18n
 from ..articles import ArticleInput, InvalidArticle, store_article
 from ..extensions import db
-from ..subscriptions import Consent, InvalidEmail, subscribe
-from .common import client_ip, now, page_locale, settings, user_agent
+from .common import now
+from .payloads import PayloadError, optional_string, read_payload
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
-
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-MAX_SOURCE_LENGTH = 2048
-MAX_CONSENT_LENGTH = 64
-
-
-class PayloadError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-
-
-def _payload() -> dict[str, Any]:
-    if request.mimetype in FORM_TYPES:
-        return request.form.to_dict()
-    if request.mimetype == "application/json" or request.mimetype.endswith("+json"):
-        try:
-            data = request.get_json(force=True, silent=False)
-        except BadRequest:
-            raise PayloadError(400, "malformed_json", "the body is not valid UTF-8 JSON") from None
-        if not isinstance(data, dict):
-            raise PayloadError(400, "malformed_json", "the body must be a JSON object")
-        return data
-    raise PayloadError(415, "unsupported_media_type", "send application/json or a form")
-
-
-def _optional_string(data: dict[str, Any], name: str, limit: int) -> str | None:
-    value = data.get(name)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise PayloadError(422, "invalid_field", f"{name} must be a string")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PayloadError(422, "invalid_field", f"{name} is not valid Unicode text") from None
-    if len(value) > limit:
-        raise PayloadError(422, "invalid_field", f"{name} is longer than {limit} characters")
-    return value.strip()
-
-
-def _source(value: str | None) -> str | None:
-    """The page the form was on; recorded only when it is an http(s) URL."""
-    if value and value.startswith(("https://", "http://")) and value.isprintable():
-        return value
-    return None
-
-
-def _consent_version(value: Any) -> str:
-    if value is True or value is None or value in ("", "on", "true", "1", "yes"):
-        return settings().consent_version
-    if isinstance(value, str) and len(value) <= MAX_CONSENT_LENGTH and value.isprintable():
-        return value.strip()
-    raise PayloadError(422, "invalid_field", "consent must be a consent text version (string)")
-
-
-@bp.post("/subscriptions")
-def create_subscription() -> Response | tuple[Response, int] | tuple[str, int]:
-    """Sign an address up; 202 (JSON) or 303 to the thank-you page (form)."""
-    form_post = request.mimetype in FORM_TYPES
-    locale = page_locale(request.form.get("locale") if form_post else None)
-    try:
-        data = _payload()
-        locale = page_locale(data.get("locale") if isinstance(data.get("locale"), str) else None)
-        source = _source(_optional_string(data, "source", MAX_SOURCE_LENGTH))
-        consent = Consent(
-            source=source,
-            text_version=_consent_version(data.get("consent")),
-            ip=client_ip(),
-            user_agent=user_agent(),
-        )
-        result = subscribe(
-            data.get("email"), locale=locale, consent=consent, now=now(), settings=settings()
-        )
-    except PayloadError as exc:
-        body = {
-            "error": exc.code,
-            "message": i18n.translate(locale, "bad_request", detail=exc.detail),
-        }
-        if exc.status == 415:
-            body["message"] = i18n.translate(locale, "unsupported_type")
-        return jsonify(body), exc.status
-    except InvalidEmail as exc:
-        message = exc.message(locale)
-        if form_post:
-            return render_template("pages/invalid.html", message=message, locale=locale), 422
-        body = {"error": "invalid_email", "code": exc.code, "message": message}
-        if exc.detail:
-            body["detail"] = exc.detail
-        return jsonify(body), 422
-
-    if result.confirmation_due:
-        jobs.enqueue(jobs.SEND_CONFIRMATION, result.subscriber_id)
-
-    suggestion = result.suggestion
-    if form_post:
-        domain = suggestion.rpartition("@")[2] if suggestion else None
-        return redirect(url_for("public.thanks", lang=locale, domain=domain), 303)  # type: ignore[return-value]
-    body = {"status": "accepted", "message": i18n.translate(locale, "accepted")}
-    if suggestion:
-        body["suggestion"] = suggestion
-        body["suggestion_message"] = i18n.translate(locale, "suggestion", suggestion=suggestion)
-    return jsonify(body), 202
 
 
 ARTICLE_FIELDS = {
@@ -177,12 +68,12 @@ def push_article() -> tuple[Response, int]:
     try:
         if request.mimetype != "application/json":
             raise PayloadError(415, "unsupported_media_type", "send application/json")
-        data = _payload()
+        data = read_payload()
         unknown = sorted(set(data) - set(ARTICLE_FIELDS))
         if unknown:
             raise PayloadError(422, "invalid_field", f"unknown field(s): {', '.join(unknown)}")
         fields = {
-            name: _optional_string(data, name, limit) for name, limit in ARTICLE_FIELDS.items()
+            name: optional_string(data, name, limit) for name, limit in ARTICLE_FIELDS.items()
         }
         item = ArticleInput(
             url=fields["url"] or "",

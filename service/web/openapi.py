@@ -159,6 +159,13 @@ PATHS: dict[str, Any] = {
                                 "locale": {"type": "string", "enum": ["fr", "en"]},
                                 "source": {"type": "string", "maxLength": 2048},
                                 "consent": {"type": "string", "maxLength": 64},
+                                "consent_given": {"type": "string"},
+                                "ts": {"type": "string"},
+                                "website": {
+                                    "type": "string",
+                                    "description": "The honeypot: stays empty for people.",
+                                },
+                                "captcha_token": {"type": "string"},
                             },
                         }
                     }
@@ -170,10 +177,39 @@ PATHS: dict[str, Any] = {
                     {"type": "object", "properties": {"status": {"type": "string"}}}, "Accepted"
                 ),
                 "303": {"description": "Form posts: redirect to the thank-you page"},
-                "400": _error("Malformed body"),
+                "400": _error(
+                    "Malformed body; or captcha_required/captcha_failed, with the widget"
+                ),
                 "413": _error("Body too large"),
                 "415": _error("Unsupported media type"),
-                "422": _error("Invalid address (the message says why)"),
+                "422": _error("Invalid address (the message says why), or consent not given"),
+                "429": _error("Too many attempts (per IP, network or address); see Retry-After"),
+            },
+        }
+    },
+    "/api/v1/subscriptions/form": {
+        "get": {
+            "summary": "What the embedded box needs: a form token, the consent line, a CAPTCHA",
+            "security": [],
+            "parameters": [
+                {"name": "lang", "in": "query", "schema": {"type": "string", "enum": ["fr", "en"]}}
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["ts", "min_seconds", "consent", "captcha", "honeypot"],
+                        "properties": {
+                            "ts": {"type": "string"},
+                            "min_seconds": {"type": "number"},
+                            "consent": {"type": ["object", "null"]},
+                            "captcha": {"type": ["object", "null"]},
+                            "honeypot": {"type": "string"},
+                            "messages": {"type": "object"},
+                        },
+                    },
+                    "The box's settings",
+                )
             },
         }
     },

@@ -18,6 +18,7 @@ from ..digest import (
     render_issue,
 )
 from ..models import Status, Subscriber
+from ..signup_defences import page_of_allowed_origin
 from ..subscriptions import (
     Consent,
     check_confirm_token,
@@ -52,10 +53,16 @@ def healthz() -> Response:
 
 
 @bp.get("/subscribe")
-def subscribe_page() -> tuple[str, int]:
-    """Hosted sign-up form."""
+def subscribe_page() -> Response:
+    """Hosted sign-up form: the embeddable box, with a fresh form token."""
+    from ..signup_defences import form_context
+    from .embed import page_csp
+
     locale = page_locale()
-    return _page("subscribe", locale)
+    html, _status = _page("subscribe", locale, form=form_context(settings(), locale, now()))
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = page_csp(settings())
+    return response
 
 
 @bp.get("/merci")
@@ -66,7 +73,9 @@ def thanks() -> tuple[str, int]:
     # Only the suggested domain travels in the URL, never the address, and only a plain hostname.
     if not (0 < len(domain) <= 64 and all(c.isalnum() or c in ".-" for c in domain)):
         domain = ""
-    return _page("thanks", locale, domain=domain)
+    # A link back to the article page, only to an allowed origin: never an open redirect.
+    back = page_of_allowed_origin(settings(), request.args.get("back"))
+    return _page("thanks", locale, domain=domain, back=back)
 
 
 @bp.get("/confirm/<token>")

@@ -30,41 +30,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from flask_migrate import upgrade  # noqa: E402
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
+from bench.database import drop_database, reset_database  # noqa: E402
 from service import create_app  # noqa: E402
 from service.extensions import db  # noqa: E402
 from service.models import AuditEvent, Subscriber  # noqa: E402
 from service.subscriber_io import apply_import, plan_import  # noqa: E402
 
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/hebdo_bench")
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def reset_database() -> None:
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = 'hebdo_bench'"))
-        if exists.first() is None:
-            conn.execute(text("CREATE DATABASE hebdo_bench"))
-    admin.dispose()
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-        conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
-    engine.dispose()
-
-
-def drop_database() -> None:
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS hebdo_bench WITH (FORCE)"))
-    admin.dispose()
 
 
 def sample_csv(rows: int) -> str:
@@ -86,7 +64,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the hebdo_bench database")
     args = parser.parse_args()
 
-    reset_database()
+    reset_database(PG_URL)
     data_dir = tempfile.mkdtemp(prefix="hebdo-bench-io-")
     values = {
         "HEBDO_ENV": "test",
@@ -182,7 +160,7 @@ def main() -> None:
             sys.exit(1)
     finally:
         if not args.keep:
-            drop_database()
+            drop_database(PG_URL)
 
 
 if __name__ == "__main__":

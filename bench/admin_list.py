@@ -27,31 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from flask_migrate import upgrade  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 
+from bench.database import reset_database  # noqa: E402
 from service import apitokens, create_app  # noqa: E402
 from service.extensions import db  # noqa: E402
 
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PG_URL = os.environ.get(
     "BENCH_LIST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/hebdo_bench_list"
 )
-
-
-def reset_database() -> None:
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        exists = conn.execute(
-            text("SELECT 1 FROM pg_database WHERE datname = 'hebdo_bench_list'")
-        ).first()
-        if exists is None:
-            conn.execute(text("CREATE DATABASE hebdo_bench_list"))
-    admin.dispose()
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
 
 
 FILL = """
@@ -88,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=1_000_000)
     args = parser.parse_args()
-    reset_database()
+    reset_database(PG_URL)
     data_dir = Path(tempfile.mkdtemp(prefix="hebdo-bench-list-"))
     app = create_app(
         {

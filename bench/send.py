@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 from flask_migrate import upgrade  # noqa: E402
-from sqlalchemy import create_engine, event, func, insert, select, text  # noqa: E402
+from sqlalchemy import event, func, insert, select, text  # noqa: E402
 
+from bench.database import reset_database as reset_pg  # noqa: E402
 from service import create_app, delivery, feeds  # noqa: E402
 from service.config import load_settings  # noqa: E402
 from service.digest import get_issue, plan_issue  # noqa: E402
@@ -43,7 +44,6 @@ from service.mailer import SMTPTransport  # noqa: E402
 from service.models import Delivery, Subscriber  # noqa: E402
 from service.runner import commands  # noqa: E402
 
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/hebdo_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 WEEK = "2026-W48"
@@ -116,17 +116,7 @@ def environment(port: int, data_dir: Path, batch: int) -> dict[str, str]:
 
 
 def reset_database() -> None:
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = 'hebdo_bench'"))
-        if exists.first() is None:
-            conn.execute(text("CREATE DATABASE hebdo_bench"))
-    admin.dispose()
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+    reset_pg(PG_URL)
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 

@@ -57,16 +57,16 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 from flask_migrate import upgrade  # noqa: E402
-from sqlalchemy import create_engine, event, func, select, text  # noqa: E402
+from sqlalchemy import event, func, select  # noqa: E402
 
 from bench import minimal_app  # noqa: E402
+from bench.database import reset_database  # noqa: E402
 from service import create_app, jobs, subscriptions  # noqa: E402
 from service.config import SETTINGS, load_settings  # noqa: E402
 from service.extensions import db  # noqa: E402
 from service.models import Subscriber  # noqa: E402
 from service.runner import commands  # noqa: E402
 
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/hebdo_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 UNLIMITED = "1000000/second"
@@ -274,17 +274,7 @@ def wrk(
 
 
 def reset_postgresql() -> None:
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = 'hebdo_bench'"))
-        if exists.first() is None:
-            conn.execute(text("CREATE DATABASE hebdo_bench"))
-    admin.dispose()
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+    reset_database(PG_URL)
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 

@@ -17,9 +17,10 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from .audit_log import audit
 from .config import Settings
 from .extensions import db, rowcount
-from .models import AdminRole, AdminSession, AdminUser, AuditEvent
+from .models import AdminRole, AdminSession, AdminUser
 
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024
@@ -159,11 +160,7 @@ def purge_sessions(settings: Settings, now: datetime) -> int:
 
 def record(name: str, action: str, now: datetime, ip: str | None) -> None:
     """An audit event about an admin's own session (`admin.login`, `admin.logout`)."""
-    db.session.add(
-        AuditEvent(
-            created_at=now, actor=f"admin:{name}", action=action, subject=f"user:{name}", ip=ip
-        )
-    )
+    audit(action, actor=f"admin:{name}", now=now, subject=f"user:{name}", ip=ip)
     db.session.commit()
 
 

@@ -1,7 +1,5 @@
-"""Reading the audit log: filtered pages, newest first, and its rows for a CSV export.
-
-Writing happens where each action happens (`subscriptions.audit`, `issues.record`...);
-this module only reads, so the admin pages, the API and the export page it alike.
+"""The audit log: `audit` writes one event (every action of every face goes through it),
+and filtered pages, newest first, and rows for a CSV export read it back.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from typing import Any
 from sqlalchemy import Select, select
 
 from .extensions import db
-from .models import AuditEvent
+from .models import AuditEvent, Subscriber
 
 COLUMNS = (
     "id",
@@ -27,6 +25,34 @@ COLUMNS = (
     "after_status",
     "ip",
 )
+
+
+def audit(
+    action: str,
+    subscriber: Subscriber | None = None,
+    *,
+    actor: str,
+    now: datetime,
+    subject: str | None = None,
+    before: str | None = None,
+    ip: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Add one event to the session (the caller commits it with the change it records).
+    About a subscriber: its id and status after; about anything else: `subject`."""
+    db.session.add(
+        AuditEvent(
+            created_at=now,
+            actor=actor,
+            action=action,
+            subject=subject,
+            subscriber_id=subscriber.id if subscriber else None,
+            before_status=before,
+            after_status=subscriber.status if subscriber else None,
+            ip=ip,
+            detail=detail,
+        )
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
+from .audit_log import audit
 from .config import Settings
 from .digest import (
     candidates,
@@ -31,7 +32,7 @@ from .digest import (
 )
 from .extensions import db
 from .issues import MAX_LATE
-from .models import Article, AuditEvent, Issue, IssueArticle, IssueStatus
+from .models import Article, Issue, IssueArticle, IssueStatus
 
 RECENT = timedelta(days=30)
 PAGE_SIZE = 50
@@ -173,15 +174,13 @@ def _after_change(
     ip: str | None,
     detail: dict[str, Any] | None = None,
 ) -> Change:
-    db.session.add(
-        AuditEvent(
-            created_at=now,
-            actor=actor,
-            action=action,
-            subject=f"article:{article_id}",
-            ip=ip,
-            detail={"week": week, **(detail or {})},
-        )
+    audit(
+        action,
+        actor=actor,
+        now=now,
+        subject=f"article:{article_id}",
+        ip=ip,
+        detail={"week": week, **(detail or {})},
     )
     db.session.commit()
     issue = get_issue(week)

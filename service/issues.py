@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
+from .audit_log import audit
 from .config import Settings
 from .delivery import Enqueue, dispatch, set_issue_status, start_send, status_counts, sweep
 from .digest import (
@@ -35,7 +36,7 @@ from .digest import (
 )
 from .extensions import db
 from .mailer import Outgoing, open_transport
-from .models import AuditEvent, Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber
+from .models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber
 from .subscriptions import is_suppressed, normalise_email
 
 log = logging.getLogger(__name__)
@@ -254,16 +255,7 @@ def record(
     detail: dict[str, Any] | None = None,
 ) -> None:
     """An audit event about the issue of `week` (`issue.send`, `issue.pause`…), committed."""
-    db.session.add(
-        AuditEvent(
-            created_at=now,
-            actor=actor,
-            action=action,
-            subject=f"issue:{week}",
-            ip=ip,
-            detail=detail,
-        )
-    )
+    audit(action, actor=actor, now=now, subject=f"issue:{week}", ip=ip, detail=detail)
     db.session.commit()
 
 

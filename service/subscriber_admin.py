@@ -18,12 +18,12 @@ from datetime import datetime
 
 from sqlalchemy import delete, select, update
 
+from .audit_log import audit
 from .config import Settings
 from .extensions import db
 from .models import AuditEvent, Delivery, ImportFile, Status, Subscriber
 from .subscriptions import (
     InvalidEmail,
-    audit,
     mark_bounced,
     normalise_email,
     owe_confirmation,

@@ -30,6 +30,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from . import i18n
+from .audit_log import audit
 from .config import Settings
 from .extensions import db
 from .models import AuditEvent, Status, Subscriber, Suppression, search_key
@@ -618,5 +619,5 @@ def audit_export(
         "sort": filters.sort,
     }
     detail = {"filters": view, "rows": progress.rows, "complete": progress.complete}
-    db.session.add(AuditEvent(created_at=now, actor=actor, action="export", ip=ip, detail=detail))
+    audit("export", actor=actor, now=now, ip=ip, detail=detail)
     db.session.commit()

@@ -33,6 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import i18n
+from .audit_log import audit
 from .config import Settings
 from .extensions import db, rowcount
 from .mailer import PermanentFailure, TransientFailure, Transport, build_message
@@ -239,30 +240,6 @@ def mark_bounced(
     sub.status = Status.BOUNCED
     suppress(settings, sub.email, "bounce", now)
     audit("bounce", sub, actor=actor, now=now, before=before, ip=ip, detail=detail)
-
-
-def audit(
-    action: str,
-    subscriber: Subscriber | None,
-    *,
-    actor: str,
-    now: datetime,
-    before: str | None = None,
-    ip: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    db.session.add(
-        AuditEvent(
-            created_at=now,
-            actor=actor,
-            action=action,
-            subscriber_id=subscriber.id if subscriber else None,
-            before_status=before,
-            after_status=subscriber.status if subscriber else None,
-            ip=ip,
-            detail=detail,
-        )
-    )
 
 
 @dataclass(frozen=True)

@@ -429,6 +429,17 @@ def celery_worker(spawn: Callable[..., Process]) -> Callable[..., Process]:
     return start
 
 
+# --- Browser ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium per module (tests/browser.py; skipped without it, but under CI)."""
+    from tests.browser import chromium
+
+    yield from chromium()
+
+
 # --- Admin ------------------------------------------------------------------------
 
 ADMIN_PASSWORD = "correct horse battery staple"

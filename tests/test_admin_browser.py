@@ -7,74 +7,37 @@ Skipped where Chromium or Playwright is missing, except under CI=true, where tha
 
 from __future__ import annotations
 
-import os
 import re
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
 from flask import Flask
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from service import editorial
 from service.digest import plan_issue
 from service.extensions import db
 from service.models import Status, Subscriber
 from service.subscriptions import Consent, subscribe
+from tests.browser import (
+    TIMEOUT_MS,
+    Browser,
+    Dialog,
+    Page,
+    app_server,
+    expect,
+    serve,
+    unready_server,
+)
 from tests.conftest import ADMIN_PASSWORD, SMTPSink, add_article, add_subscribers, create_admin
-
-CHROMIUM = Path("/usr/bin/chromium")
-IN_CI = os.environ.get("CI", "").lower() == "true"
-TIMEOUT_MS = 10_000
-
-
-def _missing(what: str) -> None:
-    """Skip the module, or fail it under CI=true: CI must exercise the browser."""
-    if IN_CI:
-        pytest.fail(f"CI=true but {what}: the browser tests cannot run", pytrace=False)
-    pytest.skip(what, allow_module_level=True)
-
-
-try:
-    from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
-except ImportError:
-    _missing("the playwright package is not installed (pip install -e '.[test]')")
-if not CHROMIUM.exists():
-    _missing(f"{CHROMIUM} is missing (apt-get install chromium; never `playwright install`)")
-
-expect.set_options(timeout=TIMEOUT_MS)
-
-
-# ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One Chromium for the module; each test gets its own context (cookies, viewport)."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox"], timeout=30_000
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @dataclass
 class LiveServer:
     app: Flask
     url: str
-
-
-def _not_ready(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-    return [b"starting"]
 
 
 @pytest.fixture
@@ -85,18 +48,14 @@ def live(
 
     The server binds first so the app can be built with its own http:// address as
     HEBDO_BASE_URL (the session cookie is then not Secure-only, which http would drop)."""
-    server = make_server("127.0.0.1", 0, _not_ready, threaded=True)
-    url = f"http://127.0.0.1:{server.server_port}"
+    server, url = unready_server()
     app = make_app({**smtp_env, "HEBDO_BASE_URL": url})
-    server.app = app
-    thread = threading.Thread(target=server.serve_forever, name="admin-browser-http", daemon=True)
-    thread.start()
+    app_server(app, server)
+    stop = serve(server, "admin-browser-http")
     try:
         yield LiveServer(app, url)
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+        stop()
 
 
 @pytest.fixture

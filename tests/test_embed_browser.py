@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,35 +23,25 @@ from typing import Any
 import pytest
 from flask import Flask
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from service.extensions import db
 from service.mailer import open_transport
 from service.models import Subscriber
 from service.subscriptions import send_due_confirmations
+from tests.browser import (
+    TIMEOUT_MS,
+    Browser,
+    BrowserContext,
+    Page,
+    app_server,
+    expect,
+    serve,
+    unready_server,
+)
 from tests.conftest import SMTPSink
 
-CHROMIUM = Path("/usr/bin/chromium")
-IN_CI = os.environ.get("CI", "").lower() == "true"
-TIMEOUT_MS = 10_000
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
-
-def _missing(what: str) -> None:
-    """Skip the module, or fail it under CI=true: CI must exercise the browser."""
-    if IN_CI:
-        pytest.fail(f"CI=true but {what}: the browser tests cannot run", pytrace=False)
-    pytest.skip(what, allow_module_level=True)
-
-
-try:
-    from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
-except ImportError:
-    _missing("the playwright package is not installed (pip install -e '.[test]')")
-if not CHROMIUM.exists():
-    _missing(f"{CHROMIUM} is missing (apt-get install chromium; never `playwright install`)")
-
-expect.set_options(timeout=TIMEOUT_MS)
 
 ARTICLE = """<!doctype html>
 <html lang="{lang}">
@@ -81,19 +70,6 @@ couvert devant l’entrée principale.</p>
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One Chromium for the module; each test gets its own context (cookies, viewport)."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox"], timeout=30_000
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
 @dataclass
 class Site:
     """hebdo on one loopback port, a news site's article pages on another."""
@@ -117,11 +93,6 @@ class Site:
             ).scalar_one()
             db.session.remove()
             return source
-
-
-def _not_ready(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-    return [b"starting"]
 
 
 def _host_server(pages: dict[str, bytes]) -> ThreadingHTTPServer:
@@ -149,8 +120,7 @@ def make_site(
     stops: list[Callable[[], None]] = []
 
     def start(**settings: str) -> Site:
-        hebdo_server = make_server("127.0.0.1", 0, _not_ready, threaded=True)
-        hebdo = f"http://127.0.0.1:{hebdo_server.server_port}"
+        hebdo_server, hebdo = unready_server()
         pages: dict[str, bytes] = {}
         host_server = _host_server(pages)
         host = f"http://127.0.0.1:{host_server.server_port}"
@@ -163,7 +133,7 @@ def make_site(
                 **settings,
             }
         )
-        hebdo_server.app = app
+        app_server(app, hebdo_server)
         # What the site's developer copies from hebdo, pasted as is.
         snippet = app.test_client().get("/embed/snippet").get_data(as_text=True)
         pages["/article"] = ARTICLE.format(lang="fr", snippet=snippet).encode()
@@ -171,16 +141,8 @@ def make_site(
         # The least a site can paste: an empty div (its language set on it) and the script.
         bare = f'<div data-hebdo-form data-lang="en"></div><script src="{hebdo}/embed.js"></script>'
         pages["/bare"] = ARTICLE.format(lang="fr", snippet=bare).encode()
-        for server, name in ((hebdo_server, "hebdo"), (host_server, "news-site")):
-            thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
-            thread.start()
-
-            def stop(server: Any = server, thread: threading.Thread = thread) -> None:
-                server.shutdown()
-                server.server_close()
-                thread.join(10)
-
-            stops.append(stop)
+        stops.append(serve(hebdo_server, "hebdo"))
+        stops.append(serve(host_server, "news-site"))
         return Site(app, hebdo, host)
 
     yield start

@@ -102,6 +102,20 @@ def normalise_email(
     """
     if not isinstance(raw, str):
         raise InvalidEmail("type")
+    if not check_deliverability:
+        return _normalised(raw)
+    return _normalise(raw, check_deliverability=True, dns_timeout=dns_timeout)
+
+
+@lru_cache(maxsize=4096)
+def _normalised(raw: str) -> str:
+    """Syntax-only normalisation, remembered: a sign-up asks it three times (the
+    per-address rate limit's key, the view, subscribe()), at ≈ 0.08 ms each. Only
+    answers are cached; an invalid address raises every time."""
+    return _normalise(raw, check_deliverability=False, dns_timeout=1)
+
+
+def _normalise(raw: str, *, check_deliverability: bool, dns_timeout: int) -> str:
     email = raw.strip()
     if not email:
         raise InvalidEmail("empty")

@@ -44,9 +44,11 @@ def processes_with(data_dir: Path) -> list[int]:
     return found
 
 
-def test_hebdo_run_serves_subscribes_captures_and_stops_on_ctrl_c(
-    env: dict[str, str], spawn: Callable[..., Process]
-) -> None:
+def start_hebdo_run(
+    env: dict[str, str], spawn: Callable[..., Process], *, ready: str
+) -> tuple[Process, str, dict[str, str]]:
+    """`hebdo run` on a free port, once it printed `ready` and its web app answers:
+    the process, its base URL and its settings."""
     port = free_port()
     values = {
         **env,
@@ -55,17 +57,23 @@ def test_hebdo_run_serves_subscribes_captures_and_stops_on_ctrl_c(
         "HEBDO_WORKER_CONCURRENCY": "1",
     }
     hebdo = [sys.executable, "-m", "service.cli", "run", "--port", str(port)]
-    process = spawn(hebdo, values, ready="hebdo: http://", timeout=120)
+    process = spawn(hebdo, values, ready=ready, timeout=120)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
             if http(f"{base}/healthz")[0] == 200:
-                break
+                return process, base, values
         except OSError:
             pass
         assert time.monotonic() < deadline, process.output()[-3000:]
         time.sleep(0.2)
+
+
+def test_hebdo_run_serves_subscribes_captures_and_stops_on_ctrl_c(
+    env: dict[str, str], spawn: Callable[..., Process]
+) -> None:
+    process, base, values = start_hebdo_run(env, spawn, ready="hebdo: http://")
 
     # The newcomer signs up from the box at the end of the sample article page, as a
     # reader without JavaScript would: the form as served, with its hidden fields.
@@ -158,16 +166,7 @@ def test_a_newcomer_runs_the_newsletter_from_the_admin_area(
 ) -> None:
     """README's first command, then: create an admin, log in, see the form's sign-ups,
     unsubscribe one, preview and send the week's digest, and watch it progress."""
-    port = free_port()
-    values = {
-        **env,
-        "HEBDO_BASE_URL": f"http://127.0.0.1:{port}",
-        "HEBDO_WEB_WORKERS": "1",
-        "HEBDO_WORKER_CONCURRENCY": "1",
-    }
-    hebdo = [sys.executable, "-m", "service.cli", "run", "--port", str(port)]
-    process = spawn(hebdo, values, ready="hebdo: admin area at", timeout=120)
-    base = f"http://127.0.0.1:{port}"
+    process, base, values = start_hebdo_run(env, spawn, ready="hebdo: admin area at")
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
     created = subprocess.run(
         [sys.executable, "-m", "service.cli", "admin", "create-user", "alice", "--password-stdin",
@@ -181,15 +180,6 @@ def test_a_newcomer_runs_the_newsletter_from_the_admin_area(
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
 
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if http(f"{base}/healthz")[0] == 200:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, process.output()[-3000:]
-        time.sleep(0.2)
     for email in ("lea@exemple.fr", "tom@exemple.fr"):
         status, _ = http(
             f"{base}/api/v1/subscriptions",

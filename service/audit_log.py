@@ -89,12 +89,8 @@ def rows(filters: AuditFilters, chunk: int = 1000) -> Iterator[list[Any]]:
     while True:
         events, before = page(filters, before, chunk)
         for event in events:
-            yield [_cell(getattr(event, column)) for column in COLUMNS]
+            yield [getattr(event, column) for column in COLUMNS]
         db.session.expunge_all()
         db.session.rollback()
         if before is None:
             return
-
-
-def _cell(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value

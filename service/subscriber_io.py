@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from . import i18n
 from .audit_log import audit
 from .config import Settings
+from .csv_out import FORMULA_STARTS, csv_chunks
 from .extensions import db
 from .models import AuditEvent, Status, Subscriber, Suppression, search_key
 from .subscriber_search import Filters, iterate
@@ -72,8 +73,6 @@ EXPORT_COLUMNS = (
     "consent_text_version",
     "unsubscribed_at",
 )
-# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection").
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 TEXTS = {
     "fr": {
@@ -532,46 +531,14 @@ def apply_import(
 
 def report_csv(plan: Plan) -> Iterator[str]:
     """Every line's outcome as CSV (line, email, outcome, code, reason), formula-safe."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(("line", "email", "outcome", "code", "reason"))
-    for n, planned in enumerate(plan.lines, 1):
-        writer.writerow(
-            (
-                planned.line,
-                defuse(planned.email),
-                planned.outcome,
-                planned.code,
-                defuse(planned.reason),
-            )
-        )
-        if n % 500 == 0:
-            yield _drain(buffer)
-    yield _drain(buffer)
+    rows = (
+        (planned.line, planned.email, planned.outcome, planned.code, planned.reason)
+        for planned in plan.lines
+    )
+    return csv_chunks(("line", "email", "outcome", "code", "reason"), rows)
 
 
 # ---------------------------------------------------------------- export
-
-
-def defuse(cell: str) -> str:
-    """A cell a spreadsheet will show as text, never run as a formula."""
-    return f"'{cell}" if cell.startswith(FORMULA_STARTS) else cell
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return moment.astimezone(UTC).isoformat()
-    return defuse(str(value))
-
-
-def _drain(buffer: io.StringIO) -> str:
-    text = buffer.getvalue()
-    buffer.seek(0)
-    buffer.truncate()
-    return text
 
 
 @dataclass
@@ -585,19 +552,14 @@ def export_csv(
 ) -> Iterator[str]:
     """The view's subscribers as CSV text, a few hundred rows per chunk; `progress` counts
     the rows as they go (the caller audits the count once the stream has ended)."""
-    buffer = io.StringIO()
-    if bom:
-        # Spreadsheets read the accents right only when the file says it is UTF-8.
-        buffer.write("\ufeff")
-    writer = csv.writer(buffer)
-    writer.writerow(EXPORT_COLUMNS)
-    for sub in iterate(filters):
-        writer.writerow([_cell(getattr(sub, column)) for column in EXPORT_COLUMNS])
-        progress.rows += 1
-        if progress.rows % chunk_rows == 0:
-            yield _drain(buffer)
-    progress.complete = True
-    yield _drain(buffer)
+
+    def rows() -> Iterator[list[object]]:
+        for sub in iterate(filters):
+            progress.rows += 1
+            yield [getattr(sub, column) for column in EXPORT_COLUMNS]
+        progress.complete = True
+
+    return csv_chunks(EXPORT_COLUMNS, rows(), bom=bom, every=chunk_rows)
 
 
 def audit_export(

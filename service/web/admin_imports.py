@@ -12,10 +12,8 @@ reads Accept-Language).
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import timedelta
 from typing import Any, cast
-from urllib.parse import quote
 
 from flask import (
     Response,
@@ -26,12 +24,10 @@ from flask import (
     jsonify,
     redirect,
     request,
-    stream_with_context,
     url_for,
 )
 from sqlalchemy import delete, select
 from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.http import quote_header_value
 
 from .. import i18n
 from ..extensions import db, rowcount
@@ -54,7 +50,7 @@ from ..subscriber_io import (
 )
 from ..subscriber_search import SearchError, parse_filters
 from .admin_base import actor, add_texts, api_bp, bp, json_error, page, requires_admin, t
-from .common import client_ip, now, settings
+from .common import client_ip, csv_download, now, settings
 
 KEEP_FILES = timedelta(hours=24)
 PAGE_LINES = 500  # non-new lines shown on the report page
@@ -293,7 +289,7 @@ def import_report_csv(file_id: int) -> Response:
     stored = _stored(file_id)
     plan = _plan(stored)
     stem = stored.filename.rsplit(".", 1)[0] or "import"
-    return _csv_response(report_csv(plan), f"{stem}-report.csv")
+    return csv_download(report_csv(plan), f"{stem}-report.csv")
 
 
 @bp.post("/imports/<int:file_id>/apply")
@@ -440,30 +436,6 @@ def api_import() -> tuple[Response, int]:
 # ---------------------------------------------------------------- export
 
 
-def _content_disposition(filename: str) -> str:
-    """`attachment` with a file name no client can misread, built as werkzeug's
-    `send_file(download_name=...)` builds it: the name quoted and escaped by werkzeug's
-    `quote_header_value` (an upload named `x"; filename=evil.exe` stays one name), and a
-    name that is not plain ASCII (a header must be Latin-1, and gunicorn refuses more)
-    given as `filename*=UTF-8''<percent-encoded>` beside an ASCII `filename=` fallback.
-    """
-    simple = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode("ascii")
-    # The fallback keeps no quote, backslash or control character, escaped or not.
-    simple = "".join(ch if ch.isprintable() and ch not in '"\\' else "_" for ch in simple)
-    fallback = simple.strip() or "download.csv"
-    value = "attachment; filename=" + quote_header_value(fallback, allow_token=False)
-    if fallback != filename:
-        # safe = RFC 5987 attr-char, as in werkzeug.utils.send_file
-        value += f"; filename*=UTF-8''{quote(filename, safe='!#$&+-.^_`|~')}"
-    return value
-
-
-def _csv_response(chunks: Any, filename: str) -> Response:
-    response = Response(stream_with_context(chunks), mimetype="text/csv")
-    response.headers["Content-Disposition"] = _content_disposition(filename)
-    return response
-
-
 def _export(*, bom: bool) -> Response:
     filters = parse_filters(request.args)
     progress = ExportProgress()
@@ -476,7 +448,7 @@ def _export(*, bom: bool) -> Response:
             # When the stream ends, or the client goes away: only then is the count known.
             audit_export(filters, progress, actor=who, now=started, ip=ip)
 
-    return _csv_response(chunks(), f"hebdo-subscribers-{started:%Y-%m-%d}.csv")
+    return csv_download(chunks(), f"hebdo-subscribers-{started:%Y-%m-%d}.csv")
 
 
 @bp.get("/subscribers.csv")

@@ -3,9 +3,6 @@ a selection or a pasted list, the suppression list and the audit log."""
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterator
 from typing import Any, cast
 
 from flask import (
@@ -15,12 +12,12 @@ from flask import (
     jsonify,
     redirect,
     request,
-    stream_with_context,
     url_for,
 )
 
 from .. import audit_log
 from .. import subscriber_search as search
+from ..csv_out import csv_chunks
 from ..extensions import db
 from ..models import AdminRole, AuditEvent, Subscriber
 from ..subscriber_admin import (
@@ -33,7 +30,6 @@ from ..subscriber_admin import (
     act_on_ids,
     addresses_in,
 )
-from ..subscriber_io import defuse
 from ..subscriptions import (
     InvalidEmail,
     normalise_email,
@@ -53,7 +49,7 @@ from .admin_base import (
     safe_target,
     t,
 )
-from .common import client_ip, now, settings
+from .common import client_ip, csv_download, now, settings
 
 add_texts(
     {
@@ -448,29 +444,13 @@ def audit() -> tuple[str, int]:
     return page("audit.html", events=events, more=more, args=args)
 
 
-def _csv_line(values: list[Any]) -> str:
-    out = io.StringIO()
-    csv.writer(out).writerow(["" if v is None else defuse(str(v)) for v in values])
-    return out.getvalue()
-
-
 @bp.get("/audit.csv")
 @requires_admin
 def audit_csv() -> Response:
     """The whole log (or a filtered part), streamed a page at a time."""
     filters, _args = _audit_filters(request.args)
-
-    def lines() -> Iterator[str]:
-        yield _csv_line(list(audit_log.COLUMNS))
-        for row in audit_log.rows(filters):
-            yield _csv_line(row)
-
-    stamp = now().strftime("%Y%m%d-%H%M")
-    return Response(
-        stream_with_context(lines()),
-        mimetype="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="hebdo-audit-{stamp}.csv"'},
-    )
+    chunks = csv_chunks(audit_log.COLUMNS, audit_log.rows(filters))
+    return csv_download(chunks, f"hebdo-audit-{now():%Y%m%d-%H%M}.csv")
 
 
 # ---------------------------------------------------------------- API

@@ -1,10 +1,15 @@
-"""Small helpers shared by the blueprints: the client's IP, the page locale, 'now'."""
+"""Small helpers shared by the blueprints: the client's IP, the page locale, 'now', a CSV
+download."""
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from urllib.parse import quote
 
-from flask import current_app, g, request
+from flask import Response, current_app, g, request, stream_with_context
+from werkzeug.http import quote_header_value
 
 from .. import i18n
 from ..config import Settings
@@ -38,3 +43,28 @@ def page_locale(*candidates: object) -> str:
     )
     g.locale = locale
     return locale
+
+
+def _content_disposition(filename: str) -> str:
+    """`attachment` with a file name no client can misread, built as werkzeug's
+    `send_file(download_name=...)` builds it: the name quoted and escaped by werkzeug's
+    `quote_header_value` (an upload named `x"; filename=evil.exe` stays one name), and a
+    name that is not plain ASCII (a header must be Latin-1, and gunicorn refuses more)
+    given as `filename*=UTF-8''<percent-encoded>` beside an ASCII `filename=` fallback.
+    """
+    simple = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode("ascii")
+    # The fallback keeps no quote, backslash or control character, escaped or not.
+    simple = "".join(ch if ch.isprintable() and ch not in '"\\' else "_" for ch in simple)
+    fallback = simple.strip() or "download.csv"
+    value = "attachment; filename=" + quote_header_value(fallback, allow_token=False)
+    if fallback != filename:
+        # safe = RFC 5987 attr-char, as in werkzeug.utils.send_file
+        value += f"; filename*=UTF-8''{quote(filename, safe='!#$&+-.^_`|~')}"
+    return value
+
+
+def csv_download(chunks: Iterator[str], filename: str) -> Response:
+    """A CSV file streamed as it is made, saved by the browser under `filename`."""
+    response = Response(stream_with_context(chunks), mimetype="text/csv")
+    response.headers["Content-Disposition"] = _content_disposition(filename)
+    return response

@@ -12,7 +12,7 @@ from flask import Flask, Response, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import i18n
+from . import i18n, signup_limits
 from .config import load_settings
 from .extensions import celery_init_app, csrf, db, limiter, migrate
 
@@ -73,6 +73,8 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     # RFC 8058 one-click POST come from mail clients that carry no form token.
     csrf.init_app(app)
     limiter.init_app(app)
+    # The sign-up form's three limits, in the same storage, one call per post.
+    signup_limits.install(app.extensions, settings.ratelimit_storage)
 
     from .web import api, register
 

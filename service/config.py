@@ -272,7 +272,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "HEBDO_RATELIMIT_STORAGE",
         "",
-        "Flask-Limiter storage (`redis://...`); default: the broker when it is Redis, else memory (per process).",
+        "Rate-limit storage, Flask-Limiter's and the sign-up form's (`redis://...`); default: the broker when it is Redis, else memory (per process).",
     ),
     Setting("HEBDO_WEB_WORKERS", "2", "gunicorn worker processes started by `hebdo run`."),
     Setting("HEBDO_WORKER_CONCURRENCY", "2", "Celery worker processes started by `hebdo run`."),

@@ -6,19 +6,23 @@ and log of every refused or dropped attempt."""
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from service import signup_limits
 from service.extensions import db
 from service.models import Subscriber
 from service.signup_defences import SIGNUPS, form_token
-from tests.conftest import BASE_URL, free_port
+from tests.conftest import BASE_URL, BROKER_URL, free_port
 
 URL = "/api/v1/subscriptions"
 NEWS = "https://news.example.fr"
@@ -255,6 +259,105 @@ def test_redis_down_lets_people_sign_up(configured: Any, caplog: pytest.LogCaptu
         answer = client.post(URL, json={"email": "open@exemple.fr"})
     assert answer.status_code == 202 and stored(app) == 1
     assert "rate limit" in caplog.text.lower() or "storage" in caplog.text.lower()
+
+
+def test_every_window_of_a_limit_holds(configured: Any) -> None:
+    """`3/2 seconds;4/minute`: the short window turns a burst away, and once it has reset
+    the long one still holds, with a Retry-After for the long window."""
+    app = configured(subscribe_rate_limit="3/2 seconds;4/minute")
+    client = app.test_client()
+    codes = [client.post(URL, json={"email": f"w{n}@exemple.fr"}).status_code for n in range(4)]
+    assert codes == [202, 202, 202, 429]
+    time.sleep(2.1)
+    assert client.post(URL, json={"email": "w5@exemple.fr"}).status_code == 202
+    held = client.post(URL, json={"email": "w6@exemple.fr"})
+    assert held.status_code == 429 and int(held.headers["Retry-After"]) > 2
+    assert stored(app) == 4
+
+
+redis_only = pytest.mark.skipif(
+    not BROKER_URL.startswith("redis"), reason="needs Redis (HEBDO_BROKER_URL)"
+)
+
+
+@redis_only
+def test_web_processes_share_the_limits_in_redis(configured: Any) -> None:
+    """Two apps (two gunicorn workers, or two machines) count against one limit."""
+    first = configured(subscribe_rate_limit="3/minute").test_client()
+    second = configured(subscribe_rate_limit="3/minute").test_client()
+    codes = [
+        client.post(URL, json={"email": f"shared{n}@exemple.fr"}).status_code
+        for n, client in enumerate([first, second, first, second])
+    ]
+    assert codes == [202, 202, 202, 429]
+
+
+@redis_only
+def test_limits_fail_open_while_redis_is_down_and_are_shared_again_after(
+    configured: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real Redis server stopped and started again: sign-ups go on meanwhile (memory
+    limits, one warning), and the shared limits come back once Redis does."""
+    server = shutil.which("redis-server")
+    assert server, "redis-server is installed wherever Redis runs"
+    port = free_port()
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=port).ping()
+                return process
+            except Exception:
+                time.sleep(0.05)
+        process.kill()
+        raise AssertionError("redis-server did not start")
+
+    monkeypatch.setattr(signup_limits, "RETRY_SECONDS", 0.5)
+    redis_server = start()
+    try:
+        values = {
+            "subscribe_rate_limit": "2/minute",
+            "ratelimit_storage": f"redis://127.0.0.1:{port}/0",
+        }
+        first = configured(**values).test_client()
+        second = configured(**values).test_client()
+        assert first.post(URL, json={"email": "d1@exemple.fr"}).status_code == 202
+        redis_server.terminate()
+        redis_server.wait(10)
+        with caplog.at_level(logging.WARNING, logger="service.signup_limits"):
+            down = [
+                client.post(URL, json={"email": f"d{n}@exemple.fr"}).status_code
+                for n, client in [(2, first), (3, second), (4, first), (5, second)]
+            ]
+        # Each process counts on its own meanwhile: 2 each, so nobody is turned away.
+        assert down == [202, 202, 202, 202]
+        warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(warnings) == 2  # once per process, not once per sign-up
+        redis_server = start()
+        time.sleep(0.6)
+        back = [
+            client.post(URL, json={"email": f"b{n}@exemple.fr"}).status_code
+            for n, client in enumerate([first, second, first])
+        ]
+        assert back == [202, 202, 429]  # one counter for both again
+    finally:
+        redis_server.kill()
+        redis_server.wait(10)
 
 
 # ---------------------------------------------------------------- where people come from

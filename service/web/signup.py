@@ -5,14 +5,14 @@ CAPTCHA when one is asked for).
 
 CORS is sent for the origins in HEBDO_ALLOWED_ORIGINS only, without credentials; other
 origins get none. Three rate limits hold every post: per client IP, per /24 or /64
-network, per target address (an HMAC of it). The answer never depends on whether the
+network, per target address (an HMAC of it), counted in one storage call
+(service/signup_limits.py). The answer never depends on whether the
 address was already known, nor on whether the post was caught as a bot's.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import time
 from typing import Any
 
 from flask import (
@@ -27,8 +27,7 @@ from flask import (
 )
 from flask_limiter.util import get_remote_address
 
-from .. import i18n, jobs
-from ..extensions import limiter
+from .. import i18n, jobs, signup_limits
 from ..signup_defences import (
     address_key,
     allowed_origin,
@@ -105,14 +104,10 @@ def _locale(data: Any = None) -> str:
     return page_locale(candidate if isinstance(candidate, str) else None)
 
 
-def _too_many(limit: Any) -> Response:
+def _too_many(breach: signup_limits.Breach) -> Response:
     """429 with Retry-After and the message in the page's language (JSON or a page)."""
     locale = _locale(request.get_json(silent=True) if request.is_json else None)
     record("rate_limited", ip=client_ip())
-    try:
-        retry = str(max(1, int(limit.reset_at - time.time())))
-    except Exception:
-        retry = "60"
     if _form_post():
         html = render_template("pages/message.html", locale=locale, key="too_many")
         response = Response(html, 429, mimetype="text/html")
@@ -120,17 +115,22 @@ def _too_many(limit: Any) -> Response:
         body = {"error": "rate_limited", "message": i18n.translate(locale, "rate_limited")}
         response = jsonify(body)
         response.status_code = 429
-    response.headers["Retry-After"] = retry
+    response.headers["Retry-After"] = str(breach.retry_after)
     return response
 
 
-def _limit(setting: str, key: Any, scope: str) -> Any:
-    return limiter.limit(
-        lambda: getattr(settings(), setting),
-        key_func=key,
-        methods=["POST"],
-        scope=scope,
-        on_breach=_too_many,
+def _over_limit() -> signup_limits.Breach | None:
+    """Count this post against its client's IP, network and target address."""
+    s = settings()
+    counted: signup_limits.SignupLimits = current_app.extensions["hebdo.signup_limits"]
+    return counted.hit(
+        signup_limits.windows(
+            [
+                ("signup-ip", get_remote_address(), s.subscribe_rate_limit),
+                ("signup-network", _network(), s.subscribe_network_rate_limit),
+                ("signup-address", _target(), s.subscribe_address_rate_limit),
+            ]
+        )
     )
 
 
@@ -180,9 +180,6 @@ def _foreign_origin() -> bool:
 
 
 @bp.post("/subscriptions")
-@_limit("subscribe_rate_limit", get_remote_address, "signup-ip")
-@_limit("subscribe_network_rate_limit", _network, "signup-network")
-@_limit("subscribe_address_rate_limit", _target, "signup-address")
 def create_subscription() -> Any:
     """Sign an address up; 202 (JSON) or 303 to the thank-you page (form).
 
@@ -190,6 +187,9 @@ def create_subscription() -> Any:
     only then the bot checks (honeypot, form token): a bot caught there gets what a person
     with the same post would get, and cannot learn what gave it away.
     """
+    breach = _over_limit()
+    if breach is not None:
+        return _too_many(breach)
     locale = _locale()
     ip = client_ip()
     s = settings()

@@ -230,6 +230,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Most messages per second, across all workers (Redis when the broker is Redis, else a lock file in the data folder); `0` for no limit.",
     ),
     Setting(
+        "HEBDO_RETRY_BASE_SECONDS",
+        "60",
+        "Wait before retrying a mail after a temporary SMTP failure, doubled at each further try (capped at 2 hours); a longer delay asked by the server is honoured.",
+    ),
+    Setting(
         "HEBDO_SEND_GIVE_UP_HOURS",
         "48",
         "A delivery still failing temporarily this long after the send started is marked failed.",
@@ -496,6 +501,7 @@ class Settings:
     send_batch: int
     send_rate: float
     send_give_up_hours: int
+    retry_base_seconds: int
     sender_identity: str
     dkim_key: bytes | None
     dkim_selector: str
@@ -708,6 +714,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         send_batch=_int("HEBDO_SEND_BATCH", get("HEBDO_SEND_BATCH"), 1),
         send_rate=_rate(get("HEBDO_SEND_RATE")),
         send_give_up_hours=_int("HEBDO_SEND_GIVE_UP_HOURS", get("HEBDO_SEND_GIVE_UP_HOURS"), 1),
+        retry_base_seconds=_int("HEBDO_RETRY_BASE_SECONDS", get("HEBDO_RETRY_BASE_SECONDS"), 1),
         sender_identity=get("HEBDO_SENDER_IDENTITY"),
         dkim_key=dkim_key,
         dkim_selector=dkim_selector,

@@ -30,6 +30,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    case,
     exists,
     func,
     insert,
@@ -58,8 +59,11 @@ log = logging.getLogger(__name__)
 Enqueue = Callable[[int], bool]
 Clock = Callable[[], datetime]
 
-# A row claimed this many times without an outcome (its worker died each time) is given up.
-MAX_CLAIMS = 5
+# A row whose worker was lost this many times while holding it is quarantined (failed, with
+# the reason): it is the likeliest cause (a message that crashes the process building or
+# sending it), and the sweep must not hand it out forever. From its first lost claim on it
+# is claimed alone, so a poison message takes down no one else's batch again.
+MAX_LOST_CLAIMS = 3
 # A crash while building one subscriber's mail is retried this many times, then quarantined.
 MAX_BUILD_FAILURES = 3
 # A claim slower than this on PostgreSQL means stale planner statistics (see claim()).
@@ -75,9 +79,10 @@ BATCH_SECONDS = 120.0
 _OPEN = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
 
 
-def backoff(attempts: int) -> timedelta:
-    """1, 2, 4 … minutes, capped at 2 hours."""
-    return timedelta(minutes=min(2 ** max(attempts - 1, 0), 120))
+def backoff(attempts: int, base_seconds: int = 60) -> timedelta:
+    """base, 2 × base, 4 × base … (HEBDO_RETRY_BASE_SECONDS: 1, 2, 4 … minutes), capped at
+    2 hours."""
+    return timedelta(seconds=min(base_seconds * 2 ** max(attempts - 1, 0), 7200))
 
 
 # ---------------------------------------------------------------- issue lifecycle
@@ -130,23 +135,25 @@ def start_send(settings: Settings, issue_id: int, now: datetime) -> int:
     return recipients
 
 
-def due_count(issue_id: int, now: datetime) -> int:
-    return int(
-        db.session.execute(
-            select(func.count())
-            .select_from(Delivery)
-            .where(
-                Delivery.issue_id == issue_id,
-                Delivery.status == DeliveryStatus.QUEUED,
-                Delivery.next_attempt_at <= now,
-            )
-        ).scalar_one()
-    )
+def due_batches(settings: Settings, issue_id: int, now: datetime) -> int:
+    """Batch tasks that cover every due delivery: one per suspect (claimed alone, see
+    claim_rows), one per HEBDO_SEND_BATCH of the others."""
+    suspect = case((Delivery.lost_claims > 0, 1), else_=0)
+    suspects, due = db.session.execute(
+        select(func.coalesce(func.sum(suspect), 0), func.count())
+        .select_from(Delivery)
+        .where(
+            Delivery.issue_id == issue_id,
+            Delivery.status == DeliveryStatus.QUEUED,
+            Delivery.next_attempt_at <= now,
+        )
+    ).one()
+    return int(suspects) + math.ceil((int(due) - int(suspects)) / settings.send_batch)
 
 
 def dispatch(settings: Settings, issue_id: int, now: datetime, enqueue: Enqueue) -> int:
     """Queue enough batch tasks to cover every due delivery; return how many were queued."""
-    batches = math.ceil(due_count(issue_id, now) / settings.send_batch)
+    batches = due_batches(settings, issue_id, now)
     if not batches:
         return 0
     # Counted before queueing: a fast worker may finish a batch before this loop ends.
@@ -245,12 +252,26 @@ def _recipients() -> Any:
 
 
 def claim_rows(settings: Settings, issue_id: int, now: datetime) -> list[_Row]:
-    """Claim a batch and return what sending it needs (the recipients included)."""
+    """Claim a batch and return what sending it needs (the recipients included).
+
+    A due row whose worker was lost while holding it (see MAX_LOST_CLAIMS) is claimed
+    alone, before any batch: if it is what kills workers, it kills only its own claim.
+    """
+    suspect = _claim(settings, issue_id, now, suspects=True, limit=1)
+    return suspect or _claim(settings, issue_id, now, suspects=False, limit=settings.send_batch)
+
+
+def _claim(
+    settings: Settings, issue_id: int, now: datetime, *, suspects: bool, limit: int
+) -> list[_Row]:
     sending = exists().where(Issue.id == issue_id, Issue.status == IssueStatus.SENDING)
     due = (
         Delivery.issue_id == issue_id,
         Delivery.status == DeliveryStatus.QUEUED,
         Delivery.next_attempt_at <= now,
+        # ix_deliveries_suspect holds the first kind (nearly always none), ix_deliveries_queued
+        # both.
+        Delivery.lost_claims > 0 if suspects else Delivery.lost_claims == 0,
         sending,
     )
     take = update(Delivery).values(
@@ -265,7 +286,7 @@ def claim_rows(settings: Settings, issue_id: int, now: datetime) -> list[_Row]:
             .where(*due)
             # ix_deliveries_queued (partial: queued rows only) gives this order directly.
             .order_by(Delivery.id)
-            .limit(settings.send_batch)
+            .limit(limit)
             .with_for_update(skip_locked=True, of=Delivery)
         ).all()
         slow = time.monotonic() - started > CLAIM_SLOW_SECONDS
@@ -288,7 +309,7 @@ def claim_rows(settings: Settings, issue_id: int, now: datetime) -> list[_Row]:
                     select(Delivery.id)
                     .where(*due)
                     .order_by(Delivery.id)
-                    .limit(settings.send_batch)
+                    .limit(limit)
                     .scalar_subquery()
                 )
             )
@@ -470,7 +491,7 @@ def send_batch(
             refusals = refusals + 1 if refused else 0
             if refusals >= POLICY_BREAKER and halt is None:
                 halt = Halt(
-                    backoff(1),
+                    backoff(1, settings.retry_base_seconds),
                     f"{refusals} recipients in a row refused for a reason on our side "
                     f"(last: {report.last_refusal}); fix the SMTP settings or the sending "
                     "domain, then `hebdo digest resume`",
@@ -481,13 +502,15 @@ def send_batch(
                 _release(report, rows[position + 1 :], now + halt.delay)
                 break
     finally:
-        _close_out(report, rows, clock())
+        _close_out(report, rows, clock(), settings.retry_base_seconds)
         _flush_for_sure(settings, issue_id, report, clock())
     finish_if_done(issue_id, clock())
     return report
 
 
-def _close_out(report: BatchReport, rows: list[_Row], now: datetime) -> None:
+def _close_out(
+    report: BatchReport, rows: list[_Row], now: datetime, retry_base_seconds: int
+) -> None:
     """Every claimed row leaves the batch with an outcome: the one on the wire when the
     batch was cut may have gone out (retried once, flagged), the others were never tried."""
     for row in rows:
@@ -500,7 +523,7 @@ def _close_out(report: BatchReport, rows: list[_Row], now: datetime) -> None:
                 counter="released",
                 uncertain=True,
                 error="interrupted while sending (time limit, shutdown or error)",
-                next_attempt_at=now + backoff(1),
+                next_attempt_at=now + backoff(1, retry_base_seconds),
             )
         else:
             _release(report, [row], now)
@@ -629,7 +652,10 @@ def _send_one(
             report.note(row, DeliveryStatus.FAILED, error=error)
         else:
             report.note(
-                row, DeliveryStatus.QUEUED, error=error, next_attempt_at=now + backoff(row.attempts)
+                row,
+                DeliveryStatus.QUEUED,
+                error=error,
+                next_attempt_at=now + backoff(row.attempts, settings.retry_base_seconds),
             )
         return None, False
     report.in_flight = row.delivery_id
@@ -668,7 +694,9 @@ def _retry_later(
     # charged an attempt, and the rest of the batch waits too.
     server_wide = exc.code == 421 or exc.stage == "connect"
     attempts = row.attempts - 1 if server_wide else row.attempts
-    delay = max(timedelta(seconds=retry_after or 0), backoff(max(attempts, 1)))
+    delay = max(
+        timedelta(seconds=retry_after or 0), backoff(max(attempts, 1), settings.retry_base_seconds)
+    )
     give_up = (issue.started_at or now) + timedelta(hours=settings.send_give_up_hours)
     if uncertain and row.uncertain:
         report.note(row, DeliveryStatus.FAILED, error=f"lost after DATA twice: {exc}")
@@ -887,11 +915,16 @@ def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
             continue
         given_up = db.session.execute(
             update(Delivery)
-            .where(abandoned, Delivery.attempts >= MAX_CLAIMS)
+            .where(abandoned, Delivery.lost_claims >= MAX_LOST_CLAIMS - 1)
             .values(
                 status=DeliveryStatus.FAILED,
                 claimed_at=None,
-                last_error=f"claimed {MAX_CLAIMS} times, never finished (worker lost each time)",
+                lost_claims=Delivery.lost_claims + 1,
+                last_error=(
+                    f"quarantined: its worker was lost {MAX_LOST_CLAIMS} times while sending it "
+                    "(the last times alone: a crash building or sending this very message, "
+                    "or workers killed); see the worker logs"
+                ),
             )
         )
         requeued = db.session.execute(
@@ -903,6 +936,7 @@ def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
                 next_attempt_at=now,
                 # May have gone out before the worker died: one more try at most.
                 uncertain=True,
+                lost_claims=Delivery.lost_claims + 1,
                 last_error="claim expired: the worker was lost mid-batch",
             )
         )

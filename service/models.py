@@ -290,6 +290,15 @@ class Delivery(db.Model):  # type: ignore[name-defined]
             postgresql_where=text("status = 'queued'"),
             sqlite_where=text("status = 'queued'"),
         ),
+        # Queued rows whose worker was lost while it held them: each is claimed alone (see
+        # delivery.claim_rows). Nearly always empty, so looking costs a claim nothing.
+        Index(
+            "ix_deliveries_suspect",
+            "issue_id",
+            "id",
+            postgresql_where=text("status = 'queued' AND lost_claims > 0"),
+            sqlite_where=text("status = 'queued' AND lost_claims > 0"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -303,6 +312,9 @@ class Delivery(db.Model):  # type: ignore[name-defined]
     claimed_at: Mapped[datetime | None]
     # The connection broke after the message was handed over: it may have arrived.
     uncertain: Mapped[bool] = mapped_column(default=False)
+    # Claims that ended with their worker lost (killed, or crashed on this very message):
+    # the sweep counts them, and quarantines the row at delivery.MAX_LOST_CLAIMS.
+    lost_claims: Mapped[int] = mapped_column(default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(String(512))
     smtp_response: Mapped[str | None] = mapped_column(String(512))
     message_id: Mapped[str | None] = mapped_column(String(255))

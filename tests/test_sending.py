@@ -240,45 +240,39 @@ def test_pause_resume_and_cancel(batch_app: Flask, smtp_server: SMTPSink) -> Non
     assert sender.issue().status == "cancelled"
 
 
-def test_a_claim_abandoned_by_a_dead_worker_is_requeued_then_given_up(
+def test_a_claim_abandoned_by_a_dead_worker_is_requeued_alone_then_quarantined(
     make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str, str], smtp_server: SMTPSink
 ) -> None:
-    app = make_app({**smtp_env, "HEBDO_CLAIM_TIMEOUT_SECONDS": "60"})
-    sender = begin(app, 2, article=True)
+    app = make_app({**smtp_env, "HEBDO_CLAIM_TIMEOUT_SECONDS": "60", "HEBDO_SEND_BATCH": "10"})
+    sender = begin(app, 5, article=True)
     with app.app_context():
         issue_id = sender.issue().id
         # A worker claims the batch, then dies before sending anything.
-        assert len(delivery.claim(sender.settings, issue_id, NOW)) == 2
+        assert len(delivery.claim(sender.settings, issue_id, NOW)) == 5
     sender.queue.clear()
     assert sender.sweep(NOW + timedelta(seconds=30)) == 0  # still within its claim
-    assert sender.sweep(NOW + timedelta(seconds=61)) == 1
-    assert all(r.status == "queued" for r in sender.deliveries().values())
-    sender.run(NOW + timedelta(seconds=61))
-    assert len(smtp_server.messages) == 2 and sender.issue().status == "sent"
-    # A row whose worker dies every time is failed after MAX_CLAIMS claims, not retried forever.
-    add_subscribers(app, 1, start=10)
-    with app.app_context():
-        db.session.execute(
-            Delivery.__table__.insert().values(
-                issue_id=issue_id,
-                subscriber_id=select(Subscriber.id)
-                .where(Subscriber.email == "reader10@exemple.fr")
-                .scalar_subquery(),
-                status="sending",
-                attempts=delivery.MAX_CLAIMS,
-                next_attempt_at=NOW,
-                claimed_at=NOW,
-                uncertain=False,
-            )
-        )
-        db.session.execute(
-            Issue.__table__.update().where(Issue.id == issue_id).values(status="sending")
-        )
-        db.session.commit()
-    sender.sweep(NOW + timedelta(minutes=5))
-    row = sender.deliveries()["reader10@exemple.fr"]
-    assert row.status == "failed" and "never finished" in (row.last_error or "")
-    assert sender.issue().status == "sent"
+    # Taken back: each row is now a suspect, claimed alone, so one task each.
+    assert sender.sweep(NOW + timedelta(seconds=61)) == 5
+    rows = sender.deliveries().values()
+    assert all(r.status == "queued" and r.lost_claims == 1 and r.uncertain for r in rows)
+    # The first row is what kills workers: each time it is claimed (alone), its worker dies.
+    when = NOW + timedelta(seconds=61)
+    for _ in range(2):
+        with app.app_context():
+            taken = delivery.claim(sender.settings, issue_id, when)
+        assert taken == [sender.deliveries()["reader0@exemple.fr"].id]
+        when += timedelta(seconds=61)
+        sender.sweep(when)
+    poison = sender.deliveries()["reader0@exemple.fr"]
+    assert poison.status == "failed" and poison.lost_claims == delivery.MAX_LOST_CLAIMS
+    assert "quarantined" in (poison.last_error or "")
+    # Nobody else was held back by it: the other four go out, the issue is closed.
+    sender.run(when)
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == [
+        f"reader{n}@exemple.fr" for n in range(1, 5)
+    ]
+    issue = sender.issue()
+    assert issue.status == "sent" and issue.failed_count == 1 and issue.sent_count == 4
 
 
 def test_a_connection_lost_after_the_dot_is_retried_once_and_flagged(

@@ -189,7 +189,15 @@ def send(
         if started >= 0:
             recipients = started
             queued = dispatch(settings, issue.id, now, enqueue)
+        else:
+            # Started by someone else since we read it (another `digest send`, beat's tick):
+            # say what it is now rather than nothing.
+            status = _status_of(issue.id)
     return SendResult(week, approved, status, recipients, queued)
+
+
+def _status_of(issue_id: int) -> str:
+    return str(db.session.execute(select(Issue.status).where(Issue.id == issue_id)).scalar_one())
 
 
 # ---------------------------------------------------------------- previews and test mails

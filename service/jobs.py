@@ -40,6 +40,10 @@ def enqueue(name: str, *args: object, countdown: float | None = None) -> bool:
 # scheduled if it commits at least COVER_MARGIN before that sweep is due.
 CONFIRMATION_WINDOW = 1.0
 COVER_MARGIN = 0.3
+# After the broker refused a sweep, sign-ups stop asking it for this long: while it is down
+# every publish fails (a connection attempt and a WARNING per sign-up, 200 lines a minute on
+# a busy form) and the periodic sweep sends what they owe once it is back.
+BROKER_RETRY_SECONDS = 5.0
 
 
 class _SweepClock:
@@ -62,7 +66,8 @@ def enqueue_confirmation_sweep() -> bool:
     if enqueue(SWEEP_CONFIRMATIONS, countdown=CONFIRMATION_WINDOW):
         return True
     with clock.lock:
-        clock.due = 0.0  # nothing scheduled after all: the next sign-up tries again
+        # Nothing scheduled after all: a sign-up tries again once the pause is over.
+        clock.due = now + BROKER_RETRY_SECONDS + COVER_MARGIN
     return False
 
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,6 +99,12 @@ class SMTPSink:
     pipelining: bool = True
     # address -> how many times to hang up right after its message's final dot, unanswered
     drop_after_data: dict[str, int] = field(default_factory=dict)
+    # address -> how many times to stall at its RCPT for `stall_seconds` before answering
+    stall_rcpt: dict[str, int] = field(default_factory=dict)
+    stall_seconds: float = 0.0
+    # every RCPT seen: address -> how many times, and each refusal given (address, reply, when)
+    rcpt_attempts: Counter[str] = field(default_factory=Counter)
+    refusals: list[tuple[str, str, float]] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
     async def handle_EHLO(
@@ -124,12 +131,16 @@ class SMTPSink:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
+        self.rcpt_attempts[address] += 1
+        if self.stall_rcpt.get(address):
+            self.stall_rcpt[address] -= 1
+            await asyncio.sleep(self.stall_seconds)
         reply = self.rcpt_replies.get(address)
+        if not reply and self.rcpt_sequences.get(address):
+            reply = self.rcpt_sequences[address].pop(0)
         if reply:
+            self.refusals.append((address, reply, time.monotonic()))
             return reply
-        sequence = self.rcpt_sequences.get(address)
-        if sequence:
-            return sequence.pop(0)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -427,6 +438,66 @@ def celery_worker(spawn: Callable[..., Process]) -> Callable[..., Process]:
         return spawn(argv, values, ready="ready.")
 
     return start
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port, to stop, start and flush at will
+    (a broker or rate-limit store going away) without touching the shared one."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv += ["--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self.ping():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def flush(self) -> None:
+        import redis
+
+        client = redis.Redis(port=self.port)
+        client.flushall()
+        client.close()
+
+    def ping(self) -> bool:
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        try:
+            return bool(client.ping())
+        except redis.exceptions.ConnectionError:
+            return False
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private Redis server, not started yet (`.start()`), stopped after the test."""
+    server = RedisServer()
+    yield server
+    server.stop()
 
 
 # --- Browser ----------------------------------------------------------------------

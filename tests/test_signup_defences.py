@@ -6,14 +6,11 @@ and log of every refused or dropped attempt."""
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
@@ -22,7 +19,7 @@ from service import signup_limits
 from service.extensions import db
 from service.models import Subscriber
 from service.signup_defences import SIGNUPS, form_token
-from tests.conftest import BASE_URL, BROKER_URL, free_port
+from tests.conftest import BASE_URL, BROKER_URL, RedisServer, free_port
 
 URL = "/api/v1/subscriptions"
 NEWS = "https://news.example.fr"
@@ -294,70 +291,36 @@ def test_web_processes_share_the_limits_in_redis(configured: Any) -> None:
 
 @redis_only
 def test_limits_fail_open_while_redis_is_down_and_are_shared_again_after(
-    configured: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    configured: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_server: RedisServer,
 ) -> None:
     """A real Redis server stopped and started again: sign-ups go on meanwhile (memory
     limits, one warning), and the shared limits come back once Redis does."""
-    server = shutil.which("redis-server")
-    assert server, "redis-server is installed wherever Redis runs"
-    port = free_port()
-
-    def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [
-                server,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis(port=port).ping()
-                return process
-            except Exception:
-                time.sleep(0.05)
-        process.kill()
-        raise AssertionError("redis-server did not start")
-
     monkeypatch.setattr(signup_limits, "RETRY_SECONDS", 0.5)
-    redis_server = start()
-    try:
-        values = {
-            "subscribe_rate_limit": "2/minute",
-            "ratelimit_storage": f"redis://127.0.0.1:{port}/0",
-        }
-        first = configured(**values).test_client()
-        second = configured(**values).test_client()
-        assert first.post(URL, json={"email": "d1@exemple.fr"}).status_code == 202
-        redis_server.terminate()
-        redis_server.wait(10)
-        with caplog.at_level(logging.WARNING, logger="service.signup_limits"):
-            down = [
-                client.post(URL, json={"email": f"d{n}@exemple.fr"}).status_code
-                for n, client in [(2, first), (3, second), (4, first), (5, second)]
-            ]
-        # Each process counts on its own meanwhile: 2 each, so nobody is turned away.
-        assert down == [202, 202, 202, 202]
-        warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
-        assert len(warnings) == 2  # once per process, not once per sign-up
-        redis_server = start()
-        time.sleep(0.6)
-        back = [
-            client.post(URL, json={"email": f"b{n}@exemple.fr"}).status_code
-            for n, client in enumerate([first, second, first])
+    redis_server.start()
+    values = {"subscribe_rate_limit": "2/minute", "ratelimit_storage": redis_server.url}
+    first = configured(**values).test_client()
+    second = configured(**values).test_client()
+    assert first.post(URL, json={"email": "d1@exemple.fr"}).status_code == 202
+    redis_server.stop()
+    with caplog.at_level(logging.WARNING, logger="service.signup_limits"):
+        down = [
+            client.post(URL, json={"email": f"d{n}@exemple.fr"}).status_code
+            for n, client in [(2, first), (3, second), (4, first), (5, second)]
         ]
-        assert back == [202, 202, 429]  # one counter for both again
-    finally:
-        redis_server.kill()
-        redis_server.wait(10)
+    # Each process counts on its own meanwhile: 2 each, so nobody is turned away.
+    assert down == [202, 202, 202, 202]
+    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 2  # once per process, not once per sign-up
+    redis_server.start()
+    time.sleep(0.6)
+    back = [
+        client.post(URL, json={"email": f"b{n}@exemple.fr"}).status_code
+        for n, client in enumerate([first, second, first])
+    ]
+    assert back == [202, 202, 429]  # one counter for both again
 
 
 # ---------------------------------------------------------------- where people come from

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from flask import Flask
 from sqlalchemy import select
 
 from service.extensions import db
 from service.models import Status, Subscriber
-from tests.conftest import BROKER_URL, Process, SMTPSink, free_port
+from tests.conftest import BROKER_URL, Process, RedisServer, SMTPSink
 from tests.test_lifecycle import link, subscriber
 
 
@@ -72,51 +69,16 @@ def test_a_burst_of_sign_ups_shares_one_sweep_and_every_mail_goes_once(
     assert 1 <= sweeps <= 2 * (int(burst) + 2), (sweeps, burst)
 
 
-@pytest.fixture
-def private_redis(tmp_path: object) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """A redis-server of this test's own on a free loopback port, started on demand."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [
-                server,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        started.append(proc)
-        return proc
-
-    start.port = port  # type: ignore[attr-defined]
-    yield start
-    for proc in started:
-        proc.terminate()
-        proc.wait(10)
-
-
 def test_broker_down_during_subscribe_then_the_sweep_delivers_once(
     smtp_env: dict[str, str],
     make_app: Callable[[dict[str, str]], Flask],
     smtp_server: SMTPSink,
     celery_worker: Callable[..., Process],
-    private_redis: Callable[[], subprocess.Popen[bytes]],
+    redis_server: RedisServer,
 ) -> None:
     values = {
         **smtp_env,
-        "HEBDO_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/0",  # type: ignore[attr-defined]
+        "HEBDO_BROKER_URL": redis_server.url,  # not started: the broker is down
         "HEBDO_SWEEP_SECONDS": "1",
     }
     app = make_app(values)
@@ -132,7 +94,7 @@ def test_broker_down_during_subscribe_then_the_sweep_delivers_once(
     assert len(owed) == 5 and all(owed)  # committed, owed, not sent
     assert smtp_server.messages == []
 
-    private_redis()
+    redis_server.start()
     celery_worker(values, beat=True)
     mails = smtp_server.wait_for(5, timeout=90)
     assert sorted(m.rcpt_tos[0] for m in mails) == [f"panne{i}@exemple.fr" for i in range(5)]

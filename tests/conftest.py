@@ -6,6 +6,7 @@ else the embedded file-system broker), an aiosmtpd server on loopback, Celery wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -498,6 +499,25 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()
     yield server
     server.stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def kill_tree(process: Process) -> None:
+    """SIGKILL a worker and its pool children at once, as a crashed machine would."""
+    children = subprocess.run(
+        ["pgrep", "-P", str(process.popen.pid)], capture_output=True, text=True
+    ).stdout.split()
+    for pid in [process.popen.pid, *map(int, children)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    process.popen.wait()
 
 
 # --- Browser ----------------------------------------------------------------------

@@ -3,10 +3,6 @@ killed mid-send and restarted (nothing lost; duplicates bounded by what was in f
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,15 +12,7 @@ from flask import Flask
 
 from service.digest import get_issue
 from service.extensions import db
-from tests.conftest import Process, SMTPSink, add_article, add_subscribers
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+from tests.conftest import Process, SMTPSink, add_article, add_subscribers, kill_tree, wait_until
 
 
 def _issue_status(app: Flask, week: str) -> str | None:
@@ -53,7 +41,7 @@ def test_digest_send_now_reaches_every_confirmed_subscriber_once(
     assert "sending to 300 subscribers (6 batch tasks queued)" in result.output
     week = result.output.split(":", 1)[0]
     smtp_server.wait_for(300, timeout=90)
-    _wait_until(lambda: _issue_status(app, week) == "sent", 30, "the issue to be marked sent")
+    wait_until(lambda: _issue_status(app, week) == "sent", 30, "the issue to be marked sent")
     received = Counter(m.rcpt_tos[0] for m in smtp_server.messages)
     assert len(received) == 300 and set(received.values()) == {1}
     assert all("À la une cette semaine" in m.message["Subject"] for m in smtp_server.messages[:5])
@@ -63,17 +51,6 @@ def test_digest_send_now_reaches_every_confirmed_subscriber_once(
     assert "300/300 done (100.0 %), sent 300, queued 0" in status.output
     time.sleep(1)
     assert len(smtp_server.messages) == 300
-
-
-def _kill_tree(process: Process) -> None:
-    """SIGKILL a worker and its pool children at once, as a crashed machine would."""
-    children = subprocess.run(
-        ["pgrep", "-P", str(process.popen.pid)], capture_output=True, text=True
-    ).stdout.split()
-    for pid in [process.popen.pid, *map(int, children)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
-    process.popen.wait()
 
 
 def test_a_worker_killed_mid_send_loses_nothing_and_duplicates_stay_bounded(
@@ -99,18 +76,18 @@ def test_a_worker_killed_mid_send_loses_nothing_and_duplicates_stay_bounded(
     assert result.exit_code == 0, result.output
     week = result.output.split(":", 1)[0]
     smtp_server.wait_for(100, timeout=60)
-    _kill_tree(worker)
+    kill_tree(worker)
     at_kill = len(smtp_server.messages)
     assert at_kill < total, "the send finished before the kill; slow the sink down"
     # A new worker, with beat: the sweep requeues the dead worker's claims and re-dispatches.
     celery_worker(values, concurrency=concurrency, beat=True)
     smtp_server.data_delay = 0
-    _wait_until(
+    wait_until(
         lambda: len({m.rcpt_tos[0] for m in smtp_server.messages}) == total,
         90,
         "every subscriber to be mailed",
     )
-    _wait_until(lambda: _issue_status(app, week) == "sent", 30, "the issue to be marked sent")
+    wait_until(lambda: _issue_status(app, week) == "sent", 30, "the issue to be marked sent")
     received = Counter(m.rcpt_tos[0] for m in smtp_server.messages)
     duplicates = sum(n - 1 for n in received.values())
     print(f"killed after {at_kill} of {total} messages; {duplicates} duplicate(s)")

@@ -19,10 +19,8 @@ private redis-server (tests.conftest.RedisServer), so restarting it disturbs not
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -50,6 +48,8 @@ from tests.conftest import (
     SMTPSink,
     add_article,
     add_subscribers,
+    kill_tree,
+    wait_until,
 )
 
 pytestmark = [
@@ -65,25 +65,6 @@ FINAL = ("sent", "failed", "bounced", "skipped")
 
 
 # ---------------------------------------------------------------- shared machinery
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def kill_tree(process: Process) -> None:
-    """SIGKILL a worker and its pool children at once, as a crashed machine would."""
-    children = subprocess.run(
-        ["pgrep", "-P", str(process.popen.pid)], capture_output=True, text=True
-    ).stdout.split()
-    for pid in [process.popen.pid, *map(int, children)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
-    process.popen.wait()
 
 
 @dataclass
@@ -218,21 +199,58 @@ def fault_env(smtp_env: dict[str, str], broker: RedisServer) -> dict[str, str]:
     }
 
 
-# ---------------------------------------------------------------- 1. workers killed
+# About 300 messages/s per SMTP connection: a fault lands mid-send.
+SLOW = 0.003
 
 
-def test_workers_killed_three_times_mid_send_lose_nothing_and_duplicates_stay_bounded(
+@dataclass
+class Pipeline:
+    """An app, the fault-injecting SMTP server, real workers (beat embedded, 2 processes)
+    and a watcher: what each send scenario starts the same way."""
+
+    make_app: Callable[[dict[str, str]], Flask]
+    env: dict[str, str]
+    sink: SMTPSink
+    start_worker: Callable[..., Process]
+    watch: Callable[[Flask], Watcher]
+
+    def worker(self, extra: dict[str, str] | None = None) -> Process:
+        return self.start_worker({**self.env, **(extra or {})}, concurrency=2, beat=True)
+
+    def send(
+        self,
+        subscribers: int,
+        *,
+        slow: bool = False,
+        settings: dict[str, str] | None = None,
+        worker_env: dict[str, str] | None = None,
+    ) -> tuple[Send, Process]:
+        self.env = {**self.env, **(settings or {})}
+        app = self.make_app(self.env)
+        self.sink.data_delay = SLOW if slow else 0
+        worker = self.worker(worker_env)
+        return start_send(app, self.sink, subscribers, self.watch(app)), worker
+
+
+@pytest.fixture
+def pipeline(
     make_app: Callable[[dict[str, str]], Flask],
     fault_env: dict[str, str],
     smtp_server: SMTPSink,
     celery_worker: Callable[..., Process],
     watcher: Callable[[Flask], Watcher],
+) -> Pipeline:
+    return Pipeline(make_app, fault_env, smtp_server, celery_worker, watcher)
+
+
+# ---------------------------------------------------------------- 1. workers killed
+
+
+def test_workers_killed_three_times_mid_send_lose_nothing_and_duplicates_stay_bounded(
+    pipeline: Pipeline, smtp_server: SMTPSink
 ) -> None:
     total, batch, concurrency = 5000, 50, 2
-    app = make_app(fault_env)
-    smtp_server.data_delay = 0.003  # about 300 messages/s per connection: kills land mid-send
-    worker = celery_worker(fault_env, concurrency=concurrency, beat=True)
-    send = start_send(app, smtp_server, total, watcher(app))
+    send, worker = pipeline.send(total, slow=True)
     rng = random.Random(20261126)
     in_flight: list[int] = []
     held_by_the_dead: set[int] = set()
@@ -244,7 +262,7 @@ def test_workers_killed_three_times_mid_send_lose_nothing_and_duplicates_stay_bo
         claimed = send.claimed()
         in_flight.append(len(claimed - held_by_the_dead))
         held_by_the_dead |= claimed
-        worker = celery_worker(fault_env, concurrency=concurrency, beat=True)
+        worker = pipeline.worker()
     smtp_server.data_delay = 0
     send.wait_done(180)
     received = send.received()
@@ -264,19 +282,10 @@ def test_workers_killed_three_times_mid_send_lose_nothing_and_duplicates_stay_bo
 
 @pytest.mark.parametrize("how", ["restarted", "flushed"])
 def test_the_broker_restarted_or_flushed_mid_send_and_the_send_completes(
-    how: str,
-    make_app: Callable[[dict[str, str]], Flask],
-    fault_env: dict[str, str],
-    broker: RedisServer,
-    smtp_server: SMTPSink,
-    celery_worker: Callable[..., Process],
-    watcher: Callable[[Flask], Watcher],
+    how: str, pipeline: Pipeline, broker: RedisServer, smtp_server: SMTPSink
 ) -> None:
     total = 2000
-    app = make_app(fault_env)
-    smtp_server.data_delay = 0.003
-    celery_worker(fault_env, concurrency=2, beat=True)
-    send = start_send(app, smtp_server, total, watcher(app))
+    send, _worker = pipeline.send(total, slow=True)
     wait_until(lambda: len(smtp_server.messages) >= 400, 120, "400 messages")
     at = len(smtp_server.messages)
     claimed = len(send.claimed())
@@ -299,17 +308,10 @@ def test_the_broker_restarted_or_flushed_mid_send_and_the_send_completes(
 
 
 def test_the_database_restarted_mid_send_workers_reconnect_and_no_claim_is_left(
-    make_app: Callable[[dict[str, str]], Flask],
-    fault_env: dict[str, str],
-    smtp_server: SMTPSink,
-    celery_worker: Callable[..., Process],
-    watcher: Callable[[Flask], Watcher],
+    pipeline: Pipeline, smtp_server: SMTPSink
 ) -> None:
     total, batch, concurrency = 2000, 50, 2
-    app = make_app(fault_env)
-    smtp_server.data_delay = 0.003
-    celery_worker(fault_env, concurrency=concurrency, beat=True)
-    send = start_send(app, smtp_server, total, watcher(app))
+    send, _worker = pipeline.send(total, slow=True)
     wait_until(lambda: len(smtp_server.messages) >= 400, 120, "400 messages")
     claimed = len(send.claimed())
     restart_postgresql()
@@ -341,15 +343,9 @@ def restart_postgresql() -> None:
 
 
 def test_smtp_faults_transient_ones_delivered_permanent_ones_bounced_delays_honoured(
-    make_app: Callable[[dict[str, str]], Flask],
-    fault_env: dict[str, str],
-    smtp_server: SMTPSink,
-    celery_worker: Callable[..., Process],
-    watcher: Callable[[Flask], Watcher],
+    pipeline: Pipeline, smtp_server: SMTPSink
 ) -> None:
     total = 1000
-    values = {**fault_env, "HEBDO_SEND_BATCH": "100"}
-    app = make_app(values)
     emails = [f"reader{n}@exemple.fr" for n in range(total)]
     rng = random.Random(8058)
     shuffled = rng.sample(emails[:900], 900)
@@ -369,8 +365,8 @@ def test_smtp_faults_transient_ones_delivered_permanent_ones_bounced_delays_hono
     smtp_server.stall_seconds = 2.0  # four times HEBDO_SMTP_TIMEOUT
     smtp_server.rcpt_sequences[throttled] = ["421 4.7.0 Too many messages, try again in 30 seconds"]
 
-    worker = celery_worker(values, concurrency=2, beat=True)
-    send = start_send(app, smtp_server, total, watcher(app))
+    send, worker = pipeline.send(total, settings={"HEBDO_SEND_BATCH": "100"})
+    app = send.app
     send.wait_done(150)
     received = send.received()
     counts = send.counts()
@@ -390,8 +386,8 @@ def test_smtp_faults_transient_ones_delivered_permanent_ones_bounced_delays_hono
                 select(Subscriber.email, Subscriber.status).where(Subscriber.email.in_(rejected))
             ).all()
         )
-        flagged = dict(
-            db.session.execute(
+        flagged: dict[str, bool] = dict(
+            db.session.execute(  # type: ignore[arg-type]
                 select(Subscriber.email, Delivery.uncertain)
                 .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
                 .where(Subscriber.email.in_(dropped))
@@ -444,18 +440,13 @@ def crash_on_poison(tmp_path: Path) -> dict[str, str]:
 
 
 def test_a_poison_subscriber_is_quarantined_and_everyone_else_delivered(
-    make_app: Callable[[dict[str, str]], Flask],
-    fault_env: dict[str, str],
-    smtp_server: SMTPSink,
-    celery_worker: Callable[..., Process],
-    watcher: Callable[[Flask], Watcher],
-    crash_on_poison: dict[str, str],
+    pipeline: Pipeline, crash_on_poison: dict[str, str]
 ) -> None:
     total = 300
-    values = {**fault_env, "HEBDO_SEND_BATCH": "20"}
-    app = make_app(values)
-    worker = celery_worker({**values, **crash_on_poison}, concurrency=2, beat=True)
-    send = start_send(app, smtp_server, total, watcher(app))
+    send, worker = pipeline.send(
+        total, settings={"HEBDO_SEND_BATCH": "20"}, worker_env=crash_on_poison
+    )
+    app = send.app
     send.wait_done(120)
     received = send.received()
     with app.app_context():

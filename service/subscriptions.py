@@ -129,6 +129,12 @@ def _normalise(raw: str, *, check_deliverability: bool, dns_timeout: int) -> str
         raise InvalidEmail("many_at")
     if email.endswith("]") or "@[" in email:
         raise InvalidEmail("ip_literal")
+    if "=?" in email:
+        # The opening of an RFC 2047 encoded-word: atext, so valid in a local part, but
+        # header parsers and mail clients decode it even there, and read
+        # `=?utf-8?q?victim=40evil.example?=@exemple.fr` in a To header as another
+        # address ("splitting the email atom"). No real mailbox needs one.
+        raise InvalidEmail("local")
     try:
         info = validate_email(
             email,

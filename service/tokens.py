@@ -6,7 +6,10 @@ with a key listed in HEBDO_SECRET_KEY_FALLBACKS keep verifying after a rotation.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -48,12 +51,37 @@ def make_token(settings: Settings, purpose: Purpose, payload: list[Any]) -> str:
     return token
 
 
+# payload.timestamp.signature in URL-safe base64 without padding, as make_token writes it
+# (a compressed payload starts with a dot).
+_TOKEN_FORM = re.compile(r"\.?[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+def _one_spelling(token: str) -> bool:
+    """Whether `token` is written exactly as make_token writes it.
+
+    itsdangerous decodes the signature leniently: padding, `+` and `/` for `-` and `_`,
+    other bits in the last character, non-ASCII characters dropped. A link changed by one
+    character could then still verify, as a second spelling of the same token. The payload
+    and timestamp are signed as written, so only the signature needs this check.
+    """
+    if not _TOKEN_FORM.fullmatch(token):
+        return False
+    signature = token.rpartition(".")[2]
+    try:
+        raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    return base64.urlsafe_b64encode(raw).rstrip(b"=") == signature.encode()
+
+
 def read_token(
     settings: Settings, purpose: Purpose, token: str, *, max_age: int | None = None
 ) -> list[Any]:
     """Return the payload, or raise BadToken."""
     if len(token) > 512:
         raise BadToken("token too long")
+    if not _one_spelling(token):
+        raise BadToken("bad signature")
     try:
         payload = _serializer(settings, purpose).loads(token, max_age=max_age)
     except SignatureExpired:

@@ -60,11 +60,27 @@ _RETRY_AFTER = re.compile(
 )
 
 
+# An address as SMTP replies quote it (`<a@b.fr>`, `a@b.fr:`, `'a@b.fr'`).
+_QUOTED_ADDRESS = re.compile(r"""[^\s<>()\[\],;:"@]+@[^\s<>()\[\],;:"'@]+""")
+
+
+def mask_addresses(text: str) -> str:
+    """`text` with every address in it shown as `j***@exemple.fr` (as sign-up logs show
+    one): the local part is what identifies a person."""
+    return _QUOTED_ADDRESS.sub(lambda m: f"{m.group()[0]}***@{m.group().rpartition('@')[2]}", text)
+
+
 class DeliveryError(Exception):
-    """A message was not accepted; `code`/`response` are the server's words when it gave any."""
+    """A message was not accepted; `code`/`response` are the server's words when it gave any.
+
+    Servers quote the recipient in their replies (Postfix: `<a@b.fr>: Recipient address
+    rejected`, postgrey, relay refusals). The exception's message, which goes into logs,
+    error columns and an issue's pause note (kept after the subscriber is erased), shows
+    such addresses masked; `response` keeps the reply as given, to classify it.
+    """
 
     def __init__(self, code: int | None, response: str, stage: str = "") -> None:
-        super().__init__(f"{code or '---'} {response}")
+        super().__init__(f"{code or '---'} {mask_addresses(response)}")
         self.code = code
         self.response = response
         # connect | mail | rcpt | data | unsupported (the server lacks what this mail needs).

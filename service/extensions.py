@@ -46,11 +46,14 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL lets the web process read while a worker writes; busy_timeout waits for the lock."""
+    """WAL lets the web process read while a worker writes; busy_timeout waits for the lock;
+    secure_delete overwrites deleted content, so an erased address leaves no copy in free
+    pages (see subscriber_admin.forget_erased for the write-ahead log)."""
     if type(dbapi_connection).__module__.startswith("sqlite3"):
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
 

@@ -489,11 +489,12 @@ def _message_bodies(text: str) -> list[str]:
 
 
 def _files_text(folder: Path) -> str:
-    """Every file of the data folder as text, but the SQLite database's own: a deleted row's
-    bytes stay in its WAL and free pages until they are reused, which no dump shows."""
+    """Every file of the data folder as text, the SQLite database and its write-ahead log
+    included: a deleted row's bytes would stay in free pages and in the log, which no dump
+    shows (hence secure_delete and the checkpoint after an erasure)."""
     found = []
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and ".sqlite3" not in path.name:
+        if path.is_file():
             found.append(path.read_bytes().decode("utf-8", "replace"))
     return "\n".join(found)
 

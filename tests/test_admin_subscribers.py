@@ -11,6 +11,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, text, update
@@ -27,6 +28,7 @@ from service.models import (
 from service.subscriptions import Consent, subscribe
 from tests.conftest import (
     ADMIN_PASSWORD,
+    BASE_URL,
     Admin,
     add_subscribers,
     api_token,
@@ -249,6 +251,33 @@ def test_a_post_without_its_csrf_token_is_refused_and_changes_nothing(
     assert stale.status_code == 400
     sub = row(app, subscriber_id)
     assert sub is not None and sub.status == Status.ACTIVE
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example",
+        "null",
+        "https://hebdo.example.fr.evil.example",
+        "https://news.example.fr",
+    ],
+)
+def test_a_post_from_another_origin_is_refused_even_with_a_valid_csrf_token(
+    app: Flask, admin: Admin, origin: str
+) -> None:
+    """A page of another site (even the news site the box is embedded in) cannot make a
+    signed-in admin's browser act: a valid CSRF token is not enough without our Origin."""
+    subscriber_id = sign_up(app, "lea@exemple.fr")
+    path = f"/admin/subscribers/{subscriber_id}/unsubscribe"
+    refused = admin.post(path, headers={"Origin": origin})
+    assert refused.status_code == 403
+    sub = row(app, subscriber_id)
+    assert sub is not None and sub.status == Status.ACTIVE
+    # The same post from our own pages goes through: our base URL, or the host the browser
+    # talks to (the test client's is `localhost`).
+    assert admin.post(path, headers={"Origin": "http://localhost"}).status_code == 302
+    assert admin.post(path, headers={"Origin": BASE_URL}).status_code == 302
+    assert row(app, subscriber_id).status == Status.UNSUBSCRIBED  # type: ignore[union-attr]
 
 
 def test_an_editor_reads_subscribers_but_may_not_change_them(

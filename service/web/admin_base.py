@@ -32,6 +32,7 @@ from werkzeug.exceptions import Forbidden
 
 from .. import accounts, apitokens, i18n
 from ..accounts import SignedIn
+from ..config import origin_of
 from ..extensions import csrf, limiter
 from ..models import AdminRole
 from .common import client_ip, now, settings
@@ -236,10 +237,28 @@ def _larger_bodies() -> None:
     request.max_form_memory_size = limit
 
 
+def _foreign_post() -> bool:
+    """A POST whose Origin header is neither hebdo's base URL nor the host the browser is
+    talking to (another site, `null` from a sandboxed frame or a data: URL). The CSRF token
+    already stops forged forms; this also stops a page that got hold of a token (an XSS on
+    a site sharing a parent domain, a token leaked in a log) from acting with an admin's
+    cookie. The host is compared without the scheme: behind a TLS proxy the app may see
+    http. No Origin (an old browser, a script): the CSRF token alone decides."""
+    origin = request.headers.get("Origin")
+    if request.method != "POST" or origin is None:
+        return False
+    origin = origin.lower()
+    if origin == origin_of(settings().base_url):
+        return False
+    return origin_of(origin).partition("://")[2] != request.host.lower()
+
+
 @bp.before_request
 def _signed_in() -> Response | None:
     _larger_bodies()
     g.admin_locale = _locale(None)
+    if _foreign_post():
+        raise Forbidden()
     if request.endpoint in PUBLIC_ENDPOINTS:
         if request.method == "POST":
             csrf.protect()
@@ -391,6 +410,10 @@ def _admin_headers(response: Response) -> Response:
     # Pages full of personal data: never cached; framed only by the admin area itself
     # (the issue preview's sandboxed iframe).
     response.headers.setdefault("Cache-Control", "no-store")
+    # Referrers (URLs holding searched addresses) never leave the site, and the admin's own
+    # form posts carry our Origin: under `no-referrer` browsers send `Origin: null`, which
+    # _foreign_post must refuse (sandboxed frames and data: URLs send it too).
+    response.headers["Referrer-Policy"] = "same-origin"
     if response.mimetype == "text/html":
         response.headers.setdefault("Content-Security-Policy", ADMIN_CSP)
         response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")

@@ -80,13 +80,13 @@ def parse_week(value: str) -> str:
         date.fromisocalendar(year, week, 1)
     except ValueError:
         raise DigestError(f"{year} has no week {week}") from None
-    return f"{year}-W{week:02d}"
+    return f"{year:04d}-W{week:02d}"
 
 
 def week_of(settings: Settings, moment: datetime) -> str:
     """The ISO week `moment` falls in, on the local calendar of HEBDO_TIMEZONE."""
     year, week, _day = moment.astimezone(settings.timezone).isocalendar()
-    return f"{year}-W{week:02d}"
+    return f"{year:04d}-W{week:02d}"
 
 
 def send_time(settings: Settings, week: str) -> datetime:

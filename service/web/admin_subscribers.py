@@ -3,6 +3,7 @@ a selection or a pasted list, the suppression list and the audit log."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, cast
 
 from flask import (
@@ -289,6 +290,36 @@ def _action(value: str | None) -> Action:
         abort(400)
 
 
+# ---------------------------------------------------------------- filters
+
+# The text filters, and the longest value the API takes for each (the spec's maxLength).
+TEXT_FILTERS = {"q": search.MAX_QUERY, "locale": 8, "source": 2048}
+
+
+def _refuse_nul(args: Any, names: Iterable[str]) -> None:
+    """SearchError for a NUL character in a text filter: no stored text holds one (PostgreSQL
+    cannot), and a query with one is an error on PostgreSQL, which made the page a 500."""
+    for name in names:
+        value = args.get(name, "")
+        if isinstance(value, str) and "\x00" in value:
+            raise search.SearchError(name, f"{name} cannot contain a NUL character")
+
+
+def list_filters(args: Any) -> search.Filters:
+    """The subscriber list's filters (its page, its CSV); SearchError names a bad one."""
+    _refuse_nul(args, TEXT_FILTERS)
+    return search.parse_filters(args)
+
+
+def api_filters(args: Any) -> search.Filters:
+    """The filters of the list and CSV export APIs, whose lengths hold as sent: the search
+    trims a value before its own check, so a longer one with spaces around it got through."""
+    for name, limit in TEXT_FILTERS.items():
+        if len(args.get(name, "")) > limit:
+            raise search.SearchError(name, f"{name} is longer than {limit} characters")
+    return list_filters(args)
+
+
 # ---------------------------------------------------------------- pages
 
 
@@ -296,7 +327,7 @@ def _action(value: str | None) -> Action:
 def subscribers() -> tuple[str, int]:
     """The list: search, filters, sort, keyset pages, counts per status."""
     try:
-        filters = search.parse_filters(request.args)
+        filters = list_filters(request.args)
         result = search.list_page(filters, cursor=request.args.get("cursor"), limit=PAGE_SIZE)
     except search.SearchError as exc:
         flash(t("subs.bad_filter", field=exc.field), "error")
@@ -424,7 +455,9 @@ def suppressions() -> tuple[str, int]:
 
 
 def _audit_filters(args: Any) -> tuple[audit_log.AuditFilters, dict[str, str]]:
-    """Filters from query parameters, and those parameters again for the page's links."""
+    """Filters from query parameters, and those parameters again for the page's links.
+    SearchError for a NUL character; an id that is not one is ignored."""
+    _refuse_nul(args, ("action", "actor"))
     kept = {k: v for k, v in args.items() if k in ("action", "actor", "subscriber_id") and v}
     filters = audit_log.AuditFilters(
         action=kept.get("action", ""),
@@ -438,7 +471,11 @@ def _audit_filters(args: Any) -> tuple[audit_log.AuditFilters, dict[str, str]]:
 @requires_admin
 def audit() -> tuple[str, int]:
     """Every admin, subscriber and system action, newest first."""
-    filters, args = _audit_filters(request.args)
+    try:
+        filters, args = _audit_filters(request.args)
+    except search.SearchError as exc:
+        flash(t("subs.bad_filter", field=exc.field), "error")
+        filters, args = audit_log.AuditFilters(), {}
     before = search.bounded_int(request.args.get("before"))
     events, more = audit_log.page(filters, before, AUDIT_PAGE)
     return page("audit.html", events=events, more=more, args=args)
@@ -446,9 +483,12 @@ def audit() -> tuple[str, int]:
 
 @bp.get("/audit.csv")
 @requires_admin
-def audit_csv() -> Response:
+def audit_csv() -> Response | tuple[str, int]:
     """The whole log (or a filtered part), streamed a page at a time."""
-    filters, _args = _audit_filters(request.args)
+    try:
+        filters, _args = _audit_filters(request.args)
+    except search.SearchError as exc:
+        return page("message.html", 422, title=t("export.bad_filter", field=exc.field), body="")
     chunks = csv_chunks(audit_log.COLUMNS, audit_log.rows(filters))
     return csv_download(chunks, f"hebdo-audit-{now():%Y%m%d-%H%M}.csv")
 
@@ -510,7 +550,7 @@ def event_json(e: AuditEvent) -> dict[str, Any]:
 def api_subscribers() -> Response | tuple[Response, int]:
     """A keyset page of a filtered view; `next_cursor` fetches the next one."""
     try:
-        filters = search.parse_filters(request.args)
+        filters = api_filters(request.args)
         limit = search.bounded_int(request.args.get("limit", str(search.DEFAULT_LIMIT)), default=0)
         result = search.list_page(filters, cursor=request.args.get("cursor"), limit=limit or 0)
     except search.SearchError as exc:
@@ -526,7 +566,9 @@ def api_subscribers() -> Response | tuple[Response, int]:
 
 
 def _api_subscriber(subscriber_id: int) -> Subscriber:
-    sub = db.session.get(Subscriber, subscriber_id)
+    # Beyond the id column's range there is nobody: asking the database would be an
+    # "integer out of range" error on PostgreSQL (an OverflowError on SQLite), not a 404.
+    sub = db.session.get(Subscriber, subscriber_id) if subscriber_id <= search.MAX_ID else None
     if sub is None:
         abort(404, f"no subscriber #{subscriber_id}")
     return sub
@@ -559,7 +601,7 @@ def api_subscriber_patch(subscriber_id: int) -> Response | tuple[Response, int]:
     status, reason = body.get("status"), body.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 200:
         return json_error(422, "invalid_field", "reason must be a string of at most 200")
-    if status not in PATCH_ACTIONS:
+    if not isinstance(status, str) or status not in PATCH_ACTIONS:
         return json_error(422, "invalid_field", f"status must be one of {', '.join(PATCH_ACTIONS)}")
     _api_subscriber(subscriber_id)
     outcome = act(
@@ -619,10 +661,13 @@ def api_unsubscribes() -> Response | tuple[Response, int]:
 
 @api_bp.get("/audit")
 @requires_admin
-def api_audit() -> Response:
+def api_audit() -> Response | tuple[Response, int]:
     """Audit events, newest first; `next_before` fetches the next page."""
     limit = search.bounded_int(request.args.get("limit"), default=100, maximum=1000) or 100
-    filters, _args = _audit_filters(request.args)
+    try:
+        filters, _args = _audit_filters(request.args)
+    except search.SearchError as exc:
+        return json_error(422, "invalid_parameter", str(exc))
     before = search.bounded_int(request.args.get("before"))
     events, more = audit_log.page(filters, before, limit)
     return jsonify({"items": [event_json(e) for e in events], "next_before": more})

@@ -48,6 +48,7 @@ bp = Blueprint("signup", __name__, url_prefix="/api/v1")
 
 MAX_SOURCE_LENGTH = 2048
 MAX_CONSENT_LENGTH = 64
+MAX_LOCALE_LENGTH = 35  # the longest language tag in common use (RFC 5646, 4.4.1)
 TICKED = (True, 1, "1", "on", "true", "yes")
 
 
@@ -199,7 +200,8 @@ def create_subscription() -> Any:
         return _refused(403, "origin_not_allowed", locale, message)
     try:
         data = read_payload()
-        locale = _locale(data)
+        # Any language tag goes (an unknown one falls back), but not a number or an object.
+        locale = page_locale(optional_string(data, "locale", MAX_LOCALE_LENGTH))
         given_source = optional_string(data, "source", MAX_SOURCE_LENGTH)
         # The page the box was on; recorded only for an allowed origin (else anyone could
         # write any URL into the proof of consent). Without JavaScript, the Referer.

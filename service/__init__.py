@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +11,7 @@ from flask import Flask, Response, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import i18n, signup_limits
+from . import i18n, logs, signup_limits
 from .config import load_settings
 from .extensions import celery_init_app, csrf, db, limiter, migrate
 
@@ -28,9 +27,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         environ.update(test_config)
     settings = load_settings(environ)
 
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     for key in ("data_folder_in", "control_folder"):
         if key in settings.broker_transport_options:
@@ -65,6 +62,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
+    logs.init_app(app)
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS), render_as_batch=True)
     celery_init_app(app, settings)
@@ -124,5 +122,6 @@ def _engine_options(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         # Web and worker processes share the file: wait for a lock instead of failing.
         return {"connect_args": {"timeout": 30}}
-    # Recycle connections a restarted database closed, instead of failing the next request.
-    return {"pool_pre_ping": True}
+    # Recycle connections a restarted database closed, instead of failing the next request;
+    # give up connecting after 10 s rather than hang a request on an unreachable host.
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}

@@ -282,6 +282,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEBDO_WEB_WORKERS", "2", "gunicorn worker processes started by `hebdo run`."),
     Setting("HEBDO_WORKER_CONCURRENCY", "2", "Celery worker processes started by `hebdo run`."),
     Setting("HEBDO_LOG_LEVEL", "INFO", "Python logging level."),
+    Setting(
+        "HEBDO_METRICS_PORT",
+        "0",
+        "Port on which a Celery worker machine serves its Prometheus metrics (needs `PROMETHEUS_MULTIPROC_DIR`); `0`: none (the web's `/metrics` shows them when both share the folder, as under `hebdo run`).",
+    ),
+    Setting(
+        "HEBDO_LOG_FORMAT",
+        "auto",
+        "`json` (one object per line, with request and task ids, for a log shipper) or `text`; `auto`: JSON when `HEBDO_ENV=production`, else text.",
+    ),
 )
 
 _NAMES = {s.name for s in SETTINGS}
@@ -314,6 +324,13 @@ def _bool(name: str, raw: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise ConfigError(f"{name} must be 0 or 1, got {raw!r}")
+
+
+def _log_format(raw: str, env: str) -> str:
+    chosen = _choice("HEBDO_LOG_FORMAT", raw, ("auto", "json", "text"))
+    if chosen == "auto":
+        return "json" if env == "production" else "text"
+    return chosen
 
 
 def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
@@ -488,6 +505,8 @@ class Settings:
     web_workers: int
     worker_concurrency: int
     log_level: str
+    log_format: str
+    metrics_port: int
     feeds: tuple[str, ...]
     feed_interval_minutes: int
     feed_timeout: float
@@ -699,6 +718,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         web_workers=_int("HEBDO_WEB_WORKERS", get("HEBDO_WEB_WORKERS"), 1),
         worker_concurrency=_int("HEBDO_WORKER_CONCURRENCY", get("HEBDO_WORKER_CONCURRENCY"), 1),
         log_level=get("HEBDO_LOG_LEVEL").upper(),
+        log_format=_log_format(get("HEBDO_LOG_FORMAT"), env),
+        metrics_port=_int("HEBDO_METRICS_PORT", get("HEBDO_METRICS_PORT")),
         feeds=_feeds(get("HEBDO_FEEDS"), env),
         feed_interval_minutes=_int(
             "HEBDO_FEED_INTERVAL_MINUTES", get("HEBDO_FEED_INTERVAL_MINUTES"), 1

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from prometheus_client import Counter
 from sqlalchemy import func, select
 
 from . import i18n
 from .config import Settings, origin_of
 from .extensions import db
+from .metrics import SIGNUPS
 from .models import AuditEvent
 from .subscriptions import InvalidEmail, normalise_email
 from .tokens import BadToken, Purpose, make_token, read_token
@@ -41,12 +41,6 @@ HONEYPOT_FIELD = "website"
 FORM_TOKEN_MAX_AGE = 7 * 24 * 3600
 CLOCK_SKEW = 5.0
 
-SIGNUPS = Counter(
-    "hebdo_signup_attempts",
-    "Sign-up posts by outcome: accepted, invalid, consent_missing, rate_limited, honeypot, "
-    "too_fast, bad_form_token, captcha_required, captcha_failed.",
-    ["outcome"],
-)
 
 CAPTCHA_ENDPOINTS = {
     "turnstile": "https://challenges.cloudflare.com/turnstile/v0/siteverify",

@@ -35,6 +35,7 @@ from .audit_log import audit
 from .config import Settings
 from .extensions import db, rowcount
 from .mailer import PermanentFailure, TransientFailure, Transport, build_message
+from .metrics import CONFIRMATION_MAILS, CONFIRMATIONS, UNSUBSCRIBES
 from .models import AuditEvent, Status, Subscriber, Suppression, search_key
 from .tokens import BadToken, Purpose, make_token, read_token
 
@@ -258,6 +259,8 @@ def mark_bounced(
     sub.status = Status.BOUNCED
     suppress(settings, sub.email, "bounce", now)
     audit("bounce", sub, actor=actor, now=now, before=before, ip=ip, detail=detail)
+    if before in (Status.ACTIVE, Status.PENDING):
+        UNSUBSCRIBES.labels(channel="bounce").inc()
 
 
 @dataclass(frozen=True)
@@ -549,6 +552,7 @@ def confirm(settings: Settings, token: str, *, ip: str | None, now: datetime) ->
     )
     audit("confirm", sub, actor="subscriber", now=now, before=Status.PENDING, ip=ip)
     db.session.commit()
+    CONFIRMATIONS.inc()
     return check
 
 
@@ -581,6 +585,7 @@ def unsubscribe(
     detail = {"channel": channel, **({"reason": reason[:200]} if reason else {})}
     audit("unsubscribe", sub, actor=actor, now=now, before=before, ip=ip, detail=detail)
     db.session.commit()
+    UNSUBSCRIBES.labels(channel=channel).inc()
     return True
 
 
@@ -684,6 +689,7 @@ def send_confirmation(
             log.warning(
                 "confirmation mail of subscriber %s refused by the relay: %s", subscriber_id, exc
             )
+            CONFIRMATION_MAILS.labels(result="deferred").inc()
             return False
         if exc.kind == "message":
             sub.confirm_claimed_at = None
@@ -691,6 +697,7 @@ def send_confirmation(
             sub.confirm_last_error = str(exc)[:512]
             db.session.commit()
             log.warning("confirmation mail of subscriber %s rejected: %s", subscriber_id, exc)
+            CONFIRMATION_MAILS.labels(result="failed").inc()
             return False
         sub.confirm_due_at = None
         sub.confirm_claimed_at = None
@@ -698,6 +705,7 @@ def send_confirmation(
         mark_bounced(settings, sub, now, detail={"code": exc.code})
         db.session.commit()
         log.info("confirmation mail to subscriber %s bounced: %s", subscriber_id, exc.code)
+        CONFIRMATION_MAILS.labels(result="bounced").inc()
         return False
     except TransientFailure as exc:
         sub.confirm_claimed_at = None
@@ -716,12 +724,14 @@ def send_confirmation(
                 "confirmation mail of subscriber %s deferred by %s: %s", subscriber_id, delay, exc
             )
         db.session.commit()
+        CONFIRMATION_MAILS.labels(result="deferred").inc()
         raise
     sub.confirm_sent_at = now
     sub.confirm_due_at = None
     sub.confirm_claimed_at = None
     sub.confirm_last_error = None
     db.session.commit()
+    CONFIRMATION_MAILS.labels(result="sent").inc()
     return True
 
 

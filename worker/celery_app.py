@@ -33,5 +33,6 @@ celery.conf.beat_schedule = {
     },
 }
 
-# Registers the tasks; imported at module top so a worker never imports inside a task.
-from worker import tasks  # noqa: E402,F401
+# Registers the tasks and the signal handlers; imported at module top so a worker never
+# imports inside a task.
+from worker import signals, tasks  # noqa: E402,F401

@@ -12,6 +12,7 @@ from service import delivery, feeds, issues
 from service.config import Settings
 from service.jobs import enqueue_batch
 from service.mailer import TransientFailure, open_transport
+from service.metrics import DELIVERIES, FEED_FETCHES
 from service.ratelimit import SendRate, send_rate
 from service.subscriptions import send_confirmation, send_due_confirmations
 
@@ -86,6 +87,9 @@ def send_batch_task(issue_id: int) -> None:
         report = delivery.send_batch(
             settings, issue_id, transport=transport, clock=_now, rate=_send_rate(settings)
         )
+    for outcome in ("sent", "retried", "failed", "bounced", "skipped", "released"):
+        if count := getattr(report, outcome):
+            DELIVERIES.labels(outcome=outcome).inc(count)
     if report.claimed:
         log.info(
             "issue %s batch: %d sent, %d retried, %d failed, %d bounced, %d skipped, %d released",
@@ -108,4 +112,5 @@ def digest_tick_task() -> None:
 @shared_task(name="hebdo.fetch_feeds")
 def fetch_feeds_task() -> None:
     """Read every configured feed (each in its own transaction)."""
-    feeds.ingest_all(_settings(), _now())
+    for report in feeds.ingest_all(_settings(), _now()):
+        FEED_FETCHES.labels(result=report.result).inc()

@@ -1,4 +1,5 @@
-"""Public pages: thank-you, confirm, unsubscribe, resubscribe, archive, health.
+"""Public pages: thank-you, confirm, unsubscribe, resubscribe, archive; health, readiness
+and metrics.
 
 GET and HEAD only show pages; every change is a POST, so mail scanners that
 prefetch links neither confirm nor unsubscribe. These pages set no cookie:
@@ -7,8 +8,11 @@ the signed token in the URL is the only credential, hence no CSRF token.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, render_template, request
+import ipaddress
 
+from flask import Blueprint, Response, abort, jsonify, render_template, request
+
+from .. import MIGRATIONS, metrics, readiness
 from ..digest import (
     DigestError,
     archived_issues,
@@ -48,8 +52,37 @@ def _bad_link(exc: BadToken, locale: str) -> tuple[str, int]:
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    """Liveness: the web process answers."""
+    """Liveness: the web process answers (nothing else: see readiness)."""
     return Response('{"status": "ok"}\n', mimetype="application/json")
+
+
+@bp.get("/metrics")
+def metrics_page() -> Response:
+    """Prometheus metrics, for scrapers on this machine or a private network only: counts of
+    subscribers and queues are the business's, not the public's (a client seen from a
+    public address gets a 404; behind a proxy, set HEBDO_TRUSTED_PROXIES)."""
+    address = client_ip() or ""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        abort(404)
+    if ip.is_global:
+        abort(404)
+    return Response(metrics.exposition(settings()), mimetype=metrics.CONTENT_TYPE)
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Readiness: database (schema current), broker, SMTP; 200 or 503, each check's verdict."""
+    checks = readiness.check_all(settings(), MIGRATIONS)
+    ready = all(c.ok for c in checks.values())
+    body = {
+        "status": "ready" if ready else "not ready",
+        "checks": {name: c.as_json() for name, c in checks.items()},
+    }
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "no-store"
+    return response, 200 if ready else 503
 
 
 @bp.get("/subscribe")

@@ -13,6 +13,7 @@ from flask.cli import FlaskGroup, routes_command, shell_command
 
 from . import create_app
 from .config import ConfigError, Settings
+from .doctor import doctor_command
 from .mailer import open_transport
 from .subscriptions import send_due_confirmations
 
@@ -83,6 +84,8 @@ main = HebdoGroup(
 )
 main.add_command(shell_command)
 main.add_command(routes_command)
+# On the group, not the app: it must run (and say what is wrong) when the app cannot load.
+main.add_command(doctor_command)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,22 @@ csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address, key_prefix="hebdo")
 
 
+# Two queues: mail (every task that talks to the SMTP relay) and default (the weekly clock,
+# feed reads). A slow relay or a long send then never delays the clock, and mail workers are
+# scaled on their own (docs/deploy.md). `hebdo run` starts one worker consuming both.
+MAIL_QUEUE = "mail"
+DEFAULT_QUEUE = "default"
+QUEUES = (MAIL_QUEUE, DEFAULT_QUEUE)
+# By name, as service/jobs.py sends them and worker/tasks.py registers them.
+TASK_ROUTES = {
+    "hebdo.send_batch": {"queue": MAIL_QUEUE},
+    "hebdo.send_confirmation": {"queue": MAIL_QUEUE},
+    "hebdo.sweep_confirmations": {"queue": MAIL_QUEUE},
+    "hebdo.digest_tick": {"queue": DEFAULT_QUEUE},
+    "hebdo.fetch_feeds": {"queue": DEFAULT_QUEUE},
+}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings, chosen for a database-is-the-truth pipeline.
 
@@ -112,7 +128,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # outcomes on the soft limit, so the hard limit never cuts a batch short.
         "task_soft_time_limit": 240,
         "task_time_limit": 300,
-        "task_default_queue": "default",
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_routes": TASK_ROUTES,
         "timezone": "UTC",
         "enable_utc": True,
         "worker_hijack_root_logger": False,

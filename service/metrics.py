@@ -29,7 +29,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from sqlalchemy import func, select
 
 from .config import Settings
-from .extensions import db
+from .extensions import QUEUES, db
 from .models import Delivery, DeliveryStatus, Feed, Issue, IssueStatus, Subscriber
 
 SIGNUPS = Counter(
@@ -143,7 +143,7 @@ class StateCollector(Collector):
             )
             client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=2)
             try:
-                for name in ("default", "mail"):
+                for name in QUEUES:
                     queues.add_metric([name], int(client.llen(name)))
             except redis.RedisError:
                 pass  # /readyz says the broker is down; the metrics still answer

@@ -9,6 +9,8 @@ is worse than a stopped one.
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from flask_migrate import upgrade
 
 from . import accounts
 from .config import Settings
+from .extensions import QUEUES
 from .jobs import FETCH_FEEDS, enqueue
 
 STOP_GRACE_SECONDS = 20
@@ -37,8 +40,7 @@ def commands(settings: Settings, host: str, port: int) -> dict[str, list[str]]:
             f"{host}:{port}",
             "--workers",
             str(settings.web_workers),
-            "--access-logfile",
-            "-",
+            # No gunicorn access log: link tokens are in paths; hebdo.access logs routes.
             "--graceful-timeout",
             "10",
             # An admin import of 100,000 rows is applied within its request (≈30 s measured).
@@ -53,6 +55,9 @@ def commands(settings: Settings, host: str, port: int) -> dict[str, list[str]]:
             "-A",
             "worker.celery_app",
             "worker",
+            # One worker for both queues here; production runs one service per queue.
+            "--queues",
+            ",".join(QUEUES),
             "--concurrency",
             str(settings.worker_concurrency),
             "--loglevel",
@@ -73,6 +78,15 @@ def commands(settings: Settings, host: str, port: int) -> dict[str, list[str]]:
             settings.log_level,
         ],
     }
+
+
+def metrics_environment(settings: Settings) -> dict[str, str]:
+    """The children's environment, with an emptied folder for prometheus_client's
+    multiprocess mode: web and worker processes then add up their counters in /metrics."""
+    folder = settings.data_dir / "metrics"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
 
 
 def _pump(name: str, stream: IO[bytes]) -> None:
@@ -98,9 +112,14 @@ def run_all(app: Flask, *, host: str, port: int) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
+    environ = metrics_environment(settings)
     for name, argv in commands(settings, host, port).items():
         child = subprocess.Popen(  # noqa: S603 (our own fixed argv)
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=environ,
         )
         children[name] = child
         threading.Thread(target=_pump, args=(name, child.stdout), daemon=True).start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from flask import Flask
 from sqlalchemy import text
 
 from service.config import SETTINGS, ConfigError, load_settings
-from service.extensions import db
+from service.extensions import TASK_ROUTES, celery_config, db
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -121,30 +122,203 @@ def test_readme_starts_with_the_two_set_up_commands() -> None:
     assert "README.md" in ci and 'eval "$TEST_COMMAND' in ci
 
 
-def test_docker_compose_services_commands_and_settings() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert {"web", "worker", "beat", "redis", "postgres", "mailpit"} <= set(services)
-    known = {s.name for s in SETTINGS}
-    for name in ("web", "worker", "beat"):
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
+HEBDO_SERVICES = ("migrate", "web", "worker-mail", "worker-default", "beat")
+WORKERS = {"worker-mail": "mail", "worker-default": "default"}
+
+
+def _compose() -> dict[str, Any]:
+    compose: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return compose
+
+
+def _env_example() -> dict[str, str]:
+    """deploy/.env.example as Compose reads it (commented-out lines left out)."""
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            if value[:1] == value[-1:] and value[:1] in "\"'" and len(value) > 1:
+                value = value[1:-1]
+            values[name.strip()] = value
+    return values
+
+
+def _option(command: list[str], name: str) -> str | None:
+    return command[command.index(name) + 1] if name in command else None
+
+
+def _seconds(duration: str) -> float:
+    """A Compose duration such as `330s`, `5m30s` or `1m`."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_compose_runs_each_queue_on_its_own_workers_and_exactly_one_beat() -> None:
+    services = _compose()["services"]
+    assert {*HEBDO_SERVICES, "postgres", "redis", "mailpit"} == set(services)
+    queues = set()
+    for name, queue in WORKERS.items():
+        command = services[name]["command"]
+        assert command[:4] == ["celery", "-A", "worker.celery_app", "worker"]
+        assert _option(command, "--queues") == queue, name
+        assert "--beat" not in command and "-B" not in command
+        queues.add(queue)
+    # Every queue a task is routed to has its workers.
+    assert {route["queue"] for route in TASK_ROUTES.values()} == queues
+    beats = [n for n, s in services.items() if "beat" in s.get("command", [])]
+    assert beats == ["beat"]
+    assert services["beat"]["command"][:4] == ["celery", "-A", "worker.celery_app", "beat"]
+    assert services["beat"].get("deploy", {}).get("replicas", 1) == 1
+    # Its schedule survives a restart (a volume), so a restart does not fire every task.
+    schedule = _option(services["beat"]["command"], "--schedule")
+    assert schedule and any(v.endswith(":/data") for v in services["beat"]["volumes"])
+    assert schedule.startswith("/data/")
+
+
+def test_compose_migrates_once_then_serves_with_health_checks_and_restarts() -> None:
+    services = _compose()["services"]
+    assert services["migrate"]["command"] == ["hebdo", "db", "upgrade"]
+    assert services["migrate"]["restart"] == "no"
+    web = services["web"]
+    assert web["command"][0] == "gunicorn" and web["command"][-1] == "service.wsgi:app"
+    assert "--access-logfile" not in web["command"]  # tokens are in paths
+    assert all(p.startswith("127.0.0.1:") for p in web["ports"])  # the proxy is the way in
+    for name in HEBDO_SERVICES[1:]:
         service = services[name]
-        assert set(service["environment"]) <= known, set(service["environment"]) - known
-        assert service["environment"]["HEBDO_ENV"] == "production"
-        assert "${HEBDO_SECRET_KEY:?" in service["environment"]["HEBDO_SECRET_KEY"]
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         for dependency in ("postgres", "redis"):
             assert service["depends_on"][dependency]["condition"] == "service_healthy"
-    web = " ".join(services["web"]["command"])
-    assert web.index("hebdo db upgrade") < web.index("gunicorn") and "service.wsgi:app" in web
-    assert services["worker"]["command"][:4] == ["celery", "-A", "worker.celery_app", "worker"]
-    assert services["beat"]["command"][:4] == ["celery", "-A", "worker.celery_app", "beat"]
-    assert "deploy" not in services["beat"] or services["beat"]["deploy"].get("replicas", 1) == 1
-    for name in ("postgres", "redis"):
-        assert services[name]["healthcheck"]["test"]
+    for name in ("web", "postgres", "redis"):
+        assert services[name]["healthcheck"]["test"], name
+    for name, service in services.items():
+        if name != "migrate":
+            assert service["restart"] in ("always", "unless-stopped"), name
+    assert services["mailpit"]["profiles"] == ["dev"]  # the mail catcher is optional
     assert "noeviction" in services["redis"]["command"]
-    smtp_host = services["web"]["environment"]["HEBDO_SMTP_HOST"]
-    assert "mailpit" in smtp_host
+    assert "--appendonly" in services["redis"]["command"]
+
+
+def test_the_web_health_check_asks_a_route_the_app_serves(app: Flask) -> None:
+    test = " ".join(_compose()["services"]["web"]["healthcheck"]["test"])
+    path = re.search(r"http://127\.0\.0\.1:8000(/[a-z]+)", test)
+    assert path and path.group(1) in ("/readyz", "/healthz")
+    assert path.group(1) in {rule.rule for rule in app.url_map.iter_rules()}
+
+
+def test_a_stopped_worker_is_given_time_to_finish_any_task() -> None:
+    """`docker stop` sends SIGTERM (Celery's warm shutdown), then SIGKILL after the grace
+    period: it must outlast the hard time limit, so no batch is ever cut short by it."""
+    services = _compose()["services"]
+    limit = celery_config(load_settings({"HEBDO_DATA_DIR": "/tmp"}))["task_time_limit"]
+    for name in WORKERS:
+        assert services[name].get("stop_signal", "SIGTERM") == "SIGTERM"
+        assert _seconds(services[name]["stop_grace_period"]) > limit, name
+
+
+def test_compose_takes_its_secrets_from_the_env_file_only() -> None:
+    compose = _compose()
+    services = compose["services"]
+    for name in HEBDO_SERVICES:
+        env_file = services[name]["env_file"]
+        assert env_file == ".env" or env_file == [".env"], name
+    secret = re.compile(r"PASSWORD|SECRET|_KEY$|TOKEN", re.I)
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            value = str(value)
+            if secret.search(key):
+                assert re.fullmatch(r"\$\{[A-Z_]+(:?[?-][^}]*)?\}", value), (name, key)
+            # A URL's password too is interpolated, never written here.
+            credentials = re.search(r"://[^:/@]+:([^@]+)@", value)
+            assert credentials is None or credentials.group(1).startswith("${"), (name, key)
+
+
+def test_every_setting_named_in_compose_and_env_example_exists() -> None:
+    known = {s.name for s in SETTINGS}
+    compose_text = COMPOSE.read_text()
+    example_text = ENV_EXAMPLE.read_text()
+    named = set(re.findall(r"\b(HEBDO_[A-Z_]+)", compose_text + example_text))
+    # Names the text mentions in passing (HEBDO_*) are not settings.
+    assert named - known == set(), named - known
+    # Every ${VAR} Compose interpolates is in the example, and so is every setting
+    # production requires.
+    example = _env_example()
+    interpolated = set(re.findall(r"\$\{([A-Z_]+)", compose_text))
+    assert interpolated <= set(example), interpolated - set(example)
+    for required in ("HEBDO_SECRET_KEY", "HEBDO_SMTP_HOST", "HEBDO_BASE_URL", "HEBDO_MAIL_FROM"):
+        assert required in example
+    # What compose fixes itself is not in the example (it would be silently overridden).
+    fixed = set(_compose()["services"]["web"]["environment"])
+    assert fixed & set(example) == set()
+    # No secret is filled in.
+    for name in ("POSTGRES_PASSWORD", "HEBDO_SECRET_KEY", "HEBDO_SMTP_PASSWORD"):
+        assert example[name] == "", name
+
+
+def test_the_env_example_filled_in_is_a_valid_production_configuration(tmp_path: Path) -> None:
+    environment = {
+        **_env_example(),
+        **_compose()["services"]["web"]["environment"],
+        "POSTGRES_PASSWORD": "0123abcd",
+        "HEBDO_SECRET_KEY": "k" * 64,
+        "HEBDO_DATA_DIR": str(tmp_path),
+    }
+    environment = {
+        key: re.sub(r"\$\{([A-Z_]+)[^}]*\}", lambda m: environment[m.group(1)], str(value))
+        for key, value in environment.items()
+    }
+    settings = load_settings({k: v for k, v in environment.items() if k.startswith("HEBDO_")})
+    assert settings.env == "production" and settings.trusted_proxies == 1
+    assert settings.database_url == "postgresql+psycopg://hebdo:0123abcd@postgres:5432/hebdo"
+    assert settings.mail_domain == "news.example.fr"
+
+
+def test_the_image_runs_as_a_user_from_its_own_copy_of_the_code(tmp_path: Path) -> None:
+    """The Dockerfile copies four folders into /app and runs them from there (no install of
+    the package): that layout, run from elsewhere, migrates and renders its templates."""
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "USER hebdo" in dockerfile and "pip install --no-cache-dir -e ." in dockerfile
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert not re.search(r"pip install[^\n]*\s-e\s", dockerfile)
+    assert re.search(r"^FROM python:3\.\d+-slim", dockerfile, re.M)
+    assert "ENV PYTHONDONTWRITEBYTECODE" in dockerfile and "PYTHONPATH=/app" in dockerfile
+    copied = re.findall(r"^COPY (\S+) \./(\S+)$", dockerfile, re.M)
+    assert {src for src, dst in copied if src == dst} == {
+        "service",
+        "worker",
+        "templates",
+        "migrations",
+    }
+    app_dir = tmp_path / "app"
+    for folder, _ in copied:
+        shutil.copytree(
+            ROOT / folder, app_dir / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    environ = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(app_dir),
+        "HEBDO_DATA_DIR": str(tmp_path / "data"),
+    }
+    check = (
+        "import service, sys; "
+        f"assert service.__file__.startswith({str(app_dir)!r}), service.__file__; "
+        "app = service.create_app(); "
+        "page = app.test_client().get('/subscribe'); "
+        "assert page.status_code == 200 and 'hebdo-box' in page.text, page.status_code"
+    )
+    for argv in (["-m", "service.cli", "db", "upgrade"], ["-c", check]):
+        result = subprocess.run(
+            [sys.executable, *argv],
+            env=environ,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_migrations_match_the_models(app: Flask) -> None:

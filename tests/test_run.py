@@ -127,6 +127,25 @@ def test_hebdo_run_serves_subscribes_captures_and_stops_on_ctrl_c(
     assert "Lire l=E2=80=99article" in digest and "lhebdo.example" in digest
     assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in digest
 
+    # /metrics adds up every process's counters (gunicorn's for the sign-up, the Celery
+    # pool's for the mails) through the folder `hebdo run` shares between them.
+    def metric(text: str, sample: str) -> float:
+        found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    deadline = time.monotonic() + 30
+    while True:
+        status, text = http(f"{base}/metrics")
+        assert status == 200
+        if metric(text, 'hebdo_deliveries_total{outcome="sent"}') == 1:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(0.3)
+    assert metric(text, 'hebdo_signup_attempts_total{outcome="accepted"}') == 1
+    assert metric(text, 'hebdo_confirmation_mails_total{result="sent"}') == 1
+    assert metric(text, "hebdo_confirmations_total") == 1
+    assert metric(text, 'hebdo_subscribers{status="active"}') == 1
+
     data_dir = Path(values["HEBDO_DATA_DIR"])
     assert (
         len(processes_with(data_dir)) >= 4

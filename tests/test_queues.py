@@ -1,0 +1,100 @@
+"""Mail tasks and the rest go to separate queues: a worker on `default` alone runs the weekly
+clock but sends nothing; mail goes out once a worker on `mail` starts."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from flask import Flask
+from sqlalchemy import select
+
+from service import jobs
+from service.config import load_settings
+from service.extensions import DEFAULT_QUEUE, MAIL_QUEUE, QUEUES, TASK_ROUTES, db
+from service.models import Issue
+from service.runner import commands
+from tests.conftest import BROKER_URL, Process, SMTPSink, add_article, add_subscribers, wait_until
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def worker_on(values: dict[str, str], queue: str) -> list[str]:
+    """The worker command of `hebdo run`, consuming `queue` only (as a compose service does)."""
+    argv = [*commands(load_settings(values), "127.0.0.1", 0)["worker"], "--without-heartbeat"]
+    argv[argv.index("--queues") + 1] = queue
+    return argv
+
+
+def test_every_task_has_a_queue_and_hebdo_run_consumes_both(env: dict[str, str]) -> None:
+    # Every task name service/jobs.py sends has a queue chosen on purpose.
+    names = {v for k, v in vars(jobs).items() if k.isupper() and str(v).startswith("hebdo.")}
+    assert names == set(TASK_ROUTES)
+    assert {n for n, r in TASK_ROUTES.items() if r["queue"] == MAIL_QUEUE} == {
+        jobs.SEND_BATCH,
+        jobs.SEND_CONFIRMATION,
+        jobs.SWEEP_CONFIRMATIONS,
+    }
+    worker = commands(load_settings(env), "127.0.0.1", 0)["worker"]
+    assert worker[worker.index("--queues") + 1] == "mail,default" == ",".join(QUEUES)
+
+
+def _issue(app: Flask) -> Issue | None:
+    with app.app_context():
+        db.session.expire_all()
+        return db.session.execute(select(Issue)).scalars().first()
+
+
+def _queued_on_mail(values: dict[str, str]) -> int:
+    """Messages waiting in the broker's `mail` queue."""
+    if BROKER_URL.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(BROKER_URL)
+        try:
+            return int(client.llen(MAIL_QUEUE))
+        finally:
+            client.close()
+    folder = Path(values["HEBDO_DATA_DIR"]) / "broker" / "queue"
+    return sum(1 for f in folder.iterdir() if f.name.endswith(f".{MAIL_QUEUE}.msg"))
+
+
+def test_a_default_worker_runs_the_tick_and_only_a_mail_worker_sends(
+    make_app: Callable[[dict[str, str]], Flask],
+    smtp_env: dict[str, str],
+    smtp_server: SMTPSink,
+    spawn: Callable[..., Process],
+) -> None:
+    # The week's send time was two minutes ago: the next tick starts the issue.
+    due = datetime.now(UTC) - timedelta(minutes=2)
+    values = {
+        **smtp_env,
+        "HEBDO_TIMEZONE": "UTC",
+        "HEBDO_SEND_SCHEDULE": f"{DAYS[due.weekday()]} {due:%H:%M}",
+        "HEBDO_SEND_BATCH": "10",
+        "HEBDO_WORKER_CONCURRENCY": "1",
+    }
+    app = make_app(values)
+    add_article(app, 1, datetime.now(UTC) - timedelta(days=1))
+    add_subscribers(app, 30)
+    default = spawn(worker_on(values, DEFAULT_QUEUE), values, ready="ready.")
+    with app.app_context():
+        assert jobs.enqueue(jobs.DIGEST_TICK)
+    wait_until(lambda: (_issue(app) or Issue()).status == "sending", 30, "the tick to start it")
+    issue = _issue(app)
+    assert issue is not None and issue.recipients == 30 and issue.batches_queued == 3
+    time.sleep(2)
+    assert smtp_server.messages == []
+    assert _queued_on_mail(values) == 3
+    assert "Task hebdo.digest_tick[" in default.output()
+    assert "Task hebdo.send_batch[" not in default.output()
+
+    spawn(worker_on(values, MAIL_QUEUE), values, ready="ready.")
+    smtp_server.wait_for(30, timeout=60)
+    wait_until(lambda: (_issue(app) or Issue()).status == "sent", 30, "the issue to be sent")
+    assert set(Counter(m.rcpt_tos[0] for m in smtp_server.messages).values()) == {1}
+    assert _queued_on_mail(values) == 0
+    assert "Task hebdo.send_batch[" not in default.output()

@@ -323,6 +323,8 @@ def test_production_pitfalls_are_warnings_not_refusals(env: dict[str, str]) -> N
         "HEBDO_SMTP_HOST": "smtp.example.fr",
         "HEBDO_SMTP_USER": SMTP_USER,
         "HEBDO_SMTP_PASSWORD": SMTP_PASSWORD,
+        # Limits in each process's memory, whatever broker this run is configured with.
+        "HEBDO_RATELIMIT_STORAGE": "memory://",
         # the `env` key says "not-for-production"; the identity stays the shipped example
     }
     settings, results = check_configuration(values)
@@ -334,7 +336,7 @@ def test_production_pitfalls_are_warnings_not_refusals(env: dict[str, str]) -> N
     assert "HEBDO_SECRET_KEY looks like a development or example key" in text
     assert "the SMTP password and every mail cross the network unencrypted" in text
     assert "HEBDO_SENDER_IDENTITY is the shipped example" in text
-    # memory:// rate limits (the broker is not Redis) with the default 2 web workers
+    # memory:// rate limits with the default 2 web workers
     assert "every sign-up and login limit is 2 times looser" in text
     assert len(results) == 5
     # The test settings themselves are fine outside production.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -71,16 +71,37 @@ class Filters:
     sort: str = "newest"
 
 
-def parse_filters(args: Any) -> Filters:
-    """Filters from query parameters (a MultiDict or a dict); SearchError names a bad one."""
+# The text filters, and the longest value each takes (the API spec's maxLength).
+TEXT_LIMITS = {"q": MAX_QUERY, "locale": 8, "source": 2048}
+
+
+def refuse_nul(args: Any, names: Iterable[str]) -> None:
+    """SearchError for a NUL character in a text filter: no stored text holds one (PostgreSQL
+    cannot), and a query with one is an error on PostgreSQL (a 500 before this check)."""
+    for name in names:
+        value = args.get(name, "")
+        if isinstance(value, str) and "\x00" in value:
+            raise SearchError(name, f"{name} cannot contain a NUL character")
+
+
+def parse_filters(args: Any, *, exact_lengths: bool = False) -> Filters:
+    """Filters from query parameters (a MultiDict or a dict); SearchError names a bad one.
+
+    `exact_lengths` (the API): a text filter's length holds as sent, before the trim, so a
+    value padded with spaces past its limit is refused as the spec says."""
+    refuse_nul(args, TEXT_LIMITS)
+    if exact_lengths:
+        for name, limit in TEXT_LIMITS.items():
+            if len(args.get(name, "")) > limit:
+                raise SearchError(name, f"{name} is longer than {limit} characters")
 
     def one(name: str) -> str:
         value = args.get(name, "")
         return value.strip() if isinstance(value, str) else ""
 
     q = one("q")
-    if len(q) > MAX_QUERY:
-        raise SearchError("q", f"q is longer than {MAX_QUERY} characters")
+    if len(q) > TEXT_LIMITS["q"]:
+        raise SearchError("q", f"q is longer than {TEXT_LIMITS['q']} characters")
     raw_statuses = args.getlist("status") if hasattr(args, "getlist") else [args.get("status", "")]
     statuses = tuple(s for value in raw_statuses for s in str(value or "").split(",") if s.strip())
     for status in statuses:
@@ -92,11 +113,11 @@ def parse_filters(args: Any) -> Filters:
     if sort not in SORTS:
         raise SearchError("sort", f"sort must be one of {', '.join(SORTS)}")
     locale = one("locale")
-    if len(locale) > 8:
-        raise SearchError("locale", "locale is at most 8 characters")
+    if len(locale) > TEXT_LIMITS["locale"]:
+        raise SearchError("locale", f"locale is at most {TEXT_LIMITS['locale']} characters")
     source = one("source")
-    if len(source) > 2048:
-        raise SearchError("source", "source is at most 2048 characters")
+    if len(source) > TEXT_LIMITS["source"]:
+        raise SearchError("source", f"source is at most {TEXT_LIMITS['source']} characters")
     return Filters(
         q=q,
         statuses=statuses,

@@ -48,9 +48,8 @@ from ..subscriber_io import (
     plan_import,
     report_csv,
 )
-from ..subscriber_search import Filters, SearchError
+from ..subscriber_search import Filters, SearchError, parse_filters
 from .admin_base import actor, add_texts, api_bp, bp, json_error, page, requires_admin, t
-from .admin_subscribers import api_filters, list_filters
 from .common import client_ip, csv_download, now, settings
 
 KEEP_FILES = timedelta(hours=24)
@@ -456,7 +455,7 @@ def _export(filters: Filters, *, bom: bool) -> Response:
 def subscribers_csv() -> Response | tuple[str, int]:
     """The list's current view as CSV (same filters), streamed."""
     try:
-        return _export(list_filters(request.args), bom=True)
+        return _export(parse_filters(request.args), bom=True)
     except SearchError as exc:
         return page("message.html", 422, title=t("export.bad_filter", field=exc.field), body="")
 
@@ -466,6 +465,6 @@ def subscribers_csv() -> Response | tuple[str, int]:
 def api_subscribers_csv() -> Response | tuple[Response, int]:
     """A view of the subscribers as CSV (the list API's filters), streamed."""
     try:
-        return _export(api_filters(request.args), bom=False)
+        return _export(parse_filters(request.args, exact_lengths=True), bom=False)
     except SearchError as exc:
         return json_error(422, "bad_filter", str(exc))

@@ -3,7 +3,6 @@ a selection or a pasted list, the suppression list and the audit log."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, cast
 
 from flask import (
@@ -290,36 +289,6 @@ def _action(value: str | None) -> Action:
         abort(400)
 
 
-# ---------------------------------------------------------------- filters
-
-# The text filters, and the longest value the API takes for each (the spec's maxLength).
-TEXT_FILTERS = {"q": search.MAX_QUERY, "locale": 8, "source": 2048}
-
-
-def _refuse_nul(args: Any, names: Iterable[str]) -> None:
-    """SearchError for a NUL character in a text filter: no stored text holds one (PostgreSQL
-    cannot), and a query with one is an error on PostgreSQL, which made the page a 500."""
-    for name in names:
-        value = args.get(name, "")
-        if isinstance(value, str) and "\x00" in value:
-            raise search.SearchError(name, f"{name} cannot contain a NUL character")
-
-
-def list_filters(args: Any) -> search.Filters:
-    """The subscriber list's filters (its page, its CSV); SearchError names a bad one."""
-    _refuse_nul(args, TEXT_FILTERS)
-    return search.parse_filters(args)
-
-
-def api_filters(args: Any) -> search.Filters:
-    """The filters of the list and CSV export APIs, whose lengths hold as sent: the search
-    trims a value before its own check, so a longer one with spaces around it got through."""
-    for name, limit in TEXT_FILTERS.items():
-        if len(args.get(name, "")) > limit:
-            raise search.SearchError(name, f"{name} is longer than {limit} characters")
-    return list_filters(args)
-
-
 # ---------------------------------------------------------------- pages
 
 
@@ -327,7 +296,7 @@ def api_filters(args: Any) -> search.Filters:
 def subscribers() -> tuple[str, int]:
     """The list: search, filters, sort, keyset pages, counts per status."""
     try:
-        filters = list_filters(request.args)
+        filters = search.parse_filters(request.args)
         result = search.list_page(filters, cursor=request.args.get("cursor"), limit=PAGE_SIZE)
     except search.SearchError as exc:
         flash(t("subs.bad_filter", field=exc.field), "error")
@@ -457,7 +426,7 @@ def suppressions() -> tuple[str, int]:
 def _audit_filters(args: Any) -> tuple[audit_log.AuditFilters, dict[str, str]]:
     """Filters from query parameters, and those parameters again for the page's links.
     SearchError for a NUL character; an id that is not one is ignored."""
-    _refuse_nul(args, ("action", "actor"))
+    search.refuse_nul(args, ("action", "actor"))
     kept = {k: v for k, v in args.items() if k in ("action", "actor", "subscriber_id") and v}
     filters = audit_log.AuditFilters(
         action=kept.get("action", ""),
@@ -550,7 +519,7 @@ def event_json(e: AuditEvent) -> dict[str, Any]:
 def api_subscribers() -> Response | tuple[Response, int]:
     """A keyset page of a filtered view; `next_cursor` fetches the next one."""
     try:
-        filters = api_filters(request.args)
+        filters = search.parse_filters(request.args, exact_lengths=True)
         limit = search.bounded_int(request.args.get("limit", str(search.DEFAULT_LIMIT)), default=0)
         result = search.list_page(filters, cursor=request.args.get("cursor"), limit=limit or 0)
     except search.SearchError as exc:

@@ -29,31 +29,13 @@ sys.path.insert(0, str(ROOT))
 from flask_migrate import upgrade  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from bench.database import reset_database  # noqa: E402
+from bench.database import MIXED_STATUSES, reset_database, subscriber_fill  # noqa: E402
 from service import apitokens, create_app  # noqa: E402
 from service.extensions import db  # noqa: E402
 
 PG_URL = os.environ.get(
     "BENCH_LIST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/hebdo_bench_list"
 )
-
-
-FILL = """
-INSERT INTO subscribers (email, search_key, status, locale, created_at, optin_serial,
-    consent_at, consent_source, consent_text_version, confirm_attempts)
-SELECT 'reader' || n || '@' || (ARRAY['exemple.fr','gmail.com','orange.fr','free.fr'])[1 + n % 4],
-       'reader' || n || '@' || (ARRAY['exemple.fr','gmail.com','orange.fr','free.fr'])[1 + n % 4],
-       CASE WHEN n % 50 = 0 THEN 'unsubscribed' WHEN n % 97 = 0 THEN 'bounced'
-            WHEN n % 20 = 0 THEN 'pending' ELSE 'active' END,
-       CASE WHEN n % 10 = 0 THEN 'en' ELSE 'fr' END,
-       now() - make_interval(secs => (:n - n) * 30),
-       1,
-       now() - make_interval(secs => (:n - n) * 30),
-       'https://news.example.fr/article-' || (n % 500),
-       'v1',
-       0
-FROM generate_series(1, :n) AS n
-"""
 
 
 def timed(client, path: str, headers: dict[str, str], repeat: int = 5) -> tuple[float, dict]:
@@ -86,7 +68,9 @@ def main() -> None:
     with app.app_context():
         upgrade()
         started = time.perf_counter()
-        db.session.execute(text(FILL), {"n": args.subscribers})
+        db.session.execute(
+            subscriber_fill(MIXED_STATUSES, confirmed=False), {"n": args.subscribers}
+        )
         db.session.commit()
         fill = time.perf_counter() - started
         db.session.execute(text("ANALYZE subscribers"))

@@ -45,7 +45,7 @@ import redis  # noqa: E402
 from flask_migrate import upgrade  # noqa: E402
 from sqlalchemy import event, text  # noqa: E402
 
-from bench.database import drop_database, reset_database  # noqa: E402
+from bench.database import ALL_ACTIVE, drop_database, reset_database, subscriber_fill  # noqa: E402
 from service import create_app, delivery, feeds  # noqa: E402
 from service.digest import get_issue, plan_issue  # noqa: E402
 from service.extensions import MAIL_QUEUE, db  # noqa: E402
@@ -56,23 +56,6 @@ PG_URL = os.environ.get(
 )
 REDIS_URL = "redis://127.0.0.1:6379/13"
 WEEK = "2026-W48"
-
-FILL = """
-INSERT INTO subscribers (email, search_key, status, locale, created_at, optin_serial,
-    confirmed_at, consent_at, consent_source, consent_text_version, confirm_attempts)
-SELECT 'reader' || n || '@' || (ARRAY['exemple.fr','gmail.com','orange.fr','free.fr'])[1 + n % 4],
-       'reader' || n || '@' || (ARRAY['exemple.fr','gmail.com','orange.fr','free.fr'])[1 + n % 4],
-       'active',
-       CASE WHEN n % 10 = 0 THEN 'en' ELSE 'fr' END,
-       now() - make_interval(secs => (:n - n) * 30),
-       1,
-       now() - make_interval(secs => (:n - n) * 30),
-       now() - make_interval(secs => (:n - n) * 30),
-       'https://news.example.fr/article-' || (n % 500),
-       'v1',
-       0
-FROM generate_series(1, :n) AS n
-"""
 
 
 class Instant:
@@ -273,7 +256,7 @@ def main() -> None:
             settings = app.config["SETTINGS"]
             upgrade()
             started = time.perf_counter()
-            db.session.execute(text(FILL), {"n": args.subscribers})
+            db.session.execute(subscriber_fill(ALL_ACTIVE, confirmed=True), {"n": args.subscribers})
             db.session.commit()
             fill = time.perf_counter() - started
             now = datetime.now(UTC)

@@ -35,6 +35,7 @@ from sqlalchemy import create_engine, insert, select, text
 from service import create_app
 from service.articles import ArticleInput, store_article
 from service.config import load_settings
+from service.digest import get_issue
 from service.extensions import db
 from service.models import Subscriber
 from service.runner import commands
@@ -193,6 +194,20 @@ def smtp_server() -> Iterator[SMTPSink]:
 
 
 # --- Data -------------------------------------------------------------------------
+
+# Every header hebdo writes on a mail, and nothing else (user text never adds one).
+MAIL_HEADERS = [
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "MIME-Version",
+    "Content-Type",
+]
 
 
 def add_subscribers(
@@ -507,6 +522,14 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.1)
+
+
+def issue_status(app: Flask, week: str) -> str | None:
+    """The issue's status as the database has it now (None when there is no issue)."""
+    with app.app_context():
+        db.session.expire_all()
+        issue = get_issue(week)
+        return issue.status if issue else None
 
 
 def kill_tree(process: Process) -> None:

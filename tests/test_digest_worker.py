@@ -10,16 +10,15 @@ from datetime import UTC, datetime, timedelta
 
 from flask import Flask
 
-from service.digest import get_issue
-from service.extensions import db
-from tests.conftest import Process, SMTPSink, add_article, add_subscribers, kill_tree, wait_until
-
-
-def _issue_status(app: Flask, week: str) -> str | None:
-    with app.app_context():
-        db.session.expire_all()
-        issue = get_issue(week)
-        return issue.status if issue else None
+from tests.conftest import (
+    Process,
+    SMTPSink,
+    add_article,
+    add_subscribers,
+    issue_status,
+    kill_tree,
+    wait_until,
+)
 
 
 def test_digest_send_now_reaches_every_confirmed_subscriber_once(
@@ -41,7 +40,7 @@ def test_digest_send_now_reaches_every_confirmed_subscriber_once(
     assert "sending to 300 subscribers (6 batch tasks queued)" in result.output
     week = result.output.split(":", 1)[0]
     smtp_server.wait_for(300, timeout=90)
-    wait_until(lambda: _issue_status(app, week) == "sent", 30, "the issue to be marked sent")
+    wait_until(lambda: issue_status(app, week) == "sent", 30, "the issue to be marked sent")
     received = Counter(m.rcpt_tos[0] for m in smtp_server.messages)
     assert len(received) == 300 and set(received.values()) == {1}
     assert all("À la une cette semaine" in m.message["Subject"] for m in smtp_server.messages[:5])
@@ -87,7 +86,7 @@ def test_a_worker_killed_mid_send_loses_nothing_and_duplicates_stay_bounded(
         90,
         "every subscriber to be mailed",
     )
-    wait_until(lambda: _issue_status(app, week) == "sent", 30, "the issue to be marked sent")
+    wait_until(lambda: issue_status(app, week) == "sent", 30, "the issue to be marked sent")
     received = Counter(m.rcpt_tos[0] for m in smtp_server.messages)
     duplicates = sum(n - 1 for n in received.values())
     print(f"killed after {at_kill} of {total} messages; {duplicates} duplicate(s)")

@@ -35,7 +35,7 @@ from service.models import Article as ArticleRow
 from service.models import AuditEvent, Issue, IssueArticle, Subscriber
 from service.subscriptions import Consent, InvalidEmail, normalise_email, subscribe
 from service.tokens import BadToken, Purpose, make_token, read_token
-from tests.conftest import BASE_URL, SECRET, SMTPSink
+from tests.conftest import BASE_URL, MAIL_HEADERS, SECRET, SMTPSink
 from tests.test_lifecycle import sweep
 
 # Hypothesis keeps no example database in the repository, and the per-example time varies
@@ -51,18 +51,6 @@ DB_BOUND = settings(
 
 NOW = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)  # W48's send time (Monday 08:00 in Paris)
 WEEK = "2026-W48"
-HEADER_NAMES = [
-    "From",
-    "To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "List-Id",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "MIME-Version",
-    "Content-Type",
-]
 # payload.timestamp.signature, URL-safe base64; a compressed payload starts with a dot.
 TOKEN = r"\.?[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"
 
@@ -388,7 +376,7 @@ def check_wire(
             name, sep, _value = line.partition(": ")
             assert sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", name), line
             fields.append((name, [line]))
-    assert sorted(name for name, _ in fields) == sorted(HEADER_NAMES)
+    assert sorted(name for name, _ in fields) == sorted(MAIL_HEADERS)
     raw = {name: "\r\n".join(folded) for name, folded in fields}
 
     wire_to, _smtputf8 = wire_address(to)

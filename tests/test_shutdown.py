@@ -18,7 +18,6 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from service.digest import get_issue
 from service.extensions import db
 from service.models import Delivery
 from tests.conftest import (
@@ -28,6 +27,7 @@ from tests.conftest import (
     SMTPSink,
     add_article,
     add_subscribers,
+    issue_status,
     wait_until,
 )
 
@@ -35,13 +35,6 @@ pytestmark = pytest.mark.skipif(
     not (DATABASE_URL.startswith("postgresql") and BROKER_URL.startswith("redis")),
     reason="needs PostgreSQL and Redis: set HEBDO_DATABASE_URL and HEBDO_BROKER_URL",
 )
-
-
-def _issue_status(app: Flask, week: str) -> str | None:
-    with app.app_context():
-        db.session.expire_all()
-        issue = get_issue(week)
-        return issue.status if issue else None
 
 
 def _deliveries(app: Flask) -> dict[tuple[str, bool], int]:
@@ -99,7 +92,7 @@ def test_a_worker_stopped_mid_send_finishes_its_batches_and_nothing_goes_twice(
         60,
         "every subscriber to be mailed",
     )
-    wait_until(lambda: _issue_status(app, week) == "sent", 30, "the issue to be marked sent")
+    wait_until(lambda: issue_status(app, week) == "sent", 30, "the issue to be marked sent")
     finished = time.monotonic() - restarted
     time.sleep(1)
     received = Counter(m.rcpt_tos[0] for m in smtp_server.messages)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, generate_latest, multiprocess
@@ -101,7 +100,8 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(
             "hebdo_send_queue_depth", "Deliveries due now and not yet claimed", value=depth
         )
-        age = (now - _aware(oldest)).total_seconds() if oldest is not None else 0.0
+        # min() keeps the column's type (UTCDateTime): an aware time on every backend.
+        age = (now - oldest).total_seconds() if oldest is not None else 0.0
         yield GaugeMetricFamily(
             "hebdo_send_queue_age_seconds",
             "How long the oldest due delivery has waited (0 when none waits)",
@@ -150,10 +150,6 @@ class StateCollector(Collector):
             finally:
                 client.close()
             yield queues
-
-
-def _aware(moment: Any) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def exposition(settings: Settings) -> bytes:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -260,3 +261,18 @@ def test_the_alert_rules_and_the_dashboard_use_metrics_hebdo_exports(
     exprs += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     used = {name for expr in exprs for name in re.findall(r"\bhebdo_[a-z_]+", expr)}
     assert used and used <= exported, used - exported
+
+
+def test_metrics_show_the_send_queue_and_how_long_it_has_waited(app: Flask) -> None:
+    """Deliveries due and not yet claimed (no worker runs here): their count and the age of
+    the oldest, which the stuck-send alert watches."""
+    add_article(app, 1, datetime.now(UTC) - timedelta(days=1))
+    add_subscribers(app, 3)
+    result = app.test_cli_runner().invoke(args=["digest", "send", "--now"])
+    assert result.exit_code == 0, result.output
+    week = result.output.split(":", 1)[0]
+    time.sleep(1.1)
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert _value(text, "hebdo_send_queue_depth") == 3
+    assert 1.0 <= _value(text, "hebdo_send_queue_age_seconds") < 60
+    assert _value(text, "hebdo_issue_deliveries", week=week, status="queued") == 3

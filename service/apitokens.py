@@ -17,7 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from .extensions import db
 from .models import ApiToken
 
-ROLES = ("publisher", "editor", "admin")
+# publisher: push articles; feedback: post complaint reports (a relay's webhook); editor and
+# admin: the admin API as in the admin area (admin may also post reports).
+ROLES = ("publisher", "feedback", "editor", "admin")
 PREFIX = "hebdo_"
 # Writing the last-use time on every request would make each API call a write.
 _TOUCH_EVERY = timedelta(minutes=1)

@@ -51,7 +51,7 @@ def config_command() -> None:
 
 
 def init_app(app: Flask) -> None:
-    from . import admin_cli, digest_cli
+    from . import admin_cli, complaints_cli, digest_cli
 
     for command in (
         run_command,
@@ -59,6 +59,7 @@ def init_app(app: Flask) -> None:
         config_command,
         *digest_cli.COMMANDS,
         *admin_cli.COMMANDS,
+        *complaints_cli.COMMANDS,
     ):
         app.cli.add_command(command)
 

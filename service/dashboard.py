@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from .extensions import db
 from .issues import IssueSummary, recent_issues
+from .metrics import RECENT_ISSUES
 from .models import Delivery, DeliveryStatus, Feed, Issue, IssueStatus
 from .subscriber_search import signups_and_unsubscribes, status_counts
 
@@ -22,6 +23,8 @@ from .subscriber_search import signups_and_unsubscribes, status_counts
 # (Gmail and Yahoo's bulk-sender rules are stricter on complaints, but 2 % of bounces is
 # the usual warning line for a list that is not being cleaned).
 BOUNCE_ALERT = 0.02
+# Gmail asks bulk senders to keep spam complaints under 0.1 % of what they deliver.
+COMPLAINT_ALERT = 0.001
 # A send in progress that has not moved for this long while mail is still queued: the
 # workers or the broker are down (the sweep would otherwise have re-queued it by now).
 STALL_AFTER = timedelta(minutes=10)
@@ -31,7 +34,7 @@ LAST_ISSUES = 5
 
 @dataclass(frozen=True)
 class Alert:
-    # bounce_rate | feed_failing | queue_stalled
+    # bounce_rate | complaint_rate | feed_failing | queue_stalled
     kind: str
     values: dict[str, Any] = field(default_factory=dict)
 
@@ -63,6 +66,33 @@ def bounce_alert() -> Alert | None:
             "percent": round(100 * rate, 1),
         },
     )
+
+
+def complaint_alerts(now: datetime) -> list[Alert]:
+    """Issues started in the last RECENT_ISSUES whose readers reported them as spam too often
+    (feedback-loop reports keep arriving for days after a send, so not only the last one)."""
+    rows = db.session.execute(
+        select(Issue)
+        .where(
+            Issue.started_at >= now - RECENT_ISSUES,
+            Issue.complaint_count > 0,
+            Issue.sent_count > 0,
+        )
+        .order_by(Issue.week)
+    ).scalars()
+    return [
+        Alert(
+            "complaint_rate",
+            {
+                "week": i.week,
+                "complaints": i.complaint_count,
+                "sent": i.sent_count,
+                "percent": round(100 * i.complaint_count / i.sent_count, 2),
+            },
+        )
+        for i in rows
+        if i.complaint_count / i.sent_count > COMPLAINT_ALERT
+    ]
 
 
 def feed_alerts() -> list[Alert]:
@@ -118,7 +148,7 @@ def stalled_alerts(now: datetime) -> list[Alert]:
 
 def alerts(now: datetime) -> list[Alert]:
     found = [bounce_alert()]
-    return [a for a in found if a] + feed_alerts() + stalled_alerts(now)
+    return [a for a in found if a] + complaint_alerts(now) + feed_alerts() + stalled_alerts(now)
 
 
 def dashboard(now: datetime) -> Dashboard:

@@ -277,6 +277,8 @@ class Progress:
     finished_at: datetime | None
     rate_last_minute: float
     note: str | None
+    # Feedback-loop reports about this issue (see complaints.py).
+    complaints: int = 0
 
     @property
     def done(self) -> int:
@@ -314,6 +316,7 @@ class Progress:
             "bounced": c.get("bounced", 0),
             "skipped": c.get("skipped", 0),
             "pending": self.pending,
+            "complaints": self.complaints,
             "done": self.done,
             "percent": round(self.percent, 1),
             "rate": round(self.rate_last_minute, 2),
@@ -343,6 +346,7 @@ def progress(week: str, now: datetime) -> Progress:
         finished_at=issue.finished_at,
         rate_last_minute=last_minute / 60.0,
         note=issue.note,
+        complaints=issue.complaint_count,
     )
 
 
@@ -373,6 +377,7 @@ class IssueSummary:
             "bounced": c["bounced"],
             "skipped": c["skipped"],
             "pending": self.pending,
+            "complaints": i.complaint_count,
         }
 
 

@@ -10,16 +10,16 @@ worker's main process, from the same folder). Without the variable (tests, one p
 the counters are the process's own.
 
 Gauges (subscribers per status, the send queue's depth and age, each sending issue's
-progress, the broker's queue lengths) are read at scrape time from PostgreSQL/SQLite and
-Redis, so they are right whichever process asks, and cost a handful of indexed queries per
-scrape.
+progress, each recent issue's sent deliveries and complaints, the broker's queue lengths)
+are read at scrape time from PostgreSQL/SQLite and Redis, so they are right whichever
+process asks, and cost a handful of indexed queries per scrape.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, generate_latest, multiprocess
@@ -45,8 +45,14 @@ CONFIRMATION_MAILS = Counter(
 )
 UNSUBSCRIBES = Counter(
     "hebdo_unsubscribes",
-    "Subscribers who stopped receiving mail, by channel (one-click, page, admin, bounce)",
+    "Subscribers who stopped receiving mail, by channel (one-click, page, admin, bounce, "
+    "complaint)",
     ["channel"],
+)
+COMPLAINTS = Counter(
+    "hebdo_complaint_reports",
+    "Feedback-loop (ARF) reports, by result (complained, duplicate, unknown, ignored, invalid)",
+    ["result"],
 )
 DELIVERIES = Counter(
     "hebdo_deliveries",
@@ -56,6 +62,9 @@ DELIVERIES = Counter(
 FEED_FETCHES = Counter(
     "hebdo_feed_fetches", "Feed fetches, by result (ok, not_modified, error)", ["result"]
 )
+
+# How long after its send an issue's complaint rate is served: reports trickle in for days.
+RECENT_ISSUES = timedelta(days=30)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -128,6 +137,26 @@ class StateCollector(Collector):
         for week, status, n in rows:
             progress.add_metric([week, status], n)
         yield progress
+
+        # Complaints arrive for days after a send: every issue started in the last 30 days.
+        sent = GaugeMetricFamily(
+            "hebdo_issue_sent", "Deliveries sent of each recent issue", labels=["week"]
+        )
+        complaints = GaugeMetricFamily(
+            "hebdo_issue_complaints",
+            "Feedback-loop complaints about each recent issue (its complaint rate: / sent)",
+            labels=["week"],
+        )
+        recent = db.session.execute(
+            select(Issue.week, Issue.sent_count, Issue.complaint_count).where(
+                Issue.started_at >= now - RECENT_ISSUES
+            )
+        )
+        for week, sent_count, complaint_count in recent:
+            sent.add_metric([week], sent_count)
+            complaints.add_metric([week], complaint_count)
+        yield sent
+        yield complaints
 
         failing = db.session.execute(
             select(func.count()).where(Feed.last_result == "error")

@@ -225,6 +225,9 @@ class Issue(db.Model):  # type: ignore[name-defined]
     sent_count: Mapped[int] = mapped_column(default=0)
     failed_count: Mapped[int] = mapped_column(default=0)
     bounced_count: Mapped[int] = mapped_column(default=0)
+    # Readers who reported this issue as spam (feedback-loop reports, see complaints.py):
+    # complaint_count / sent_count is the complaint rate mailbox providers judge the list by.
+    complaint_count: Mapped[int] = mapped_column(default=0, server_default="0")
     # Batch tasks queued and finished, so the sweep knows whether the queue still holds some.
     batches_queued: Mapped[int] = mapped_column(default=0)
     batches_done: Mapped[int] = mapped_column(default=0)

@@ -192,3 +192,24 @@ def test_dashboard_in_english(app: Flask, admin: Admin) -> None:
     html = admin.get("/admin/?lang=en").get_data(as_text=True)
     assert "Sign-ups and unsubscribes over the last 12 weeks" in html
     assert _alerts(html)["bounce_rate"].startswith("Issue 2026-W40 bounced 30.0 % (3 of 10)")
+
+
+def test_complaint_rate_alert_above_a_tenth_of_a_percent_for_a_month(
+    app: Flask, admin: Admin
+) -> None:
+    started = _now() - timedelta(days=3)
+    _issue(
+        app, "2026-W45", IssueStatus.SENT, started_at=started, sent_count=1000, complaint_count=2
+    )
+    _issue(
+        app, "2026-W46", IssueStatus.SENT, started_at=started, sent_count=1000, complaint_count=1
+    )
+    # Two months ago: complaints that old no longer raise anything.
+    old = _now() - timedelta(days=60)
+    _issue(app, "2026-W40", IssueStatus.SENT, started_at=old, sent_count=100, complaint_count=50)
+    alerts = _alerts(admin.get("/admin/").get_data(as_text=True))
+    assert alerts["complaint_rate"].startswith(
+        "Numéro 2026-W45 signalé comme spam par des lecteurs : 2 plainte(s) pour 1000 envois "
+        "(0.2 %)"
+    )
+    assert "2026-W46" not in alerts["complaint_rate"] and "2026-W40" not in str(alerts)

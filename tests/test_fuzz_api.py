@@ -44,10 +44,12 @@ import schemathesis
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, seed, settings
+from hypothesis import strategies as st
 
 from service.digest import plan_issue
 from service.web import openapi
 from tests.conftest import Admin, add_article, add_subscribers, api_token
+from tests.test_complaints import arf
 
 CI_EXAMPLES = 25
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", CI_EXAMPLES))
@@ -90,6 +92,34 @@ schema = schemathesis.openapi.from_wsgi(
         }
     ),
 )
+
+
+# Bodies for POST /api/v1/complaints (message/rfc822, which schemathesis cannot make up):
+# bytes, and feedback reports about a mail of this list with made-up types, links and
+# recipients (an erased, unknown or real subscriber; a forged token).
+_HEADER_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=60)
+_REPORTED = st.builds(
+    lambda token, rcpt: (
+        "List-Id: <hebdo.news.example.fr>\r\n"
+        f"List-Unsubscribe: <https://hebdo.example/unsubscribe/{token}>\r\n"
+        f"Message-ID: <1.ab@news.example.fr>\r\nTo: {rcpt}\r\n\r\nBonjour\r\n"
+    ).encode(),
+    _HEADER_TEXT,
+    st.sampled_from(["reader1@exemple.fr", "inconnu@exemple.fr", ""]) | _HEADER_TEXT,
+)
+REPORTS = st.one_of(
+    st.binary(max_size=2048),
+    st.builds(
+        lambda original, kind, rcpt, headers_only: arf(
+            original, feedback_type=kind, rcpt=rcpt, headers_only=headers_only
+        ),
+        _REPORTED,
+        st.sampled_from(["abuse", "not-spam", "auth-failure", "fraud"]) | _HEADER_TEXT,
+        st.none() | _HEADER_TEXT,
+        st.booleans(),
+    ),
+)
+schemathesis.openapi.media_type("message/rfc822", REPORTS)
 
 
 def _add_rows(app: Flask) -> None:

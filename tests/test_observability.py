@@ -26,6 +26,7 @@ from tests.conftest import (
     add_article,
     add_subscribers,
     free_port,
+    metric_value,
     wait_until,
 )
 from tests.test_lifecycle import link, sweep
@@ -160,14 +161,6 @@ def test_a_task_logs_with_its_task_id(
 # ---------------------------------------------------------------- metrics
 
 
-def _value(text: str, name: str, **labels: str) -> float:
-    """One sample of a Prometheus text exposition (0 when absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
-    found = re.search(r"^" + pattern + r"$", text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
 def test_metrics_count_sign_ups_confirmations_and_unsubscribes_and_read_the_state(
     smtp_app: Flask, smtp_server: SMTPSink
 ) -> None:
@@ -186,15 +179,15 @@ def test_metrics_count_sign_ups_confirmations_and_unsubscribes_and_read_the_stat
     after = answer.get_data(as_text=True)
 
     def grew(name: str, **labels: str) -> float:
-        return _value(after, name, **labels) - _value(before, name, **labels)
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
 
     assert grew("hebdo_signup_attempts_total", outcome="accepted") == 1
     assert grew("hebdo_signup_attempts_total", outcome="invalid") == 1
     assert grew("hebdo_confirmation_mails_total", result="sent") == 1
     assert grew("hebdo_confirmations_total") == 1
     assert grew("hebdo_unsubscribes_total", channel="one-click") == 1
-    assert _value(after, "hebdo_subscribers", status="unsubscribed") == 1
-    assert _value(after, "hebdo_send_queue_depth") == 0
+    assert metric_value(after, "hebdo_subscribers", status="unsubscribed") == 1
+    assert metric_value(after, "hebdo_send_queue_depth") == 0
 
 
 def test_metrics_are_not_served_to_the_public(app: Flask) -> None:
@@ -231,7 +224,7 @@ def test_a_worker_machine_serves_its_processes_metrics(
             return str(answer.read().decode())
 
     wait_until(
-        lambda: _value(scraped(), "hebdo_deliveries_total", outcome="sent") == 40,
+        lambda: metric_value(scraped(), "hebdo_deliveries_total", outcome="sent") == 40,
         30,
         "40 sent deliveries in the worker's metrics",
     )
@@ -256,6 +249,7 @@ def test_the_alert_rules_and_the_dashboard_use_metrics_hebdo_exports(
         "HebdoBounceRateHigh",
         "HebdoSendStuck",
         "HebdoFeedFailing",
+        "HebdoComplaintRateHigh",
     }
     dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
     exprs += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
@@ -273,6 +267,6 @@ def test_metrics_show_the_send_queue_and_how_long_it_has_waited(app: Flask) -> N
     week = result.output.split(":", 1)[0]
     time.sleep(1.1)
     text = app.test_client().get("/metrics").get_data(as_text=True)
-    assert _value(text, "hebdo_send_queue_depth") == 3
-    assert 1.0 <= _value(text, "hebdo_send_queue_age_seconds") < 60
-    assert _value(text, "hebdo_issue_deliveries", week=week, status="queued") == 3
+    assert metric_value(text, "hebdo_send_queue_depth") == 3
+    assert 1.0 <= metric_value(text, "hebdo_send_queue_age_seconds") < 60
+    assert metric_value(text, "hebdo_issue_deliveries", week=week, status="queued") == 3

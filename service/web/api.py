@@ -1,5 +1,6 @@
-"""Token API: POST /api/v1/articles (a CMS pushing an article), and the JSON error
-body of every /api route. The public sign-up endpoint lives in signup.py."""
+"""Token API: POST /api/v1/articles (a CMS pushing an article), POST /api/v1/complaints (a
+feedback-loop report), and the JSON error body of every /api route. The public sign-up
+endpoint lives in signup.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from datetime import datetime
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .. import apitokens, i18n
+from .. import apitokens, complaints, i18n
 from ..articles import ArticleInput, InvalidArticle, store_article
 from ..extensions import db
-from .common import now
+from .common import now, settings
 from .payloads import PayloadError, optional_string, read_payload
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -30,12 +31,20 @@ ARTICLE_FIELDS = {
 }
 
 
-def _bearer() -> apitokens.ApiToken | None:
+def _bearer(roles: tuple[str, ...]) -> apitokens.ApiToken | tuple[Response, int]:
+    """The request's live token if its role is one of `roles`; else the 401 or 403 to answer."""
     header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return apitokens.authenticate(token.strip(), now())
+    scheme, _, value = header.partition(" ")
+    token = None
+    if scheme.lower() == "bearer" and value.strip():
+        token = apitokens.authenticate(value.strip(), now())
+    if token is None:
+        response = jsonify({"error": "unauthorized", "message": "a valid bearer token is required"})
+        response.headers["WWW-Authenticate"] = 'Bearer realm="hebdo"'
+        return response, 401
+    if token.role not in roles:
+        return jsonify({"error": "forbidden", "message": "this token's role may not do this"}), 403
+    return token
 
 
 def _published_at(value: str | None) -> datetime | None:
@@ -60,11 +69,9 @@ def push_article() -> tuple[Response, int]:
 
     Authorization: Bearer <token> of role publisher, editor or admin.
     """
-    token = _bearer()
-    if token is None:
-        response = jsonify({"error": "unauthorized", "message": "a valid bearer token is required"})
-        response.headers["WWW-Authenticate"] = 'Bearer realm="hebdo"'
-        return response, 401
+    token = _bearer(("publisher", "editor", "admin"))
+    if isinstance(token, tuple):
+        return token
     try:
         if request.mimetype != "application/json":
             raise PayloadError(415, "unsupported_media_type", "send application/json")
@@ -96,6 +103,32 @@ def push_article() -> tuple[Response, int]:
         db.session.rollback()
         return jsonify({"error": "invalid_article", "message": str(exc)}), 422
     return jsonify({"id": article_id, "created": created}), 201 if created else 200
+
+
+@bp.post("/complaints")
+def post_complaint() -> tuple[Response, int]:
+    """One feedback-loop report (ARF, RFC 5965), as the raw mail: `Content-Type: message/rfc822`.
+
+    Authorization: Bearer <token> of role feedback or admin. 200 with what was done, whether
+    or not a subscriber changed (a report about an erased reader is still handled); 422 when
+    the body is not a feedback report, so the sender keeps it.
+    """
+    token = _bearer(("feedback", "admin"))
+    if isinstance(token, tuple):
+        return token
+    # A report carries the reported mail, often whole: more than a sign-up's limit.
+    request.max_content_length = complaints.MAX_REPORT_BYTES
+    if request.mimetype != "message/rfc822":
+        return jsonify(
+            {"error": "unsupported_media_type", "message": "send the report as message/rfc822"}
+        ), 415
+    try:
+        outcome = complaints.ingest(
+            settings(), request.get_data(), source="api", actor=f"token:{token.name}", now=now()
+        )
+    except complaints.NotAReport as exc:
+        return jsonify({"error": "not_a_report", "message": str(exc)}), 422
+    return jsonify(outcome.as_dict()), 200
 
 
 def json_error(exc: HTTPException) -> Response:

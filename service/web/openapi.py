@@ -105,14 +105,35 @@ ISSUE_STATUSES = [s.value for s in IssueStatus]
 DELIVERY_STATUSES = [s.value for s in DeliveryStatus]
 BULK_RESULTS = [o.value for o in Outcome]
 IMPORT_OUTCOMES = list(OUTCOMES)
-# An issue's deliveries by outcome, as the list and one issue give them.
-DELIVERY_FIGURES = ("sent", "failed", "bounced", "skipped", "pending")
+# An issue's deliveries by outcome, and the feedback-loop complaints about it, as the list
+# and one issue give them.
+DELIVERY_FIGURES = ("sent", "failed", "bounced", "skipped", "pending", "complaints")
 
 SCHEMAS: dict[str, Any] = {
     "StoredArticle": {
         "type": "object",
         "required": ["id", "created"],
         "properties": {"id": {"type": "integer"}, "created": {"type": "boolean"}},
+        "additionalProperties": False,
+    },
+    "ComplaintOutcome": {
+        "type": "object",
+        "required": ["result", "reason", "subscriber_id", "issue"],
+        "properties": {
+            "result": {
+                "enum": ["complained", "duplicate", "unknown", "ignored"],
+                "description": "complained: the subscriber was marked complained and "
+                "suppressed; duplicate: they had already complained; unknown: about this "
+                "list, but no subscriber matches (erased, address redacted); ignored: not a "
+                "complaint (not-spam, auth-failure) or about another mail stream",
+            },
+            "reason": {"type": "string"},
+            "subscriber_id": {"type": ["integer", "null"]},
+            "issue": {
+                "type": ["string", "null"],
+                "description": "The week of the issue reported (null: a confirmation mail)",
+            },
+        },
         "additionalProperties": False,
     },
     "Error": {
@@ -543,10 +564,35 @@ PATHS: dict[str, Any] = {
                 "200": _json(_ref("StoredArticle"), "Updated"),
                 "201": _json(_ref("StoredArticle"), "Created"),
                 "400": _error("Malformed JSON"),
-                "401": UNAUTHORIZED,
+                **AUTH_ERRORS,
                 "413": _error("Body too large"),
                 "415": _error("Not JSON"),
                 "422": _error("Invalid field"),
+            },
+        }
+    },
+    "/api/v1/complaints": {
+        "post": {
+            "summary": "Record a feedback-loop complaint (an ARF report, RFC 5965)",
+            "description": "The report as received, a `multipart/report; "
+            "report-type=feedback-report` mail, up to 2 MiB. The subscriber is found from the "
+            "signed unsubscribe link in the reported mail's List-Unsubscribe (else from its "
+            "recipient, when the mail carries this list's List-Id), marked `complained` and "
+            "suppressed, once. Token role: feedback or admin.",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "message/rfc822": {
+                        "schema": {"type": "string", "format": "binary"},
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(_ref("ComplaintOutcome"), "Handled (whatever the result)"),
+                **AUTH_ERRORS,
+                "413": _error("Larger than 2 MiB"),
+                "415": _error("Not message/rfc822"),
+                "422": _error("Not a feedback report (the reason says why): keep it"),
             },
         }
     },

@@ -17,20 +17,24 @@ Which subscriber: providers redact the reader's address (Yahoo, and JMRP on requ
 so we do not rely on it. Every mail hebdo sends carries a signed one-click unsubscribe
 link in `List-Unsubscribe`, which names the subscriber and which nobody can forge; that
 is read first. Only when it is missing (a report with stripped headers) is the address
-used (`Original-Rcpt-To`, then the reported mail's `To`), and only when the reported
-mail carries our `List-Id`: the same feedback mailbox receives reports about the
-domain's other mail, and a complaint about those must not unsubscribe anybody here.
-The issue comes from the reported `Message-ID`, matched against that subscriber's
-deliveries (an indexed lookup by subscriber).
+used (`Original-Rcpt-To`, then the reported mail's `To`), and only with the reported
+mail's `Message-ID` being that of a delivery to that address: the feedback address takes
+mail from anybody, and the same mailbox receives reports about the domain's other mail;
+neither may unsubscribe anybody here. The issue comes from the reported `Message-ID`,
+matched against that subscriber's deliveries (an indexed lookup by subscriber); when a relay
+rewrote it, the last issue delivered to them is counted.
 """
 
 from __future__ import annotations
 
+import base64
 import enum
+import quopri
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from email import message_from_bytes, policy
+from email.errors import MissingHeaderBodySeparatorDefect
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 from typing import Any
@@ -43,7 +47,7 @@ from .config import Settings
 from .extensions import db, rowcount
 from .mailer import mask_addresses
 from .metrics import COMPLAINTS, UNSUBSCRIBES
-from .models import Delivery, Issue, Status, Subscriber
+from .models import Delivery, DeliveryStatus, Issue, Status, Subscriber
 from .subscriptions import InvalidEmail, normalise_email, subscriber_for_unsubscribe, suppress
 from .tokens import BadToken
 
@@ -60,6 +64,10 @@ _ANGLED = re.compile(r"<([^<>]*)>")
 
 class NotAReport(ValueError):
     """The message is not an ARF feedback report hebdo can read; the message says why."""
+
+
+class RetryLater(RuntimeError):
+    """The report could not be recorded now (the subscriber kept changing): send it again."""
 
 
 class Result(enum.StrEnum):
@@ -80,7 +88,7 @@ class Report:
     recipient: str | None
     # From the reported mail (message/rfc822 or text/rfc822-headers).
     list_id: str | None
-    unsubscribe_token: str | None
+    unsubscribe_tokens: tuple[str, ...]
     message_id: str | None
     to: str | None
 
@@ -106,27 +114,63 @@ def _text(value: object, limit: int) -> str:
     return " ".join(str(value or "").replace("\x00", " ").split())[:limit]
 
 
-def _header_fields(part: Message) -> Message:
-    """The field block of a `message/feedback-report` or `text/rfc822-headers` part.
+def _fields(part: Message) -> Message:
+    """The header fields a `message/feedback-report`, `message/rfc822` or
+    `text/rfc822-headers` part holds.
 
-    Python's parser gives a message/* part as a list of one message; a text part, or a
-    message/* part some generator encoded anyway, as bytes to parse as headers.
+    Python's parser reads a message/* part as a message without undoing its transfer
+    encoding (RFC 2046 forbids one, some generators use base64 or quoted-printable all the
+    same): such a part is written back as received, decoded, and read again. A text part is
+    decoded by the parser. A field block that starts with a blank line is read past it.
     """
-    if part.is_multipart():
-        payload = part.get_payload()
-        if isinstance(payload, list) and payload and isinstance(payload[0], Message):
-            return payload[0]
-    raw = part.get_payload(decode=True)
-    if not isinstance(raw, bytes):
-        raw = str(part.get_payload()).encode("utf-8", "replace")
-    return BytesHeaderParser(policy=policy.default).parsebytes(raw)
+    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        inner = payload[0] if payload and isinstance(payload[0], Message) else Message()
+        if encoding not in ("base64", "quoted-printable"):
+            if len(inner) == 0 and isinstance(inner.get_payload(), str):
+                return _parse_fields(str(inner.get_payload()).encode("utf-8", "replace"))
+            return inner
+        raw = _as_received(inner)
+        return _parse_fields(
+            base64.b64decode(b"".join(raw.split()))
+            if encoding == "base64"
+            else quopri.decodestring(raw)
+        )
+    raw_text = part.get_payload(decode=True)
+    return _parse_fields(raw_text if isinstance(raw_text, bytes) else b"")
+
+
+def _as_received(inner: Message) -> bytes:
+    """The text a message/* part held, before Python read it as a message: its header lines
+    (none, for base64) and its body, with no blank line between them unless there was one."""
+    head = "".join(f"{name}: {value}\n" for name, value in inner.raw_items())
+    separated = not any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in inner.defects)
+    body = inner.get_payload()
+    text = head + ("\n" if separated and head else "") + (body if isinstance(body, str) else "")
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _parse_fields(raw: bytes) -> Message:
+    return BytesHeaderParser(policy=policy.default).parsebytes(raw.lstrip(b"\r\n"))
 
 
 def parse_report(raw: bytes) -> Report:
     """Read an ARF report (RFC 5965). Raises NotAReport with the reason when it is not one."""
     if len(raw) > MAX_REPORT_BYTES:
         raise NotAReport(f"larger than {MAX_REPORT_BYTES} bytes")
-    message = message_from_bytes(raw, policy=policy.default)
+    try:
+        return _read(message_from_bytes(raw, policy=policy.default))
+    except NotAReport:
+        raise
+    except Exception as exc:
+        # Python's email package raises all sorts on broken input (IndexError on
+        # `Message-ID: <`, TypeError, binascii.Error…): mail to a feedback address is
+        # anybody's, so whatever it cannot read is refused like any non-report.
+        raise NotAReport(f"unreadable ({type(exc).__name__})") from None
+
+
+def _read(message: Message) -> Report:
     assert isinstance(message, EmailMessage)
     if message.get_content_type() != "multipart/report":
         raise NotAReport(f"Content-Type is {message.get_content_type()}, not multipart/report")
@@ -138,9 +182,9 @@ def parse_report(raw: bytes) -> Report:
     for part in message.iter_parts():
         kind = part.get_content_type()
         if kind == "message/feedback-report" and fields is None:
-            fields = _header_fields(part)
+            fields = _fields(part)
         elif kind in ("message/rfc822", "text/rfc822-headers") and original is None:
-            original = _header_fields(part)
+            original = _fields(part)
     if fields is None:
         raise NotAReport("no message/feedback-report part")
     feedback_type = _text(fields.get("Feedback-Type"), 32).lower()
@@ -153,7 +197,12 @@ def parse_report(raw: bytes) -> Report:
         reporter=_text(fields.get("User-Agent") or fields.get("Reporting-MTA"), 100),
         recipient=_address(fields.get("Original-Rcpt-To")),
         list_id=_angled(original.get("List-Id")),
-        unsubscribe_token=_unsubscribe_token(original.get("List-Unsubscribe")),
+        # Every List-Unsubscribe: a relay may add its own next to ours.
+        unsubscribe_tokens=tuple(
+            token
+            for header in original.get_all("List-Unsubscribe") or []
+            for token in _unsubscribe_tokens(header)
+        )[:4],
         message_id=_angled(original.get("Message-ID")),
         to=_address(original.get("To")),
     )
@@ -178,35 +227,42 @@ def _address(value: object) -> str | None:
     return (found[-1] if found else text).strip() or None
 
 
-def _unsubscribe_token(value: object) -> str | None:
-    """The token of our https one-click link in a List-Unsubscribe header."""
+def _unsubscribe_tokens(value: object) -> list[str]:
+    """The tokens of the http(s) `/unsubscribe/<token>` links in a List-Unsubscribe header."""
+    tokens = []
     for url in _ANGLED.findall(_text(value, 2000)):
         parts = urlsplit(url.strip())
-        if parts.scheme != "https" and parts.scheme != "http":
-            continue
-        match = _UNSUBSCRIBE_PATH.search(parts.path)
-        if match:
-            return match.group(1)
-    return None
+        if parts.scheme in ("https", "http") and (match := _UNSUBSCRIBE_PATH.search(parts.path)):
+            tokens.append(match.group(1))
+    return tokens
 
 
-def _find_subscriber(settings: Settings, report: Report) -> Subscriber | Outcome:
-    """The subscriber a report is about, or the outcome saying why there is none."""
-    ours = report.list_id == settings.list_id
-    if report.unsubscribe_token:
+Found = tuple[Subscriber, tuple[int, str] | None]
+
+
+def _find_subscriber(settings: Settings, report: Report) -> Found | Outcome:
+    """The subscriber a report is about and the issue reported; or the outcome saying why
+    there is none."""
+    erased = False
+    for token in report.unsubscribe_tokens:
         try:
-            sub = subscriber_for_unsubscribe(settings, report.unsubscribe_token)
+            sub = subscriber_for_unsubscribe(settings, token)
         except BadToken:
-            sub = None  # not our link (another sender's), or a key rotated out
-        else:
-            if sub is None:
-                return Outcome(Result.UNKNOWN, "the subscriber no longer exists (erased)")
-            return sub
-    if not ours:
+            continue  # not our link (a relay's, another sender's), or a key rotated out
+        if sub is None:
+            erased = True
+            continue
+        return sub, _issue_of(sub.id, report.message_id, exact=False)
+    if erased:
+        return Outcome(Result.UNKNOWN, "the subscriber no longer exists (erased)")
+    if report.list_id != settings.list_id:
         return Outcome(
             Result.IGNORED,
             "not about this list's mail (no valid unsubscribe link, another List-Id)",
         )
+    # An address alone proves nothing: anybody can mail the feedback address a report naming
+    # anybody. It counts with the Message-ID of a delivery to that very address, which is
+    # random and known only to its mailbox.
     for candidate in (report.recipient, report.to):
         if not candidate:
             continue
@@ -217,22 +273,37 @@ def _find_subscriber(settings: Settings, report: Report) -> Subscriber | Outcome
         sub = db.session.execute(
             select(Subscriber).where(Subscriber.email == email)
         ).scalar_one_or_none()
-        if sub is not None:
-            return sub
+        if sub is not None and (issue := _issue_of(sub.id, report.message_id, exact=True)):
+            return sub, issue
     return Outcome(
-        Result.UNKNOWN, "no subscriber matches (the recipient's address is redacted or unknown)"
+        Result.UNKNOWN,
+        "no subscriber matches (no valid unsubscribe link; the address is redacted or unknown, "
+        "or the Message-ID is not one hebdo sent it)",
     )
 
 
-def _issue_of(subscriber_id: int, message_id: str | None) -> tuple[int, str] | None:
-    """The issue whose delivery to this subscriber had this Message-ID (None: a confirmation
-    mail, or a mail sent before message ids were kept)."""
-    if not message_id:
-        return None
-    row = db.session.execute(
+def _issue_of(subscriber_id: int, message_id: str | None, *, exact: bool) -> tuple[int, str] | None:
+    """The issue whose delivery to this subscriber had this Message-ID. Unless `exact`, else
+    the last issue delivered to them (a relay that rewrites Message-IDs, as Amazon SES does,
+    must not leave every complaint uncounted); None for a reader never sent an issue (a
+    complaint about the confirmation mail)."""
+    query = (
         select(Issue.id, Issue.week)
         .join(Delivery, Delivery.issue_id == Issue.id)
-        .where(Delivery.subscriber_id == subscriber_id, Delivery.message_id == f"<{message_id}>")
+        .where(Delivery.subscriber_id == subscriber_id)
+    )
+    if message_id:
+        row = db.session.execute(
+            query.where(Delivery.message_id == f"<{message_id}>").limit(1)
+        ).first()
+        if row or exact:
+            return (row[0], row[1]) if row else None
+    if exact:
+        return None
+    row = db.session.execute(
+        query.where(Delivery.status == DeliveryStatus.SENT)
+        .order_by(Delivery.sent_at.desc())
+        .limit(1)
     ).first()
     return (row[0], row[1]) if row else None
 
@@ -250,13 +321,13 @@ def record_complaint(
         COMPLAINTS.labels(result=outcome.result).inc()
         return outcome
     for _attempt in range(3):
-        sub = _find_subscriber(settings, report)
-        if isinstance(sub, Outcome):
+        found = _find_subscriber(settings, report)
+        if isinstance(found, Outcome):
             db.session.rollback()
-            COMPLAINTS.labels(result=sub.result).inc()
-            return sub
+            COMPLAINTS.labels(result=found.result).inc()
+            return found
+        sub, issue = found
         subscriber_id, before = sub.id, sub.status
-        issue = _issue_of(subscriber_id, report.message_id)
         week = issue[1] if issue else None
         if before == Status.COMPLAINED:
             db.session.rollback()
@@ -267,7 +338,7 @@ def record_complaint(
         # Another report (or anything else) changed the status since it was read.
         db.session.rollback()
     else:
-        raise RuntimeError("could not record the complaint: the subscriber kept changing")
+        raise RetryLater("the subscriber kept changing while the complaint was recorded")
     suppress(settings, sub.email, "complaint", now)
     if issue:
         db.session.execute(

@@ -4,14 +4,18 @@ Made for the two ways reports reach a self-hosted sender besides the webhook:
 - an MTA that pipes each mail to a command (a Postfix alias `fbl: "|hebdo complaints
   ingest"`): the exit status tells it what to do with the mail (sysexits: 0 done, 65 not a
   report, so it bounces back, 75 try again later, so it stays queued);
-- a mailbox delivered as a maildir (Dovecot), read from cron: a handled report is removed
-  (it holds a reader's address, and the audit log keeps what was done), one that is not a
-  report is kept and flagged for a person, and on a database error everything not yet
-  handled stays where it is.
+- a mailbox delivered as a maildir (Dovecot), read from cron. Every mail of the maildir's
+  inbox is read, `new/` and `cur/` alike (an IMAP client opening the folder moves mail to
+  `cur/`). A report acted on (`complained`, `duplicate`) or about nobody hebdo knows
+  (`unknown`: it may name an erased reader) is removed: it holds a reader's address, and
+  the audit log keeps what was done. Everything else (not a report, a report about
+  another mail stream, one that could not be read) is moved to the `hebdo-kept` folder for
+  a person. On a database error the run stops, and what it has not handled stays.
 """
 
 from __future__ import annotations
 
+import logging
 import mailbox
 import sys
 from collections.abc import Iterator
@@ -23,12 +27,18 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy.exc import DBAPIError
 
-from .complaints import NotAReport, ingest
+from .complaints import NotAReport, Result, RetryLater, ingest
 from .config import Settings
 from .extensions import db
 
 EX_DATAERR = 65
 EX_TEMPFAIL = 75
+# The maildir folder (Maildir++, `.hebdo-kept`) where mails for a person go.
+KEPT_FOLDER = "hebdo-kept"
+# Results after which a maildir's copy of the report has served its purpose.
+DONE = (Result.COMPLAINED, Result.DUPLICATE, Result.UNKNOWN)
+
+log = logging.getLogger(__name__)
 
 complaints_group = AppGroup("complaints", help="Feedback-loop (ARF) complaint reports.")
 
@@ -38,20 +48,20 @@ def _settings() -> Settings:
     return value
 
 
-def _handle(name: str, raw: bytes) -> bool:
-    """Record one report and say what was done; False when it is not a report.
-    A database error propagates (the caller stops and leaves the rest untouched)."""
+def _handle(name: str, raw: bytes) -> Result | None:
+    """Record one report and say what was done; None when it is not a report.
+    A database error or RetryLater propagates (the caller stops, leaving the rest)."""
     try:
         outcome = ingest(_settings(), raw, source="cli", actor="system", now=datetime.now(UTC))
     except NotAReport as exc:
         click.echo(f"{name}: not a feedback report: {exc}", err=True)
-        return False
+        return None
     where = ""
     if outcome.subscriber_id is not None:
         where = f" (subscriber {outcome.subscriber_id}"
         where += f", issue {outcome.week})" if outcome.week else ")"
     click.echo(f"{name}: {outcome.result}{where}: {outcome.reason}")
-    return True
+    return outcome.result
 
 
 def _files(paths: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
@@ -63,20 +73,32 @@ def _files(paths: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
 
 
 def _maildir(folder: Path) -> int:
+    """Handle every mail of the maildir's inbox; return how many were kept for a person."""
     box = mailbox.Maildir(folder, create=False)
-    refused = 0
+    kept_box: mailbox.Maildir | None = None
+    kept = 0
     for key in sorted(box.iterkeys()):
-        message = box.get_message(key)
-        if message.get_subdir() != "new":
-            continue  # handled or flagged by an earlier run
-        if _handle(key, box.get_bytes(key)):
-            box.remove(key)
-        else:
-            refused += 1
-            message.set_subdir("cur")
-            message.add_flag("F")
-            box[key] = message
-    return refused
+        try:
+            raw = box.get_bytes(key)
+        except KeyError:
+            continue  # taken by another run meanwhile
+        try:
+            result = _handle(key, raw)
+        except (DBAPIError, RetryLater):
+            raise
+        except Exception as exc:  # a bug on one mail must not stop every later report
+            # The type only: a message or traceback could quote the reader's address.
+            log.error("complaint report %s could not be handled: %s", key, type(exc).__name__)
+            click.echo(f"{key}: could not be handled ({type(exc).__name__}), kept", err=True)
+            db.session.rollback()
+            result = None
+        if result not in DONE:
+            if kept_box is None:
+                kept_box = box.add_folder(KEPT_FOLDER)
+            kept_box.add(raw)
+            kept += 1
+        box.discard(key)
+    return kept
 
 
 @complaints_group.command("ingest")
@@ -84,7 +106,8 @@ def _maildir(folder: Path) -> int:
 @click.option(
     "--maildir",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Read the new mails of this maildir instead (handled ones are removed).",
+    help="Read every mail of this maildir instead (handled ones are removed, the rest moved "
+    f"to its {KEPT_FOLDER} folder).",
 )
 def ingest_command(paths: tuple[str, ...], maildir: Path | None) -> None:
     """Record ARF reports: from PATHS (`-` or none: standard input) or a maildir."""
@@ -94,10 +117,14 @@ def ingest_command(paths: tuple[str, ...], maildir: Path | None) -> None:
         if maildir is not None:
             refused = _maildir(maildir)
         else:
-            refused = sum(not _handle(name, raw) for name, raw in _files(paths))
+            refused = sum(_handle(name, raw) is None for name, raw in _files(paths))
     except DBAPIError as exc:
         db.session.rollback()
         click.echo(f"hebdo: database unavailable, try again later: {exc.orig}", err=True)
+        sys.exit(EX_TEMPFAIL)
+    except RetryLater as exc:
+        db.session.rollback()
+        click.echo(f"hebdo: {exc}; try again later", err=True)
         sys.exit(EX_TEMPFAIL)
     if refused:
         sys.exit(EX_DATAERR)

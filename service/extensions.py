@@ -97,6 +97,7 @@ TASK_ROUTES = {
     "hebdo.sweep_confirmations": {"queue": MAIL_QUEUE},
     "hebdo.digest_tick": {"queue": DEFAULT_QUEUE},
     "hebdo.fetch_feeds": {"queue": DEFAULT_QUEUE},
+    "hebdo.housekeeping": {"queue": DEFAULT_QUEUE},
 }
 
 

@@ -21,6 +21,7 @@ SWEEP_CONFIRMATIONS = "hebdo.sweep_confirmations"
 SEND_BATCH = "hebdo.send_batch"
 DIGEST_TICK = "hebdo.digest_tick"
 FETCH_FEEDS = "hebdo.fetch_feeds"
+HOUSEKEEPING = "hebdo.housekeeping"
 
 
 def enqueue(name: str, *args: object, countdown: float | None = None) -> bool:

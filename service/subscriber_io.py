@@ -23,18 +23,18 @@ import io
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from . import i18n
 from .audit_log import audit
 from .config import Settings
 from .csv_out import FORMULA_STARTS, csv_chunks
-from .extensions import db
-from .models import AuditEvent, Status, Subscriber, Suppression, search_key
+from .extensions import db, rowcount
+from .models import AuditEvent, ImportFile, Status, Subscriber, Suppression, search_key
 from .subscriber_search import Filters, iterate
 from .subscriptions import InvalidEmail, normalise_email, suppression_hashes
 
@@ -122,6 +122,17 @@ FILE_TEXTS = {
         "csv": "Unreadable CSV at line {line}: {detail}.",
     },
 }
+
+
+# An uploaded file waits this long for its import, then goes (it holds addresses).
+KEEP_FILES = timedelta(hours=24)
+
+
+def purge_import_files(now: datetime) -> int:
+    """Delete uploads older than KEEP_FILES that were never imported (the caller commits)."""
+    return rowcount(
+        db.session.execute(delete(ImportFile).where(ImportFile.created_at < now - KEEP_FILES))
+    )
 
 
 class BadImportFile(ValueError):

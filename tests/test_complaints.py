@@ -7,7 +7,10 @@ feedback loop would: whole or headers only, with the reader's address redacted o
 
 from __future__ import annotations
 
+import base64
 import mailbox
+import quopri
+import re
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -429,43 +432,163 @@ def test_the_webhook_wants_a_feedback_token_and_a_mail(
     assert client.post("/api/v1/articles", json=article, headers=feedback).status_code == 403
 
 
+# ------------------------------------------------------------------ what real reports look like
+
+
+@pytest.mark.parametrize("encoding", ["base64", "quoted-printable"])
+def test_a_reported_mail_in_a_transfer_encoding_is_decoded(
+    sent: tuple[Flask, dict[str, bytes]], encoding: str
+) -> None:
+    """RFC 2046 forbids encoding a message/rfc822 part; some feedback loops do it anyway."""
+    app, mails = sent
+    original = mails["reader0@exemple.fr"]
+    body = base64.encodebytes(original) if encoding == "base64" else quopri.encodestring(original)
+    report = arf(original).replace(
+        b"Content-Type: message/rfc822\r\n\r\n" + original,
+        b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: "
+        + encoding.encode()
+        + b"\r\n\r\n"
+        + body,
+    )
+    assert report != arf(original)
+    answer = app.test_client().post(
+        "/api/v1/complaints", data=report, headers=feedback_headers(app)
+    )
+    assert answer.get_json()["result"] == "complained", answer.get_json()
+    assert answer.get_json()["issue"] == WEEK
+
+
+def test_a_relays_own_list_unsubscribe_and_message_id_do_not_hide_the_reader(
+    sent: tuple[Flask, dict[str, bytes]],
+) -> None:
+    """A relay that adds its own unsubscribe link above ours and replaces the Message-ID (as
+    Amazon SES does): the reader is found, and the complaint counts against the last issue
+    they were sent."""
+    app, mails = sent
+    head, _, body = mails["reader1@exemple.fr"].partition(b"\r\n\r\n")
+    head = re.sub(
+        rb"Message-ID: <[^>]+>", b"Message-ID: <0100018c-relay@email.amazonses.com>", head
+    )
+    relayed = (
+        b"List-Unsubscribe: <https://relay.example/unsubscribe/abc.def.ghi>\r\n"
+        + head
+        + b"\r\n\r\n"
+        + body
+    )
+    answer = app.test_client().post(
+        "/api/v1/complaints", data=arf(relayed), headers=feedback_headers(app)
+    )
+    assert answer.get_json()["result"] == "complained"
+    assert answer.get_json()["issue"] == WEEK and complaint_count(app) == 1
+
+
+def test_a_blank_line_before_the_feedback_fields_is_tolerated(
+    sent: tuple[Flask, dict[str, bytes]],
+) -> None:
+    _app, mails = sent
+    report = arf(mails["reader0@exemple.fr"]).replace(
+        b"Content-Type: message/feedback-report\r\n\r\n",
+        b"Content-Type: message/feedback-report\r\n\r\n\r\n",
+    )
+    assert parse_report(report).feedback_type == "abuse"
+
+
+def test_an_address_alone_cannot_get_somebody_marked_complained(
+    sent: tuple[Flask, dict[str, bytes]],
+) -> None:
+    """Anybody can mail the feedback address: a made-up report naming a subscriber, with the
+    list's public List-Id but no link and no Message-ID of a delivery to them, does nothing."""
+    app, _mails = sent
+    forged = arf(
+        b"List-Id: <hebdo.news.example.fr>\r\nMessage-ID: <guess@news.example.fr>\r\n"
+        b"To: reader0@exemple.fr\r\n\r\n",
+        rcpt="rfc822;reader0@exemple.fr",
+        headers_only=True,
+    )
+    for headers in (feedback_headers(app), None):
+        if headers:
+            answer = app.test_client().post("/api/v1/complaints", data=forged, headers=headers)
+            assert answer.get_json()["result"] == "unknown"
+            assert answer.get_json()["subscriber_id"] is None
+        else:
+            piped = app.test_cli_runner().invoke(args=["complaints", "ingest"], input=forged)
+            assert piped.exit_code == 0 and "unknown" in piped.output
+    assert subscriber(app, "reader0@exemple.fr").status == Status.ACTIVE
+    assert not suppressed(app, "reader0@exemple.fr")
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [b"Message-ID: <\r\n", b"To: a@\r\n", b"List-Unsubscribe: <\r\n"],
+    ids=["message-id", "to", "list-unsubscribe"],
+)
+def test_a_broken_header_in_the_reported_mail_is_refused_not_a_crash(
+    sent: tuple[Flask, dict[str, bytes]], broken: bytes
+) -> None:
+    app, _mails = sent
+    report = arf(b"List-Id: <hebdo.news.example.fr>\r\n" + broken + b"\r\n", headers_only=True)
+    answer = app.test_client().post(
+        "/api/v1/complaints", data=report, headers=feedback_headers(app)
+    )
+    assert answer.status_code in (200, 422), answer.get_data(as_text=True)
+    if answer.status_code == 200:
+        assert answer.get_json()["result"] == "unknown"
+    result = app.test_cli_runner().invoke(args=["complaints", "ingest"], input=report)
+    assert result.exit_code in (0, 65), result.output
+
+
 # ------------------------------------------------------------------ maildir, database down
 
 
 def _maildir(folder: Path, *messages: bytes) -> mailbox.Maildir:
     box = mailbox.Maildir(folder, create=True)
     for raw in messages:
-        box.add(mailbox.MaildirMessage(raw))
+        box.add(raw)  # bytes: stored as they are
     return box
 
 
-def test_a_maildir_run_removes_handled_reports_and_flags_the_rest(
+def test_a_maildir_run_removes_what_it_acted_on_and_keeps_the_rest_for_a_person(
     sent: tuple[Flask, dict[str, bytes]], tmp_path: Path
 ) -> None:
     app, mails = sent
+    folder = tmp_path / "fbl"
+    other_stream = (
+        arf(mails["reader1@exemple.fr"])
+        .replace(b"/unsubscribe/", b"/desabonnement/")
+        .replace(b"List-Id: <hebdo.news.example.fr>", b"List-Id: <promo.news.example.fr>")
+    )
     box = _maildir(
-        tmp_path / "fbl",
+        folder,
         arf(mails["reader0@exemple.fr"]),
         PLAIN_MAIL,
+        other_stream,
         arf(mails["reader0@exemple.fr"]),
     )
+    # An IMAP client opened the folder: one report has moved to cur/, unread by hebdo.
+    in_cur = arf(mails["reader2@exemple.fr"])
+    message = mailbox.MaildirMessage(in_cur)
+    message.set_subdir("cur")
+    message.add_flag("S")
+    box.add(message)
     runner = app.test_cli_runner()
 
-    first = runner.invoke(args=["complaints", "ingest", "--maildir", str(tmp_path / "fbl")])
+    first = runner.invoke(args=["complaints", "ingest", "--maildir", str(folder)])
 
     assert first.exit_code == 65, first.output
-    assert sorted(line.split(": ", 1)[1].split(" ")[0] for line in first.output.splitlines()) == [
-        "complained",
-        "duplicate",
-        "not",
-    ]
-    left = [box.get_message(key) for key in box.iterkeys()]
-    assert len(left) == 1 and left[0].get_subdir() == "cur" and "F" in left[0].get_flags()
-    assert left[0].as_bytes().replace(b"\n", b"\r\n") == PLAIN_MAIL
-    # The flagged mail waits for a person: the next run has nothing to do.
-    second = runner.invoke(args=["complaints", "ingest", "--maildir", str(tmp_path / "fbl")])
-    assert second.exit_code == 0 and second.output == ""
+    results = sorted(line.split(": ", 2)[1].split(" ")[0] for line in first.output.splitlines())
+    assert results == ["complained", "complained", "duplicate", "ignored", "not"]
+    assert list(box.iterkeys()) == []
+    kept = box.get_folder("hebdo-kept")
+    # Kept byte for byte.
+    assert sorted(kept.get_bytes(key) for key in kept.iterkeys()) == sorted(
+        [PLAIN_MAIL, other_stream]
+    )
     assert subscriber(app, "reader0@exemple.fr").status == Status.COMPLAINED
+    assert subscriber(app, "reader2@exemple.fr").status == Status.COMPLAINED
+    assert subscriber(app, "reader1@exemple.fr").status == Status.ACTIVE
+    # The kept mails wait for a person: the next run has nothing to do.
+    second = runner.invoke(args=["complaints", "ingest", "--maildir", str(folder)])
+    assert second.exit_code == 0 and second.output == ""
 
 
 def test_with_the_database_down_the_command_asks_to_be_retried_and_keeps_the_mail(
@@ -486,4 +609,4 @@ def test_with_the_database_down_the_command_asks_to_be_retried_and_keeps_the_mai
 
     kept = runner.invoke(args=["complaints", "ingest", "--maildir", str(tmp_path / "fbl")])
     assert kept.exit_code == 75
-    assert [box.get_message(key).get_subdir() for key in box.iterkeys()] == ["new"]
+    assert len(list(box.iterkeys())) == 1 and not (tmp_path / "fbl" / ".hebdo-kept").exists()

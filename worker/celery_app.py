@@ -26,6 +26,12 @@ celery.conf.beat_schedule = {
         "schedule": settings.sweep_seconds,
         "options": {"expires": max(5.0, settings.sweep_seconds)},
     },
+    # Timed-out admin sessions and uploads never imported (they hold addresses).
+    "housekeeping": {
+        "task": "hebdo.housekeeping",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
     "fetch-feeds": {
         "task": "hebdo.fetch_feeds",
         "schedule": settings.feed_interval_minutes * 60.0,

@@ -10,6 +10,7 @@ from flask import current_app
 
 from service import delivery, feeds, issues
 from service.config import Settings
+from service.housekeeping import housekeeping
 from service.jobs import enqueue_batch
 from service.mailer import TransientFailure, open_transport
 from service.metrics import DELIVERIES, FEED_FETCHES
@@ -114,3 +115,15 @@ def fetch_feeds_task() -> None:
     """Read every configured feed (each in its own transaction)."""
     for report in feeds.ingest_all(_settings(), _now()):
         FEED_FETCHES.labels(result=report.result).inc()
+
+
+@shared_task(name="hebdo.housekeeping")
+def housekeeping_task() -> None:
+    """Delete timed-out admin sessions and uploads never imported."""
+    purged = housekeeping(_settings(), _now())
+    if purged.sessions or purged.import_files:
+        log.info(
+            "housekeeping: %d admin session(s), %d import file(s) deleted",
+            purged.sessions,
+            purged.import_files,
+        )

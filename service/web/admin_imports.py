@@ -3,7 +3,8 @@ in the browser and over the admin API. Thin views over `subscriber_io`.
 
 The uploaded file waits in `import_files` between its dry run and its import (the browser
 cannot be trusted to send the same bytes twice); it is deleted when imported, and files
-left more than a day are deleted whenever the list is shown or a file is added.
+left more than a day are deleted whenever the list is shown or a file is added, and by
+the hourly housekeeping task (service/housekeeping.py).
 
 Languages: the browser pages speak the signed-in admin's language; the admin API speaks
 English, or French for a request whose Accept-Language asks for it (as `api.json_error`
@@ -12,7 +13,6 @@ reads Accept-Language).
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any, cast
 
 from flask import (
@@ -46,13 +46,13 @@ from ..subscriber_io import (
     export_csv,
     number,
     plan_import,
+    purge_import_files,
     report_csv,
 )
 from ..subscriber_search import Filters, SearchError, parse_filters
 from .admin_base import actor, add_texts, api_bp, bp, json_error, page, requires_admin, t
 from .common import client_ip, csv_download, now, settings
 
-KEEP_FILES = timedelta(hours=24)
 PAGE_LINES = 500  # non-new lines shown on the report page
 API_LINES = 1000  # non-new lines returned by the API
 FILENAME_MAX = 255
@@ -179,10 +179,6 @@ def _clean_filename(name: str | None) -> str:
     return base[:FILENAME_MAX] or "upload.csv"
 
 
-def _purge_old_files() -> None:
-    db.session.execute(delete(ImportFile).where(ImportFile.created_at < now() - KEEP_FILES))
-
-
 def _size_kb() -> str:
     return number(settings().admin_max_request_bytes // 1024, _locale())
 
@@ -195,7 +191,7 @@ def _limits() -> dict[str, str]:
 
 
 def _form(status: int = 200, error: str | None = None) -> tuple[str, int]:
-    _purge_old_files()
+    purge_import_files(now())
     db.session.commit()
     files = db.session.execute(
         select(ImportFile.id, ImportFile.filename, ImportFile.created_by, ImportFile.created_at)
@@ -258,7 +254,7 @@ def imports_upload() -> tuple[str, int]:
     except BadImportFile as exc:
         db.session.rollback()
         return _form(422, exc.message(_locale()))
-    _purge_old_files()
+    purge_import_files(now())
     db.session.add(stored)
     db.session.commit()
     return _report(stored, plan)

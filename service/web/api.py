@@ -128,6 +128,10 @@ def post_complaint() -> tuple[Response, int]:
         )
     except complaints.NotAReport as exc:
         return jsonify({"error": "not_a_report", "message": str(exc)}), 422
+    except complaints.RetryLater as exc:
+        response = jsonify({"error": "busy", "message": str(exc)})
+        response.headers["Retry-After"] = "1"
+        return response, 503
     return jsonify(outcome.as_dict()), 200
 
 

@@ -84,17 +84,21 @@ csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address, key_prefix="hebdo")
 
 
-# Two queues: mail (every task that talks to the SMTP relay) and default (the weekly clock,
-# feed reads). A slow relay or a long send then never delays the clock, and mail workers are
-# scaled on their own (docs/deploy.md). `hebdo run` starts one worker consuming both.
+# Three queues: confirm (confirmation mails), mail (digest batches) and default (the weekly
+# clock, feed reads). A slow relay or a long send then never delays the clock, and mail
+# workers are scaled on their own (docs/deploy.md). Mail workers consume confirm and mail:
+# Celery's Redis transport takes from its queues in turn, so a new subscriber's confirmation
+# waits for at most the batch each process is sending, not behind the thousands of batches a
+# large send queues. `hebdo run` starts one worker consuming all three.
+CONFIRM_QUEUE = "confirm"
 MAIL_QUEUE = "mail"
 DEFAULT_QUEUE = "default"
-QUEUES = (MAIL_QUEUE, DEFAULT_QUEUE)
+QUEUES = (CONFIRM_QUEUE, MAIL_QUEUE, DEFAULT_QUEUE)
 # By name, as service/jobs.py sends them and worker/tasks.py registers them.
 TASK_ROUTES = {
     "hebdo.send_batch": {"queue": MAIL_QUEUE},
-    "hebdo.send_confirmation": {"queue": MAIL_QUEUE},
-    "hebdo.sweep_confirmations": {"queue": MAIL_QUEUE},
+    "hebdo.send_confirmation": {"queue": CONFIRM_QUEUE},
+    "hebdo.sweep_confirmations": {"queue": CONFIRM_QUEUE},
     "hebdo.digest_tick": {"queue": DEFAULT_QUEUE},
     "hebdo.fetch_feeds": {"queue": DEFAULT_QUEUE},
     "hebdo.housekeeping": {"queue": DEFAULT_QUEUE},

@@ -23,10 +23,16 @@ from flask_migrate import upgrade
 
 from . import accounts
 from .config import Settings
+from .delivery import BATCH_SECONDS
 from .extensions import QUEUES
 from .jobs import FETCH_FEEDS, enqueue
 
 STOP_GRACE_SECONDS = 20
+# The worker's SIGTERM is Celery's warm shutdown: its running tasks end on their own. A digest
+# batch stops claiming after BATCH_SECONDS and then writes its outcomes; killed before that,
+# the messages it handed over since its last write would be sent again. Ctrl-C a second
+# time to stop at once all the same.
+WORKER_STOP_GRACE_SECONDS = int(BATCH_SECONDS) + 30
 
 
 def commands(settings: Settings, host: str, port: int) -> dict[str, list[str]]:
@@ -105,8 +111,11 @@ def run_all(app: Flask, *, host: str, port: int) -> int:
         enqueue(FETCH_FEEDS)
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = threading.Event()
+    forced = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
+        if stopping.is_set():
+            forced.set()  # a second Ctrl-C: stop waiting for the worker's tasks
         stopping.set()
 
     signal.signal(signal.SIGINT, request_stop)
@@ -151,13 +160,34 @@ def run_all(app: Flask, *, host: str, port: int) -> int:
     for child in children.values():
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    started = time.monotonic()
     for name, child in children.items():
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print(f"hebdo: {name} did not stop in {STOP_GRACE_SECONDS}s; killing it", flush=True)
-            child.kill()
-            child.wait()
+        grace = WORKER_STOP_GRACE_SECONDS if name == "worker" else STOP_GRACE_SECONDS
+        _wait_or_kill(name, child, started + grace, grace, forced)
     print("hebdo: stopped", flush=True)
     return status
+
+
+def _wait_or_kill(
+    name: str,
+    child: subprocess.Popen[bytes],
+    deadline: float,
+    grace: int,
+    forced: threading.Event,
+) -> None:
+    told = False
+    while child.poll() is None:
+        if forced.is_set() or time.monotonic() >= deadline:
+            why = "on a second Ctrl-C" if forced.is_set() else f"after {grace}s"
+            print(f"hebdo: {name} did not stop; killing it {why}", flush=True)
+            child.kill()
+            break
+        if not told and time.monotonic() - deadline + grace > 2:
+            print(
+                f"hebdo: waiting for the {name} to finish its tasks (up to {grace}s; "
+                "Ctrl-C again to kill it)",
+                flush=True,
+            )
+            told = True
+        time.sleep(0.1)
+    child.wait()

@@ -125,7 +125,7 @@ def test_readme_starts_with_the_two_set_up_commands() -> None:
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
 HEBDO_SERVICES = ("migrate", "web", "worker-mail", "worker-default", "beat")
-WORKERS = {"worker-mail": "mail", "worker-default": "default"}
+WORKERS = {"worker-mail": "confirm,mail", "worker-default": "default"}
 
 
 def _compose() -> dict[str, Any]:
@@ -166,7 +166,7 @@ def test_compose_runs_each_queue_on_its_own_workers_and_exactly_one_beat() -> No
         assert command[:4] == ["celery", "-A", "worker.celery_app", "worker"]
         assert _option(command, "--queues") == queue, name
         assert "--beat" not in command and "-B" not in command
-        queues.add(queue)
+        queues.update(queue.split(","))
     # Every queue a task is routed to has its workers.
     assert {route["queue"] for route in TASK_ROUTES.values()} == queues
     beats = [n for n, s in services.items() if "beat" in s.get("command", [])]

@@ -1,5 +1,6 @@
 """Mail tasks and the rest go to separate queues: a worker on `default` alone runs the weekly
-clock but sends nothing; mail goes out once a worker on `mail` starts."""
+clock but sends nothing; mail goes out once a worker on `mail` starts; a confirmation mail
+does not wait behind the digest's batches."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 from flask import Flask
 from sqlalchemy import select
 
-from service import jobs
+from service import delivery, jobs
 from service.config import load_settings
-from service.extensions import DEFAULT_QUEUE, MAIL_QUEUE, QUEUES, TASK_ROUTES, db
+from service.digest import get_issue, plan_issue
+from service.extensions import CONFIRM_QUEUE, DEFAULT_QUEUE, MAIL_QUEUE, QUEUES, TASK_ROUTES, db
 from service.models import Issue
 from service.runner import commands
 from tests.conftest import BROKER_URL, Process, SMTPSink, add_article, add_subscribers, wait_until
@@ -33,13 +35,13 @@ def test_every_task_has_a_queue_and_hebdo_run_consumes_both(env: dict[str, str])
     # Every task name service/jobs.py sends has a queue chosen on purpose.
     names = {v for k, v in vars(jobs).items() if k.isupper() and str(v).startswith("hebdo.")}
     assert names == set(TASK_ROUTES)
-    assert {n for n, r in TASK_ROUTES.items() if r["queue"] == MAIL_QUEUE} == {
-        jobs.SEND_BATCH,
+    assert {n for n, r in TASK_ROUTES.items() if r["queue"] == MAIL_QUEUE} == {jobs.SEND_BATCH}
+    assert {n for n, r in TASK_ROUTES.items() if r["queue"] == CONFIRM_QUEUE} == {
         jobs.SEND_CONFIRMATION,
         jobs.SWEEP_CONFIRMATIONS,
     }
     worker = commands(load_settings(env), "127.0.0.1", 0)["worker"]
-    assert worker[worker.index("--queues") + 1] == "mail,default" == ",".join(QUEUES)
+    assert worker[worker.index("--queues") + 1] == "confirm,mail,default" == ",".join(QUEUES)
 
 
 def _issue(app: Flask) -> Issue | None:
@@ -98,3 +100,42 @@ def test_a_default_worker_runs_the_tick_and_only_a_mail_worker_sends(
     assert set(Counter(m.rcpt_tos[0] for m in smtp_server.messages).values()) == {1}
     assert _queued_on_mail(values) == 0
     assert "Task hebdo.send_batch[" not in default.output()
+
+
+def test_a_confirmation_does_not_wait_behind_a_large_send(
+    make_app: Callable[[dict[str, str]], Flask],
+    smtp_env: dict[str, str],
+    smtp_server: SMTPSink,
+    spawn: Callable[..., Process],
+) -> None:
+    """Twenty digest batches are queued when a reader signs up: one worker process on
+    `confirm,mail` sends the confirmation after the batch in hand, not after all twenty."""
+    values = {**smtp_env, "HEBDO_SEND_BATCH": "2", "HEBDO_WORKER_CONCURRENCY": "1"}
+    app = make_app(values)
+    now = datetime.now(UTC)
+    add_article(app, 1, now - timedelta(days=1))
+    add_subscribers(app, 40)
+    settings = app.config["SETTINGS"]
+    with app.app_context():
+        week = f"{now:%G-W%V}"
+        plan_issue(settings, week, now)
+        issue = get_issue(week)
+        assert issue is not None and delivery.start_send(settings, issue.id, now) == 40
+        assert delivery.dispatch(settings, issue.id, now, jobs.enqueue_batch) == 20
+    smtp_server.data_delay = 0.2  # a slow relay: a batch of 2 takes about half a second
+    worker = worker_on(values, f"{CONFIRM_QUEUE},{MAIL_QUEUE}")
+    assert worker[worker.index("--queues") + 1] == "confirm,mail"
+    spawn(worker, values, ready="ready.")
+    smtp_server.wait_for(1, timeout=60)
+
+    signed_up = app.test_client().post("/api/v1/subscriptions", json={"email": "lea@exemple.fr"})
+    assert signed_up.status_code == 202
+
+    def confirmation_sent() -> bool:
+        return any(m.rcpt_tos == ["lea@exemple.fr"] for m in smtp_server.messages)
+
+    wait_until(confirmation_sent, 30, "the confirmation mail")
+    before = next(i for i, m in enumerate(smtp_server.messages) if m.rcpt_tos == ["lea@exemple.fr"])
+    # Half the send (ten batches) was still queued behind it.
+    assert before <= 20, f"the confirmation went out after {before} digest messages"
+    smtp_server.wait_for(41, timeout=60)

@@ -16,7 +16,13 @@ from collections.abc import Callable
 from http.cookiejar import CookieJar
 from pathlib import Path
 
-from tests.conftest import Process, free_port
+from flask import Flask
+from sqlalchemy import select
+
+from service.extensions import db
+from service.models import Delivery
+from service.runner import STOP_GRACE_SECONDS, WORKER_STOP_GRACE_SECONDS
+from tests.conftest import Process, SMTPSink, add_subscribers, free_port
 
 
 def http(
@@ -154,6 +160,50 @@ def test_hebdo_run_serves_subscribes_captures_and_stops_on_ctrl_c(
     assert process.popen.wait(60) == 0, process.output()[-3000:]
     assert "hebdo: stopped" in process.output()
     assert processes_with(data_dir) == []
+
+
+def test_ctrl_c_during_a_send_lets_the_worker_finish_its_batch_and_nothing_goes_twice(
+    smtp_env: dict[str, str],
+    smtp_server: SMTPSink,
+    spawn: Callable[..., Process],
+    make_app: Callable[[dict[str, str]], Flask],
+) -> None:
+    """A batch of 40 on a slow relay takes 30 s, longer than web and beat get to stop: the
+    worker is given the time to finish it (killing it would send some messages twice)."""
+    values = {**smtp_env, "HEBDO_SEND_BATCH": "40"}
+    app = make_app(values)
+    add_subscribers(app, 40)
+    process, _base, values = start_hebdo_run(values, spawn, ready="hebdo: http://")
+    deadline = time.monotonic() + 60
+    while "feed sample: ok, 14 new" not in process.output():
+        assert time.monotonic() < deadline, process.output()[-3000:]
+        time.sleep(0.3)
+    smtp_server.data_delay = 0.75
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
+    sent = subprocess.run(
+        [sys.executable, "-m", "service.cli", "digest", "send", "--now"],
+        env={**environ, **values},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert "sending to 40 subscribers" in sent.stdout, sent.stderr
+    smtp_server.wait_for(2, timeout=60)
+
+    stopped_at = time.monotonic()
+    process.popen.send_signal(signal.SIGINT)
+    assert process.popen.wait(WORKER_STOP_GRACE_SECONDS + 30) == 0, process.output()[-3000:]
+    took = time.monotonic() - stopped_at
+
+    output = process.output()
+    assert "waiting for the worker to finish its tasks" in output
+    assert "killing it" not in output and took > STOP_GRACE_SECONDS, output[-3000:]
+    recipients = [m.rcpt_tos[0] for m in smtp_server.messages]
+    assert len(recipients) == 40 and len(set(recipients)) == 40
+    with app.app_context():
+        statuses = db.session.execute(select(Delivery.status)).scalars().all()
+    assert statuses == ["sent"] * 40
 
 
 class Browser:

@@ -50,6 +50,19 @@ def processes_with(data_dir: Path) -> list[int]:
     return found
 
 
+def send_now(values: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`hebdo digest send --now` in another process, with these settings only."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "digest", "send", "--now"],
+        env={**environ, **values},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+
+
 def start_hebdo_run(
     env: dict[str, str], spawn: Callable[..., Process], *, ready: str
 ) -> tuple[Process, str, dict[str, str]]:
@@ -113,15 +126,7 @@ def test_hebdo_run_serves_subscribes_captures_and_stops_on_ctrl_c(
     while "feed sample: ok, 14 new" not in process.output():
         assert time.monotonic() < deadline, process.output()[-3000:]
         time.sleep(0.3)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
-    sent = subprocess.run(
-        [sys.executable, "-m", "service.cli", "digest", "send", "--now"],
-        env={**environ, **values},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
+    sent = send_now(values)
     assert sent.returncode == 0, sent.stderr
     assert "sending to 1 subscribers" in sent.stdout
     deadline = time.monotonic() + 60
@@ -179,15 +184,7 @@ def test_ctrl_c_during_a_send_lets_the_worker_finish_its_batch_and_nothing_goes_
         assert time.monotonic() < deadline, process.output()[-3000:]
         time.sleep(0.3)
     smtp_server.data_delay = 0.75
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
-    sent = subprocess.run(
-        [sys.executable, "-m", "service.cli", "digest", "send", "--now"],
-        env={**environ, **values},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
+    sent = send_now(values)
     assert "sending to 40 subscribers" in sent.stdout, sent.stderr
     smtp_server.wait_for(2, timeout=60)
 

@@ -34,9 +34,9 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from email import message_from_bytes, policy
-from email.errors import MissingHeaderBodySeparatorDefect
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
+from itertools import pairwise
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -114,41 +114,42 @@ def _text(value: object, limit: int) -> str:
     return " ".join(str(value or "").replace("\x00", " ").split())[:limit]
 
 
-def _fields(part: Message) -> Message:
+def _fields(part: Message, received: bytes | None) -> Message:
     """The header fields a `message/feedback-report`, `message/rfc822` or
     `text/rfc822-headers` part holds.
 
     Python's parser reads a message/* part as a message without undoing its transfer
     encoding (RFC 2046 forbids one, some generators use base64 or quoted-printable all the
-    same): such a part is written back as received, decoded, and read again. A text part is
+    same): such a part is decoded from `received`, its bytes as they came. A text part is
     decoded by the parser. A field block that starts with a blank line is read past it.
     """
     encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
     payload = part.get_payload()
     if isinstance(payload, list):
+        if encoding in ("base64", "quoted-printable") and received is not None:
+            body = received.replace(b"\r\n", b"\n").partition(b"\n\n")[2]
+            return _parse_fields(
+                base64.b64decode(b"".join(body.split()))
+                if encoding == "base64"
+                else quopri.decodestring(body)
+            )
         inner = payload[0] if payload and isinstance(payload[0], Message) else Message()
-        if encoding not in ("base64", "quoted-printable"):
-            if len(inner) == 0 and isinstance(inner.get_payload(), str):
-                return _parse_fields(str(inner.get_payload()).encode("utf-8", "replace"))
-            return inner
-        raw = _as_received(inner)
-        return _parse_fields(
-            base64.b64decode(b"".join(raw.split()))
-            if encoding == "base64"
-            else quopri.decodestring(raw)
-        )
+        if len(inner) == 0 and isinstance(inner.get_payload(), str):
+            return _parse_fields(str(inner.get_payload()).encode("utf-8", "replace"))
+        return inner
     raw_text = part.get_payload(decode=True)
     return _parse_fields(raw_text if isinstance(raw_text, bytes) else b"")
 
 
-def _as_received(inner: Message) -> bytes:
-    """The text a message/* part held, before Python read it as a message: its header lines
-    (none, for base64) and its body, with no blank line between them unless there was one."""
-    head = "".join(f"{name}: {value}\n" for name, value in inner.raw_items())
-    separated = not any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in inner.defects)
-    body = inner.get_payload()
-    text = head + ("\n" if separated and head else "") + (body if isinstance(body, str) else "")
-    return text.encode("utf-8", "surrogateescape")
+def _received_parts(raw: bytes, boundary: str | None) -> list[bytes]:
+    """The parts of a multipart body as they came (headers and body), split at the boundary
+    lines (RFC 2046: `--boundary` at the start of a line; the last one ends with `--`)."""
+    if not boundary:
+        return []
+    line = re.compile(rb"^--" + re.escape(boundary.encode()) + rb"(--)?[ \t]*\r?$", re.M)
+    marks = list(line.finditer(raw))
+    # Each part runs from the line after one boundary line to the line ending before the next.
+    return [raw[start.end() + 1 : end.start()] for start, end in pairwise(marks)]
 
 
 def _parse_fields(raw: bytes) -> Message:
@@ -160,7 +161,7 @@ def parse_report(raw: bytes) -> Report:
     if len(raw) > MAX_REPORT_BYTES:
         raise NotAReport(f"larger than {MAX_REPORT_BYTES} bytes")
     try:
-        return _read(message_from_bytes(raw, policy=policy.default))
+        return _read(message_from_bytes(raw, policy=policy.default), raw)
     except NotAReport:
         raise
     except Exception as exc:
@@ -170,7 +171,7 @@ def parse_report(raw: bytes) -> Report:
         raise NotAReport(f"unreadable ({type(exc).__name__})") from None
 
 
-def _read(message: Message) -> Report:
+def _read(message: Message, raw: bytes) -> Report:
     assert isinstance(message, EmailMessage)
     if message.get_content_type() != "multipart/report":
         raise NotAReport(f"Content-Type is {message.get_content_type()}, not multipart/report")
@@ -179,12 +180,14 @@ def _read(message: Message) -> Report:
         raise NotAReport(f"report-type is {report_type or 'missing'}, not feedback-report")
     fields: Message | None = None
     original: Message | None = None
-    for part in message.iter_parts():
+    received = _received_parts(raw, message.get_boundary())
+    for index, part in enumerate(message.iter_parts()):
         kind = part.get_content_type()
+        as_received = received[index] if index < len(received) else None
         if kind == "message/feedback-report" and fields is None:
-            fields = _fields(part)
+            fields = _fields(part, as_received)
         elif kind in ("message/rfc822", "text/rfc822-headers") and original is None:
-            original = _fields(part)
+            original = _fields(part, as_received)
     if fields is None:
         raise NotAReport("no message/feedback-report part")
     feedback_type = _text(fields.get("Feedback-Type"), 32).lower()
@@ -196,16 +199,28 @@ def _read(message: Message) -> Report:
         feedback_type=feedback_type,
         reporter=_text(fields.get("User-Agent") or fields.get("Reporting-MTA"), 100),
         recipient=_address(fields.get("Original-Rcpt-To")),
-        list_id=_angled(original.get("List-Id")),
+        list_id=_angled(_first(original, "List-Id")),
         # Every List-Unsubscribe: a relay may add its own next to ours.
         unsubscribe_tokens=tuple(
             token
-            for header in original.get_all("List-Unsubscribe") or []
+            for header in _raw(original, "List-Unsubscribe")
             for token in _unsubscribe_tokens(header)
         )[:4],
-        message_id=_angled(original.get("Message-ID")),
-        to=_address(original.get("To")),
+        message_id=_angled(_first(original, "Message-ID")),
+        to=_address(_first(original, "To")),
     )
+
+
+def _raw(message: Message, name: str) -> list[str]:
+    """Every value of a header as it was written: the reported mail's headers are matched
+    as text, and Python's structured parsing of a broken Message-ID or To would change them."""
+    wanted = name.lower()
+    return [str(value) for key, value in message.raw_items() if key.lower() == wanted]
+
+
+def _first(message: Message, name: str) -> str | None:
+    values = _raw(message, name)
+    return values[0] if values else None
 
 
 def _angled(value: object) -> str | None:
@@ -252,7 +267,10 @@ def _find_subscriber(settings: Settings, report: Report) -> Found | Outcome:
         if sub is None:
             erased = True
             continue
-        return sub, _issue_of(sub.id, report.message_id, exact=False)
+        # A Message-ID hebdo wrote that matches no delivery is another of its mails (a
+        # confirmation): no issue. Another domain's means a relay rewrote it.
+        ours = (report.message_id or "").endswith(f"@{settings.mail_domain}")
+        return sub, _issue_of(sub.id, report.message_id, exact=ours)
     if erased:
         return Outcome(Result.UNKNOWN, "the subscriber no longer exists (erased)")
     if report.list_id != settings.list_id:
@@ -285,8 +303,7 @@ def _find_subscriber(settings: Settings, report: Report) -> Found | Outcome:
 def _issue_of(subscriber_id: int, message_id: str | None, *, exact: bool) -> tuple[int, str] | None:
     """The issue whose delivery to this subscriber had this Message-ID. Unless `exact`, else
     the last issue delivered to them (a relay that rewrites Message-IDs, as Amazon SES does,
-    must not leave every complaint uncounted); None for a reader never sent an issue (a
-    complaint about the confirmation mail)."""
+    must not leave every complaint uncounted); None for a reader never sent an issue."""
     query = (
         select(Issue.id, Issue.week)
         .join(Delivery, Delivery.issue_id == Issue.id)

@@ -10,7 +10,8 @@ Made for the two ways reports reach a self-hosted sender besides the webhook:
   (`unknown`: it may name an erased reader) is removed: it holds a reader's address, and
   the audit log keeps what was done. Everything else (not a report, a report about
   another mail stream, one that could not be read) is moved to the `hebdo-kept` folder for
-  a person. On a database error the run stops, and what it has not handled stays.
+  a person. On a database or disk error the run stops (exit 75), and what it has not handled
+  stays. Exit 65 when some mail was not a report at all.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import click
 from flask import current_app
 from flask.cli import AppGroup
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 
 from .complaints import NotAReport, Result, RetryLater, ingest
 from .config import Settings
@@ -73,10 +74,11 @@ def _files(paths: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
 
 
 def _maildir(folder: Path) -> int:
-    """Handle every mail of the maildir's inbox; return how many were kept for a person."""
+    """Handle every mail of the maildir's inbox; return how many were not reports (kept, with
+    the reports about other mail, for a person)."""
     box = mailbox.Maildir(folder, create=False)
     kept_box: mailbox.Maildir | None = None
-    kept = 0
+    refused = 0
     for key in sorted(box.iterkeys()):
         try:
             raw = box.get_bytes(key)
@@ -84,8 +86,8 @@ def _maildir(folder: Path) -> int:
             continue  # taken by another run meanwhile
         try:
             result = _handle(key, raw)
-        except (DBAPIError, RetryLater):
-            raise
+        except (SQLAlchemyError, RetryLater):
+            raise  # the database: try again later, this mail and the rest where they are
         except Exception as exc:  # a bug on one mail must not stop every later report
             # The type only: a message or traceback could quote the reader's address.
             log.error("complaint report %s could not be handled: %s", key, type(exc).__name__)
@@ -95,14 +97,14 @@ def _maildir(folder: Path) -> int:
         if result not in DONE:
             if kept_box is None:
                 kept_box = box.add_folder(KEPT_FOLDER)
-            kept_box.add(raw)
-            kept += 1
+            kept_box.add(raw)  # an OSError (disk full) stops the run with the mail in place
+            refused += result is None
         box.discard(key)
-    return kept
+    return refused
 
 
 @complaints_group.command("ingest")
-@click.argument("paths", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option(
     "--maildir",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
@@ -118,9 +120,13 @@ def ingest_command(paths: tuple[str, ...], maildir: Path | None) -> None:
             refused = _maildir(maildir)
         else:
             refused = sum(_handle(name, raw) is None for name, raw in _files(paths))
-    except DBAPIError as exc:
+    except SQLAlchemyError as exc:
         db.session.rollback()
-        click.echo(f"hebdo: database unavailable, try again later: {exc.orig}", err=True)
+        cause = getattr(exc, "orig", None) or type(exc).__name__
+        click.echo(f"hebdo: database unavailable, try again later: {cause}", err=True)
+        sys.exit(EX_TEMPFAIL)
+    except OSError as exc:
+        click.echo(f"hebdo: {exc}; try again later", err=True)
         sys.exit(EX_TEMPFAIL)
     except RetryLater as exc:
         db.session.rollback()

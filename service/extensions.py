@@ -90,6 +90,8 @@ limiter = Limiter(key_func=get_remote_address, key_prefix="hebdo")
 # Celery's Redis transport takes from its queues in turn, so a new subscriber's confirmation
 # waits for at most the batch each process is sending, not behind the thousands of batches a
 # large send queues. `hebdo run` starts one worker consuming all three.
+# The longest any task runs (Celery's hard time limit): how long a stopping worker may take.
+TASK_TIME_LIMIT = 300
 CONFIRM_QUEUE = "confirm"
 MAIL_QUEUE = "mail"
 DEFAULT_QUEUE = "default"
@@ -132,7 +134,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A digest batch stops claiming after 120 s (delivery.BATCH_SECONDS) and writes its
         # outcomes on the soft limit, so the hard limit never cuts a batch short.
         "task_soft_time_limit": 240,
-        "task_time_limit": 300,
+        "task_time_limit": TASK_TIME_LIMIT,
         "task_default_queue": DEFAULT_QUEUE,
         "task_routes": TASK_ROUTES,
         "timezone": "UTC",

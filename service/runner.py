@@ -23,16 +23,16 @@ from flask_migrate import upgrade
 
 from . import accounts
 from .config import Settings
-from .delivery import BATCH_SECONDS
-from .extensions import QUEUES
+from .extensions import QUEUES, TASK_TIME_LIMIT
 from .jobs import FETCH_FEEDS, enqueue
 
 STOP_GRACE_SECONDS = 20
-# The worker's SIGTERM is Celery's warm shutdown: its running tasks end on their own. A digest
-# batch stops claiming after BATCH_SECONDS and then writes its outcomes; killed before that,
-# the messages it handed over since its last write would be sent again. Ctrl-C a second
-# time to stop at once all the same.
-WORKER_STOP_GRACE_SECONDS = int(BATCH_SECONDS) + 30
+# The worker's SIGTERM is Celery's warm shutdown: its running tasks end on their own, within
+# the hard time limit (a digest batch stops claiming after 120 s, but a stalled relay can hold
+# its last message longer). Killed before that, a batch's rows wait for the claim timeout
+# and the messages it handed over since its last write are sent again. docker-compose.yml
+# gives the same 330 s. Ctrl-C a second time to stop at once all the same.
+WORKER_STOP_GRACE_SECONDS = TASK_TIME_LIMIT + 30
 
 
 def commands(settings: Settings, host: str, port: int) -> dict[str, list[str]]:
@@ -61,7 +61,7 @@ def commands(settings: Settings, host: str, port: int) -> dict[str, list[str]]:
             "-A",
             "worker.celery_app",
             "worker",
-            # One worker for both queues here; production runs one service per queue.
+            # One worker for every queue here; production runs worker-mail and worker-default.
             "--queues",
             ",".join(QUEUES),
             "--concurrency",
@@ -112,9 +112,11 @@ def run_all(app: Flask, *, host: str, port: int) -> int:
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = threading.Event()
     forced = threading.Event()
+    signals = [0]
 
     def request_stop(signum: int, _frame: object) -> None:
-        if stopping.is_set():
+        signals[0] += 1
+        if signals[0] > 1:
             forced.set()  # a second Ctrl-C: stop waiting for the worker's tasks
         stopping.set()
 

@@ -24,10 +24,11 @@ from service import delivery
 from service.complaints import NotAReport, parse_report
 from service.digest import get_issue, plan_issue
 from service.extensions import db
+from service.mailer import open_transport
 from service.models import AuditEvent, Issue, Status, Subscriber
 from service.subscriptions import is_suppressed
-from tests.conftest import SMTPSink, add_article, add_subscribers, api_token, metric_value
-from tests.test_lifecycle import link, subscriber, sweep
+from tests.conftest import Received, SMTPSink, add_article, add_subscribers, api_token, metric_value
+from tests.test_lifecycle import link, list_unsubscribe_path, subscriber, sweep
 from tests.test_sending import NOW, WEEK, Sender
 
 JSON_SIGNUP = "/api/v1/subscriptions"
@@ -101,6 +102,28 @@ def sent(
     sender.run()
     assert sender.issue().status == "sent"
     return app, {m.rcpt_tos[0]: m.data for m in smtp_server.messages}
+
+
+LATER = NOW + timedelta(days=7)
+NEXT_WEEK = "2026-W49"
+
+
+def send_next_week(app: Flask) -> int:
+    """Plan and send issue 2026-W49, a week after the fixture's, in this process as workers
+    would; return its recipients."""
+    add_article(app, 2, LATER - timedelta(days=1))
+    settings = app.config["SETTINGS"]
+    queue: list[int] = []
+    with app.app_context():
+        plan_issue(settings, NEXT_WEEK, LATER)
+        issue = get_issue(NEXT_WEEK)
+        assert issue is not None
+        recipients = delivery.start_send(settings, issue.id, LATER)
+        delivery.dispatch(settings, issue.id, LATER, lambda i: bool(queue.append(i)) or True)
+        with open_transport(settings) as transport:
+            for issue_id in queue:
+                delivery.send_batch(settings, issue_id, transport=transport, clock=lambda: LATER)
+    return recipients
 
 
 def feedback_headers(app: Flask) -> dict[str, str]:
@@ -190,14 +213,11 @@ def test_the_next_issue_is_not_sent_to_a_reader_who_complained(
         "/api/v1/complaints", data=arf(mails["reader2@exemple.fr"]), headers=feedback_headers(app)
     )
     smtp_server.messages.clear()
-    later = NOW + timedelta(days=7)
-    add_article(app, 2, later - timedelta(days=1))
-    with app.app_context():
-        settings = app.config["SETTINGS"]
-        plan_issue(settings, "2026-W49", later)
-        issue = get_issue("2026-W49")
-        assert issue is not None
-        assert delivery.start_send(settings, issue.id, later) == 2
+    assert send_next_week(app) == 2
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == [
+        "reader0@exemple.fr",
+        "reader1@exemple.fr",
+    ]
 
 
 def test_headers_only_from_the_command_on_standard_input(
@@ -431,8 +451,10 @@ def test_the_webhook_wants_a_feedback_token_and_a_mail(
 def test_a_reported_mail_in_a_transfer_encoding_is_decoded(
     sent: tuple[Flask, dict[str, bytes]], encoding: str
 ) -> None:
-    """RFC 2046 forbids encoding a message/rfc822 part; some feedback loops do it anyway."""
+    """RFC 2046 forbids encoding a message/rfc822 part; some feedback loops do it anyway.
+    The complaint is about the older of two issues: its Message-ID was read."""
     app, mails = sent
+    send_next_week(app)
     original = mails["reader0@exemple.fr"]
     body = base64.encodebytes(original) if encoding == "base64" else quopri.encodestring(original)
     report = arf(original).replace(
@@ -457,6 +479,7 @@ def test_a_relays_own_list_unsubscribe_and_message_id_do_not_hide_the_reader(
     Amazon SES does): the reader is found, and the complaint counts against the last issue
     they were sent."""
     app, mails = sent
+    send_next_week(app)
     head, _, body = mails["reader1@exemple.fr"].partition(b"\r\n\r\n")
     head = re.sub(
         rb"Message-ID: <[^>]+>", b"Message-ID: <0100018c-relay@email.amazonses.com>", head
@@ -471,7 +494,28 @@ def test_a_relays_own_list_unsubscribe_and_message_id_do_not_hide_the_reader(
         "/api/v1/complaints", data=arf(relayed), headers=feedback_headers(app)
     )
     assert answer.get_json()["result"] == "complained"
-    assert answer.get_json()["issue"] == WEEK and complaint_count(app) == 1
+    assert answer.get_json()["issue"] == NEXT_WEEK and complaint_count(app) == 0
+
+
+def test_a_complaint_about_a_former_readers_new_confirmation_is_counted_against_no_issue(
+    sent: tuple[Flask, dict[str, bytes]], smtp_server: SMTPSink
+) -> None:
+    app, mails = sent
+    client = app.test_client()
+    issue_mail = Received("", [], mails["reader0@exemple.fr"], [])
+    client.post(list_unsubscribe_path(issue_mail), data={"List-Unsubscribe": "One-Click"})
+    assert subscriber(app, "reader0@exemple.fr").status == Status.UNSUBSCRIBED
+    client.post(JSON_SIGNUP, json={"email": "reader0@exemple.fr"})
+    smtp_server.messages.clear()
+    assert sweep(app) == 1
+    confirmation = smtp_server.messages[0].data
+
+    answer = client.post(
+        "/api/v1/complaints", data=arf(confirmation), headers=feedback_headers(app)
+    )
+
+    assert answer.get_json()["result"] == "complained" and answer.get_json()["issue"] is None
+    assert complaint_count(app) == 0
 
 
 def test_a_blank_line_before_the_feedback_fields_is_tolerated(
@@ -581,6 +625,11 @@ def test_a_maildir_run_removes_what_it_acted_on_and_keeps_the_rest_for_a_person(
     # The kept mails wait for a person: the next run has nothing to do.
     second = runner.invoke(args=["complaints", "ingest", "--maildir", str(folder)])
     assert second.exit_code == 0 and second.output == ""
+    # A report about another mail stream is kept, but is no error (cron stays quiet).
+    box.add(other_stream)
+    third = runner.invoke(args=["complaints", "ingest", "--maildir", str(folder)])
+    assert third.exit_code == 0 and ": ignored" in third.output
+    assert len(list(kept.iterkeys())) == 3 and list(box.iterkeys()) == []
 
 
 def test_with_the_database_down_the_command_asks_to_be_retried_and_keeps_the_mail(

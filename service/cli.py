@@ -12,15 +12,11 @@ from flask import Flask, current_app
 from flask.cli import FlaskGroup, routes_command, shell_command
 
 from . import create_app
-from .config import ConfigError, Settings
+from .config import ConfigError
 from .doctor import doctor_command
+from .extensions import current_settings
 from .mailer import open_transport
 from .subscriptions import send_due_confirmations
-
-
-def _settings() -> Settings:
-    value: Settings = current_app.config["SETTINGS"]
-    return value
 
 
 @click.command("run")
@@ -38,7 +34,7 @@ def run_command(host: str, port: int) -> None:
 @click.command("sweep")
 def sweep_command() -> None:
     """Send every confirmation mail that is owed but was never sent."""
-    settings = _settings()
+    settings = current_settings()
     with open_transport(settings) as transport:
         sent = send_due_confirmations(transport=transport, settings=settings, now=datetime.now(UTC))
     click.echo(f"{sent} confirmation mail(s) sent")
@@ -47,7 +43,7 @@ def sweep_command() -> None:
 @click.command("config")
 def config_command() -> None:
     """Print the settings in force (secrets masked)."""
-    click.echo(json.dumps(_settings().public(), indent=2, default=str))
+    click.echo(json.dumps(current_settings().public(), indent=2, default=str))
 
 
 def init_app(app: Flask) -> None:

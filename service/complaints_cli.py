@@ -24,13 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
 from .complaints import NotAReport, Result, RetryLater, ingest
-from .config import Settings
-from .extensions import db
+from .extensions import current_settings, db
 
 EX_DATAERR = 65
 EX_TEMPFAIL = 75
@@ -44,16 +42,13 @@ log = logging.getLogger(__name__)
 complaints_group = AppGroup("complaints", help="Feedback-loop (ARF) complaint reports.")
 
 
-def _settings() -> Settings:
-    value: Settings = current_app.config["SETTINGS"]
-    return value
-
-
 def _handle(name: str, raw: bytes) -> Result | None:
     """Record one report and say what was done; None when it is not a report.
     A database error or RetryLater propagates (the caller stops, leaving the rest)."""
     try:
-        outcome = ingest(_settings(), raw, source="cli", actor="system", now=datetime.now(UTC))
+        outcome = ingest(
+            current_settings(), raw, source="cli", actor="system", now=datetime.now(UTC)
+        )
     except NotAReport as exc:
         click.echo(f"{name}: not a feedback report: {exc}", err=True)
         return None

@@ -8,12 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 
 from . import feeds, issues
-from .config import Settings
 from .digest import (
     DigestError,
     Recipient,
@@ -22,16 +20,11 @@ from .digest import (
     plan_issue,
     upcoming_week,
 )
-from .extensions import db
+from .extensions import current_settings, db
 from .jobs import enqueue_batch
 from .mailer import DeliveryError
 from .models import Issue, IssueStatus
 from .subscriptions import InvalidEmail
-
-
-def _settings() -> Settings:
-    value: Settings = current_app.config["SETTINGS"]
-    return value
 
 
 def _now() -> datetime:
@@ -56,7 +49,7 @@ def _week(value: str | None) -> str:
         .order_by(Issue.week.desc())
         .limit(1)
     ).scalar_one_or_none()
-    return in_flight or upcoming_week(_settings(), _now(), issues.MAX_LATE)
+    return in_flight or upcoming_week(current_settings(), _now(), issues.MAX_LATE)
 
 
 def _issue(week: str) -> Issue:
@@ -85,7 +78,7 @@ def feeds_group() -> None:
 @feeds_group.command("fetch")
 def feeds_fetch() -> None:
     """Read every feed now; exit 1 if one of them failed."""
-    reports = feeds.ingest_all(_settings(), _now())
+    reports = feeds.ingest_all(current_settings(), _now())
     for r in reports:
         if r.result == "error":
             click.echo(f"{r.url}: ERROR {r.error}")
@@ -113,7 +106,7 @@ def digest_group() -> None:
 @week_option
 def digest_plan(week: str | None) -> None:
     """Pick the week's articles (again, while the issue is a draft or scheduled)."""
-    result = plan_issue(_settings(), _week(week), _now())
+    result = plan_issue(current_settings(), _week(week), _now())
     issue = _issue(result.week)
     if not result.changed:
         click.echo(f"{result.week}: already {result.status}, left as it is")
@@ -125,7 +118,7 @@ def digest_plan(week: str | None) -> None:
 
 
 def _when(issue: Issue) -> str:
-    local = issue.send_at.astimezone(_settings().timezone)
+    local = issue.send_at.astimezone(current_settings().timezone)
     if issue.send_at <= _now():
         return f"due since {local:%a %d %b %Y %H:%M %Z}: send it with `hebdo digest send --now`"
     return f"goes out {local:%a %d %b %Y %H:%M %Z}"
@@ -153,7 +146,7 @@ def digest_preview(
     """The exact mail a subscriber gets (text part on stdout without --out)."""
     issue = _issue(_week(week))
     recipient = _sample_recipient(email, locale)
-    mail = issues.preview(_settings(), issue, recipient, _now())
+    mail = issues.preview(current_settings(), issue, recipient, _now())
     if out is None:
         click.echo(_part(mail, "plain"))
     elif out.suffix == ".html":
@@ -178,7 +171,7 @@ def digest_test(week: str | None, to: str, locale: str | None) -> None:
     issue = _issue(_week(week))
     _sample_recipient(to, locale)  # a bad address is a usage error (exit 2), as --email's
     try:
-        recipient, reply = issues.send_test(_settings(), issue, to, locale, _now())
+        recipient, reply = issues.send_test(current_settings(), issue, to, locale, _now())
     except (DeliveryError, issues.SuppressedAddress) as exc:
         _fail(f"test mail refused: {exc}")
         return
@@ -198,7 +191,7 @@ def digest_send(week: str | None, now_flag: bool, wait: bool) -> None:
     """
     week = _week(week)
     try:
-        result = issues.send(_settings(), week, _now(), enqueue_batch, at_once=now_flag)
+        result = issues.send(current_settings(), week, _now(), enqueue_batch, at_once=now_flag)
     except issues.Refused as exc:
         _fail(str(exc))
         return
@@ -271,7 +264,7 @@ def _transition(name: str, week: str | None, change: str) -> None:
     week = _week(week)
     _issue(week)
     try:
-        issues.transition(_settings(), week, name, _now(), enqueue_batch)
+        issues.transition(current_settings(), week, name, _now(), enqueue_batch)
     except issues.Refused as exc:
         _fail(str(exc))
     click.echo(f"{week}: {change}")

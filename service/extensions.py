@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from celery import Celery, Task
-from flask import Flask
+from flask import Flask, current_app
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
@@ -82,6 +82,12 @@ csrf = CSRFProtect()
 # No default limit: each limited view names its own (admin login here, the form in its own).
 # ProxyFix (HEBDO_TRUSTED_PROXIES) has already put the client's address in remote_addr.
 limiter = Limiter(key_func=get_remote_address, key_prefix="hebdo")
+
+
+def current_settings() -> Settings:
+    """The settings of the app in context: for views, CLI commands and tasks alike."""
+    value: Settings = current_app.config["SETTINGS"]
+    return value
 
 
 # Three queues: confirm (confirmation mails), mail (digest batches) and default (the weekly

@@ -6,10 +6,10 @@ import logging
 from datetime import UTC, datetime
 
 from celery import shared_task
-from flask import current_app
 
 from service import delivery, feeds, issues
 from service.config import Settings
+from service.extensions import current_settings
 from service.housekeeping import housekeeping
 from service.jobs import enqueue_batch
 from service.mailer import TransientFailure, open_transport
@@ -18,11 +18,6 @@ from service.ratelimit import SendRate, send_rate
 from service.subscriptions import send_confirmation, send_due_confirmations
 
 log = logging.getLogger(__name__)
-
-
-def _settings() -> Settings:
-    value: Settings = current_app.config["SETTINGS"]
-    return value
 
 
 def _now() -> datetime:
@@ -43,7 +38,7 @@ def _send_rate(settings: Settings) -> SendRate:
 @shared_task(name="hebdo.send_confirmation")
 def send_confirmation_task(subscriber_id: int) -> None:
     """Send one confirmation mail. A transient failure is left to the sweep (with backoff)."""
-    settings = _settings()
+    settings = current_settings()
     with open_transport(settings) as transport:
         try:
             send_confirmation(
@@ -62,7 +57,7 @@ SWEEP_BATCH = 500
 @shared_task(name="hebdo.sweep_confirmations")
 def sweep_confirmations_task() -> None:
     """Send every owed confirmation mail nobody is sending."""
-    settings = _settings()
+    settings = current_settings()
     total = 0
     with open_transport(settings) as transport:
         for _round in range(SWEEP_ROUNDS):
@@ -83,7 +78,7 @@ def send_batch_task(issue_id: int) -> None:
     Safe to run twice or in parallel: it only sends rows it claimed. A soft
     time limit (240 s) interrupts it with its outcomes written (see send_batch).
     """
-    settings = _settings()
+    settings = current_settings()
     with open_transport(settings) as transport:
         report = delivery.send_batch(
             settings, issue_id, transport=transport, clock=_now, rate=_send_rate(settings)
@@ -107,20 +102,20 @@ def send_batch_task(issue_id: int) -> None:
 @shared_task(name="hebdo.digest_tick")
 def digest_tick_task() -> None:
     """Plan and start this week's issue when it is due, and keep sending issues moving."""
-    issues.tick(_settings(), _now(), enqueue_batch)
+    issues.tick(current_settings(), _now(), enqueue_batch)
 
 
 @shared_task(name="hebdo.fetch_feeds")
 def fetch_feeds_task() -> None:
     """Read every configured feed (each in its own transaction)."""
-    for report in feeds.ingest_all(_settings(), _now()):
+    for report in feeds.ingest_all(current_settings(), _now()):
         FEED_FETCHES.labels(result=report.result).inc()
 
 
 @shared_task(name="hebdo.housekeeping")
 def housekeeping_task() -> None:
     """Delete timed-out admin sessions and uploads never imported."""
-    purged = housekeeping(_settings(), _now())
+    purged = housekeeping(current_settings(), _now())
     if purged.sessions or purged.import_files:
         log.info(
             "housekeeping: %d admin session(s), %d import file(s) deleted",

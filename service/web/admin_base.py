@@ -30,12 +30,12 @@ from flask import (
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import Forbidden
 
-from .. import accounts, apitokens, i18n
+from .. import accounts, i18n
 from ..accounts import SignedIn
 from ..config import origin_of
 from ..extensions import csrf, limiter
 from ..models import AdminRole
-from .common import client_ip, now, settings
+from .common import bearer_token, client_ip, now, settings
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 api_bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
@@ -282,13 +282,9 @@ def _signed_in() -> Response | None:
 @api_bp.before_request
 def _token() -> Response | tuple[Response, int] | None:
     _larger_bodies()
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    token = apitokens.authenticate(value.strip(), now()) if scheme.lower() == "bearer" else None
-    if token is None:
-        response = jsonify({"error": "unauthorized", "message": "a valid bearer token is required"})
-        response.headers["WWW-Authenticate"] = 'Bearer realm="hebdo-admin"'
-        return response, 401
+    token = bearer_token("hebdo-admin")
+    if isinstance(token, tuple):
+        return token
     if token.role not in tuple(AdminRole):
         return _forbidden_json()
     g.admin = SignedIn(0, f"token:{token.name}", token.role, None, i18n.DEFAULT_LOCALE)

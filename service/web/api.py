@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from .. import apitokens, complaints, i18n
 from ..articles import ArticleInput, InvalidArticle, store_article
 from ..extensions import db
-from .common import now, settings
+from .common import bearer_token, now, settings
 from .payloads import PayloadError, optional_string, read_payload
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -33,15 +33,9 @@ ARTICLE_FIELDS = {
 
 def _bearer(roles: tuple[str, ...]) -> apitokens.ApiToken | tuple[Response, int]:
     """The request's live token if its role is one of `roles`; else the 401 or 403 to answer."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    token = None
-    if scheme.lower() == "bearer" and value.strip():
-        token = apitokens.authenticate(value.strip(), now())
-    if token is None:
-        response = jsonify({"error": "unauthorized", "message": "a valid bearer token is required"})
-        response.headers["WWW-Authenticate"] = 'Bearer realm="hebdo"'
-        return response, 401
+    token = bearer_token("hebdo")
+    if isinstance(token, tuple):
+        return token
     if token.role not in roles:
         return jsonify({"error": "forbidden", "message": "this token's role may not do this"}), 403
     return token

@@ -8,16 +8,29 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-from flask import Response, current_app, g, request, stream_with_context
+from flask import Response, g, jsonify, request, stream_with_context
 from werkzeug.http import quote_header_value
 
-from .. import i18n
-from ..config import Settings
+from .. import apitokens, i18n
+from ..extensions import current_settings
+from ..models import ApiToken
+
+# The views' name for it.
+settings = current_settings
 
 
-def settings() -> Settings:
-    value: Settings = current_app.config["SETTINGS"]
-    return value
+def bearer_token(realm: str) -> ApiToken | tuple[Response, int]:
+    """The live API token named by the request's `Authorization: Bearer`, or the 401 to
+    answer (a JSON body, and `WWW-Authenticate` naming `realm`). The caller checks the role."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    token = None
+    if scheme.lower() == "bearer" and value.strip():
+        token = apitokens.authenticate(value.strip(), now())
+    if token is None:
+        response = jsonify({"error": "unauthorized", "message": "a valid bearer token is required"})
+        response.headers["WWW-Authenticate"] = f'Bearer realm="{realm}"'
+        return response, 401
+    return token
 
 
 def client_ip() -> str | None:

@@ -29,9 +29,8 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
 
     logs.configure(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    for key in ("data_folder_in", "control_folder"):
-        if key in settings.broker_transport_options:
-            Path(settings.broker_transport_options[key]).mkdir(parents=True, exist_ok=True)
+    for folder in settings.broker_folders:
+        folder.mkdir(parents=True, exist_ok=True)
 
     app = Flask("hebdo", template_folder=str(TEMPLATES), static_folder=None)
     app.config.update(

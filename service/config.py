@@ -540,6 +540,12 @@ class Settings:
         return self.data_dir / "mail"
 
     @property
+    def broker_folders(self) -> list[Path]:
+        """The folders of kombu's file-system broker (none for another broker)."""
+        options = self.broker_transport_options
+        return [Path(options[k]) for k in ("data_folder_in", "control_folder") if k in options]
+
+    @property
     def signing_keys(self) -> list[str]:
         """Oldest first, current last: the order itsdangerous expects for rotation."""
         return [*reversed(self.secret_key_fallbacks), self.secret_key]

@@ -513,8 +513,7 @@ def _check_redis(url: str, timeout: float) -> list[CheckResult]:
 
 
 def _check_broker_folders(settings: Settings) -> list[CheckResult]:
-    options = settings.broker_transport_options
-    folders = [Path(options[k]) for k in ("data_folder_in", "control_folder") if k in options]
+    folders = settings.broker_folders
     for folder in folders:
         problem = _unwritable(folder)
         if problem:

@@ -76,11 +76,7 @@ def broker(settings: Settings) -> Check:
         finally:
             client.close()
         return Check(True, "redis answers")
-    folders = [
-        Path(settings.broker_transport_options[key])
-        for key in ("data_folder_in", "control_folder")
-        if key in settings.broker_transport_options
-    ]
+    folders = settings.broker_folders
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
         return Check(False, f"broker folder missing: {', '.join(missing)}")

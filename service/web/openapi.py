@@ -109,6 +109,20 @@ IMPORT_OUTCOMES = list(OUTCOMES)
 # and one issue give them.
 DELIVERY_FIGURES = ("sent", "failed", "bounced", "skipped", "pending", "complaints")
 
+# An issue in the list; one issue (GET /api/v1/admin/issues/{week}) adds its progress.
+ISSUE_SUMMARY_REQUIRED = ["week", "subject", "status", "send_at", "recipients", *DELIVERY_FIGURES]
+ISSUE_SUMMARY_PROPERTIES: dict[str, Any] = {
+    "week": {"type": "string"},
+    "subject": {"type": "string"},
+    "status": {"type": "string", "enum": ISSUE_STATUSES},
+    "note": {"type": ["string", "null"]},
+    "send_at": TIME,
+    "started_at": NULLABLE_TIME,
+    "finished_at": NULLABLE_TIME,
+    "recipients": {"type": "integer"},
+    **{name: {"type": "integer"} for name in DELIVERY_FIGURES},
+}
+
 SCHEMAS: dict[str, Any] = {
     "StoredArticle": {
         "type": "object",
@@ -230,28 +244,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "IssueSummary": {
         "type": "object",
-        "required": ["week", "subject", "status", "send_at", "recipients", *DELIVERY_FIGURES],
-        "properties": {
-            "week": {"type": "string"},
-            "subject": {"type": "string"},
-            "status": {"type": "string", "enum": ISSUE_STATUSES},
-            "note": {"type": ["string", "null"]},
-            "send_at": TIME,
-            "started_at": NULLABLE_TIME,
-            "finished_at": NULLABLE_TIME,
-            "recipients": {"type": "integer"},
-            **{name: {"type": "integer"} for name in DELIVERY_FIGURES},
-        },
+        "required": ISSUE_SUMMARY_REQUIRED,
+        "properties": ISSUE_SUMMARY_PROPERTIES,
     },
     "Issue": {
         "type": "object",
         "required": [
-            "week",
-            "subject",
-            "status",
-            "send_at",
-            "recipients",
-            *DELIVERY_FIGURES,
+            *ISSUE_SUMMARY_REQUIRED,
             "done",
             "percent",
             "rate",
@@ -259,15 +258,7 @@ SCHEMAS: dict[str, Any] = {
             "articles",
         ],
         "properties": {
-            "week": {"type": "string"},
-            "subject": {"type": "string"},
-            "status": {"type": "string", "enum": ISSUE_STATUSES},
-            "note": {"type": ["string", "null"]},
-            "send_at": TIME,
-            "started_at": NULLABLE_TIME,
-            "finished_at": NULLABLE_TIME,
-            "recipients": {"type": "integer"},
-            **{name: {"type": "integer"} for name in DELIVERY_FIGURES},
+            **ISSUE_SUMMARY_PROPERTIES,
             "done": {"type": "integer"},
             "percent": {"type": "number", "minimum": 0, "maximum": 100},
             "rate": {"type": "number", "description": "Messages a second, the last minute"},

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from flask_migrate import upgrade  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from bench.database import MIXED_STATUSES, reset_database, subscriber_fill  # noqa: E402
+from bench.database import MIXED_STATUSES, app_settings, reset_database, subscriber_fill  # noqa: E402
 from service import apitokens, create_app  # noqa: E402
 from service.extensions import db  # noqa: E402
 
@@ -56,15 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     reset_database(PG_URL)
     data_dir = Path(tempfile.mkdtemp(prefix="hebdo-bench-list-"))
-    app = create_app(
-        {
-            "HEBDO_ENV": "test",
-            "HEBDO_DATA_DIR": str(data_dir),
-            "HEBDO_DATABASE_URL": PG_URL,
-            "HEBDO_SECRET_KEY": "bench-secret-key-0123456789abcdef",
-            "HEBDO_LOG_LEVEL": "WARNING",
-        }
-    )
+    app = create_app(app_settings(data_dir, PG_URL))
     with app.app_context():
         upgrade()
         started = time.perf_counter()

@@ -1,15 +1,31 @@
 """The throw-away PostgreSQL database of a benchmark: created when missing, emptied first,
-dropped when asked, filled with synthetic subscribers. Loopback only."""
+dropped when asked, filled with synthetic subscribers; the settings of the app using it.
+Loopback only."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sqlalchemy import TextClause, create_engine, text
 from sqlalchemy.engine import make_url
 
 # A database to connect to while creating or dropping the benchmark's own.
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def app_settings(data_dir: Path, database_url: str, **extra: str) -> dict[str, str]:
+    """The HEBDO_* settings of a benchmark's app (its data folder and database), and `extra`."""
+    return {
+        "HEBDO_ENV": "test",
+        "HEBDO_DATA_DIR": str(data_dir),
+        "HEBDO_DATABASE_URL": database_url,
+        "HEBDO_SECRET_KEY": "bench-secret-key-0123456789-0123456789",
+        "HEBDO_BASE_URL": "https://hebdo.example.fr",
+        "HEBDO_MAIL_FROM": "L'Hebdo <newsletter@news.example.fr>",
+        "HEBDO_LOG_LEVEL": "WARNING",
+        **extra,
+    }
 
 
 def _name(url: str) -> str:

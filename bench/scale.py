@@ -45,7 +45,13 @@ import redis  # noqa: E402
 from flask_migrate import upgrade  # noqa: E402
 from sqlalchemy import event, text  # noqa: E402
 
-from bench.database import ALL_ACTIVE, drop_database, reset_database, subscriber_fill  # noqa: E402
+from bench.database import (  # noqa: E402
+    ALL_ACTIVE,
+    app_settings,
+    drop_database,
+    reset_database,
+    subscriber_fill,
+)
 from service import create_app, delivery, feeds  # noqa: E402
 from service.digest import get_issue, plan_issue  # noqa: E402
 from service.extensions import MAIL_QUEUE, db  # noqa: E402
@@ -234,18 +240,13 @@ def main() -> None:
     reset_database(PG_URL)
     data_dir = Path(tempfile.mkdtemp(prefix="hebdo-scale-"))
     app = create_app(
-        {
-            "HEBDO_ENV": "test",
-            "HEBDO_DATA_DIR": str(data_dir),
-            "HEBDO_DATABASE_URL": PG_URL,
-            "HEBDO_BROKER_URL": REDIS_URL,
-            "HEBDO_SECRET_KEY": "bench-secret-key-0123456789-0123456789",
-            "HEBDO_BASE_URL": "https://hebdo.example.fr",
-            "HEBDO_MAIL_FROM": "L'Hebdo <newsletter@news.example.fr>",
-            "HEBDO_SEND_BATCH": str(args.batch),
-            "HEBDO_FEEDS": "sample",
-            "HEBDO_LOG_LEVEL": "WARNING",
-        }
+        app_settings(
+            data_dir,
+            PG_URL,
+            HEBDO_BROKER_URL=REDIS_URL,
+            HEBDO_SEND_BATCH=str(args.batch),
+            HEBDO_FEEDS="sample",
+        )
     )
     timers = Timers()
     timers.wrap("claim_rows", "claim")

@@ -35,6 +35,7 @@ import redis  # noqa: E402
 from flask_migrate import upgrade  # noqa: E402
 from sqlalchemy import event, func, insert, select, text  # noqa: E402
 
+from bench.database import app_settings  # noqa: E402
 from bench.database import reset_database as reset_pg  # noqa: E402
 from service import create_app, delivery, feeds  # noqa: E402
 from service.config import load_settings  # noqa: E402
@@ -99,20 +100,15 @@ def ceiling(port: int, size: int, count: int = 20000) -> float:
 
 
 def environment(port: int, data_dir: Path, batch: int) -> dict[str, str]:
-    return {
-        "HEBDO_ENV": "test",
-        "HEBDO_DATA_DIR": str(data_dir),
-        "HEBDO_DATABASE_URL": PG_URL,
-        "HEBDO_BROKER_URL": REDIS_URL,
-        "HEBDO_SECRET_KEY": "bench-secret-key-0123456789-0123456789",
-        "HEBDO_BASE_URL": "https://hebdo.example.fr",
-        "HEBDO_MAIL_FROM": "L'Hebdo <newsletter@news.example.fr>",
-        "HEBDO_SMTP_HOST": "127.0.0.1",
-        "HEBDO_SMTP_PORT": str(port),
-        "HEBDO_SEND_BATCH": str(batch),
-        "HEBDO_FEEDS": "sample",
-        "HEBDO_LOG_LEVEL": "WARNING",
-    }
+    return app_settings(
+        data_dir,
+        PG_URL,
+        HEBDO_BROKER_URL=REDIS_URL,
+        HEBDO_SMTP_HOST="127.0.0.1",
+        HEBDO_SMTP_PORT=str(port),
+        HEBDO_SEND_BATCH=str(batch),
+        HEBDO_FEEDS="sample",
+    )
 
 
 def reset_database() -> None:

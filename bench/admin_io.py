@@ -36,7 +36,7 @@ from bench.database import drop_database, reset_database  # noqa: E402
 from service import create_app  # noqa: E402
 from service.extensions import db  # noqa: E402
 from service.models import AuditEvent, Subscriber  # noqa: E402
-from service.subscriber_io import apply_import, plan_import  # noqa: E402
+from service.subscribers.csv_io import apply_import, plan_import  # noqa: E402
 
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/hebdo_bench")
 
@@ -114,7 +114,7 @@ def main() -> None:
                 f"{audits.scalar_one():,} audit events"
             )
             del plan
-            from service import apitokens
+            from service.admin import apitokens
 
             token = apitokens.create_token("bench", "admin", now)
             db.session.commit()

@@ -30,7 +30,8 @@ from flask_migrate import upgrade  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from bench.database import MIXED_STATUSES, app_settings, reset_database, subscriber_fill  # noqa: E402
-from service import apitokens, create_app  # noqa: E402
+from service import create_app  # noqa: E402
+from service.admin import apitokens  # noqa: E402
 from service.extensions import db  # noqa: E402
 
 PG_URL = os.environ.get(

@@ -52,10 +52,11 @@ from bench.database import (  # noqa: E402
     reset_database,
     subscriber_fill,
 )
-from service import create_app, delivery, feeds  # noqa: E402
-from service.digest import get_issue, plan_issue  # noqa: E402
+from service import create_app  # noqa: E402
+from service.digest import delivery, feeds  # noqa: E402
+from service.digest.planning import get_issue, plan_issue  # noqa: E402
 from service.extensions import MAIL_QUEUE, db  # noqa: E402
-from service.mailer import Outgoing  # noqa: E402
+from service.mail.message import Outgoing  # noqa: E402
 
 PG_URL = os.environ.get(
     "BENCH_SCALE_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/hebdo_scale"

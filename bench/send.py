@@ -37,13 +37,14 @@ from sqlalchemy import event, func, insert, select, text  # noqa: E402
 
 from bench.database import app_settings  # noqa: E402
 from bench.database import reset_database as reset_pg  # noqa: E402
-from service import create_app, delivery, feeds  # noqa: E402
+from service import create_app  # noqa: E402
 from service.config import load_settings  # noqa: E402
-from service.digest import get_issue, plan_issue  # noqa: E402
+from service.digest import delivery, feeds  # noqa: E402
+from service.digest.planning import get_issue, plan_issue  # noqa: E402
 from service.extensions import db  # noqa: E402
-from service.mailer import SMTPTransport  # noqa: E402
+from service.mail.smtp import SMTPTransport  # noqa: E402
 from service.models import Delivery, Subscriber  # noqa: E402
-from service.runner import commands  # noqa: E402
+from service.ops.runner import commands  # noqa: E402
 
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/hebdo_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")

@@ -1,6 +1,6 @@
 """Benchmark: the sign-up endpoint under load, against the framework's and the storage's ceilings.
 
-gunicorn runs exactly as `hebdo run` starts it (service/runner.py `commands()`, 2 sync
+gunicorn runs exactly as `hebdo run` starts it (service/ops/runner.py `commands()`, 2 sync
 workers) and wrk drives, one after the other and each after a short warm-up:
 
 1. `POST /minimal` of bench/minimal_app.py: Flask reads the body and answers (framework ceiling);
@@ -61,11 +61,13 @@ from sqlalchemy import event, func, select  # noqa: E402
 
 from bench import minimal_app  # noqa: E402
 from bench.database import reset_database  # noqa: E402
-from service import create_app, jobs, signup_defences, subscriptions  # noqa: E402
+from service import create_app, jobs  # noqa: E402
 from service.config import SETTINGS, load_settings  # noqa: E402
 from service.extensions import db  # noqa: E402
 from service.models import Subscriber  # noqa: E402
-from service.runner import commands  # noqa: E402
+from service.ops.runner import commands  # noqa: E402
+from service.signup import defences as signup_defences  # noqa: E402
+from service.subscribers import lifecycle  # noqa: E402
 from service.web import signup as signup_view  # noqa: E402
 
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/hebdo_bench")
@@ -367,7 +369,7 @@ def breakdown(values: dict[str, str], count: int) -> dict[str, float]:
     patched = [
         (signup_defences, "normalise_email", "validation"),
         (signup_view, "normalise_email", "validation"),
-        (subscriptions, "normalise_email", "validation"),
+        (lifecycle, "normalise_email", "validation"),
         (jobs, "enqueue", "enqueue"),
     ]
     saved = [(module, attr, getattr(module, attr)) for module, attr, _ in patched]

@@ -11,9 +11,11 @@ from flask import Flask, Response, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import i18n, logs, signup_limits
-from .config import load_settings
-from .extensions import celery_init_app, csrf, db, limiter, migrate
+from service import i18n
+from service.config import load_settings
+from service.extensions import celery_init_app, csrf, db, limiter, migrate
+from service.signup import limits as signup_limits
+from service.telemetry import logs
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
@@ -73,7 +75,8 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     # The sign-up form's three limits, in the same storage, one call per post.
     signup_limits.install(app.extensions, settings.ratelimit_storage)
 
-    from .web import api, register
+    from service.web import register
+    from service.web.api import ingest as api
 
     register(app, settings)
 
@@ -111,7 +114,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
             response.headers.setdefault("X-Frame-Options", "DENY")
         return response
 
-    from .cli import init_app as cli_init_app
+    from service.cli.main import init_app as cli_init_app
 
     cli_init_app(app)
     return app

@@ -21,7 +21,7 @@ from sqlalchemy.engine import CursorResult, Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, registry
 from sqlalchemy.types import TypeDecorator
 
-from .config import Settings
+from service.config import Settings
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -48,7 +48,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """WAL lets the web process read while a worker writes; busy_timeout waits for the lock;
     secure_delete overwrites deleted content, so an erased address leaves no copy in free
-    pages (see subscriber_admin.forget_erased for the write-ahead log)."""
+    pages (see subscribers.bulk.forget_erased for the write-ahead log)."""
     if type(dbapi_connection).__module__.startswith("sqlite3"):
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")

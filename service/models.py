@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .extensions import db
+from service.extensions import db
 
 
 class Status(enum.StrEnum):
@@ -69,7 +69,7 @@ class Subscriber(db.Model):  # type: ignore[name-defined]
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    # Normalised (see subscriptions.normalise_email): unique, the identity of a subscriber.
+    # Normalised (see subscribers.addresses.normalise_email): unique, the identity of a subscriber.
     email: Mapped[str] = mapped_column(String(320), unique=True)
     # search_key(email), for the admin's case- and accent-insensitive search.
     search_key: Mapped[str] = mapped_column(String(320), default=_search_key_default)

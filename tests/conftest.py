@@ -33,12 +33,12 @@ from flask_migrate import upgrade
 from sqlalchemy import create_engine, insert, select, text
 
 from service import create_app
-from service.articles import ArticleInput, store_article
 from service.config import load_settings
-from service.digest import get_issue
+from service.digest.articles import ArticleInput, store_article
+from service.digest.planning import get_issue
 from service.extensions import db
 from service.models import Subscriber
-from service.runner import commands
+from service.ops.runner import commands
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL = os.environ.get("HEBDO_DATABASE_URL", "")
@@ -573,7 +573,7 @@ ADMIN_PASSWORD = "correct horse battery staple"
 def create_admin(
     app: Flask, name: str = "alice", role: str = "admin", email: str | None = "alice@exemple.fr"
 ) -> None:
-    from service import accounts
+    from service.admin import accounts
 
     with app.app_context():
         accounts.create_user(name, ADMIN_PASSWORD, role, datetime.now(UTC), email=email)
@@ -630,7 +630,7 @@ def editor(app: Flask) -> Admin:
 
 def api_token(app: Flask, role: str = "admin", name: str = "") -> dict[str, str]:
     """Headers with a fresh bearer token of `role`."""
-    from service import apitokens
+    from service.admin import apitokens
 
     with app.app_context():
         token = apitokens.create_token(name or f"{role}-token", role, datetime.now(UTC))

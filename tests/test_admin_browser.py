@@ -16,11 +16,11 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from service import editorial
-from service.digest import plan_issue
+from service.digest import editorial
+from service.digest.planning import plan_issue
 from service.extensions import db
 from service.models import Status, Subscriber
-from service.subscriptions import Consent, subscribe
+from service.subscribers.lifecycle import Consent, subscribe
 from tests.browser import (
     TIMEOUT_MS,
     Browser,

@@ -15,7 +15,7 @@ from werkzeug.http import parse_options_header
 
 from service.extensions import db
 from service.models import AuditEvent, ImportFile, Status, Subscriber, search_key
-from service.subscriptions import suppress
+from service.subscribers.suppressions import suppress
 from tests.conftest import Admin, SMTPSink, add_subscribers, api_token, create_admin
 from tests.test_lifecycle import sweep
 
@@ -472,7 +472,7 @@ def test_consent_date_out_of_utc_range_is_invalid(app: Flask, client: Any) -> No
 def test_apply_when_others_subscribed_a_whole_batch_meanwhile(
     app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service import subscriber_io
+    from service.subscribers import csv_io as subscriber_io
 
     emails = [f"course{n}@exemple.fr" for n in range(4)]
     real_plan = subscriber_io.plan_import
@@ -521,7 +521,7 @@ def test_apply_when_others_subscribed_a_whole_batch_meanwhile(
 def test_a_failed_apply_keeps_the_file_for_another_try(
     app: Flask, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.web import admin_imports
+    from service.web.admin import imports as admin_imports
 
     file_id = upload_file(app, admin, b"email\nessai@exemple.fr\n", "essai.csv")
 

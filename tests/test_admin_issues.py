@@ -11,18 +11,11 @@ import pytest
 from flask import Flask
 from sqlalchemy import select, update
 
-from service import editorial
-from service.digest import get_issue, issue_articles, plan_issue
+from service.digest import editorial
+from service.digest.planning import get_issue, issue_articles, plan_issue
 from service.extensions import db
-from service.models import (
-    Article,
-    AuditEvent,
-    Delivery,
-    Issue,
-    IssueArticle,
-    IssueStatus,
-)
-from service.subscriptions import suppress
+from service.models import Article, AuditEvent, Delivery, Issue, IssueArticle, IssueStatus
+from service.subscribers.suppressions import suppress
 from tests.conftest import (
     Admin,
     SMTPSink,

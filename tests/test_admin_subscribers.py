@@ -17,15 +17,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, text, update
 
 from service.extensions import db
-from service.models import (
-    AdminSession,
-    AuditEvent,
-    ImportFile,
-    Status,
-    Subscriber,
-    Suppression,
-)
-from service.subscriptions import Consent, subscribe
+from service.models import AdminSession, AuditEvent, ImportFile, Status, Subscriber, Suppression
+from service.subscribers.lifecycle import Consent, subscribe
 from tests.conftest import (
     ADMIN_PASSWORD,
     BASE_URL,
@@ -487,7 +480,7 @@ def test_erase_leaves_no_plaintext_address_and_keeps_the_address_suppressed(
     with app.app_context():
         (suppression,) = db.session.execute(select(Suppression)).scalars()
         assert suppression.reason in ("bounce", "erased")
-        from service.subscriptions import is_suppressed
+        from service.subscribers.suppressions import is_suppressed
 
         assert is_suppressed(app.config["SETTINGS"], "léa.secret@exemple.fr")
     assert admin.get(f"/admin/subscribers/{subscriber_id}").status_code == 404

@@ -24,23 +24,20 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from service import delivery
+from service.digest import delivery
 from service.extensions import db
 from service.jobs import CONFIRMATION_WINDOW
 from service.models import AuditEvent, Status, Subscriber
-from service.subscriber_admin import Actor, erase
-from service.subscriptions import (
-    Consent,
-    confirm,
+from service.subscribers.bulk import Actor, erase
+from service.subscribers.lifecycle import Consent, confirm, subscribe, unsubscribe
+from service.subscribers.suppressions import is_suppressed, mark_bounced
+from service.subscribers.tokens import (
+    Purpose,
     confirm_token,
-    is_suppressed,
-    mark_bounced,
+    make_token,
     resubscribe_token,
-    subscribe,
-    unsubscribe,
     unsubscribe_token,
 )
-from service.tokens import Purpose, make_token
 from tests.conftest import (
     BROKER_URL,
     Admin,
@@ -311,7 +308,7 @@ def test_forged_expired_and_mangled_links_are_refused_and_change_nothing(
             "resubscribe": resubscribe_token(settings, gone),
         }
         assert gone.unsubscribed_at is not None
-        # What each link's token carries (see subscriptions.confirm_token and the others).
+        # What each link's token carries (see subscribers.tokens.confirm_token and the others).
         payloads: dict[str, list[Any]] = {
             "confirm": [pending.id, int(pending.created_at.timestamp()), pending.optin_serial],
             "unsubscribe": [active.id, int(active.created_at.timestamp())],

@@ -20,13 +20,13 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from service import delivery
-from service.complaints import NotAReport, parse_report
-from service.digest import get_issue, plan_issue
+from service.digest import delivery
+from service.digest.planning import get_issue, plan_issue
 from service.extensions import db
-from service.mailer import open_transport
+from service.inbound.complaints import NotAReport, parse_report
+from service.mail.transport import open_transport
 from service.models import AuditEvent, Issue, Status, Subscriber
-from service.subscriptions import is_suppressed
+from service.subscribers.suppressions import is_suppressed
 from tests.conftest import Received, SMTPSink, add_article, add_subscribers, api_token, metric_value
 from tests.test_lifecycle import link, list_unsubscribe_path, subscriber, sweep
 from tests.test_sending import NOW, WEEK, Sender

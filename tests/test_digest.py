@@ -13,22 +13,22 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from service import delivery, i18n, issues
-from service.articles import ArticleInput, store_article
-from service.digest import (
-    Recipient,
+from service import i18n
+from service.digest import delivery
+from service.digest import lifecycle as issue_lifecycle
+from service.digest.articles import ArticleInput, store_article
+from service.digest.planning import (
     get_issue,
     issue_articles,
-    mail_for,
-    mail_template,
     parse_week,
     plan_issue,
     send_time,
     upcoming_week,
     week_of,
 )
+from service.digest.rendering import Recipient, mail_for, mail_template
 from service.extensions import db
-from service.mailer import open_transport
+from service.mail.transport import open_transport
 from service.models import Delivery, Issue, IssueStatus
 from tests.conftest import BASE_URL, MAIL_HEADERS, SMTPSink, add_article, add_subscribers
 
@@ -88,9 +88,9 @@ def test_the_beat_sends_at_eight_on_the_dst_monday_and_not_an_hour_early(
         s = app.config["SETTINGS"]
         # 07:59 in Paris (05:59 UTC): winter-time arithmetic would already have sent at 07:00 UTC
         # the week before; this week nothing happens yet.
-        issues.tick(s, datetime(2026, 3, 30, 5, 59, tzinfo=UTC), queued.append)
+        issue_lifecycle.tick(s, datetime(2026, 3, 30, 5, 59, tzinfo=UTC), queued.append)
         assert get_issue(SUMMER_MONDAY) is None and queued == []
-        issues.tick(s, datetime(2026, 3, 30, 6, 0, 30, tzinfo=UTC), queued.append)
+        issue_lifecycle.tick(s, datetime(2026, 3, 30, 6, 0, 30, tzinfo=UTC), queued.append)
         issue = get_issue(SUMMER_MONDAY)
         assert issue is not None and issue.status == IssueStatus.SENDING
         assert issue.recipients == 3 and len(queued) == 1
@@ -104,7 +104,7 @@ def test_a_week_is_planned_once_whatever_the_ticks_workers_and_commands(app: Fla
     with app.app_context():
         s = app.config["SETTINGS"]
         for second in range(5):
-            issues.tick(s, NOW + timedelta(seconds=second), queued.append)
+            issue_lifecycle.tick(s, NOW + timedelta(seconds=second), queued.append)
         assert plan_issue(s, "2026-W48", NOW).changed is False
         issue_count = db.session.execute(select(func.count()).select_from(Issue)).scalar_one()
         deliveries = db.session.execute(select(func.count()).select_from(Delivery)).scalar_one()
@@ -148,11 +148,11 @@ def test_a_week_without_articles_sends_nothing_and_says_so_once(
 ) -> None:
     add_subscribers(app, 2)
     queued: list[int] = []
-    caplog.set_level(logging.INFO, logger="service.digest")
+    caplog.set_level(logging.INFO, logger="service.digest.planning")
     with app.app_context():
         s = app.config["SETTINGS"]
         for minute in range(3):
-            issues.tick(s, NOW + timedelta(minutes=minute), queued.append)
+            issue_lifecycle.tick(s, NOW + timedelta(minutes=minute), queued.append)
         issue = get_issue("2026-W48")
         assert issue is not None and issue.status == IssueStatus.CANCELLED
         assert issue.note == "no new articles"
@@ -172,14 +172,14 @@ def test_review_mode_plans_a_draft_the_day_before_and_sends_only_once_approved(
     with app.app_context():
         s = app.config["SETTINGS"]
         sunday = NOW - timedelta(hours=23)  # Sunday 09:00 in Paris, still ISO week 47
-        issues.tick(s, sunday, queued.append)
+        issue_lifecycle.tick(s, sunday, queued.append)
         issue = get_issue("2026-W48")
         assert issue is not None and issue.status == IssueStatus.DRAFT
-        issues.tick(s, NOW + timedelta(minutes=1), queued.append)
+        issue_lifecycle.tick(s, NOW + timedelta(minutes=1), queued.append)
         assert get_issue("2026-W48").status == IssueStatus.DRAFT  # type: ignore[union-attr]
         assert queued == []
-        assert issues.approve(issue.id, NOW + timedelta(minutes=2))
-        issues.tick(s, NOW + timedelta(minutes=3), queued.append)
+        assert issue_lifecycle.approve(issue.id, NOW + timedelta(minutes=2))
+        issue_lifecycle.tick(s, NOW + timedelta(minutes=3), queued.append)
         assert get_issue("2026-W48").status == IssueStatus.SENDING  # type: ignore[union-attr]
     assert len(queued) == 1
 
@@ -188,9 +188,9 @@ def test_a_send_missed_by_more_than_a_day_is_not_caught_up_by_the_beat(app: Flas
     add_subscribers(app, 1)
     add_article(app, 1, NOW - timedelta(days=1))
     with app.app_context():
-        issues.tick(app.config["SETTINGS"], NOW + timedelta(days=3), no_enqueue)
+        issue_lifecycle.tick(app.config["SETTINGS"], NOW + timedelta(days=3), no_enqueue)
         assert get_issue("2026-W48") is None
-        issues.tick(app.config["SETTINGS"], NOW + timedelta(hours=5), no_enqueue)
+        issue_lifecycle.tick(app.config["SETTINGS"], NOW + timedelta(hours=5), no_enqueue)
         assert get_issue("2026-W48").status == IssueStatus.SENDING  # type: ignore[union-attr]
 
 
@@ -306,7 +306,7 @@ def test_a_sunday_evening_send_missed_until_monday_is_still_caught_up(
         s = app.config["SETTINGS"]
         # Beat was down from Sunday 29 November 19:00 until Monday 02:00 (Paris): ISO week 49
         # has begun, but week 48's send is only 6 hours late.
-        issues.tick(s, datetime(2026, 11, 30, 1, 0, tzinfo=UTC), no_enqueue)
+        issue_lifecycle.tick(s, datetime(2026, 11, 30, 1, 0, tzinfo=UTC), no_enqueue)
         issue = get_issue("2026-W48")
         assert issue is not None and issue.status == IssueStatus.SENDING
         assert get_issue("2026-W49") is None
@@ -341,7 +341,7 @@ def test_a_cancelled_issue_that_went_out_keeps_its_articles_and_its_web_page(app
     add_article(app, 1, NOW - timedelta(days=1))
     issue_id = start_week(app)
     with app.app_context():
-        assert issues.cancel(issue_id, NOW)
+        assert issue_lifecycle.cancel(issue_id, NOW)
     assert app.test_client().get("/archive/2026-W48").status_code == 200
     add_article(app, 2, NOW + timedelta(days=3))
     with app.app_context():
@@ -360,9 +360,9 @@ def test_a_draft_never_approved_gives_its_articles_to_the_next_issue(
     add_article(app, 1, NOW - timedelta(days=2))
     with app.app_context():
         s = app.config["SETTINGS"]
-        issues.tick(s, NOW - timedelta(hours=20), no_enqueue)
+        issue_lifecycle.tick(s, NOW - timedelta(hours=20), no_enqueue)
         assert get_issue("2026-W48").status == IssueStatus.DRAFT  # type: ignore[union-attr]
-        issues.tick(s, NOW + timedelta(hours=25), no_enqueue)
+        issue_lifecycle.tick(s, NOW + timedelta(hours=25), no_enqueue)
         stale = get_issue("2026-W48")
         assert stale is not None and stale.status == IssueStatus.CANCELLED
         assert "not approved in time" in (stale.note or "")
@@ -389,8 +389,14 @@ def test_the_week_commands_mean_follows_the_schedule(
     app = make_app({**env, "HEBDO_SEND_SCHEDULE": "sunday 20:00"})
     s = app.config["SETTINGS"]
     # Monday 02:00 in Paris: the Sunday-evening issue is still "this week's".
-    assert upcoming_week(s, datetime(2026, 11, 30, 1, 0, tzinfo=UTC), issues.MAX_LATE) == "2026-W48"
+    assert (
+        upcoming_week(s, datetime(2026, 11, 30, 1, 0, tzinfo=UTC), issue_lifecycle.MAX_LATE)
+        == "2026-W48"
+    )
     # Thursday: the next one.
-    assert upcoming_week(s, datetime(2026, 12, 3, 9, 0, tzinfo=UTC), issues.MAX_LATE) == "2026-W49"
+    assert (
+        upcoming_week(s, datetime(2026, 12, 3, 9, 0, tzinfo=UTC), issue_lifecycle.MAX_LATE)
+        == "2026-W49"
+    )
     assert i18n.format_date("fr", date(2027, 3, 1)) == "1er mars 2027"
     assert i18n.format_date("en", date(2027, 3, 1)) == "1 March 2027"

@@ -30,22 +30,15 @@ from alembic.script import ScriptDirectory
 from click.testing import CliRunner
 from flask import Flask
 
-from service.cli import main
+from service.cli.main import main
 from service.config import load_settings
-from service.doctor import (
-    CheckResult,
-    Status,
-    check_broker,
-    check_configuration,
-    check_database,
-    check_dns,
-    check_smtp,
-    dkim_public_key,
-    failed,
-    format_results,
-    parse_nameserver,
-    run_checks,
-)
+from service.ops.doctor.broker import check_broker
+from service.ops.doctor.configuration import check_configuration
+from service.ops.doctor.database import check_database
+from service.ops.doctor.report import CheckResult, Status, failed, format_results
+from service.ops.doctor.run import run_checks
+from service.ops.doctor.sending_domain import check_dns, dkim_public_key, parse_nameserver
+from service.ops.doctor.smtp import check_smtp
 from tests.conftest import SMTPSink, free_port
 
 # The newest migration: these tests follow the schema as it grows.

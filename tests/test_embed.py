@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service import i18n
-from service.tokens import Purpose, read_token
+from service.subscribers.tokens import Purpose, read_token
 from tests.conftest import BASE_URL
 
 ASSET_BUDGET = 8 * 1024

@@ -25,9 +25,9 @@ from flask import Flask
 from sqlalchemy import select
 
 from service.extensions import db
-from service.mailer import open_transport
+from service.mail.transport import open_transport
 from service.models import Subscriber
-from service.subscriptions import send_due_confirmations
+from service.subscribers.confirmations import send_due_confirmations
 from tests.browser import (
     TIMEOUT_MS,
     Browser,

@@ -36,7 +36,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from service.digest import get_issue
+from service.digest.planning import get_issue
 from service.extensions import db
 from service.models import Delivery, DeliveryStatus, Issue, Subscriber
 from tests.conftest import (
@@ -421,7 +421,7 @@ def crash_on_poison(tmp_path: Path) -> dict[str, str]:
             f"""
             import os
 
-            from service import delivery
+            from service.digest import delivery
 
             _build = delivery.mail_for
 

@@ -13,8 +13,8 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from service import feeds
-from service.articles import ArticleInput, plain_text, store_article
+from service.digest import feeds
+from service.digest.articles import ArticleInput, plain_text, store_article
 from service.extensions import db
 from service.models import Article, Feed
 from tests.conftest import free_port

@@ -46,8 +46,8 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
 
-from service.digest import plan_issue
-from service.web import openapi
+from service.digest.planning import plan_issue
+from service.web.api import openapi
 from tests.conftest import Admin, add_article, add_subscribers, api_token
 from tests.test_complaints import arf
 

@@ -12,8 +12,8 @@ from flask import Flask
 from sqlalchemy import select, update
 
 from service.extensions import db
-from service.housekeeping import housekeeping
 from service.models import AdminSession, ImportFile
+from service.ops.housekeeping import housekeeping
 from tests.conftest import ROOT, Admin, create_admin
 
 

@@ -12,10 +12,11 @@ from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import select
 
 from service.extensions import db
-from service.mailer import open_transport
+from service.mail.transport import open_transport
 from service.models import AuditEvent, Status, Subscriber, Suppression
-from service.subscriptions import Consent, send_due_confirmations, subscribe
-from service.tokens import Purpose
+from service.subscribers.confirmations import send_due_confirmations
+from service.subscribers.lifecycle import Consent, subscribe
+from service.subscribers.tokens import Purpose
 from tests.conftest import BASE_URL, SECRET, Received, SMTPSink
 
 
@@ -182,7 +183,7 @@ def test_unsubscribed_address_can_opt_in_again_and_erased_one_is_unsuppressed_on
     smtp_client.post(link(first, "confirm"))
     smtp_client.post(list_unsubscribe_path(first))
     with smtp_app.app_context():
-        from service.subscriptions import suppress
+        from service.subscribers.suppressions import suppress
 
         suppress(settings, "retour@exemple.fr", "erased", datetime.now(UTC))
         db.session.commit()

@@ -12,14 +12,10 @@ from aiosmtpd.controller import Controller
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.mailer import (
-    CaptureTransport,
-    Outgoing,
-    PermanentFailure,
-    SMTPTransport,
-    TransientFailure,
-    build_message,
-)
+from service.mail.capture import CaptureTransport
+from service.mail.errors import PermanentFailure, TransientFailure
+from service.mail.message import Outgoing, build_message
+from service.mail.smtp import SMTPTransport
 from tests.conftest import BASE_URL, SMTPSink, free_port
 from tests.test_lifecycle import sweep
 

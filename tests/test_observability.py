@@ -87,7 +87,7 @@ def test_readyz_is_not_ready_until_the_migrations_are_applied(
 REQUESTS = textwrap.dedent(
     """
     from service import create_app
-    from service.subscriptions import Consent, confirm_token, subscribe
+    from service.subscribers.tokens import confirm_token
     from service.extensions import db
     from service.models import Subscriber
     from datetime import UTC, datetime

@@ -7,7 +7,7 @@ import re
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.web.openapi import ISSUE_ACTIONS
+from service.web.api.openapi import ISSUE_ACTIONS
 
 
 def _routes(app: Flask) -> set[tuple[str, str]]:

@@ -26,15 +26,17 @@ from hypothesis import strategies as st
 from sqlalchemy import delete
 
 from service import i18n
-from service.articles import MAX_TITLE, ArticleInput, plain_text, store_article
 from service.config import Settings, load_settings
-from service.digest import Recipient, get_issue, mail_for, mail_template, plan_issue
+from service.digest.articles import MAX_TITLE, ArticleInput, plain_text, store_article
+from service.digest.planning import get_issue, plan_issue
+from service.digest.rendering import Recipient, mail_for, mail_template
 from service.extensions import db
-from service.mailer import build_message, wire_address
+from service.mail.message import build_message, wire_address
 from service.models import Article as ArticleRow
 from service.models import AuditEvent, Issue, IssueArticle, Subscriber
-from service.subscriptions import Consent, InvalidEmail, normalise_email, subscribe
-from service.tokens import BadToken, Purpose, make_token, read_token
+from service.subscribers.addresses import InvalidEmail, normalise_email
+from service.subscribers.lifecycle import Consent, subscribe
+from service.subscribers.tokens import BadToken, Purpose, make_token, read_token
 from tests.conftest import BASE_URL, MAIL_HEADERS, SECRET, SMTPSink
 from tests.test_lifecycle import sweep
 

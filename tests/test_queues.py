@@ -13,12 +13,13 @@ from pathlib import Path
 from flask import Flask
 from sqlalchemy import select
 
-from service import delivery, jobs
+from service import jobs
 from service.config import load_settings
-from service.digest import get_issue, plan_issue
+from service.digest import delivery
+from service.digest.planning import get_issue, plan_issue
 from service.extensions import CONFIRM_QUEUE, DEFAULT_QUEUE, MAIL_QUEUE, QUEUES, TASK_ROUTES, db
 from service.models import Issue
-from service.runner import commands
+from service.ops.runner import commands
 from tests.conftest import BROKER_URL, Process, SMTPSink, add_article, add_subscribers, wait_until
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from service.extensions import db
 from service.models import Delivery
-from service.runner import STOP_GRACE_SECONDS, WORKER_STOP_GRACE_SECONDS
+from service.ops.runner import STOP_GRACE_SECONDS, WORKER_STOP_GRACE_SECONDS
 from tests.conftest import Process, SMTPSink, add_subscribers, free_port, wait_until
 
 

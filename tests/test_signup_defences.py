@@ -15,10 +15,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from service import signup_limits
 from service.extensions import db
 from service.models import Subscriber
-from service.signup_defences import SIGNUPS, form_token
+from service.signup import limits as signup_limits
+from service.signup.defences import SIGNUPS, form_token
 from tests.conftest import BASE_URL, BROKER_URL, RedisServer, free_port
 
 URL = "/api/v1/subscriptions"
@@ -139,7 +139,7 @@ def test_a_form_posted_faster_than_a_person_types_is_dropped(configured: Any) ->
         assert answer.status_code == 202
     assert stored(app) == 3
     # A token signed for another purpose (an unsubscribe link's) is not a form token.
-    from service.tokens import Purpose, make_token
+    from service.subscribers.tokens import Purpose, make_token
 
     other = make_token(settings, Purpose.UNSUBSCRIBE, [time.time() - 60])
     assert client.post(URL, json={"email": "o@exemple.fr", "ts": other}).status_code == 202
@@ -305,7 +305,7 @@ def test_limits_fail_open_while_redis_is_down_and_are_shared_again_after(
     second = configured(**values).test_client()
     assert first.post(URL, json={"email": "d1@exemple.fr"}).status_code == 202
     redis_server.stop()
-    with caplog.at_level(logging.WARNING, logger="service.signup_limits"):
+    with caplog.at_level(logging.WARNING, logger="service.signup.limits"):
         down = [
             client.post(URL, json={"email": f"d{n}@exemple.fr"}).status_code
             for n, client in [(2, first), (3, second), (4, first), (5, second)]

@@ -11,8 +11,8 @@ from typing import Any
 from celery.signals import task_postrun, task_prerun, worker_process_shutdown, worker_ready
 from prometheus_client import multiprocess, start_http_server
 
-from service import logs, metrics
 from service.config import load_settings
+from service.telemetry import logs, metrics
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,17 @@ from datetime import UTC, datetime
 
 from celery import shared_task
 
-from service import delivery, feeds, issues
 from service.config import Settings
+from service.digest import delivery, feeds
+from service.digest import lifecycle as issue_lifecycle
+from service.digest.send_rate import SendRate, send_rate
 from service.extensions import current_settings
-from service.housekeeping import housekeeping
 from service.jobs import enqueue_batch
-from service.mailer import TransientFailure, open_transport
-from service.metrics import DELIVERIES, FEED_FETCHES
-from service.ratelimit import SendRate, send_rate
-from service.subscriptions import send_confirmation, send_due_confirmations
+from service.mail.errors import TransientFailure
+from service.mail.transport import open_transport
+from service.ops.housekeeping import housekeeping
+from service.subscribers.confirmations import send_confirmation, send_due_confirmations
+from service.telemetry.metrics import DELIVERIES, FEED_FETCHES
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def send_batch_task(issue_id: int) -> None:
 @shared_task(name="hebdo.digest_tick")
 def digest_tick_task() -> None:
     """Plan and start this week's issue when it is due, and keep sending issues moving."""
-    issues.tick(current_settings(), _now(), enqueue_batch)
+    issue_lifecycle.tick(current_settings(), _now(), enqueue_batch)
 
 
 @shared_task(name="hebdo.fetch_feeds")

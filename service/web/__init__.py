@@ -10,26 +10,24 @@ from __future__ import annotations
 
 from flask import Flask
 
-from ..config import Settings
-from ..extensions import csrf
+from service.config import Settings
+from service.extensions import csrf
 
 
 def register(app: Flask, settings: Settings) -> None:
-    """Register every blueprint; the admin modules add their routes to admin_base's two."""
-    # Each adds its routes (and texts) to admin_base's two blueprints.
-    from . import (  # noqa: F401
-        admin_base,
-        admin_dashboard,
-        admin_embed,
-        admin_imports,
-        admin_issues,
-        admin_subscribers,
-        api,
-        embed,
-        openapi,
-        public,
-        signup,
+    """Register every blueprint; the admin modules add their routes to admin.base's two."""
+    # Each adds its routes (and texts) to admin.base's two blueprints.
+    from service.web import embed, public, signup
+    from service.web.admin import base as admin_base
+    from service.web.admin import (  # noqa: F401
+        dashboard,
+        imports,
+        issues,
+        subscribers,
     )
+    from service.web.admin import embed as admin_embed  # noqa: F401
+    from service.web.api import ingest as api
+    from service.web.api import openapi
 
     app.register_blueprint(api.bp)
     app.register_blueprint(public.bp)
@@ -41,6 +39,6 @@ def register(app: Flask, settings: Settings) -> None:
     # Bearer tokens, no cookies: nothing for a cross-site form to ride on.
     csrf.exempt(admin_base.api_bp)
     if settings.capture_mail and settings.env != "production":
-        from . import devmail
+        from service.web import devmail
 
         app.register_blueprint(devmail.bp)

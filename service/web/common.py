@@ -11,9 +11,10 @@ from urllib.parse import quote
 from flask import Response, g, jsonify, request, stream_with_context
 from werkzeug.http import quote_header_value
 
-from .. import apitokens, i18n
-from ..extensions import current_settings
-from ..models import ApiToken
+from service import i18n
+from service.admin import apitokens
+from service.extensions import current_settings
+from service.models import ApiToken
 
 # The views' name for it.
 settings = current_settings

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, abort, render_template
 
-from .common import settings
+from service.web.common import settings
 
 bp = Blueprint("devmail", __name__, url_prefix="/dev/mailbox")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from flask import Blueprint, Response, abort, current_app, render_template, request
 
-from ..config import Settings, origin_of
-from ..signup_defences import CAPTCHA_CSP, form_context
-from .common import now, page_locale, settings
+from service.config import Settings, origin_of
+from service.signup.defences import CAPTCHA_CSP, form_context
+from service.web.common import now, page_locale, settings
 
 bp = Blueprint("embed", __name__)
 

@@ -12,28 +12,23 @@ import ipaddress
 
 from flask import Blueprint, Response, abort, jsonify, render_template, request
 
-from .. import MIGRATIONS, metrics, readiness
-from ..digest import (
-    DigestError,
-    archived_issues,
-    get_issue,
-    is_archived,
-    parse_week,
-    render_issue,
-)
-from ..models import Status, Subscriber
-from ..signup_defences import page_of_allowed_origin
-from ..subscriptions import (
+from service import MIGRATIONS
+from service.digest.planning import DigestError, archived_issues, get_issue, is_archived, parse_week
+from service.digest.rendering import render_issue
+from service.models import Status, Subscriber
+from service.ops import readiness
+from service.signup.defences import page_of_allowed_origin
+from service.subscribers.lifecycle import (
     Consent,
     check_confirm_token,
     confirm,
     resubscribe_by_token,
-    resubscribe_token,
     subscriber_for_unsubscribe,
     unsubscribe,
 )
-from ..tokens import BadToken
-from .common import client_ip, now, page_locale, settings, user_agent
+from service.subscribers.tokens import BadToken, resubscribe_token
+from service.telemetry import metrics
+from service.web.common import client_ip, now, page_locale, settings, user_agent
 
 bp = Blueprint("public", __name__)
 
@@ -88,8 +83,8 @@ def readyz() -> tuple[Response, int]:
 @bp.get("/subscribe")
 def subscribe_page() -> Response:
     """Hosted sign-up form: the embeddable box, with a fresh form token."""
-    from ..signup_defences import form_context
-    from .embed import page_csp
+    from service.signup.defences import form_context
+    from service.web.embed import page_csp
 
     locale = page_locale()
     html, _status = _page("subscribe", locale, form=form_context(settings(), locale, now()))

@@ -6,7 +6,7 @@ CAPTCHA when one is asked for).
 CORS is sent for the origins in HEBDO_ALLOWED_ORIGINS only, without credentials; other
 origins get none. Three rate limits hold every post: per client IP, per /24 or /64
 network, per target address (an HMAC of it), counted in one storage call
-(service/signup_limits.py). The answer never depends on whether the
+(service/signup/limits.py). The answer never depends on whether the
 address was already known, nor on whether the post was caught as a bot's.
 """
 
@@ -27,8 +27,9 @@ from flask import (
 )
 from flask_limiter.util import get_remote_address
 
-from .. import i18n, jobs, signup_limits
-from ..signup_defences import (
+from service import i18n, jobs
+from service.signup import limits as signup_limits
+from service.signup.defences import (
     address_key,
     allowed_origin,
     captcha_active,
@@ -40,9 +41,10 @@ from ..signup_defences import (
     page_of_allowed_origin,
     record,
 )
-from ..subscriptions import Consent, InvalidEmail, normalise_email, subscribe, suggest_fix
-from .common import client_ip, now, page_locale, settings, user_agent
-from .payloads import FORM_TYPES, PayloadError, optional_string, read_payload
+from service.subscribers.addresses import InvalidEmail, normalise_email, suggest_fix
+from service.subscribers.lifecycle import Consent, subscribe
+from service.web.common import client_ip, now, page_locale, settings, user_agent
+from service.web.payloads import FORM_TYPES, PayloadError, optional_string, read_payload
 
 bp = Blueprint("signup", __name__, url_prefix="/api/v1")
 

@@ -1,0 +1,1 @@
+"""The `hebdo` command: thin command groups over the domain."""

@@ -1,0 +1,298 @@
+"""`hebdo feeds …` and `hebdo digest …`: thin commands over the domain."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from service.digest import feeds, previews, progress
+from service.digest import lifecycle as issue_lifecycle
+from service.digest.planning import DigestError, get_issue, parse_week, plan_issue, upcoming_week
+from service.digest.rendering import Recipient
+from service.extensions import current_settings, db
+from service.jobs import enqueue_batch
+from service.mail.errors import DeliveryError
+from service.models import Issue, IssueStatus
+from service.subscribers.addresses import InvalidEmail
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"hebdo: {message}", err=True)
+    sys.exit(1)
+
+
+def _week(value: str | None) -> str:
+    try:
+        if value:
+            return parse_week(value)
+    except DigestError as exc:
+        raise click.BadParameter(str(exc), param_hint="--week") from None
+    # The issue going out now, if any; else this week's (see upcoming_week).
+    in_flight = db.session.execute(
+        select(Issue.week)
+        .where(Issue.status.in_((IssueStatus.SENDING, IssueStatus.PAUSED)))
+        .order_by(Issue.week.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return in_flight or upcoming_week(current_settings(), _now(), issue_lifecycle.MAX_LATE)
+
+
+def _issue(week: str) -> Issue:
+    issue = get_issue(week)
+    if issue is None:
+        _fail(f"no issue for {week} yet: run `hebdo digest plan --week {week}`")
+    assert issue is not None
+    return issue
+
+
+week_option = click.option(
+    "--week",
+    help="ISO week, e.g. 2026-W48. Default: the issue being sent or paused, else this week's "
+    "(next week's once this week's send time is more than a day past).",
+)
+
+
+# ---------------------------------------------------------------- feeds
+
+
+@click.group("feeds", cls=AppGroup)
+def feeds_group() -> None:
+    """Article feeds (HEBDO_FEEDS)."""
+
+
+@feeds_group.command("fetch")
+def feeds_fetch() -> None:
+    """Read every feed now; exit 1 if one of them failed."""
+    reports = feeds.ingest_all(current_settings(), _now())
+    for r in reports:
+        if r.result == "error":
+            click.echo(f"{r.url}: ERROR {r.error}")
+        else:
+            click.echo(
+                f"{r.url}: {r.result}, {r.created} new, {r.updated} updated, {r.skipped} skipped"
+            )
+        for problem in r.problems[:20]:
+            click.echo(f"  {problem}")
+    if not reports:
+        click.echo("no feeds configured (HEBDO_FEEDS)")
+    if any(r.result == "error" for r in reports):
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- digest
+
+
+@click.group("digest", cls=AppGroup)
+def digest_group() -> None:
+    """The weekly issue: plan, preview, test, send, follow."""
+
+
+@digest_group.command("plan")
+@week_option
+def digest_plan(week: str | None) -> None:
+    """Pick the week's articles (again, while the issue is a draft or scheduled)."""
+    result = plan_issue(current_settings(), _week(week), _now())
+    issue = _issue(result.week)
+    if not result.changed:
+        click.echo(f"{result.week}: already {result.status}, left as it is")
+        return
+    if result.articles == 0:
+        click.echo(f"{result.week}: no new articles since the previous issue; nothing to send")
+        return
+    click.echo(f"{result.week}: {result.status}, {result.articles} articles, {_when(issue)}")
+
+
+def _when(issue: Issue) -> str:
+    local = issue.send_at.astimezone(current_settings().timezone)
+    if issue.send_at <= _now():
+        return f"due since {local:%a %d %b %Y %H:%M %Z}: send it with `hebdo digest send --now`"
+    return f"goes out {local:%a %d %b %Y %H:%M %Z}"
+
+
+def _sample_recipient(email: str | None, locale: str | None) -> Recipient:
+    try:
+        return previews.sample_recipient(email, locale, _now())
+    except InvalidEmail as exc:
+        raise click.BadParameter(f"invalid address: {exc.code}", param_hint="--email") from None
+
+
+@digest_group.command("preview")
+@week_option
+@click.option("--email", help="Render as this subscriber would get it (their locale and links).")
+@click.option("--locale", type=click.Choice(["fr", "en"]), help="Force the locale.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to FILE: .html the HTML part, .txt the text part, anything else the whole message.",
+)
+def digest_preview(
+    week: str | None, email: str | None, locale: str | None, out: Path | None
+) -> None:
+    """The exact mail a subscriber gets (text part on stdout without --out)."""
+    issue = _issue(_week(week))
+    recipient = _sample_recipient(email, locale)
+    mail = previews.preview(current_settings(), issue, recipient, _now())
+    if out is None:
+        click.echo(_part(mail, "plain"))
+    elif out.suffix == ".html":
+        out.write_text(_part(mail, "html"), encoding="utf-8")
+    elif out.suffix == ".txt":
+        out.write_text(_part(mail, "plain"), encoding="utf-8")
+    else:
+        out.write_bytes(mail.data)
+    if out is not None:
+        click.echo(f"written to {out}")
+
+
+_part = previews.mail_part
+
+
+@digest_group.command("test")
+@week_option
+@click.option("--to", "to", required=True, help="Address to send the test to.")
+@click.option("--locale", type=click.Choice(["fr", "en"]), help="Force the locale.")
+def digest_test(week: str | None, to: str, locale: str | None) -> None:
+    """Send the issue to one address now, marked [TEST]; no delivery is recorded."""
+    issue = _issue(_week(week))
+    _sample_recipient(to, locale)  # a bad address is a usage error (exit 2), as --email's
+    try:
+        recipient, reply = previews.send_test(current_settings(), issue, to, locale, _now())
+    except (DeliveryError, previews.SuppressedAddress) as exc:
+        _fail(f"test mail refused: {exc}")
+        return
+    click.echo(f"test of {issue.week} sent to {recipient.email}: {reply}")
+
+
+@digest_group.command("send")
+@week_option
+@click.option(
+    "--now", "now_flag", is_flag=True, help="Send at once instead of at the scheduled time."
+)
+@click.option("--wait", is_flag=True, help="Follow the progress until the send ends.")
+def digest_send(week: str | None, now_flag: bool, wait: bool) -> None:
+    """Approve the issue for its scheduled time, or with --now send it at once.
+
+    Sending twice is harmless: an issue goes to each subscriber once.
+    """
+    week = _week(week)
+    try:
+        result = issue_lifecycle.send(
+            current_settings(), week, _now(), enqueue_batch, at_once=now_flag
+        )
+    except issue_lifecycle.Refused as exc:
+        _fail(str(exc))
+        return
+    if result.approved:
+        click.echo(f"{week}: approved")
+    if result.status == IssueStatus.SCHEDULED:
+        if not now_flag:
+            click.echo(f"{week}: scheduled, {_when(_issue(week))}")
+            return
+        if result.recipients is not None:
+            click.echo(
+                f"{week}: sending to {result.recipients} subscribers "
+                f"({result.queued} batch tasks queued)"
+            )
+            if result.recipients and not result.queued:
+                click.echo(
+                    "hebdo: the broker is unreachable; the send is recorded and beat's sweep "
+                    "queues it once the broker is back (or run this command again)",
+                    err=True,
+                )
+    else:
+        click.echo(f"{week}: already {result.status}; nothing sent twice")
+    if wait:
+        _follow(week)
+
+
+def _follow(week: str) -> None:
+    while True:
+        db.session.expire_all()
+        p = progress.progress(week, _now())
+        click.echo(_progress_line(p))
+        if p.status != IssueStatus.SENDING:
+            return
+        time.sleep(2)
+
+
+def _progress_line(p: progress.Progress) -> str:
+    c = p.counts
+    return (
+        f"{p.week} {p.status}: {p.done}/{p.recipients} done ({p.percent:.1f} %), "
+        f"sent {c['sent']}, queued {c['queued']}, sending {c['sending']}, failed {c['failed']}, "
+        f"bounced {c['bounced']}, skipped {c['skipped']}; {p.rate_last_minute:.1f} msg/s "
+        f"over the last minute"
+    )
+
+
+@digest_group.command("status")
+@week_option
+def digest_status(week: str | None) -> None:
+    """Counts per delivery status, progress and rate."""
+    week = _week(week)
+    try:
+        p = progress.progress(week, _now())
+    except DigestError as exc:
+        _fail(str(exc))
+        return
+    click.echo(_progress_line(p))
+    if p.started_at:
+        end = p.finished_at or _now()
+        seconds = max((end - p.started_at).total_seconds(), 0.001)
+        click.echo(
+            f"started {p.started_at:%Y-%m-%d %H:%M:%S} UTC, "
+            f"average {p.counts['sent'] / seconds:.1f} msg/s"
+        )
+    if p.note:
+        click.echo(f"note: {p.note}")
+
+
+def _transition(name: str, week: str | None, change: str) -> None:
+    week = _week(week)
+    _issue(week)
+    try:
+        issue_lifecycle.transition(current_settings(), week, name, _now(), enqueue_batch)
+    except issue_lifecycle.Refused as exc:
+        _fail(str(exc))
+    click.echo(f"{week}: {change}")
+
+
+@digest_group.command("approve")
+@week_option
+def digest_approve(week: str | None) -> None:
+    """Review mode: let a draft go out at its scheduled time."""
+    _transition("approve", week, "approved, scheduled")
+
+
+@digest_group.command("pause")
+@week_option
+def digest_pause(week: str | None) -> None:
+    """Stop sending after the batches in flight; resume picks up where it stopped."""
+    _transition("pause", week, "paused")
+
+
+@digest_group.command("resume")
+@week_option
+def digest_resume(week: str | None) -> None:
+    """Carry on a paused send."""
+    _transition("resume", week, "sending again")
+
+
+@digest_group.command("cancel")
+@week_option
+def digest_cancel(week: str | None) -> None:
+    """Stop an issue for good; whoever has not got it yet will not."""
+    _transition("cancel", week, "cancelled")
+
+
+COMMANDS = (feeds_group, digest_group)

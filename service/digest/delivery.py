@@ -1,0 +1,964 @@
+"""The delivery ledger: start an issue's send, fan it out, send batches, record outcomes.
+
+One `Delivery` row per (issue, subscriber), unique, is the truth of what was
+sent. Celery messages carry only an issue id; a batch task *claims* up to
+HEBDO_SEND_BATCH due rows in one statement (FOR UPDATE SKIP LOCKED on
+PostgreSQL), sends them over one SMTP connection, and records every outcome in
+one bulk update. So a duplicated task, a retry or a second `digest send` finds
+nothing left to claim, and the database work per batch is a fixed handful of
+statements whatever the number of subscribers.
+
+A worker killed mid-batch leaves its rows claimed: after
+HEBDO_CLAIM_TIMEOUT_SECONDS the sweep puts them back in the queue. Messages
+the dead worker had already handed to the SMTP server are then sent again:
+that window (at most one batch per killed worker) is the price of not writing
+to the database once per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    String,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+
+from service.config import Settings
+from service.digest.planning import DigestError
+from service.digest.rendering import Recipient, mail_for, mail_template
+from service.digest.send_rate import SendRate, Unlimited
+from service.extensions import UTCDateTime, db, rowcount
+from service.mail.errors import DeliveryError, PermanentFailure, TransientFailure
+from service.mail.message import MailTemplate
+from service.mail.transport import Transport
+from service.models import Delivery, DeliveryStatus, Issue, IssueStatus, Status, Subscriber
+from service.subscribers.suppressions import mark_bounced
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[int], bool]
+Clock = Callable[[], datetime]
+
+# A row whose worker was lost this many times while holding it is quarantined (failed, with
+# the reason): it is the likeliest cause (a message that crashes the process building or
+# sending it), and the sweep must not hand it out forever. From its first lost claim on it
+# is claimed alone, so a poison message takes down no one else's batch again.
+MAX_LOST_CLAIMS = 3
+# A crash while building one subscriber's mail is retried this many times, then quarantined.
+MAX_BUILD_FAILURES = 3
+# A claim slower than this on PostgreSQL means stale planner statistics (see claim()). A
+# normal claim of 100 rows takes 7-9 ms at a million deliveries (docs/scaling.md), a stale
+# plan grows past 100 ms: in between, so a normal send never pays for ANALYZE.
+CLAIM_SLOW_SECONDS = 0.05
+# This many recipients in a row refused for a reason on our side (relay, policy, content)
+# pause the issue: the rest would be refused the same way.
+POLICY_BREAKER = 5
+# Outcomes are written at least this often during a slow (rate-limited) batch.
+FLUSH_SECONDS = 2.0
+# A batch stops claiming time after this, well inside the task's soft time limit (240 s).
+BATCH_SECONDS = 120.0
+
+_OPEN = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
+
+
+def backoff(attempts: int, base_seconds: int = 60) -> timedelta:
+    """base, 2 × base, 4 × base … (HEBDO_RETRY_BASE_SECONDS: 1, 2, 4 … minutes), capped at
+    2 hours."""
+    return timedelta(seconds=min(base_seconds * 2 ** max(attempts - 1, 0), 7200))
+
+
+# ---------------------------------------------------------------- issue lifecycle
+
+
+def start_send(settings: Settings, issue_id: int, now: datetime) -> int:
+    """scheduled → sending, snapshotting every active subscriber as a queued delivery.
+
+    One transaction: either the issue is sending with all its rows, or nothing
+    changed. Returns the number of recipients, or -1 when the issue was not
+    scheduled (already started by someone else, a draft, paused…).
+    """
+    flipped = db.session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id, Issue.status == IssueStatus.SCHEDULED)
+        .values(status=IssueStatus.SENDING, started_at=now, progress_at=now)
+    )
+    if not rowcount(flipped):
+        db.session.rollback()
+        return -1
+    rows = select(
+        literal(issue_id),
+        Subscriber.id,
+        literal(DeliveryStatus.QUEUED.value),
+        literal(0),
+        literal(now, UTCDateTime()),
+        literal(False),
+    ).where(Subscriber.status == Status.ACTIVE)
+    db.session.execute(
+        insert(Delivery).from_select(
+            ["issue_id", "subscriber_id", "status", "attempts", "next_attempt_at", "uncertain"],
+            rows,
+        )
+    )
+    # Counted: this INSERT … SELECT reports no row count on PostgreSQL (-1).
+    recipients = int(
+        db.session.execute(
+            select(func.count()).select_from(Delivery).where(Delivery.issue_id == issue_id)
+        ).scalar_one()
+    )
+    db.session.execute(update(Issue).where(Issue.id == issue_id).values(recipients=recipients))
+    db.session.commit()
+    if db.engine.dialect.name == "postgresql":
+        # The snapshot just added up to millions of rows; until autovacuum notices, the
+        # planner would scan the whole table for every batch's claim and load.
+        db.session.execute(text("ANALYZE deliveries"))
+        db.session.commit()
+    log.info("issue %s: sending to %d subscribers", issue_id, recipients)
+    finish_if_done(issue_id, now)
+    return recipients
+
+
+def due_batches(settings: Settings, issue_id: int, now: datetime) -> int:
+    """Batch tasks that cover every due delivery: one per suspect (claimed alone, see
+    claim_rows), one per HEBDO_SEND_BATCH of the others."""
+    suspect = case((Delivery.lost_claims > 0, 1), else_=0)
+    suspects, due = db.session.execute(
+        select(func.coalesce(func.sum(suspect), 0), func.count())
+        .select_from(Delivery)
+        .where(
+            Delivery.issue_id == issue_id,
+            Delivery.status == DeliveryStatus.QUEUED,
+            Delivery.next_attempt_at <= now,
+        )
+    ).one()
+    return int(suspects) + math.ceil((int(due) - int(suspects)) / settings.send_batch)
+
+
+def dispatch(settings: Settings, issue_id: int, now: datetime, enqueue: Enqueue) -> int:
+    """Queue enough batch tasks to cover every due delivery; return how many were queued."""
+    batches = due_batches(settings, issue_id, now)
+    if not batches:
+        return 0
+    # Counted before queueing: a fast worker may finish a batch before this loop ends.
+    db.session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id)
+        .values(batches_queued=Issue.batches_done + batches, progress_at=now)
+    )
+    db.session.commit()
+    queued = sum(1 for _ in range(batches) if enqueue(issue_id))
+    if queued < batches:
+        log.warning(
+            "issue %s: broker refused %d batch task(s); the sweep retries",
+            issue_id,
+            batches - queued,
+        )
+    return queued
+
+
+def finish_if_done(issue_id: int, now: datetime) -> bool:
+    """sending → sent once no delivery is queued or being sent; the counters are then
+    recounted from the rows, the truth (the running ones are kept per batch)."""
+    open_rows = exists().where(Delivery.issue_id == issue_id, Delivery.status.in_(_OPEN))
+    done = db.session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id, Issue.status == IssueStatus.SENDING, ~open_rows)
+        .values(status=IssueStatus.SENT, finished_at=now)
+    )
+    if not rowcount(done):
+        db.session.commit()
+        return False
+    counts = status_counts(issue_id)
+    db.session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id)
+        .values(
+            sent_count=counts["sent"],
+            failed_count=counts["failed"],
+            bounced_count=counts["bounced"],
+        )
+    )
+    db.session.commit()
+    log.info(
+        "issue %s sent: %d sent, %d failed, %d bounced, %d skipped",
+        issue_id,
+        counts["sent"],
+        counts["failed"],
+        counts["bounced"],
+        counts["skipped"],
+    )
+    return True
+
+
+def status_counts(issue_id: int) -> dict[str, int]:
+    """Deliveries of an issue per status, every status present (0 when none)."""
+    counts = dict.fromkeys((s.value for s in DeliveryStatus), 0)
+    rows = db.session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.issue_id == issue_id)
+        .group_by(Delivery.status)
+    )
+    for status, count in rows:
+        counts[status] = count
+    return counts
+
+
+def set_issue_status(issue_id: int, allowed: tuple[str, ...], **values: Any) -> bool:
+    """Change an issue only from one of the `allowed` statuses; True when it changed."""
+    changed = db.session.execute(
+        update(Issue).where(Issue.id == issue_id, Issue.status.in_(allowed)).values(**values)
+    )
+    db.session.commit()
+    return bool(rowcount(changed))
+
+
+# ---------------------------------------------------------------- sending one batch
+
+
+def claim(settings: Settings, issue_id: int, now: datetime) -> list[int]:
+    """Take up to HEBDO_SEND_BATCH due deliveries of a sending issue, atomically."""
+    return [row.delivery_id for row in claim_rows(settings, issue_id, now)]
+
+
+def _recipients() -> Any:
+    """Deliveries with what sending them needs of their subscriber (see _row)."""
+    return select(
+        Delivery.id,
+        Delivery.attempts,
+        Delivery.uncertain,
+        Subscriber.id,
+        Subscriber.email,
+        Subscriber.locale,
+        Subscriber.created_at,
+        Subscriber.status,
+    ).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+
+
+def claim_rows(settings: Settings, issue_id: int, now: datetime) -> list[_Row]:
+    """Claim a batch and return what sending it needs (the recipients included).
+
+    A due row whose worker was lost while holding it (see MAX_LOST_CLAIMS) is claimed
+    alone, before any batch: if it is what kills workers, it kills only its own claim.
+    """
+    suspect = _claim(settings, issue_id, now, suspects=True, limit=1)
+    return suspect or _claim(settings, issue_id, now, suspects=False, limit=settings.send_batch)
+
+
+def _claim(
+    settings: Settings, issue_id: int, now: datetime, *, suspects: bool, limit: int
+) -> list[_Row]:
+    sending = exists().where(Issue.id == issue_id, Issue.status == IssueStatus.SENDING)
+    due = (
+        Delivery.issue_id == issue_id,
+        Delivery.status == DeliveryStatus.QUEUED,
+        Delivery.next_attempt_at <= now,
+        # ix_deliveries_suspect holds the first kind (nearly always none), ix_deliveries_queued
+        # both.
+        Delivery.lost_claims > 0 if suspects else Delivery.lost_claims == 0,
+        sending,
+    )
+    take = update(Delivery).values(
+        status=DeliveryStatus.SENDING, claimed_at=now, attempts=Delivery.attempts + 1
+    )
+    if db.engine.dialect.name == "postgresql":
+        # Lock the rows, skipping those another claimer holds, reading their recipients in
+        # the same statement; then update them by primary key, one indexed lookup each.
+        started = time.monotonic()
+        found = db.session.execute(
+            _recipients()
+            .where(*due)
+            # ix_deliveries_queued (partial: queued rows only) gives this order directly.
+            .order_by(Delivery.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=Delivery)
+        ).all()
+        slow = time.monotonic() - started > CLAIM_SLOW_SECONDS
+        rows = [_row(values, now, claimed=True) for values in found]
+        if rows:
+            db.session.execute(
+                take.where(Delivery.id.in_([r.delivery_id for r in rows])).execution_options(
+                    synchronize_session=False
+                )
+            )
+        db.session.commit()
+        if slow:
+            _refresh_statistics()
+        return rows
+    # SQLite has one writer at a time: a single UPDATE … RETURNING is atomic.
+    ids = list(
+        db.session.execute(
+            take.where(
+                Delivery.id.in_(
+                    select(Delivery.id)
+                    .where(*due)
+                    .order_by(Delivery.id)
+                    .limit(limit)
+                    .scalar_subquery()
+                )
+            )
+            .returning(Delivery.id)
+            .execution_options(synchronize_session=False)
+        ).scalars()
+    )
+    db.session.commit()
+    if not ids:
+        return []
+    found = db.session.execute(
+        _recipients().where(Delivery.id.in_(ids)).order_by(Delivery.id)
+    ).all()
+    return [_row(values, now, claimed=False) for values in found]
+
+
+_last_analyze = 0.0
+
+
+def _refresh_statistics() -> None:
+    """ANALYZE deliveries when claims get slow, at most twice a minute per process.
+
+    PostgreSQL plans the claim from statistics taken when the send started, when
+    every row was queued: it then walks the primary key past every row already sent
+    instead of the partial index of queued rows, and each claim costs more than the
+    last. Fresh statistics switch it to the index; autovacuum would, a minute later.
+    Run in its own transaction, after the claim, and never waiting long for a lock.
+    """
+    global _last_analyze
+    if time.monotonic() - _last_analyze < 30:
+        return
+    _last_analyze = time.monotonic()
+    try:
+        db.session.execute(text("SET LOCAL lock_timeout = '1s'"))
+        db.session.execute(text("ANALYZE deliveries"))
+        db.session.commit()
+    except Exception as exc:  # statistics are an optimisation: never fail a batch for them
+        db.session.rollback()
+        log.info("ANALYZE deliveries skipped: %s", type(exc).__name__)
+
+
+@dataclass
+class _Row:
+    delivery_id: int
+    attempts: int
+    uncertain: bool
+    recipient: Recipient
+    subscriber_status: str
+    # The claim this batch holds: an outcome is written only while the row still carries it.
+    claimed_at: datetime
+
+
+def _row(values: Any, claimed_at: datetime, *, claimed: bool) -> _Row:
+    d_id, attempts, uncertain, s_id, email, locale, created, status = values
+    # Read before the claim's UPDATE (PostgreSQL path): count the claim in.
+    attempts = attempts + 1 if claimed else attempts
+    return _Row(
+        d_id, attempts, uncertain, Recipient(s_id, email, locale, created), status, claimed_at
+    )
+
+
+@dataclass
+class BatchReport:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    bounced: int = 0
+    retried: int = 0
+    skipped: int = 0
+    released: int = 0
+    lost: int = 0
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    bounced_subscribers: list[tuple[int, str]] = field(default_factory=list)
+    last_refusal: str = ""
+    # Rows given an outcome (one each, ever), and the row whose message is on the wire.
+    noted: set[int] = field(default_factory=set)
+    in_flight: int | None = None
+
+    def note(self, row: _Row, status: DeliveryStatus, *, counter: str = "", **values: Any) -> None:
+        """Count and keep one row's outcome, to be written by the next flush."""
+        if row.delivery_id in self.noted:
+            return
+        self.noted.add(row.delivery_id)
+        if self.in_flight == row.delivery_id:
+            self.in_flight = None
+        name = counter or ("retried" if status == DeliveryStatus.QUEUED else status.value)
+        setattr(self, name, getattr(self, name) + 1)
+        self.outcomes.append(_outcome(row, status, **values))
+
+
+class Templates:
+    """Rendered issues per (issue, locale), kept by a worker process between batches."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._cache: dict[tuple[int, str, datetime], MailTemplate] = {}
+
+    def get(self, settings: Settings, issue: Issue, locale: str) -> MailTemplate:
+        key = (issue.id, locale, issue.planned_at)
+        template = self._cache.get(key)
+        if template is None:
+            if len(self._cache) >= self.size:
+                self._cache.pop(next(iter(self._cache)))
+            template = self._cache[key] = mail_template(settings, issue, locale)
+        return template
+
+
+TEMPLATES = Templates()
+
+
+@dataclass(frozen=True)
+class Halt:
+    """The rest of the batch waits `delay`; with `pause`, the issue is paused, saying why."""
+
+    delay: timedelta
+    pause: str | None = None
+
+
+def send_batch(
+    settings: Settings,
+    issue_id: int,
+    *,
+    transport: Transport,
+    clock: Clock,
+    rate: SendRate | None = None,
+    templates: Templates = TEMPLATES,
+) -> BatchReport:
+    """Claim one batch of an issue's deliveries, send them, record every outcome.
+
+    However it ends (the task's soft time limit, a worker shutting down, a
+    database error), it writes the outcomes it has, hands back the rows it never
+    tried, and flags the one that was on the wire as uncertain (retried once).
+    """
+    report = BatchReport()
+    rate = rate or Unlimited()
+    started = time.monotonic()
+    deadline = min(BATCH_SECONDS, settings.claim_timeout_seconds / 2)
+    now = clock()
+    rows: list[_Row] = []
+    try:
+        rows = claim_rows(settings, issue_id, now)
+        report.claimed = len(rows)
+        if not rows:
+            return report
+        issue = get_issue_by_id(issue_id)
+        broken = _render_all(settings, issue, rows, templates)
+        if broken:
+            _pause(issue_id, broken)
+            return report  # the rows are handed back below, untried
+        last_flush = time.monotonic()
+        refusals = 0
+        for position, row in enumerate(rows):
+            if row.delivery_id in report.noted:
+                continue  # taken back by the sweep (see _renew_claims)
+            now = clock()
+            status: str | None = None
+            stop = time.monotonic() - started > deadline
+            if not stop and time.monotonic() - last_flush > FLUSH_SECONDS:
+                _flush(settings, issue_id, report, now, renew=rows[position:])
+                last_flush = time.monotonic()
+                status = _issue_status(issue_id)
+                stop = status != IssueStatus.SENDING
+            if stop:
+                if status is None:
+                    status = _issue_status(issue_id)
+                _hand_back(report, status, rows[position:], now)
+                break
+            if row.subscriber_status != Status.ACTIVE:
+                report.note(row, DeliveryStatus.SKIPPED, error="no longer subscribed")
+                continue
+            wait = rate.reserve()
+            if wait > deadline / 2:
+                # A slot this far ahead would hold the claims too long: let others take them.
+                _release(report, rows[position:], now + timedelta(seconds=wait))
+                break
+            if wait > 0:
+                time.sleep(wait)
+            halt, refused = _send_one(settings, issue, row, transport, templates, report, clock())
+            refusals = refusals + 1 if refused else 0
+            if refusals >= POLICY_BREAKER and halt is None:
+                halt = Halt(
+                    backoff(1, settings.retry_base_seconds),
+                    f"{refusals} recipients in a row refused for a reason on our side "
+                    f"(last: {report.last_refusal}); fix the SMTP settings or the sending "
+                    "domain, then `hebdo digest resume`",
+                )
+            if halt is not None:
+                if halt.pause:
+                    _pause(issue_id, halt.pause)
+                _release(report, rows[position + 1 :], now + halt.delay)
+                break
+    finally:
+        _close_out(report, rows, clock(), settings.retry_base_seconds)
+        _flush_for_sure(settings, issue_id, report, clock())
+    finish_if_done(issue_id, clock())
+    return report
+
+
+def _close_out(
+    report: BatchReport, rows: list[_Row], now: datetime, retry_base_seconds: int
+) -> None:
+    """Every claimed row leaves the batch with an outcome: the one on the wire when the
+    batch was cut may have gone out (retried once, flagged), the others were never tried."""
+    for row in rows:
+        if row.delivery_id in report.noted:
+            continue
+        if row.delivery_id == report.in_flight:
+            report.note(
+                row,
+                DeliveryStatus.QUEUED,
+                counter="released",
+                uncertain=True,
+                error="interrupted while sending (time limit, shutdown or error)",
+                next_attempt_at=now + backoff(1, retry_base_seconds),
+            )
+        else:
+            _release(report, [row], now)
+
+
+def _render_all(
+    settings: Settings, issue: Issue, rows: list[_Row], templates: Templates
+) -> str | None:
+    """Render the issue for every locale of the batch; the reason when it cannot be."""
+    try:
+        for locale in sorted({row.recipient.locale for row in rows}):
+            templates.get(settings, issue, locale)
+    except Exception as exc:  # a broken issue must stop the send, not fail every reader
+        log.exception("issue %s cannot be rendered; pausing it", issue.week)
+        return f"the issue cannot be rendered ({type(exc).__name__}: {exc}); fix it and resume"
+    return None
+
+
+def _pause(issue_id: int, reason: str) -> None:
+    set_issue_status(issue_id, (IssueStatus.SENDING,), status=IssueStatus.PAUSED, note=reason[:200])
+    log.error("issue %s paused: %s", issue_id, reason)
+
+
+def _hand_back(report: BatchReport, status: str | None, rows: list[_Row], now: datetime) -> None:
+    """The batch stops early (its time is up, or the issue was paused or cancelled under it):
+    skip the rest of a cancelled issue, give the rest back otherwise."""
+    if status == IssueStatus.CANCELLED:
+        for row in rows:
+            report.note(row, DeliveryStatus.SKIPPED, error="issue cancelled")
+    else:
+        _release(report, rows, now)
+
+
+def get_issue_by_id(issue_id: int) -> Issue:
+    issue = db.session.get(Issue, issue_id)
+    if issue is None:
+        raise DigestError(f"no issue with id {issue_id}")
+    return issue
+
+
+def _issue_status(issue_id: int) -> str | None:
+    return db.session.execute(select(Issue.status).where(Issue.id == issue_id)).scalar()
+
+
+def _outcome(
+    row: _Row,
+    status: DeliveryStatus,
+    *,
+    error: str | None = None,
+    attempts: int | None = None,
+    uncertain: bool | None = None,
+    next_attempt_at: datetime | None = None,
+    sent_at: datetime | None = None,
+    smtp_response: str | None = None,
+    message_id: str | None = None,
+) -> dict[str, Any]:
+    """One row's parameters for `_RECORD` (None keeps the column as it is, see there)."""
+    return {
+        "b_id": row.delivery_id,
+        "b_claimed": row.claimed_at,
+        "b_status": status.value,
+        "b_attempts": row.attempts if attempts is None else attempts,
+        "b_uncertain": row.uncertain if uncertain is None else uncertain,
+        "b_next": next_attempt_at,
+        "b_error": error[:512] if error else None,
+        "b_response": smtp_response[:512] if smtp_response else None,
+        "b_message_id": message_id,
+        "b_sent_at": sent_at,
+    }
+
+
+_TABLE = Delivery.__table__
+# SQLite: one row's outcome (see _record), the same statement for every row, so a column
+# that an outcome does not set is passed as NULL and kept.
+_RECORD = (
+    update(_TABLE)
+    .where(
+        _TABLE.c.id == bindparam("b_id"),
+        # Still this batch's claim: if the sweep took the row back (a batch slower than the
+        # claim timeout), whoever holds it now records its outcome, not us.
+        _TABLE.c.status == DeliveryStatus.SENDING.value,
+        _TABLE.c.claimed_at == bindparam("b_claimed", type_=UTCDateTime()),
+    )
+    .values(
+        status=bindparam("b_status"),
+        claimed_at=None,
+        attempts=bindparam("b_attempts"),
+        uncertain=bindparam("b_uncertain"),
+        next_attempt_at=func.coalesce(
+            bindparam("b_next", type_=UTCDateTime()), _TABLE.c.next_attempt_at
+        ),
+        last_error=func.coalesce(bindparam("b_error", type_=String()), _TABLE.c.last_error),
+        smtp_response=func.coalesce(
+            bindparam("b_response", type_=String()), _TABLE.c.smtp_response
+        ),
+        message_id=func.coalesce(bindparam("b_message_id", type_=String()), _TABLE.c.message_id),
+        sent_at=func.coalesce(bindparam("b_sent_at", type_=UTCDateTime()), _TABLE.c.sent_at),
+    )
+)
+
+
+def _send_one(
+    settings: Settings,
+    issue: Issue,
+    row: _Row,
+    transport: Transport,
+    templates: Templates,
+    report: BatchReport,
+    now: datetime,
+) -> tuple[Halt | None, bool]:
+    """Send one delivery and note its outcome.
+
+    Returns a Halt when the rest of the batch must wait, and whether the server
+    refused this recipient for a reason on our side (see PermanentFailure.kind).
+    """
+    try:
+        template = templates.get(settings, issue, row.recipient.locale)
+        mail = mail_for(settings, template, row.recipient, now)
+    except PermanentFailure as exc:
+        report.note(row, DeliveryStatus.FAILED, error=str(exc))
+        return None, False
+    except Exception as exc:  # a poison subscriber must not stop the others
+        log.exception("issue %s: building delivery %s failed", issue.week, row.delivery_id)
+        error = f"could not build the message: {type(exc).__name__}: {exc}"
+        if row.attempts >= MAX_BUILD_FAILURES:
+            report.note(row, DeliveryStatus.FAILED, error=error)
+        else:
+            report.note(
+                row,
+                DeliveryStatus.QUEUED,
+                error=error,
+                next_attempt_at=now + backoff(row.attempts, settings.retry_base_seconds),
+            )
+        return None, False
+    report.in_flight = row.delivery_id
+    try:
+        reply = transport.send(mail)
+    except PermanentFailure as exc:
+        if exc.kind == "mailbox":
+            report.note(row, DeliveryStatus.BOUNCED, error=str(exc), smtp_response=str(exc))
+            report.bounced_subscribers.append((row.recipient.subscriber_id, str(exc.code)))
+            return None, False
+        if exc.kind == "message":
+            report.note(row, DeliveryStatus.FAILED, error=str(exc), smtp_response=str(exc))
+            return None, False
+        # Refused for a reason on our side: retry later, as for a temporary failure.
+        report.last_refusal = str(exc)[:200]
+        return _retry_later(settings, issue, row, exc, report, now), True
+    except TransientFailure as exc:
+        return _retry_later(settings, issue, row, exc, report, now), False
+    report.note(
+        row, DeliveryStatus.SENT, sent_at=now, smtp_response=reply, message_id=mail.message_id
+    )
+    return None, False
+
+
+def _retry_later(
+    settings: Settings,
+    issue: Issue,
+    row: _Row,
+    exc: DeliveryError,
+    report: BatchReport,
+    now: datetime,
+) -> Halt | None:
+    retry_after = exc.retry_after if isinstance(exc, TransientFailure) else None
+    uncertain = isinstance(exc, TransientFailure) and exc.uncertain
+    # The server is closing or unreachable: not this recipient's doing, so it is not
+    # charged an attempt, and the rest of the batch waits too.
+    server_wide = exc.code == 421 or exc.stage == "connect"
+    attempts = row.attempts - 1 if server_wide else row.attempts
+    delay = max(
+        timedelta(seconds=retry_after or 0), backoff(max(attempts, 1), settings.retry_base_seconds)
+    )
+    give_up = (issue.started_at or now) + timedelta(hours=settings.send_give_up_hours)
+    if uncertain and row.uncertain:
+        report.note(row, DeliveryStatus.FAILED, error=f"lost after DATA twice: {exc}")
+    elif now + delay > give_up:
+        report.note(row, DeliveryStatus.FAILED, error=f"gave up after {row.attempts} tries: {exc}")
+    else:
+        report.note(
+            row,
+            DeliveryStatus.QUEUED,
+            error=str(exc),
+            attempts=attempts,
+            next_attempt_at=now + delay,
+            uncertain=row.uncertain or uncertain,
+        )
+    return Halt(delay) if server_wide else None
+
+
+def _release(report: BatchReport, rows: list[_Row], when: datetime) -> None:
+    """Give claimed rows back, untried: they were not attempted, so the claim is not counted."""
+    for row in rows:
+        report.note(
+            row,
+            DeliveryStatus.QUEUED,
+            counter="released",
+            attempts=row.attempts - 1,
+            next_attempt_at=when,
+        )
+
+
+def _flush(
+    settings: Settings,
+    issue_id: int,
+    report: BatchReport,
+    now: datetime,
+    *,
+    done: bool = False,
+    renew: list[_Row] | None = None,
+) -> None:
+    """Write the outcomes noted so far, counters in the same transaction; renew the claim
+    on the rows still to send, so the sweep never takes back a batch that is alive."""
+    if not report.outcomes and not done and not renew:
+        return
+    written = _record(report.outcomes) if report.outcomes else Counter[str]()
+    for subscriber_id, code in report.bounced_subscribers:
+        _bounce_subscriber(settings, subscriber_id, code, issue_id, now)
+    if renew:
+        _renew_claims(report, [r for r in renew if r.delivery_id not in report.noted], now)
+    db.session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id)
+        .values(
+            sent_count=Issue.sent_count + written["sent"],
+            failed_count=Issue.failed_count + written["failed"],
+            bounced_count=Issue.bounced_count + written["bounced"],
+            batches_done=Issue.batches_done + (1 if done else 0),
+            progress_at=now,
+        )
+    )
+    db.session.commit()
+    report.outcomes = []
+    report.bounced_subscribers = []
+
+
+def _renew_claims(report: BatchReport, rows: list[_Row], now: datetime) -> None:
+    if not rows:
+        return
+    renewed = set(
+        db.session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id.in_([r.delivery_id for r in rows]),
+                Delivery.status == DeliveryStatus.SENDING,
+                Delivery.claimed_at == rows[0].claimed_at,
+            )
+            .values(claimed_at=now)
+            .returning(Delivery.id)
+            .execution_options(synchronize_session=False)
+        ).scalars()
+    )
+    for row in rows:
+        if row.delivery_id in renewed:
+            row.claimed_at = now
+        else:
+            # Taken back by the sweep meanwhile: someone else sends it now, not this batch.
+            report.noted.add(row.delivery_id)
+            report.lost += 1
+
+
+# PostgreSQL: the whole batch in one statement, its outcomes passed as one array per
+# column (a constant statement, prepared once; 3× cheaper than 100 pipelined UPDATEs).
+_RECORD_ARRAYS = text(
+    """
+    UPDATE deliveries AS d SET
+        status = o.status,
+        claimed_at = NULL,
+        attempts = o.attempts,
+        uncertain = o.uncertain,
+        next_attempt_at = COALESCE(o.next_attempt_at, d.next_attempt_at),
+        last_error = COALESCE(o.last_error, d.last_error),
+        smtp_response = COALESCE(o.smtp_response, d.smtp_response),
+        message_id = COALESCE(o.message_id, d.message_id),
+        sent_at = COALESCE(o.sent_at, d.sent_at)
+    FROM unnest(
+        CAST(:b_id AS integer[]), CAST(:b_claimed AS timestamptz[]), CAST(:b_status AS text[]),
+        CAST(:b_attempts AS integer[]), CAST(:b_uncertain AS boolean[]),
+        CAST(:b_next AS timestamptz[]), CAST(:b_error AS text[]), CAST(:b_response AS text[]),
+        CAST(:b_message_id AS text[]), CAST(:b_sent_at AS timestamptz[])
+    ) AS o(id, claimed_at, status, attempts, uncertain, next_attempt_at, last_error,
+           smtp_response, message_id, sent_at)
+    WHERE d.id = o.id AND d.status = 'sending' AND d.claimed_at = o.claimed_at
+    RETURNING o.status
+    """
+)
+_OUTCOME_KEYS = (
+    "b_id",
+    "b_claimed",
+    "b_status",
+    "b_attempts",
+    "b_uncertain",
+    "b_next",
+    "b_error",
+    "b_response",
+    "b_message_id",
+    "b_sent_at",
+)
+
+
+def _record(outcomes: list[dict[str, Any]]) -> Counter[str]:
+    """Write a batch's outcomes, only for rows still under this batch's claim, a NULL
+    keeping a column as it is: `_RECORD_ARRAYS` on PostgreSQL, `_RECORD` elsewhere.
+    Returns the statuses actually written (the issue's counters count those only)."""
+    if db.engine.dialect.name != "postgresql":
+        written: Counter[str] = Counter()
+        for outcome in outcomes:  # SQLite runs in process: one statement per row is cheap
+            if rowcount(db.session.execute(_RECORD, outcome)):
+                written[outcome["b_status"]] += 1
+        return written
+    result = db.session.execute(
+        _RECORD_ARRAYS, {key: [o[key] for o in outcomes] for key in _OUTCOME_KEYS}
+    )
+    return Counter(result.scalars())
+
+
+def _flush_for_sure(settings: Settings, issue_id: int, report: BatchReport, now: datetime) -> None:
+    """The batch's last write, retried for up to a quarter of the claim timeout (a database
+    failover): losing it would send these messages again."""
+    give_up = time.monotonic() + max(settings.claim_timeout_seconds / 4, 5)
+    pause = 0.5
+    while True:
+        try:
+            _flush(settings, issue_id, report, now, done=True)
+            return
+        except Exception:
+            try:
+                db.session.rollback()
+            except Exception:  # the connection itself is broken: start a new session
+                db.session.close()
+            if time.monotonic() + pause > give_up:
+                log.exception(
+                    "issue %s: outcomes of deliveries %s could not be written; "
+                    "the sweep will send them again",
+                    issue_id,
+                    [o["b_id"] for o in report.outcomes],
+                )
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 8)
+
+
+def _bounce_subscriber(
+    settings: Settings, subscriber_id: int, code: str, issue_id: int, now: datetime
+) -> None:
+    """A 5xx on RCPT: the address does not exist; never mail it again."""
+    sub = db.session.get(Subscriber, subscriber_id)
+    if sub is None or sub.status != Status.ACTIVE:
+        return
+    mark_bounced(settings, sub, now, detail={"code": code, "issue_id": issue_id})
+
+
+# ---------------------------------------------------------------- sweep
+
+
+def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
+    """Keep every issue in flight moving: take back claims abandoned by a lost worker
+    (sending and paused issues requeue them, cancelled ones skip them), re-dispatch due
+    rows whose tasks are gone or done, and mark finished issues sent. Returns tasks queued."""
+    stale = now - timedelta(seconds=settings.claim_timeout_seconds)
+    queued = 0
+    open_rows = exists().where(Delivery.issue_id == Issue.id, Delivery.status.in_(_OPEN))
+    in_flight = db.session.execute(
+        select(Issue.id, Issue.status).where(
+            or_(
+                Issue.status.in_((IssueStatus.SENDING, IssueStatus.PAUSED)),
+                and_(Issue.status == IssueStatus.CANCELLED, open_rows),
+            )
+        )
+    ).all()
+    for issue_id, status in in_flight:
+        abandoned = and_(
+            Delivery.issue_id == issue_id,
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.claimed_at < stale,
+        )
+        if status == IssueStatus.CANCELLED:
+            db.session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.issue_id == issue_id,
+                    or_(Delivery.status == DeliveryStatus.QUEUED, abandoned),
+                )
+                .values(
+                    status=DeliveryStatus.SKIPPED, claimed_at=None, last_error="issue cancelled"
+                )
+            )
+            db.session.commit()
+            continue
+        given_up = db.session.execute(
+            update(Delivery)
+            .where(abandoned, Delivery.lost_claims >= MAX_LOST_CLAIMS - 1)
+            .values(
+                status=DeliveryStatus.FAILED,
+                claimed_at=None,
+                lost_claims=Delivery.lost_claims + 1,
+                last_error=(
+                    f"quarantined: its worker was lost {MAX_LOST_CLAIMS} times while sending it "
+                    "(the last times alone: a crash building or sending this very message, "
+                    "or workers killed); see the worker logs"
+                ),
+            )
+        )
+        requeued = db.session.execute(
+            update(Delivery)
+            .where(abandoned)
+            .values(
+                status=DeliveryStatus.QUEUED,
+                claimed_at=None,
+                next_attempt_at=now,
+                # May have gone out before the worker died: one more try at most.
+                uncertain=True,
+                lost_claims=Delivery.lost_claims + 1,
+                last_error="claim expired: the worker was lost mid-batch",
+            )
+        )
+        # Deliveries first, then the issue: the order a batch's flush takes its locks in.
+        if rowcount(given_up):
+            db.session.execute(
+                update(Issue)
+                .where(Issue.id == issue_id)
+                .values(failed_count=Issue.failed_count + rowcount(given_up))
+            )
+        db.session.commit()
+        if rowcount(requeued):
+            log.warning(
+                "issue %s: %d deliveries abandoned by a lost worker, requeued",
+                issue_id,
+                rowcount(requeued),
+            )
+        if status != IssueStatus.SENDING or finish_if_done(issue_id, now):
+            continue
+        issue = get_issue_by_id(issue_id)
+        outstanding = issue.batches_queued - issue.batches_done
+        stalled = issue.progress_at is None or issue.progress_at < stale
+        if outstanding <= 0 or stalled:
+            queued += dispatch(settings, issue_id, now, enqueue)
+    return queued

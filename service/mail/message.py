@@ -1,0 +1,316 @@
+"""The one way a mail is built: a standards-clean message and its bytes for the wire.
+
+Every mail hebdo sends goes through `build_message` (or a `MailTemplate` filled per
+subscriber) and `serialise`. Headers carry only what hebdo controls: configuration, our own
+subjects, the validated address; never text a visitor typed. DKIM signs the final bytes.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
+from email.generator import BytesGenerator
+from email.header import Header
+from email.message import EmailMessage
+from email.utils import format_datetime
+from io import BytesIO
+from time import time_ns
+
+import dkim
+from email_validator import EmailNotValidError, validate_email
+
+from service.config import Settings
+from service.mail.errors import PermanentFailure
+
+# Raw header values written verbatim (see module docstring): we fold them ourselves.
+_WIRE = policy.SMTP.clone(refold_source="none")
+_WIRE_UTF8 = policy.SMTPUTF8.clone(refold_source="none")
+_SAFE_HEADER_VALUE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})+"
+)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str
+    recipient: str
+    smtputf8: bool
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A serialised message and its envelope: what a transport sends."""
+
+    envelope: Envelope
+    data: bytes
+    message_id: str
+
+
+def wire_address(address: str) -> tuple[str, bool]:
+    """The form of a stored address to put on the wire, and whether it needs SMTPUTF8.
+
+    ASCII local parts go out with the domain in punycode; a non-ASCII local part
+    can only be delivered over SMTPUTF8.
+    """
+    if _PLAIN_ADDRESS.fullmatch(address):
+        # Already normalised at sign-up: plain ASCII needs no second validation.
+        return address, False
+    try:
+        info = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise PermanentFailure(None, f"invalid recipient address: {exc}") from None
+    if info.ascii_email:
+        return info.ascii_email, False
+    return info.normalized, True
+
+
+def _raw_header(name: str, *lines: str) -> str:
+    """A header exactly as given, folded one item per line (each line ≤ 998 octets)."""
+    for line in lines:
+        if not _SAFE_HEADER_VALUE.fullmatch(line) or len(line) + len(name) + 2 > 998:
+            raise ValueError(f"unsafe value for {name}: {line!r}")
+    return f"{name}: " + "\r\n ".join(lines) + "\r\n"
+
+
+def _qp(text: str) -> bytes:
+    """Quoted-printable, CRLF line ends, lines ≤ 76 (binascii's C encoder)."""
+    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+
+
+class _Body:
+    """A text or HTML part, encoded once; only the lines holding a marker are encoded per mail.
+
+    Quoted-printable restarts at every hard line break, so encoding the body
+    line group by line group gives the same bytes as encoding it whole.
+    """
+
+    def __init__(self, content: str, markers: tuple[str, ...]) -> None:
+        self.pieces: list[bytes | str] = []
+        static: list[str] = []
+        for line in content.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+            if any(marker in line for marker in markers):
+                if static:
+                    self.pieces.append(_qp("\n".join(static) + "\n"))
+                    static = []
+                self.pieces.append(line + "\n")
+            else:
+                static.append(line)
+        self.pieces.append(_qp("\n".join(static) + "\n"))
+
+    def fill(self, values: dict[str, str]) -> bytes:
+        out = []
+        for piece in self.pieces:
+            if isinstance(piece, str):
+                for marker, value in values.items():
+                    piece = piece.replace(marker, value)
+                out.append(_qp(piece))
+            else:
+                out.append(piece)
+        return b"".join(out)
+
+
+class Markers:
+    """Placeholders for per-recipient values, unguessable so article text cannot forge one."""
+
+    def __init__(self) -> None:
+        self.prefix = f"%%{secrets.token_hex(6)}:"
+
+    def __getitem__(self, name: str) -> str:
+        return f"{self.prefix}{name}%%"
+
+
+class MailTemplate:
+    """One message prepared once, then personalised per recipient without a MIME tree.
+
+    The digest renders its HTML and text once per issue and locale, with
+    `Markers` where per-subscriber values go; `fill`
+    then costs a few string replacements and the encoding of the marked lines.
+    Confirmation mails use the same path with no markers: every mail hebdo
+    sends is assembled here, with the same headers.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        subject: str,
+        text: str,
+        html: str,
+        markers: Markers | None = None,
+    ) -> None:
+        self.settings = settings
+        self.markers = markers or Markers()
+        prefixes = (self.markers.prefix,)
+        head = EmailMessage(policy=policy.default)
+        head["From"] = settings.mail_from  # configuration, not user text
+        self._from = _header_block(serialise(head)) + b"\r\n"
+        self._subject = _subject_header(subject)
+        check_header_block((self._from + self._subject).rstrip(b"\r\n"))
+        self._list = (
+            _raw_header("List-Id", f"<{settings.list_id}>")
+            + _raw_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+        ).encode()
+        boundary = f"=_hebdo_{secrets.token_hex(12)}"
+        self._mime = (
+            f"MIME-Version: 1.0\r\n"
+            f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n'
+        ).encode()
+        part = (
+            'Content-Type: text/{}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        )
+        self._text_head = f"--{boundary}\r\n{part.format('plain')}".encode()
+        self._html_head = f"--{boundary}\r\n{part.format('html')}".encode()
+        self._end = f"--{boundary}--\r\n".encode()
+        self._text = _Body(text, prefixes)
+        self._html = _Body(html, prefixes)
+
+    def fill(
+        self,
+        *,
+        to: str,
+        unsubscribe_url: str,
+        now: datetime | None = None,
+        values: dict[str, str] | None = None,
+        html_values: dict[str, str] | None = None,
+    ) -> Outgoing:
+        """The message for one recipient: `values` fill markers in the text part, and in
+        the HTML part unless `html_values` (already escaped) says otherwise."""
+        s = self.settings
+        recipient, smtputf8 = wire_address(to)
+        message_id = f"<{time_ns()}.{secrets.token_hex(6)}@{s.mail_domain}>"
+        text_values = {self.markers[k]: v for k, v in (values or {}).items()}
+        html_subst = {self.markers[k]: v for k, v in (html_values or values or {}).items()}
+        head = b"".join(
+            (
+                self._from,
+                b"To: " + recipient.encode() + b"\r\n",
+                self._subject,
+                f"Date: {format_datetime(now or datetime.now(UTC))}\r\n".encode(),
+                f"Message-ID: {message_id}\r\n".encode(),
+                self._list,
+                _raw_header(
+                    "List-Unsubscribe",
+                    f"<{unsubscribe_url}>,",
+                    f"<mailto:{s.unsubscribe_mailto}?subject=unsubscribe>",
+                ).encode(),
+                self._mime,
+            )
+        )
+        body = b"".join(
+            (
+                self._text_head,
+                self._text.fill(text_values),
+                self._html_head,
+                self._html.fill(html_subst),
+                self._end,
+            )
+        )
+        data = head + body
+        if s.dkim_key:
+            data = dkim_sign(s, data)
+        return Outgoing(Envelope(s.mail_from_address, recipient, smtputf8), data, message_id)
+
+
+def _header_block(raw: bytes) -> bytes:
+    return raw.split(b"\r\n\r\n", 1)[0]
+
+
+_ENCODED_WORD = re.compile(r"=\?")
+_BREAKING_SPACE = re.compile(r"[^\S\u00a0\u202f]+")
+_HEADER_LINE = re.compile(rb"[A-Za-z][A-Za-z0-9-]*: |[ \t]")
+
+
+def _subject_header(subject: str) -> bytes:
+    """The Subject line, encoded here rather than by the email package's parser.
+
+    The subject carries an article title, so it is untrusted text: the email
+    package would *decode* an encoded-word found in it (`=?utf-8?q?…=0D=0A…?=`)
+    and could write a line break into the header block. Plain printable ASCII
+    goes out as it is; anything else (non-ASCII, `=?`) as RFC 2047 encoded-words,
+    which show the text literally.
+    """
+    # No CR, LF, tabs, line separators or runs of spaces; no-break spaces (French « : ») stay.
+    text = _BREAKING_SPACE.sub(" ", subject).strip()
+    if text.isascii() and text.isprintable() and not _ENCODED_WORD.search(text):
+        line = "Subject: " + text
+        if len(line) <= 998:
+            return (_fold(line) + "\r\n").encode()
+    encoded = Header(text, "utf-8", header_name="Subject").encode(linesep="\r\n")
+    return f"Subject: {encoded}\r\n".encode()
+
+
+def _fold(line: str, width: int = 78) -> str:
+    """Fold at spaces so lines stay under `width` where the words allow."""
+    out, current = [], ""
+    for word in line.split(" "):
+        if current and len(current) + 1 + len(word) > width:
+            out.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    out.append(current)
+    return "\r\n ".join(out)
+
+
+def check_header_block(block: bytes) -> None:
+    """Every line is a `Name: value` header or a continuation: no injected line can hide."""
+    for line in block.split(b"\r\n"):
+        if not _HEADER_LINE.match(line) or b"\r" in line or b"\n" in line:
+            raise ValueError(f"malformed header line: {line[:80]!r}")
+
+
+DKIM_HEADERS = (
+    b"from",
+    b"to",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"list-id",
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
+    b"mime-version",
+    b"content-type",
+)
+
+
+def dkim_sign(settings: Settings, data: bytes) -> bytes:
+    """Prepend a DKIM-Signature (relaxed/relaxed, rsa-sha256) over the list headers too."""
+    assert settings.dkim_key is not None
+    signature = dkim.sign(
+        data,
+        settings.dkim_selector.encode(),
+        settings.mail_domain.encode(),
+        settings.dkim_key,
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=list(DKIM_HEADERS),
+        linesep=b"\r\n",
+    )
+    return bytes(signature) + data
+
+
+def build_message(
+    settings: Settings,
+    *,
+    to: str,
+    subject: str,
+    text: str,
+    html: str,
+    unsubscribe_url: str,
+    now: datetime | None = None,
+) -> Outgoing:
+    """Build and serialise one mail to one recipient, with RFC 2369/2919/8058 list headers."""
+    template = MailTemplate(settings, subject=subject, text=text, html=html)
+    return template.fill(to=to, unsubscribe_url=unsubscribe_url, now=now)
+
+
+def serialise(msg: EmailMessage, *, smtputf8: bool = False) -> bytes:
+    """The exact bytes of a message built with the email package (CRLF line ends)."""
+    buffer = BytesIO()
+    BytesGenerator(buffer, policy=_WIRE_UTF8 if smtputf8 else _WIRE).flatten(msg)
+    return buffer.getvalue()

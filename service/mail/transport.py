@@ -1,0 +1,29 @@
+"""The transport every sender uses: SMTP when a relay is configured, else local capture."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+from service.config import Settings
+from service.mail.capture import CaptureTransport
+from service.mail.message import Outgoing
+from service.mail.smtp import SMTPTransport
+
+
+class Transport(Protocol):
+    def send(self, mail: Outgoing) -> str:
+        """Send one message; return the server's final reply. Raises DeliveryError."""
+
+
+@contextmanager
+def open_transport(settings: Settings) -> Iterator[Transport]:
+    """The configured transport, closed on exit."""
+    transport: SMTPTransport | CaptureTransport
+    if settings.capture_mail:
+        transport = CaptureTransport(settings.mail_capture_dir)
+    else:
+        transport = SMTPTransport(settings)
+    with transport:
+        yield transport

@@ -1,0 +1,160 @@
+"""The admin dashboard's figures and the alerts that need someone's attention.
+
+Alerts are facts (a kind and its values), not sentences: the admin page words them in
+the reader's language. Each one is computed from the database alone, so the page says
+the same thing whichever process asks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from service.digest.progress import IssueSummary, recent_issues
+from service.extensions import db
+from service.models import Delivery, DeliveryStatus, Feed, Issue, IssueStatus
+from service.subscribers.search import signups_and_unsubscribes, status_counts
+from service.telemetry.metrics import RECENT_ISSUES
+
+# Above this share of bounces a list is in trouble with the big mailbox providers
+# (Gmail and Yahoo's bulk-sender rules are stricter on complaints, but 2 % of bounces is
+# the usual warning line for a list that is not being cleaned).
+BOUNCE_ALERT = 0.02
+# Gmail asks bulk senders to keep spam complaints under 0.1 % of what they deliver.
+COMPLAINT_ALERT = 0.001
+# A send in progress that has not moved for this long while mail is still queued: the
+# workers or the broker are down (the sweep would otherwise have re-queued it by now).
+STALL_AFTER = timedelta(minutes=10)
+CHART_WEEKS = 12
+LAST_ISSUES = 5
+
+
+@dataclass(frozen=True)
+class Alert:
+    # bounce_rate | complaint_rate | feed_failing | queue_stalled
+    kind: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    subscribers: dict[str, int]
+    weeks: list[tuple[date, int, int]]
+    issues: list[IssueSummary]
+    alerts: list[Alert]
+
+
+def bounce_alert() -> Alert | None:
+    """The last issue that finished sending bounced too much."""
+    issue = db.session.execute(
+        select(Issue).where(Issue.status == IssueStatus.SENT).order_by(Issue.week.desc()).limit(1)
+    ).scalar_one_or_none()
+    if issue is None or not issue.recipients:
+        return None
+    rate = issue.bounced_count / issue.recipients
+    if rate <= BOUNCE_ALERT:
+        return None
+    return Alert(
+        "bounce_rate",
+        {
+            "week": issue.week,
+            "bounced": issue.bounced_count,
+            "recipients": issue.recipients,
+            "percent": round(100 * rate, 1),
+        },
+    )
+
+
+def complaint_alerts(now: datetime) -> list[Alert]:
+    """Issues started in the last RECENT_ISSUES whose readers reported them as spam too often
+    (feedback-loop reports keep arriving for days after a send, so not only the last one)."""
+    rows = db.session.execute(
+        select(Issue)
+        .where(
+            Issue.started_at >= now - RECENT_ISSUES,
+            Issue.complaint_count > 0,
+            Issue.sent_count > 0,
+        )
+        .order_by(Issue.week)
+    ).scalars()
+    return [
+        Alert(
+            "complaint_rate",
+            {
+                "week": i.week,
+                "complaints": i.complaint_count,
+                "sent": i.sent_count,
+                "percent": round(100 * i.complaint_count / i.sent_count, 2),
+            },
+        )
+        for i in rows
+        if i.complaint_count / i.sent_count > COMPLAINT_ALERT
+    ]
+
+
+def feed_alerts() -> list[Alert]:
+    """Feeds whose last read failed: their articles are missing from the coming issue."""
+    feeds = db.session.execute(
+        select(Feed).where(Feed.last_result == "error").order_by(Feed.url)
+    ).scalars()
+    return [
+        Alert(
+            "feed_failing",
+            {
+                "url": f.url,
+                "failures": f.failures,
+                "error": f.last_error or "",
+                "since": f.ok_at.isoformat() if f.ok_at else None,
+            },
+        )
+        for f in feeds
+    ]
+
+
+def stalled_alerts(now: datetime) -> list[Alert]:
+    """Sending issues with queued mail and no progress for STALL_AFTER.
+
+    Every batch moves `progress_at` when it records its outcomes, so the issue row says
+    when the send last moved; whether anything is still queued is one probe of the
+    partial index of queued rows. Nothing here grows with the number of deliveries.
+    """
+    alerts = []
+    sending = db.session.execute(
+        select(Issue).where(Issue.status == IssueStatus.SENDING).order_by(Issue.week)
+    ).scalars()
+    for issue in sending:
+        queued = db.session.execute(
+            select(Delivery.id)
+            .where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.QUEUED)
+            .limit(1)
+        ).first()
+        if queued is None:
+            continue
+        moments = [m for m in (issue.progress_at, issue.started_at) if m is not None]
+        last_move = max(moments) if moments else None
+        if last_move is None or now - last_move > STALL_AFTER:
+            minutes = int((now - last_move).total_seconds() // 60) if last_move else None
+            left = max(
+                issue.recipients - issue.sent_count - issue.failed_count - issue.bounced_count, 0
+            )
+            alerts.append(
+                Alert("queue_stalled", {"week": issue.week, "queued": left, "minutes": minutes})
+            )
+    return alerts
+
+
+def alerts(now: datetime) -> list[Alert]:
+    found = [bounce_alert()]
+    return [a for a in found if a] + complaint_alerts(now) + feed_alerts() + stalled_alerts(now)
+
+
+def dashboard(now: datetime) -> Dashboard:
+    return Dashboard(
+        subscribers=status_counts(),
+        weeks=signups_and_unsubscribes(CHART_WEEKS, now),
+        issues=recent_issues(LAST_ISSUES),
+        alerts=alerts(now),
+    )

@@ -1,0 +1,1 @@
+"""Metrics and logs: the ground floor every capability may use."""

@@ -1,0 +1,428 @@
+"""What every admin view shares: the two blueprints (browser pages and JSON API), who is
+signed in, roles, CSRF, the admin area's texts, and the login and logout pages.
+
+Browser: a server-side session (see accounts), CSRF-checked on every POST, roles
+checked by `requires`. API: `Authorization: Bearer <token>` of role editor or
+admin (publisher tokens only push articles). Neither sends CORS headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import Forbidden
+
+from service import i18n
+from service.admin import accounts
+from service.admin.accounts import SignedIn
+from service.config import origin_of
+from service.extensions import csrf, limiter
+from service.models import AdminRole
+from service.web.common import bearer_token, client_ip, now, settings
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+api_bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
+
+SESSION_KEY = "admin_sid"
+ASSETS = Path(__file__).resolve().parents[3] / "templates" / "admin"
+
+# ---------------------------------------------------------------- texts
+
+# Each admin module adds its own texts (`add_texts`), French first, English beside it.
+TEXTS: dict[str, dict[str, str]] = {"fr": {}, "en": {}}
+
+
+def add_texts(texts: dict[str, dict[str, str]]) -> None:
+    for locale, messages in texts.items():
+        overlap = set(TEXTS[locale]) & set(messages)
+        assert not overlap, f"admin texts defined twice: {sorted(overlap)}"
+        TEXTS[locale].update(messages)
+
+
+def t(key: str, **params: object) -> str:
+    """An admin text in the signed-in user's language (French when a text lacks a translation)."""
+    locale = g.get("admin_locale", i18n.DEFAULT_LOCALE)
+    text = TEXTS.get(locale, {}).get(key) or TEXTS[i18n.DEFAULT_LOCALE][key]
+    return text.format(**params) if params else text
+
+
+add_texts(
+    {
+        "fr": {
+            "nav.dashboard": "Tableau de bord",
+            "nav.subscribers": "Abonnés",
+            "nav.issues": "Numéros",
+            "nav.articles": "Articles",
+            "nav.audit": "Journal",
+            "nav.suppressions": "Liste de suppression",
+            "nav.imports": "Import",
+            "nav.embed": "Formulaire",
+            "nav.logout": "Se déconnecter",
+            "nav.skip": "Aller au contenu",
+            "nav.language": "English",
+            "login.title": "Connexion à l’administration",
+            "login.name": "Identifiant",
+            "login.password": "Mot de passe",
+            "login.submit": "Se connecter",
+            "login.failed": "Identifiant ou mot de passe incorrect.",
+            "login.expired": "Votre session a expiré : reconnectez-vous.",
+            "login.too_many": "Trop de tentatives de connexion. Réessayez dans quelques minutes.",
+            "logout.done": "Vous êtes déconnecté.",
+            "forbidden.title": "Accès refusé",
+            "forbidden.body": "Votre rôle ne permet pas cette action.",
+            "csrf.failed": "Le formulaire a expiré : rechargez la page et recommencez.",
+            "role.admin": "administrateur",
+            "role.editor": "éditeur",
+            "event.subscribe": "inscription",
+            "event.confirm": "confirmation",
+            "event.unsubscribe": "désinscription",
+            "event.resubscribe": "réinscription",
+            "event.bounce": "adresse en échec",
+            "event.complaint": "plainte",
+            "event.erase": "effacement (RGPD)",
+            "event.import": "import",
+            "event.export": "export",
+            "event.admin.login": "connexion",
+            "event.admin.logout": "déconnexion",
+            "event.article.exclude": "article exclu",
+            "event.article.include": "article réintégré",
+            "event.article.move_up": "article remonté",
+            "event.article.move_down": "article descendu",
+            "event.issue.plan": "numéro préparé",
+            "event.issue.approve": "numéro approuvé",
+            "event.issue.send": "envoi lancé",
+            "event.issue.pause": "envoi suspendu",
+            "event.issue.resume": "envoi repris",
+            "event.issue.cancel": "numéro annulé",
+            "event.issue.test": "test envoyé",
+            # French puts a (narrow no-break) space before a colon, English none.
+            "punct.colon": "\u202f:",
+        },
+        "en": {
+            "nav.dashboard": "Dashboard",
+            "nav.subscribers": "Subscribers",
+            "nav.issues": "Issues",
+            "nav.articles": "Articles",
+            "nav.audit": "Audit log",
+            "nav.suppressions": "Suppression list",
+            "nav.imports": "Import",
+            "nav.embed": "Sign-up form",
+            "nav.logout": "Log out",
+            "nav.skip": "Skip to content",
+            "nav.language": "Français",
+            "login.title": "Admin sign-in",
+            "login.name": "User name",
+            "login.password": "Password",
+            "login.submit": "Sign in",
+            "login.failed": "Wrong user name or password.",
+            "login.expired": "Your session expired: please sign in again.",
+            "login.too_many": "Too many sign-in attempts. Try again in a few minutes.",
+            "logout.done": "You are signed out.",
+            "forbidden.title": "Forbidden",
+            "forbidden.body": "Your role does not allow this action.",
+            "csrf.failed": "The form expired: reload the page and try again.",
+            "role.admin": "admin",
+            "role.editor": "editor",
+            "event.subscribe": "sign-up",
+            "event.confirm": "confirmation",
+            "event.unsubscribe": "unsubscription",
+            "event.resubscribe": "resubscription",
+            "event.bounce": "bounced address",
+            "event.complaint": "complaint",
+            "event.erase": "erasure (GDPR)",
+            "event.import": "import",
+            "event.export": "export",
+            "event.admin.login": "sign-in",
+            "event.admin.logout": "sign-out",
+            "event.article.exclude": "article left out",
+            "event.article.include": "article put back",
+            "event.article.move_up": "article moved up",
+            "event.article.move_down": "article moved down",
+            "event.issue.plan": "issue planned",
+            "event.issue.approve": "issue approved",
+            "event.issue.send": "send started",
+            "event.issue.pause": "send paused",
+            "event.issue.resume": "send resumed",
+            "event.issue.cancel": "issue cancelled",
+            "event.issue.test": "test sent",
+            "punct.colon": ":",
+        },
+    }
+)
+
+
+def label(kind: str, code: str | None) -> str:
+    """The words for a code (`event.unsubscribe`, `status.active`…) when there are some,
+    else the code itself: a new code still shows, untranslated, never an error."""
+    if not code:
+        return "—"
+    key = f"{kind}.{code}"
+    locale = g.get("admin_locale", i18n.DEFAULT_LOCALE)
+    return TEXTS.get(locale, {}).get(key) or TEXTS[i18n.DEFAULT_LOCALE].get(key) or code
+
+
+def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
+    return render_template(f"admin/{template}", **context), status
+
+
+@bp.context_processor
+def _admin_globals() -> dict[str, Any]:
+    return {"t": t, "label": label, "admin": g.get("admin"), "locale": g.get("admin_locale", "fr")}
+
+
+# ---------------------------------------------------------------- who is signed in
+
+
+def current() -> SignedIn:
+    admin: SignedIn = g.admin
+    return admin
+
+
+def actor() -> str:
+    """How the audit log names whoever makes this request."""
+    return cast(str, g.actor)
+
+
+def _locale(user_locale: str | None) -> str:
+    chosen = request.args.get("lang")
+    if chosen in i18n.LOCALES:
+        session["admin_lang"] = chosen
+    return i18n.pick_locale(session.get("admin_lang"), user_locale)
+
+
+def safe_target(target: str | None, default: str, inside: str = "/admin") -> str:
+    """`target` when it is a path inside `inside` (never another site: no open redirect),
+    else `default`."""
+    if not target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith(inside) or "\\" in target:
+        return default
+    return target
+
+
+def _safe_next(target: str | None) -> str:
+    return safe_target(target, url_for("admin.dashboard"))
+
+
+def json_error(status: int, code: str, message: str) -> tuple[Response, int]:
+    """The admin API's error body, `{"error", "message"}`, as the public API's."""
+    return jsonify({"error": code, "message": message}), status
+
+
+PUBLIC_ENDPOINTS = {"admin.login", "admin.asset"}
+
+
+def _larger_bodies() -> None:
+    """Imports and pasted lists are bigger than a sign-up: the admin limit applies here."""
+    limit = settings().admin_max_request_bytes
+    request.max_content_length = limit
+    request.max_form_memory_size = limit
+
+
+def _foreign_post() -> bool:
+    """A POST whose Origin header is neither hebdo's base URL nor the host the browser is
+    talking to (another site, `null` from a sandboxed frame or a data: URL). The CSRF token
+    already stops forged forms; this also stops a page that got hold of a token (an XSS on
+    a site sharing a parent domain, a token leaked in a log) from acting with an admin's
+    cookie. The host is compared without the scheme: behind a TLS proxy the app may see
+    http. No Origin (an old browser, a script): the CSRF token alone decides."""
+    origin = request.headers.get("Origin")
+    if request.method != "POST" or origin is None:
+        return False
+    origin = origin.lower()
+    if origin == origin_of(settings().base_url):
+        return False
+    return origin_of(origin).partition("://")[2] != request.host.lower()
+
+
+@bp.before_request
+def _signed_in() -> Response | None:
+    _larger_bodies()
+    g.admin_locale = _locale(None)
+    if _foreign_post():
+        raise Forbidden()
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        if request.method == "POST":
+            csrf.protect()
+        return None
+    token = session.get(SESSION_KEY)
+    user = accounts.session_user(settings(), token, now()) if isinstance(token, str) else None
+    if user is None:
+        if token is not None:
+            session.pop(SESSION_KEY, None)
+            flash(t("login.expired"), "error")
+        return cast(Response, redirect(url_for("admin.login", next=request.full_path)))
+    g.admin = user
+    g.actor = f"admin:{user.name}"
+    g.admin_locale = _locale(user.locale)
+    if request.method == "POST":
+        # Flask-WTF: the form's csrf_token field (or an X-CSRFToken header).
+        csrf.protect()
+    return None
+
+
+@api_bp.before_request
+def _token() -> Response | tuple[Response, int] | None:
+    _larger_bodies()
+    token = bearer_token("hebdo-admin")
+    if isinstance(token, tuple):
+        return token
+    if token.role not in tuple(AdminRole):
+        return _forbidden_json()
+    g.admin = SignedIn(0, f"token:{token.name}", token.role, None, i18n.DEFAULT_LOCALE)
+    g.actor = f"token:{token.name}"
+    g.admin_locale = i18n.DEFAULT_LOCALE
+    return None
+
+
+def _forbidden_json() -> tuple[Response, int]:
+    return json_error(403, "forbidden", "this token's role may not do this")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def requires_admin(view: F) -> F:
+    """Subscriber writes, imports, the audit log: the admin role only (editors read)."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if current().role != AdminRole.ADMIN:
+            if request.blueprint == "admin_api":
+                return _forbidden_json()
+            raise Forbidden()
+        return view(*args, **kwargs)
+
+    return cast(F, wrapper)
+
+
+@bp.errorhandler(Forbidden)
+def _forbidden(_exc: Forbidden) -> tuple[str, int]:
+    return page("forbidden.html", 403)
+
+
+# ---------------------------------------------------------------- login, logout, assets
+
+
+def _login_failed(response: Response) -> bool:
+    return bool(g.get("login_failed"))
+
+
+def _account_key() -> str:
+    return "login-account:" + request.form.get("name", "").strip().casefold()[:64]
+
+
+def _too_many(_limit: Any) -> Response:
+    flash(t("login.too_many"), "error")
+    html, _status = page("login.html", 429, next=_safe_next(request.args.get("next")))
+    response = Response(html, 429, mimetype="text/html")
+    response.headers["Retry-After"] = "60"
+    return response
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(lambda: settings().login_rate_limit, methods=["POST"], on_breach=_too_many)
+@limiter.limit(
+    lambda: settings().login_account_rate_limit,
+    key_func=_account_key,
+    methods=["POST"],
+    deduct_when=_login_failed,
+    on_breach=_too_many,
+)
+def login() -> Response | tuple[str, int]:
+    """The sign-in form; a success starts a new session (a new id, never the old one)."""
+    target = _safe_next(request.args.get("next"))
+    if request.method == "GET":
+        return page("login.html", next=target)
+    name, password = request.form.get("name", "").strip(), request.form.get("password", "")
+    user = accounts.check_login(name, password)
+    if user is None:
+        g.login_failed = True
+        flash(t("login.failed"), "error")
+        return page("login.html", 401, next=target)
+    old = session.get(SESSION_KEY)
+    if isinstance(old, str):
+        accounts.close_session(old)
+    lang = session.get("admin_lang")
+    session.clear()
+    session[SESSION_KEY] = accounts.open_session(user, now(), client_ip())
+    accounts.record(user.name, "admin.login", now(), client_ip())
+    if lang:
+        session["admin_lang"] = lang
+    return cast(Response, redirect(target))
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    token = session.get(SESSION_KEY)
+    if isinstance(token, str):
+        accounts.close_session(token)
+        admin = g.get("admin")
+        if admin is not None:
+            accounts.record(admin.name, "admin.logout", now(), client_ip())
+    session.clear()
+    flash(t("logout.done"), "info")
+    return cast(Response, redirect(url_for("admin.login")))
+
+
+@bp.get("/assets/<name>")
+def asset(name: str) -> Response:
+    """admin.css and admin.js: files, so the pages' CSP can forbid inline scripts."""
+    types = {"admin.css": "text/css", "admin.js": "text/javascript"}
+    if name not in types:
+        abort(404)
+    response = Response((ASSETS / name).read_bytes(), mimetype=types[name])
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+ADMIN_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'self'; base-uri 'none'; "
+    "frame-src 'self'"
+)
+
+
+@bp.after_request
+def _admin_headers(response: Response) -> Response:
+    # Pages full of personal data: never cached; framed only by the admin area itself
+    # (the issue preview's sandboxed iframe).
+    response.headers.setdefault("Cache-Control", "no-store")
+    # Referrers (URLs holding searched addresses) never leave the site, and the admin's own
+    # form posts carry our Origin: under `no-referrer` browsers send `Origin: null`, which
+    # _foreign_post must refuse (sandboxed frames and data: URLs send it too).
+    response.headers["Referrer-Policy"] = "same-origin"
+    if response.mimetype == "text/html":
+        response.headers.setdefault("Content-Security-Policy", ADMIN_CSP)
+        response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+    return response
+
+
+@api_bp.after_request
+def _api_headers(response: Response) -> Response:
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@bp.errorhandler(CSRFError)
+def _csrf_failed(_exc: CSRFError) -> tuple[str, int]:
+    return page("message.html", 400, title=t("csrf.failed"), body="")

@@ -1,0 +1,641 @@
+"""Admin pages and API for subscribers: the list, one subscriber's record, actions on one,
+a selection or a pasted list, the suppression list and the audit log."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from flask import (
+    Response,
+    abort,
+    flash,
+    jsonify,
+    redirect,
+    request,
+    url_for,
+)
+
+from service.admin import audit as audit_log
+from service.extensions import db
+from service.models import AdminRole, AuditEvent, Subscriber
+from service.subscribers import search
+from service.subscribers.addresses import InvalidEmail, normalise_email
+from service.subscribers.bulk import (
+    Action,
+    Actor,
+    BulkError,
+    Outcome,
+    act,
+    act_on_addresses,
+    act_on_ids,
+    addresses_in,
+)
+from service.subscribers.csv_cells import csv_chunks
+from service.subscribers.suppressions import (
+    suppression_reason,
+    suppression_reasons,
+    suppressions_page,
+)
+from service.web.admin.base import (
+    actor,
+    add_texts,
+    api_bp,
+    bp,
+    current,
+    json_error,
+    page,
+    requires_admin,
+    safe_target,
+    t,
+)
+from service.web.common import client_ip, csv_download, now, settings
+
+add_texts(
+    {
+        "fr": {
+            "subs.title": "Abonnés",
+            "subs.search": "Adresse contient",
+            "subs.status": "Statut",
+            "subs.any": "Tous",
+            "subs.locale": "Langue",
+            "subs.source": "Source (début de l’URL)",
+            "subs.since": "Inscrit depuis le",
+            "subs.until": "Inscrit jusqu’au",
+            "subs.sort": "Tri",
+            "subs.sort.newest": "Plus récents",
+            "subs.sort.oldest": "Plus anciens",
+            "subs.sort.email": "Adresse (A→Z)",
+            "subs.sort.-email": "Adresse (Z→A)",
+            "subs.filter": "Filtrer",
+            "subs.export": "Exporter cette vue (CSV)",
+            "subs.bulk_link": "Action sur une liste d’adresses",
+            "subs.none": "Aucun abonné ne correspond.",
+            "subs.email": "Adresse",
+            "subs.signed_up": "Inscription",
+            "subs.next": "Page suivante →",
+            "subs.first": "← Première page",
+            "subs.select_all": "Tout sélectionner",
+            "subs.select": "Sélectionner {email}",
+            "subs.with_selection": "Pour la sélection :",
+            "subs.action": "Action",
+            "subs.reason": "Motif (facultatif)",
+            "subs.apply": "Appliquer",
+            "subs.confirm_selection": "Appliquer cette action aux abonnés sélectionnés ?",
+            "subs.nothing_selected": "Aucun abonné sélectionné.",
+            "status.pending": "en attente",
+            "status.active": "actif",
+            "status.unsubscribed": "désinscrit",
+            "status.bounced": "en erreur (bounce)",
+            "status.complained": "plainte",
+            "action.unsubscribe": "Désinscrire",
+            "action.resubscribe": "Réinscrire (nouvelle confirmation)",
+            "action.bounce": "Marquer en erreur (bounce)",
+            "action.erase": "Effacer (RGPD)",
+            "outcome.done": "fait",
+            "outcome.already": "déjà fait",
+            "outcome.unknown": "inconnu",
+            "outcome.invalid": "invalide",
+            "outcome.refused": "refusé",
+            "counts.summary": "{done} fait(s), {already} déjà fait(s), {unknown} inconnu(s), {invalid} invalide(s), {refused} refusé(s).",
+            "subs.bad_filter": "Le filtre « {field} » n’est pas valide : la liste est affichée sans filtre.",
+            "bulk.too_many": "La liste contient {count} adresses : 10 000 au plus à la fois.",
+            "bulk.not_utf8": "Le fichier n’est pas du texte UTF-8.",
+            "one.title": "Abonné n° {id}",
+            "one.facts": "Fiche",
+            "one.consent": "Preuve du consentement",
+            "one.consent_at": "Date",
+            "one.consent_source": "Page ou origine",
+            "one.consent_text": "Version du texte",
+            "one.consent_ip": "Adresse IP",
+            "one.consent_agent": "Navigateur",
+            "one.confirmed_at": "Confirmé le",
+            "one.confirm_ip": "IP de confirmation",
+            "one.unsubscribed_at": "Désinscrit le",
+            "one.channel": "Par",
+            "one.history": "Historique",
+            "one.deliveries": "Envois des derniers numéros",
+            "one.bounces": "Bounces",
+            "one.no_bounce": "Aucun bounce.",
+            "one.no_delivery": "Aucun envoi.",
+            "one.week": "Semaine",
+            "one.attempts": "Tentatives",
+            "one.sent_at": "Envoyé le",
+            "one.answer": "Réponse du serveur",
+            "one.when": "Quand",
+            "one.who": "Qui",
+            "one.what": "Quoi",
+            "one.change": "Statut",
+            "one.actions": "Actions",
+            "one.confirm_unsubscribe": "Désinscrire cet abonné ?",
+            "one.confirm_bounce": "Marquer cette adresse en erreur ? Elle ne recevra plus rien.",
+            "one.erase_help": "Efface l’adresse, le consentement et les envois. Seule une empreinte (HMAC) reste dans la liste de suppression : l’adresse ne sera plus jamais écrite, sauf nouvelle inscription confirmée. Irréversible.",
+            "one.erase_check": "Je confirme l’effacement définitif",
+            "one.confirm_erase": "Effacer définitivement cet abonné ? Cette action est irréversible.",
+            "one.erased": "Abonné n° {id} effacé ; son adresse reste bloquée par la liste de suppression.",
+            "one.erase_unchecked": "Cochez la case pour confirmer l’effacement.",
+            "one.done": "{action} : {outcome}.",
+            "bulk.title": "Action sur une liste d’adresses",
+            "bulk.help": "Collez les adresses (une par ligne, ou un CSV avec une colonne « email ») ou choisissez un fichier. 10 000 adresses au plus.",
+            "bulk.text": "Adresses",
+            "bulk.file": "ou fichier (CSV ou texte)",
+            "bulk.run": "Lancer",
+            "bulk.confirm": "Appliquer cette action à toutes les adresses de la liste ?",
+            "bulk.report": "Résultat, ligne par ligne",
+            "bulk.line": "Ligne",
+            "bulk.result": "Résultat",
+            "bulk.empty": "La liste ne contient aucune adresse.",
+            "supp.title": "Liste de suppression",
+            "supp.help": "Adresses qu’hebdo n’écrira plus jamais (sauf nouvelle inscription confirmée). Seules des empreintes HMAC sont conservées, jamais les adresses.",
+            "supp.check": "Vérifier une adresse",
+            "supp.is": "Cette adresse est dans la liste de suppression (motif : {reason}).",
+            "supp.is_not": "Cette adresse n’est pas dans la liste de suppression.",
+            "supp.hash": "Empreinte",
+            "supp.reason": "Motif",
+            "supp.since": "Depuis",
+            "audit.title": "Journal des actions",
+            "audit.export": "Exporter le journal (CSV)",
+            "audit.action": "Action",
+            "audit.actor": "Auteur",
+            "audit.subject": "Objet",
+            "audit.ip": "IP",
+            "audit.filter": "Filtrer",
+            "audit.none": "Aucun événement.",
+        },
+        "en": {
+            "subs.title": "Subscribers",
+            "subs.search": "Address contains",
+            "subs.status": "Status",
+            "subs.any": "All",
+            "subs.locale": "Language",
+            "subs.source": "Source (start of the URL)",
+            "subs.since": "Signed up from",
+            "subs.until": "Signed up until",
+            "subs.sort": "Sort",
+            "subs.sort.newest": "Newest",
+            "subs.sort.oldest": "Oldest",
+            "subs.sort.email": "Address (A→Z)",
+            "subs.sort.-email": "Address (Z→A)",
+            "subs.filter": "Filter",
+            "subs.export": "Export this view (CSV)",
+            "subs.bulk_link": "Act on a list of addresses",
+            "subs.none": "No subscriber matches.",
+            "subs.email": "Address",
+            "subs.signed_up": "Signed up",
+            "subs.next": "Next page →",
+            "subs.first": "← First page",
+            "subs.select_all": "Select all",
+            "subs.select": "Select {email}",
+            "subs.with_selection": "With the selection:",
+            "subs.action": "Action",
+            "subs.reason": "Reason (optional)",
+            "subs.apply": "Apply",
+            "subs.confirm_selection": "Apply this action to the selected subscribers?",
+            "subs.nothing_selected": "No subscriber selected.",
+            "status.pending": "pending",
+            "status.active": "active",
+            "status.unsubscribed": "unsubscribed",
+            "status.bounced": "bounced",
+            "status.complained": "complained",
+            "action.unsubscribe": "Unsubscribe",
+            "action.resubscribe": "Resubscribe (new confirmation)",
+            "action.bounce": "Mark bounced",
+            "action.erase": "Erase (GDPR)",
+            "outcome.done": "done",
+            "outcome.already": "already",
+            "outcome.unknown": "unknown",
+            "outcome.invalid": "invalid",
+            "outcome.refused": "refused",
+            "counts.summary": "{done} done, {already} already, {unknown} unknown, {invalid} invalid, {refused} refused.",
+            "subs.bad_filter": "The “{field}” filter is not valid: the list is shown unfiltered.",
+            "bulk.too_many": "The list holds {count} addresses: at most 10,000 at a time.",
+            "bulk.not_utf8": "The file is not UTF-8 text.",
+            "one.title": "Subscriber #{id}",
+            "one.facts": "Record",
+            "one.consent": "Proof of consent",
+            "one.consent_at": "Date",
+            "one.consent_source": "Page or origin",
+            "one.consent_text": "Consent text version",
+            "one.consent_ip": "IP address",
+            "one.consent_agent": "Browser",
+            "one.confirmed_at": "Confirmed",
+            "one.confirm_ip": "Confirmation IP",
+            "one.unsubscribed_at": "Unsubscribed",
+            "one.channel": "Through",
+            "one.history": "History",
+            "one.deliveries": "Recent issues",
+            "one.bounces": "Bounces",
+            "one.no_bounce": "No bounce.",
+            "one.no_delivery": "No delivery.",
+            "one.week": "Week",
+            "one.attempts": "Attempts",
+            "one.sent_at": "Sent",
+            "one.answer": "Server's answer",
+            "one.when": "When",
+            "one.who": "Who",
+            "one.what": "What",
+            "one.change": "Status",
+            "one.actions": "Actions",
+            "one.confirm_unsubscribe": "Unsubscribe this subscriber?",
+            "one.confirm_bounce": "Mark this address bounced? It will get nothing more.",
+            "one.erase_help": "Erases the address, the consent record and the deliveries. Only a fingerprint (HMAC) stays on the suppression list: the address is never mailed again unless it signs up and confirms anew. Cannot be undone.",
+            "one.erase_check": "I confirm the permanent erasure",
+            "one.confirm_erase": "Erase this subscriber for good? This cannot be undone.",
+            "one.erased": "Subscriber #{id} erased; the suppression list keeps blocking the address.",
+            "one.erase_unchecked": "Tick the box to confirm the erasure.",
+            "one.done": "{action}: {outcome}.",
+            "bulk.title": "Act on a list of addresses",
+            "bulk.help": "Paste the addresses (one per line, or a CSV with an “email” column) or choose a file. At most 10,000 addresses.",
+            "bulk.text": "Addresses",
+            "bulk.file": "or a file (CSV or text)",
+            "bulk.run": "Run",
+            "bulk.confirm": "Apply this action to every address of the list?",
+            "bulk.report": "Result, line by line",
+            "bulk.line": "Line",
+            "bulk.result": "Result",
+            "bulk.empty": "The list holds no address.",
+            "supp.title": "Suppression list",
+            "supp.help": "Addresses hebdo will never mail again (unless they sign up and confirm anew). Only HMAC fingerprints are kept, never the addresses.",
+            "supp.check": "Check an address",
+            "supp.is": "This address is on the suppression list (reason: {reason}).",
+            "supp.is_not": "This address is not on the suppression list.",
+            "supp.hash": "Fingerprint",
+            "supp.reason": "Reason",
+            "supp.since": "Since",
+            "audit.title": "Audit log",
+            "audit.export": "Export the log (CSV)",
+            "audit.action": "Action",
+            "audit.actor": "Actor",
+            "audit.subject": "Subject",
+            "audit.ip": "IP",
+            "audit.filter": "Filter",
+            "audit.none": "No event.",
+        },
+    }
+)
+
+PAGE_SIZE = 50
+AUDIT_PAGE = 100
+
+
+def _by() -> Actor:
+    return Actor(actor(), client_ip())
+
+
+def _action(value: str | None) -> Action:
+    try:
+        return Action(value or "")
+    except ValueError:
+        abort(400)
+
+
+# ---------------------------------------------------------------- pages
+
+
+@bp.get("/subscribers")
+def subscribers() -> tuple[str, int]:
+    """The list: search, filters, sort, keyset pages, counts per status."""
+    try:
+        filters = search.parse_filters(request.args)
+        result = search.list_page(filters, cursor=request.args.get("cursor"), limit=PAGE_SIZE)
+    except search.SearchError as exc:
+        flash(t("subs.bad_filter", field=exc.field), "error")
+        filters, result = search.Filters(), search.list_page(search.Filters(), limit=PAGE_SIZE)
+    args = {k: v for k, v in request.args.items(multi=True) if k not in ("cursor", "lang")}
+    return page(
+        "subscribers.html",
+        filters=filters,
+        result=result,
+        counts=search.status_counts(),
+        args=args,
+        statuses=[s for s in search.Status],
+        sorts=search.SORTS,
+        actions=list(Action),
+    )
+
+
+@bp.get("/subscribers/<int:subscriber_id>")
+def subscriber(subscriber_id: int) -> tuple[str, int]:
+    """One subscriber's record: consent, history, deliveries, bounces, actions."""
+    sub = db.session.get(Subscriber, subscriber_id)
+    if sub is None:
+        abort(404)
+    return page(
+        "subscriber.html",
+        sub=sub,
+        history=search.history(subscriber_id),
+        deliveries=search.recent_deliveries(subscriber_id),
+        bounces=search.bounces(subscriber_id),
+        actions=list(Action),
+    )
+
+
+@bp.post("/subscribers/<int:subscriber_id>/<name>")
+@requires_admin
+def subscriber_action(subscriber_id: int, name: str) -> Response:
+    action = _action(name)
+    reason = request.form.get("reason", "").strip()[:200]
+    here = url_for("admin.subscriber", subscriber_id=subscriber_id)
+    if action == Action.ERASE and request.form.get("confirm") != "yes":
+        flash(t("one.erase_unchecked"), "error")
+        return cast(Response, redirect(here))
+    outcome = act(settings(), action, subscriber_id, by=_by(), now=now(), reason=reason)
+    if outcome == Outcome.UNKNOWN:
+        abort(404)
+    if action == Action.ERASE:
+        flash(t("one.erased", id=subscriber_id), "info")
+        return cast(Response, redirect(url_for("admin.subscribers")))
+    flash(t("one.done", action=t(f"action.{action}"), outcome=t(f"outcome.{outcome}")), "info")
+    return cast(Response, redirect(here))
+
+
+@bp.post("/subscribers/selection")
+@requires_admin
+def subscribers_selection() -> Response:
+    """One action on the subscribers ticked on the list page."""
+    action = _action(request.form.get("action"))
+    ids = [i for v in request.form.getlist("id") if (i := search.bounded_int(v)) is not None]
+    target = safe_target(
+        request.form.get("back"), url_for("admin.subscribers"), inside="/admin/subscribers"
+    )
+    if not ids:
+        flash(t("subs.nothing_selected"), "error")
+        return cast(Response, redirect(target))
+    reason = request.form.get("reason", "").strip()[:200]
+    try:
+        counts = act_on_ids(settings(), action, ids, by=_by(), now=now(), reason=reason)
+    except BulkError as exc:
+        flash(t("bulk.too_many", count=exc.count), "error")
+        return cast(Response, redirect(target))
+    summary = {o.value: counts.get(o.value, 0) for o in Outcome}
+    flash(f"{t(f'action.{action}')} — {t('counts.summary', **summary)}", "info")
+    return cast(Response, redirect(target))
+
+
+@bp.route("/subscribers/bulk", methods=["GET", "POST"])
+@requires_admin
+def subscribers_bulk() -> tuple[str, int]:
+    """Paste or upload a list of addresses; a report line per address."""
+    if request.method == "GET":
+        return page("bulk.html", actions=list(Action), report=None)
+    action = _action(request.form.get("action"))
+    text = request.form.get("addresses", "")
+    upload = request.files.get("file")
+    if upload and upload.filename:
+        try:
+            text = upload.read().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            flash(t("bulk.not_utf8"), "error")
+            return page("bulk.html", 400, actions=list(Action), report=None)
+    try:
+        addresses = addresses_in(text)
+    except BulkError as exc:
+        flash(t("bulk.too_many", count=exc.count), "error")
+        return page("bulk.html", 400, actions=list(Action), report=None)
+    if not addresses:
+        flash(t("bulk.empty"), "error")
+        return page("bulk.html", 400, actions=list(Action), report=None)
+    reason = request.form.get("reason", "").strip()[:200]
+    report = act_on_addresses(
+        settings(), action, addresses, by=_by(), now=now(), reason=reason, locale=current().locale
+    )
+    flash(f"{t(f'action.{action}')} — {t('counts.summary', **report.counts)}", "info")
+    return page("bulk.html", actions=list(Action), report=report, done_action=action)
+
+
+@bp.get("/suppressions")
+@requires_admin
+def suppressions() -> tuple[str, int]:
+    """The suppression list: hashes and reasons only; an address can be checked against it."""
+    checked: str | None = None
+    address = request.args.get("address", "").strip()
+    if address:
+        try:
+            email = normalise_email(address)
+        except InvalidEmail as exc:
+            flash(exc.message(current().locale), "error")
+        else:
+            reason = suppression_reason(settings(), email)
+            checked = t("supp.is", reason=reason) if reason else t("supp.is_not")
+    rows, more = suppressions_page(search.bounded_int(request.args.get("before")), PAGE_SIZE)
+    return page(
+        "suppressions.html", rows=rows, more=more, reasons=suppression_reasons(), checked=checked
+    )
+
+
+def _audit_filters(args: Any) -> tuple[audit_log.AuditFilters, dict[str, str]]:
+    """Filters from query parameters, and those parameters again for the page's links.
+    SearchError for a NUL character; an id that is not one is ignored."""
+    search.refuse_nul(args, ("action", "actor"))
+    kept = {k: v for k, v in args.items() if k in ("action", "actor", "subscriber_id") and v}
+    filters = audit_log.AuditFilters(
+        action=kept.get("action", ""),
+        actor=kept.get("actor", ""),
+        subscriber_id=search.bounded_int(kept.get("subscriber_id")),
+    )
+    return filters, kept
+
+
+@bp.get("/audit")
+@requires_admin
+def audit() -> tuple[str, int]:
+    """Every admin, subscriber and system action, newest first."""
+    try:
+        filters, args = _audit_filters(request.args)
+    except search.SearchError as exc:
+        flash(t("subs.bad_filter", field=exc.field), "error")
+        filters, args = audit_log.AuditFilters(), {}
+    before = search.bounded_int(request.args.get("before"))
+    events, more = audit_log.page(filters, before, AUDIT_PAGE)
+    return page("audit.html", events=events, more=more, args=args)
+
+
+@bp.get("/audit.csv")
+@requires_admin
+def audit_csv() -> Response | tuple[str, int]:
+    """The whole log (or a filtered part), streamed a page at a time."""
+    try:
+        filters, _args = _audit_filters(request.args)
+    except search.SearchError as exc:
+        return page("message.html", 422, title=t("export.bad_filter", field=exc.field), body="")
+    chunks = csv_chunks(audit_log.COLUMNS, audit_log.rows(filters))
+    return csv_download(chunks, f"hebdo-audit-{now():%Y%m%d-%H%M}.csv")
+
+
+# ---------------------------------------------------------------- API
+
+
+def subscriber_json(sub: Subscriber, *, full: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": sub.id,
+        "email": sub.email,
+        "status": sub.status,
+        "locale": sub.locale,
+        "created_at": sub.created_at.isoformat(),
+        "confirmed_at": sub.confirmed_at.isoformat() if sub.confirmed_at else None,
+        "source": sub.consent_source,
+    }
+    if full:
+        data["unsubscribed_at"] = sub.unsubscribed_at.isoformat() if sub.unsubscribed_at else None
+        data["unsubscribe_channel"] = sub.unsubscribe_channel
+        data["consent"] = {
+            "at": sub.consent_at.isoformat(),
+            "source": sub.consent_source,
+            "text_version": sub.consent_text_version,
+        }
+        if current().role == AdminRole.ADMIN:
+            # IPs and browsers are the admin's to see (proof of consent), not an editor's.
+            data["consent"].update(ip=sub.consent_ip, user_agent=sub.consent_user_agent)
+        data["history"] = [event_json(e) for e in search.history(sub.id)]
+        data["deliveries"] = [
+            {
+                "week": d.week,
+                "status": d.status,
+                "attempts": d.attempts,
+                "sent_at": d.sent_at.isoformat() if d.sent_at else None,
+                "error": d.error,
+            }
+            for d in search.recent_deliveries(sub.id)
+        ]
+    return data
+
+
+def event_json(e: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "created_at": e.created_at.isoformat(),
+        "actor": e.actor,
+        "action": e.action,
+        "subject": e.subject,
+        "subscriber_id": e.subscriber_id,
+        "before_status": e.before_status,
+        "after_status": e.after_status,
+        "ip": e.ip,
+        "detail": e.detail,
+    }
+
+
+@api_bp.get("/subscribers")
+def api_subscribers() -> Response | tuple[Response, int]:
+    """A keyset page of a filtered view; `next_cursor` fetches the next one."""
+    try:
+        filters = search.parse_filters(request.args, exact_lengths=True)
+        limit = search.bounded_int(request.args.get("limit", str(search.DEFAULT_LIMIT)), default=0)
+        result = search.list_page(filters, cursor=request.args.get("cursor"), limit=limit or 0)
+    except search.SearchError as exc:
+        return json_error(422, "invalid_parameter", str(exc))
+    body: dict[str, Any] = {
+        "items": [subscriber_json(s) for s in result.items],
+        "next_cursor": result.next_cursor,
+    }
+    if "cursor" not in request.args:
+        # The first page carries the counts per status; later pages (or `cursor=`) skip them.
+        body["counts"] = search.status_counts()
+    return jsonify(body)
+
+
+def _api_subscriber(subscriber_id: int) -> Subscriber:
+    # Beyond the id column's range there is nobody: asking the database would be an
+    # "integer out of range" error on PostgreSQL (an OverflowError on SQLite), not a 404.
+    sub = db.session.get(Subscriber, subscriber_id) if subscriber_id <= search.MAX_ID else None
+    if sub is None:
+        abort(404, f"no subscriber #{subscriber_id}")
+    return sub
+
+
+@api_bp.get("/subscribers/<int:subscriber_id>")
+def api_subscriber(subscriber_id: int) -> Response:
+    return jsonify(subscriber_json(_api_subscriber(subscriber_id), full=True))
+
+
+# PATCH {"status": ...}: the statuses an admin may ask for, and the action that gets there.
+PATCH_ACTIONS = {
+    "unsubscribed": Action.UNSUBSCRIBE,
+    "pending": Action.RESUBSCRIBE,
+    "bounced": Action.BOUNCE,
+}
+
+
+@api_bp.patch("/subscribers/<int:subscriber_id>")
+@requires_admin
+def api_subscriber_patch(subscriber_id: int) -> Response | tuple[Response, int]:
+    """Change a status: `unsubscribed`, `pending` (resubscribe: a new confirmation mail;
+    never straight to `active`) or `bounced`; with an optional `reason`."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return json_error(400, "malformed_json", "send a JSON object")
+    unknown = sorted(set(body) - {"status", "reason"})
+    if unknown:
+        return json_error(422, "invalid_field", f"unknown field(s): {', '.join(unknown)}")
+    status, reason = body.get("status"), body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 200:
+        return json_error(422, "invalid_field", "reason must be a string of at most 200")
+    if not isinstance(status, str) or status not in PATCH_ACTIONS:
+        return json_error(422, "invalid_field", f"status must be one of {', '.join(PATCH_ACTIONS)}")
+    _api_subscriber(subscriber_id)
+    outcome = act(
+        settings(), PATCH_ACTIONS[status], subscriber_id, by=_by(), now=now(), reason=reason
+    )
+    sub = _api_subscriber(subscriber_id)
+    if outcome == Outcome.REFUSED or (outcome == Outcome.ALREADY and sub.status != status):
+        return json_error(409, "conflict", f"a {sub.status} subscriber cannot become {status}")
+    return jsonify({"result": outcome.value, "subscriber": subscriber_json(sub)})
+
+
+@api_bp.delete("/subscribers/<int:subscriber_id>")
+@requires_admin
+def api_subscriber_delete(subscriber_id: int) -> tuple[str, int]:
+    """Erase (GDPR): see subscribers.bulk.erase."""
+    _api_subscriber(subscriber_id)
+    act(settings(), Action.ERASE, subscriber_id, by=_by(), now=now())
+    return "", 204
+
+
+@api_bp.post("/unsubscribes")
+@requires_admin
+def api_unsubscribes() -> Response | tuple[Response, int]:
+    """Bulk unsubscribe: `{"emails": [...], "reason"?: "..."}` → a result per address."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return json_error(400, "malformed_json", "send a JSON object")
+    emails, reason = body.get("emails"), body.get("reason", "")
+    unknown = sorted(set(body) - {"emails", "reason"})
+    if unknown:
+        return json_error(422, "invalid_field", f"unknown field(s): {', '.join(unknown)}")
+    if not isinstance(emails, list) or not all(isinstance(e, str) for e in emails):
+        return json_error(422, "invalid_field", "emails must be a list of strings")
+    if not isinstance(reason, str) or len(reason) > 200:
+        return json_error(422, "invalid_field", "reason must be a string of at most 200")
+    try:
+        report = act_on_addresses(
+            settings(),
+            Action.UNSUBSCRIBE,
+            list(enumerate(emails, 1)),
+            by=_by(),
+            now=now(),
+            reason=reason,
+        )
+    except BulkError as exc:
+        return json_error(422, "too_many", str(exc))
+    return jsonify(
+        {
+            "results": [
+                {"email": line.given, "result": line.outcome.value, "reason": line.reason or None}
+                for line in report.lines
+            ],
+            "counts": report.counts,
+        }
+    )
+
+
+@api_bp.get("/audit")
+@requires_admin
+def api_audit() -> Response | tuple[Response, int]:
+    """Audit events, newest first; `next_before` fetches the next page."""
+    limit = search.bounded_int(request.args.get("limit"), default=100, maximum=1000) or 100
+    try:
+        filters, _args = _audit_filters(request.args)
+    except search.SearchError as exc:
+        return json_error(422, "invalid_parameter", str(exc))
+    before = search.bounded_int(request.args.get("before"))
+    events, more = audit_log.page(filters, before, limit)
+    return jsonify({"items": [event_json(e) for e in events], "next_before": more})

@@ -521,7 +521,7 @@ def test_apply_when_others_subscribed_a_whole_batch_meanwhile(
 def test_a_failed_apply_keeps_the_file_for_another_try(
     app: Flask, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.web.admin import imports as admin_imports
+    from service.subscribers import csv_io
 
     file_id = upload_file(app, admin, b"email\nessai@exemple.fr\n", "essai.csv")
 
@@ -529,7 +529,7 @@ def test_a_failed_apply_keeps_the_file_for_another_try(
         raise RuntimeError("the database went away")
 
     with monkeypatch.context() as patched:
-        patched.setattr(admin_imports, "apply_import", broken)
+        patched.setattr(csv_io, "apply_import", broken)
         failed = admin.post(f"/admin/imports/{file_id}/apply")
     assert failed.status_code == 302
     assert (

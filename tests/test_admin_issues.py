@@ -473,3 +473,54 @@ def test_test_sends_are_capped_per_client(app: Flask, admin: Admin) -> None:
     assert codes == [302] * 30 + [429]
     # Other actions are not counted against the cap.
     assert admin.post(f"/admin/issues/{week}/pause").status_code == 302
+
+
+@pytest.mark.parametrize("face", ["page", "api", "cli"])
+def test_every_face_leaves_the_same_audit_events(app: Flask, face: str) -> None:
+    """The admin page's buttons, the admin API and `hebdo digest …` call the same domain
+    actions, which write the audit events: the same events, whoever steers the issue."""
+    _three_articles(app)
+    add_subscribers(app, 3)
+    week = _plan(app)
+    if face == "page":
+        create_admin(app, "alice", "admin")
+        admin = Admin(app.test_client())
+        admin.login("alice")
+
+        def act(action: str) -> None:
+            admin.post(f"/admin/issues/{week}/{action}")
+
+        actor = "admin:alice"
+    elif face == "api":
+        headers = api_token(app, "editor", "cms-editor")
+        client = app.test_client()
+
+        def act(action: str) -> None:
+            response = client.post(f"/api/v1/admin/issues/{week}/{action}", headers=headers)
+            assert response.status_code == 200, response.get_json()
+
+        actor = "token:cms-editor"
+    else:
+        runner = app.test_cli_runner()
+
+        def act(action: str) -> None:
+            args = ["digest", action, "--week", week] + (["--now"] if action == "send" else [])
+            result = runner.invoke(args=args)
+            assert result.exit_code == 0, result.output
+
+        actor = "cli:"
+    for action in ("send", "pause", "cancel"):
+        act(action)
+    assert _issue(app, week).status == IssueStatus.CANCELLED
+    with app.app_context():
+        events = db.session.execute(
+            select(AuditEvent.actor, AuditEvent.action, AuditEvent.detail)
+            .where(AuditEvent.subject == f"issue:{week}")
+            .order_by(AuditEvent.id)
+        ).all()
+    assert [(action, detail) for _who, action, detail in events] == [
+        ("issue.send", {"recipients": 3, "approved": False}),
+        ("issue.pause", None),
+        ("issue.cancel", None),
+    ]
+    assert all(who.startswith(actor) and len(who) > len("cli:") for who, _a, _d in events)

@@ -24,11 +24,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from service.admin.audit import Actor
 from service.digest import delivery
 from service.extensions import db
 from service.jobs import CONFIRMATION_WINDOW
 from service.models import AuditEvent, Status, Subscriber
-from service.subscribers.bulk import Actor, erase
+from service.subscribers.bulk import erase
 from service.subscribers.lifecycle import Consent, confirm, subscribe, unsubscribe
 from service.subscribers.suppressions import is_suppressed, mark_bounced
 from service.subscribers.tokens import (

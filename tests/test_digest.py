@@ -14,8 +14,7 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from service import i18n
-from service.digest import delivery
-from service.digest import lifecycle as issue_lifecycle
+from service.digest import actions, delivery, lifecycle
 from service.digest.articles import ArticleInput, store_article
 from service.digest.planning import (
     get_issue,
@@ -88,9 +87,9 @@ def test_the_beat_sends_at_eight_on_the_dst_monday_and_not_an_hour_early(
         s = app.config["SETTINGS"]
         # 07:59 in Paris (05:59 UTC): winter-time arithmetic would already have sent at 07:00 UTC
         # the week before; this week nothing happens yet.
-        issue_lifecycle.tick(s, datetime(2026, 3, 30, 5, 59, tzinfo=UTC), queued.append)
+        actions.tick(s, datetime(2026, 3, 30, 5, 59, tzinfo=UTC), queued.append)
         assert get_issue(SUMMER_MONDAY) is None and queued == []
-        issue_lifecycle.tick(s, datetime(2026, 3, 30, 6, 0, 30, tzinfo=UTC), queued.append)
+        actions.tick(s, datetime(2026, 3, 30, 6, 0, 30, tzinfo=UTC), queued.append)
         issue = get_issue(SUMMER_MONDAY)
         assert issue is not None and issue.status == IssueStatus.SENDING
         assert issue.recipients == 3 and len(queued) == 1
@@ -104,7 +103,7 @@ def test_a_week_is_planned_once_whatever_the_ticks_workers_and_commands(app: Fla
     with app.app_context():
         s = app.config["SETTINGS"]
         for second in range(5):
-            issue_lifecycle.tick(s, NOW + timedelta(seconds=second), queued.append)
+            actions.tick(s, NOW + timedelta(seconds=second), queued.append)
         assert plan_issue(s, "2026-W48", NOW).changed is False
         issue_count = db.session.execute(select(func.count()).select_from(Issue)).scalar_one()
         deliveries = db.session.execute(select(func.count()).select_from(Delivery)).scalar_one()
@@ -152,7 +151,7 @@ def test_a_week_without_articles_sends_nothing_and_says_so_once(
     with app.app_context():
         s = app.config["SETTINGS"]
         for minute in range(3):
-            issue_lifecycle.tick(s, NOW + timedelta(minutes=minute), queued.append)
+            actions.tick(s, NOW + timedelta(minutes=minute), queued.append)
         issue = get_issue("2026-W48")
         assert issue is not None and issue.status == IssueStatus.CANCELLED
         assert issue.note == "no new articles"
@@ -172,14 +171,14 @@ def test_review_mode_plans_a_draft_the_day_before_and_sends_only_once_approved(
     with app.app_context():
         s = app.config["SETTINGS"]
         sunday = NOW - timedelta(hours=23)  # Sunday 09:00 in Paris, still ISO week 47
-        issue_lifecycle.tick(s, sunday, queued.append)
+        actions.tick(s, sunday, queued.append)
         issue = get_issue("2026-W48")
         assert issue is not None and issue.status == IssueStatus.DRAFT
-        issue_lifecycle.tick(s, NOW + timedelta(minutes=1), queued.append)
+        actions.tick(s, NOW + timedelta(minutes=1), queued.append)
         assert get_issue("2026-W48").status == IssueStatus.DRAFT  # type: ignore[union-attr]
         assert queued == []
-        assert issue_lifecycle.approve(issue.id, NOW + timedelta(minutes=2))
-        issue_lifecycle.tick(s, NOW + timedelta(minutes=3), queued.append)
+        assert lifecycle.approve(issue.id, NOW + timedelta(minutes=2))
+        actions.tick(s, NOW + timedelta(minutes=3), queued.append)
         assert get_issue("2026-W48").status == IssueStatus.SENDING  # type: ignore[union-attr]
     assert len(queued) == 1
 
@@ -188,9 +187,9 @@ def test_a_send_missed_by_more_than_a_day_is_not_caught_up_by_the_beat(app: Flas
     add_subscribers(app, 1)
     add_article(app, 1, NOW - timedelta(days=1))
     with app.app_context():
-        issue_lifecycle.tick(app.config["SETTINGS"], NOW + timedelta(days=3), no_enqueue)
+        actions.tick(app.config["SETTINGS"], NOW + timedelta(days=3), no_enqueue)
         assert get_issue("2026-W48") is None
-        issue_lifecycle.tick(app.config["SETTINGS"], NOW + timedelta(hours=5), no_enqueue)
+        actions.tick(app.config["SETTINGS"], NOW + timedelta(hours=5), no_enqueue)
         assert get_issue("2026-W48").status == IssueStatus.SENDING  # type: ignore[union-attr]
 
 
@@ -306,7 +305,7 @@ def test_a_sunday_evening_send_missed_until_monday_is_still_caught_up(
         s = app.config["SETTINGS"]
         # Beat was down from Sunday 29 November 19:00 until Monday 02:00 (Paris): ISO week 49
         # has begun, but week 48's send is only 6 hours late.
-        issue_lifecycle.tick(s, datetime(2026, 11, 30, 1, 0, tzinfo=UTC), no_enqueue)
+        actions.tick(s, datetime(2026, 11, 30, 1, 0, tzinfo=UTC), no_enqueue)
         issue = get_issue("2026-W48")
         assert issue is not None and issue.status == IssueStatus.SENDING
         assert get_issue("2026-W49") is None
@@ -341,7 +340,7 @@ def test_a_cancelled_issue_that_went_out_keeps_its_articles_and_its_web_page(app
     add_article(app, 1, NOW - timedelta(days=1))
     issue_id = start_week(app)
     with app.app_context():
-        assert issue_lifecycle.cancel(issue_id, NOW)
+        assert lifecycle.cancel(issue_id, NOW)
     assert app.test_client().get("/archive/2026-W48").status_code == 200
     add_article(app, 2, NOW + timedelta(days=3))
     with app.app_context():
@@ -360,9 +359,9 @@ def test_a_draft_never_approved_gives_its_articles_to_the_next_issue(
     add_article(app, 1, NOW - timedelta(days=2))
     with app.app_context():
         s = app.config["SETTINGS"]
-        issue_lifecycle.tick(s, NOW - timedelta(hours=20), no_enqueue)
+        actions.tick(s, NOW - timedelta(hours=20), no_enqueue)
         assert get_issue("2026-W48").status == IssueStatus.DRAFT  # type: ignore[union-attr]
-        issue_lifecycle.tick(s, NOW + timedelta(hours=25), no_enqueue)
+        actions.tick(s, NOW + timedelta(hours=25), no_enqueue)
         stale = get_issue("2026-W48")
         assert stale is not None and stale.status == IssueStatus.CANCELLED
         assert "not approved in time" in (stale.note or "")
@@ -389,14 +388,8 @@ def test_the_week_commands_mean_follows_the_schedule(
     app = make_app({**env, "HEBDO_SEND_SCHEDULE": "sunday 20:00"})
     s = app.config["SETTINGS"]
     # Monday 02:00 in Paris: the Sunday-evening issue is still "this week's".
-    assert (
-        upcoming_week(s, datetime(2026, 11, 30, 1, 0, tzinfo=UTC), issue_lifecycle.MAX_LATE)
-        == "2026-W48"
-    )
+    assert upcoming_week(s, datetime(2026, 11, 30, 1, 0, tzinfo=UTC)) == "2026-W48"
     # Thursday: the next one.
-    assert (
-        upcoming_week(s, datetime(2026, 12, 3, 9, 0, tzinfo=UTC), issue_lifecycle.MAX_LATE)
-        == "2026-W49"
-    )
+    assert upcoming_week(s, datetime(2026, 12, 3, 9, 0, tzinfo=UTC)) == "2026-W49"
     assert i18n.format_date("fr", date(2027, 3, 1)) == "1er mars 2027"
     assert i18n.format_date("en", date(2027, 3, 1)) == "1 March 2027"

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from flask import Flask
 
-from service.digest import lifecycle as issue_lifecycle
 from service.digest.planning import get_issue, upcoming_week
 from service.extensions import db
 from service.models import Subscriber
@@ -28,7 +27,7 @@ def test_plan_preview_and_test_show_exactly_what_subscribers_get(
     now = datetime.now(UTC)
     add_article(app, 1, now - timedelta(hours=5), title="Grand titre de la semaine")
     ids = add_subscribers(app, 1, locale="en")
-    week = upcoming_week(app.config["SETTINGS"], now, issue_lifecycle.MAX_LATE)
+    week = upcoming_week(app.config["SETTINGS"], now)
 
     code, out = _cli(app, "digest", "plan")
     assert code == 0 and out.startswith(f"{week}: scheduled, 1 articles")
@@ -78,7 +77,7 @@ def test_send_status_pause_resume_cancel_from_the_command_line(
     now = datetime.now(UTC)
     add_article(app, 1, now - timedelta(hours=5))
     add_subscribers(app, 5)
-    week = upcoming_week(app.config["SETTINGS"], now, issue_lifecycle.MAX_LATE)
+    week = upcoming_week(app.config["SETTINGS"], now)
 
     code, out = _cli(app, "digest", "send")
     assert code == 0 and "scheduled" in out  # without --now: at the scheduled time

@@ -20,8 +20,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from flask import Flask
 from sqlalchemy import select
 
-from service.digest import delivery, progress
-from service.digest import lifecycle as issue_lifecycle
+from service.digest import delivery, lifecycle, progress
 from service.digest.planning import get_issue, plan_issue
 from service.digest.rendering import Recipient, mail_for, mail_template
 from service.digest.send_rate import FileRate, RedisRate, send_rate
@@ -225,18 +224,19 @@ def test_pause_resume_and_cancel(batch_app: Flask, smtp_server: SMTPSink) -> Non
     sender.queue, waiting = [first], sender.queue
     sender.run()
     with batch_app.app_context():
-        assert issue_lifecycle.pause(issue_id)
-        assert not issue_lifecycle.pause(issue_id)
+        assert lifecycle.pause(issue_id)
+        assert not lifecycle.pause(issue_id)
     sender.queue = waiting
     assert [r.claimed for r in sender.run()] == [0, 0]  # paused: queued tasks claim nothing
     assert len(smtp_server.messages) == 40
     with batch_app.app_context():
-        assert issue_lifecycle.resume(sender.settings, issue_id, NOW, sender.enqueue)
+        assert lifecycle.resume(issue_id)
+        delivery.dispatch(sender.settings, issue_id, NOW, sender.enqueue)
     sender.queue = sender.queue[:1]
     sender.run()
     assert len(smtp_server.messages) == 80
     with batch_app.app_context():
-        assert issue_lifecycle.cancel(issue_id, NOW)
+        assert lifecycle.cancel(issue_id, NOW)
     sender.sweep(NOW + timedelta(hours=1))
     sender.run(NOW + timedelta(hours=1))
     assert len(smtp_server.messages) == 80
@@ -513,7 +513,8 @@ def test_a_relay_refusing_us_pauses_the_issue_and_blames_no_reader(
     smtp_server.rcpt_replies.clear()
     later = NOW + timedelta(minutes=5)
     with batch_app.app_context():
-        assert issue_lifecycle.resume(sender.settings, issue.id, later, sender.enqueue)
+        assert lifecycle.resume(issue.id)
+        delivery.dispatch(sender.settings, issue.id, later, sender.enqueue)
     sender.run(later)
     assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == sorted(
         f"reader{n}@exemple.fr" for n in range(12)
@@ -533,7 +534,7 @@ def test_cancelling_under_a_running_batch_skips_the_rest_and_closes_the_issue(
         def send(self, mail: Outgoing) -> str:
             reply = super().send(mail)
             if mail.envelope.recipient == "reader2@exemple.fr":
-                issue_lifecycle.cancel(issue_id, NOW)  # an editor, from another process
+                lifecycle.cancel(issue_id, NOW)  # an editor, from another process
             return reply
 
     with batch_app.app_context(), CancelledMidway(sender.settings) as transport:
@@ -553,7 +554,7 @@ def test_rows_of_a_cancelled_issue_left_by_a_dead_worker_are_closed_by_the_sweep
     with batch_app.app_context():
         issue_id = sender.issue().id
         assert len(delivery.claim(sender.settings, issue_id, NOW)) == 40  # then dies
-        assert issue_lifecycle.cancel(issue_id, NOW)
+        assert lifecycle.cancel(issue_id, NOW)
     sender.sweep(NOW + timedelta(hours=1))
     statuses = [r.status for r in sender.deliveries().values()]
     assert statuses.count("skipped") == 50

@@ -4,6 +4,7 @@ and filtered pages, newest first, and rows for a CSV export read it back.
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,24 @@ COLUMNS = (
     "after_status",
     "ip",
 )
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts, from where: written into every audit event. `name` says what kind of actor
+    and which (`admin:alice`, `token:cms`, `cli:root`, `system`, `subscriber`)."""
+
+    name: str
+    ip: str | None = None
+
+    @classmethod
+    def cli(cls) -> Actor:
+        """Whoever runs a `hebdo` command: the operating-system account."""
+        try:
+            user = getpass.getuser()
+        except (OSError, KeyError):
+            user = "unknown"
+        return cls(f"cli:{user}")
 
 
 def audit(

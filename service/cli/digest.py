@@ -11,9 +11,9 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from service.digest import feeds, previews, progress
-from service.digest import lifecycle as issue_lifecycle
-from service.digest.planning import DigestError, get_issue, parse_week, plan_issue, upcoming_week
+from service.admin.audit import Actor
+from service.digest import actions, feeds, previews, progress
+from service.digest.planning import DigestError, Refused, get_issue, parse_week, upcoming_week
 from service.digest.rendering import Recipient
 from service.extensions import current_settings, db
 from service.jobs import enqueue_batch
@@ -44,7 +44,7 @@ def _week(value: str | None) -> str:
         .order_by(Issue.week.desc())
         .limit(1)
     ).scalar_one_or_none()
-    return in_flight or upcoming_week(current_settings(), _now(), issue_lifecycle.MAX_LATE)
+    return in_flight or upcoming_week(current_settings(), _now())
 
 
 def _issue(week: str) -> Issue:
@@ -101,11 +101,12 @@ def digest_group() -> None:
 @week_option
 def digest_plan(week: str | None) -> None:
     """Pick the week's articles (again, while the issue is a draft or scheduled)."""
-    result = plan_issue(current_settings(), _week(week), _now())
-    issue = _issue(result.week)
-    if not result.changed:
-        click.echo(f"{result.week}: already {result.status}, left as it is")
+    try:
+        result = actions.plan(current_settings(), _week(week), _now(), Actor.cli())
+    except Refused as exc:
+        click.echo(f"{exc.week}: already {exc.status}, left as it is")
         return
+    issue = _issue(result.week)
     if result.articles == 0:
         click.echo(f"{result.week}: no new articles since the previous issue; nothing to send")
         return
@@ -166,7 +167,9 @@ def digest_test(week: str | None, to: str, locale: str | None) -> None:
     issue = _issue(_week(week))
     _sample_recipient(to, locale)  # a bad address is a usage error (exit 2), as --email's
     try:
-        recipient, reply = previews.send_test(current_settings(), issue, to, locale, _now())
+        recipient, reply = actions.test(
+            current_settings(), issue.week, to, locale, _now(), Actor.cli()
+        )
     except (DeliveryError, previews.SuppressedAddress) as exc:
         _fail(f"test mail refused: {exc}")
         return
@@ -186,10 +189,10 @@ def digest_send(week: str | None, now_flag: bool, wait: bool) -> None:
     """
     week = _week(week)
     try:
-        result = issue_lifecycle.send(
-            current_settings(), week, _now(), enqueue_batch, at_once=now_flag
+        result = actions.send(
+            current_settings(), week, _now(), enqueue_batch, Actor.cli(), at_once=now_flag
         )
-    except issue_lifecycle.Refused as exc:
+    except Refused as exc:
         _fail(str(exc))
         return
     if result.approved:
@@ -260,9 +263,15 @@ def digest_status(week: str | None) -> None:
 def _transition(name: str, week: str | None, change: str) -> None:
     week = _week(week)
     _issue(week)
+    settings, moment, by = current_settings(), _now(), Actor.cli()
     try:
-        issue_lifecycle.transition(current_settings(), week, name, _now(), enqueue_batch)
-    except issue_lifecycle.Refused as exc:
+        if name == "resume":
+            actions.resume(settings, week, moment, enqueue_batch, by)
+        else:
+            {"approve": actions.approve, "pause": actions.pause, "cancel": actions.cancel}[name](
+                settings, week, moment, by
+            )
+    except Refused as exc:
         _fail(str(exc))
     click.echo(f"{week}: {change}")
 

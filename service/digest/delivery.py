@@ -42,6 +42,7 @@ from sqlalchemy import (
 )
 
 from service.config import Settings
+from service.digest import lifecycle
 from service.digest.planning import DigestError
 from service.digest.rendering import Recipient, mail_for, mail_template
 from service.digest.send_rate import SendRate, Unlimited
@@ -76,8 +77,6 @@ FLUSH_SECONDS = 2.0
 # A batch stops claiming time after this, well inside the task's soft time limit (240 s).
 BATCH_SECONDS = 120.0
 
-_OPEN = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
-
 
 def backoff(attempts: int, base_seconds: int = 60) -> timedelta:
     """base, 2 × base, 4 × base … (HEBDO_RETRY_BASE_SECONDS: 1, 2, 4 … minutes), capped at
@@ -85,7 +84,7 @@ def backoff(attempts: int, base_seconds: int = 60) -> timedelta:
     return timedelta(seconds=min(base_seconds * 2 ** max(attempts - 1, 0), 7200))
 
 
-# ---------------------------------------------------------------- issue lifecycle
+# ---------------------------------------------------------------- starting a send
 
 
 def start_send(settings: Settings, issue_id: int, now: datetime) -> int:
@@ -95,12 +94,7 @@ def start_send(settings: Settings, issue_id: int, now: datetime) -> int:
     changed. Returns the number of recipients, or -1 when the issue was not
     scheduled (already started by someone else, a draft, paused…).
     """
-    flipped = db.session.execute(
-        update(Issue)
-        .where(Issue.id == issue_id, Issue.status == IssueStatus.SCHEDULED)
-        .values(status=IssueStatus.SENDING, started_at=now, progress_at=now)
-    )
-    if not rowcount(flipped):
+    if not lifecycle.start(issue_id, now):
         db.session.rollback()
         return -1
     rows = select(
@@ -131,7 +125,7 @@ def start_send(settings: Settings, issue_id: int, now: datetime) -> int:
         db.session.execute(text("ANALYZE deliveries"))
         db.session.commit()
     log.info("issue %s: sending to %d subscribers", issue_id, recipients)
-    finish_if_done(issue_id, now)
+    lifecycle.finish_if_done(issue_id, now)
     return recipients
 
 
@@ -171,62 +165,6 @@ def dispatch(settings: Settings, issue_id: int, now: datetime, enqueue: Enqueue)
             batches - queued,
         )
     return queued
-
-
-def finish_if_done(issue_id: int, now: datetime) -> bool:
-    """sending → sent once no delivery is queued or being sent; the counters are then
-    recounted from the rows, the truth (the running ones are kept per batch)."""
-    open_rows = exists().where(Delivery.issue_id == issue_id, Delivery.status.in_(_OPEN))
-    done = db.session.execute(
-        update(Issue)
-        .where(Issue.id == issue_id, Issue.status == IssueStatus.SENDING, ~open_rows)
-        .values(status=IssueStatus.SENT, finished_at=now)
-    )
-    if not rowcount(done):
-        db.session.commit()
-        return False
-    counts = status_counts(issue_id)
-    db.session.execute(
-        update(Issue)
-        .where(Issue.id == issue_id)
-        .values(
-            sent_count=counts["sent"],
-            failed_count=counts["failed"],
-            bounced_count=counts["bounced"],
-        )
-    )
-    db.session.commit()
-    log.info(
-        "issue %s sent: %d sent, %d failed, %d bounced, %d skipped",
-        issue_id,
-        counts["sent"],
-        counts["failed"],
-        counts["bounced"],
-        counts["skipped"],
-    )
-    return True
-
-
-def status_counts(issue_id: int) -> dict[str, int]:
-    """Deliveries of an issue per status, every status present (0 when none)."""
-    counts = dict.fromkeys((s.value for s in DeliveryStatus), 0)
-    rows = db.session.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.issue_id == issue_id)
-        .group_by(Delivery.status)
-    )
-    for status, count in rows:
-        counts[status] = count
-    return counts
-
-
-def set_issue_status(issue_id: int, allowed: tuple[str, ...], **values: Any) -> bool:
-    """Change an issue only from one of the `allowed` statuses; True when it changed."""
-    changed = db.session.execute(
-        update(Issue).where(Issue.id == issue_id, Issue.status.in_(allowed)).values(**values)
-    )
-    db.session.commit()
-    return bool(rowcount(changed))
 
 
 # ---------------------------------------------------------------- sending one batch
@@ -457,7 +395,7 @@ def send_batch(
         issue = get_issue_by_id(issue_id)
         broken = _render_all(settings, issue, rows, templates)
         if broken:
-            _pause(issue_id, broken)
+            lifecycle.pause(issue_id, broken)
             return report  # the rows are handed back below, untried
         last_flush = time.monotonic()
         refusals = 0
@@ -498,13 +436,13 @@ def send_batch(
                 )
             if halt is not None:
                 if halt.pause:
-                    _pause(issue_id, halt.pause)
+                    lifecycle.pause(issue_id, halt.pause)
                 _release(report, rows[position + 1 :], now + halt.delay)
                 break
     finally:
         _close_out(report, rows, clock(), settings.retry_base_seconds)
         _flush_for_sure(settings, issue_id, report, clock())
-    finish_if_done(issue_id, clock())
+    lifecycle.finish_if_done(issue_id, clock())
     return report
 
 
@@ -540,11 +478,6 @@ def _render_all(
         log.exception("issue %s cannot be rendered; pausing it", issue.week)
         return f"the issue cannot be rendered ({type(exc).__name__}: {exc}); fix it and resume"
     return None
-
-
-def _pause(issue_id: int, reason: str) -> None:
-    set_issue_status(issue_id, (IssueStatus.SENDING,), status=IssueStatus.PAUSED, note=reason[:200])
-    log.error("issue %s paused: %s", issue_id, reason)
 
 
 def _hand_back(report: BatchReport, status: str | None, rows: list[_Row], now: datetime) -> None:
@@ -885,7 +818,7 @@ def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
     rows whose tasks are gone or done, and mark finished issues sent. Returns tasks queued."""
     stale = now - timedelta(seconds=settings.claim_timeout_seconds)
     queued = 0
-    open_rows = exists().where(Delivery.issue_id == Issue.id, Delivery.status.in_(_OPEN))
+    open_rows = exists().where(Delivery.issue_id == Issue.id, Delivery.status.in_(lifecycle.OPEN))
     in_flight = db.session.execute(
         select(Issue.id, Issue.status).where(
             or_(
@@ -954,7 +887,7 @@ def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
                 issue_id,
                 rowcount(requeued),
             )
-        if status != IssueStatus.SENDING or finish_if_done(issue_id, now):
+        if status != IssueStatus.SENDING or lifecycle.finish_if_done(issue_id, now):
             continue
         issue = get_issue_by_id(issue_id)
         outstanding = issue.batches_queued - issue.batches_done

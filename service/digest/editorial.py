@@ -20,7 +20,6 @@ from sqlalchemy import func, select, update
 
 from service.admin.audit import audit
 from service.config import Settings
-from service.digest.lifecycle import MAX_LATE
 from service.digest.planning import (
     candidates,
     display_order,
@@ -51,7 +50,7 @@ def _open(issue: Issue | None) -> bool:
 def coming_week(settings: Settings, now: datetime) -> str:
     """The week of the next issue to go out: this week's (see digest.upcoming_week), or
     the following one once this week's has started."""
-    week = upcoming_week(settings, now, MAX_LATE)
+    week = upcoming_week(settings, now)
     issue = get_issue(week)
     if issue is not None and (
         issue.started_at is not None or issue.status in (IssueStatus.SENT, IssueStatus.SENDING)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import and_, delete, exists, func, or_, select
 
 from service.config import Settings
-from service.extensions import db, rowcount
+from service.digest import lifecycle
+from service.extensions import db
 from service.models import Article, Issue, IssueArticle, IssueStatus
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,28 @@ def _holding() -> Any:
 # A feed read that was still running when the previous issue was planned commits its
 # articles with a first-seen time just before that planning: this overlap catches them.
 INGESTION_OVERLAP = timedelta(hours=2)
-# Statuses in which an issue may be (re)planned, as long as it never started going out.
-_PLANNABLE = (IssueStatus.DRAFT, IssueStatus.SCHEDULED, IssueStatus.CANCELLED)
+
+
+# A weekly send missed by longer than this (service down) is not caught up by the beat:
+# mail arriving days late surprises more than it helps; `hebdo digest send --now` does it.
+MAX_LATE = timedelta(hours=24)
 
 
 class DigestError(ValueError):
     """A digest command cannot be carried out; the message says why."""
+
+
+class NoIssue(DigestError):
+    """No issue for that week (or no such week): a 404 for the web faces."""
+
+
+class Refused(DigestError):
+    """The issue is not in a status that allows the action: a 409 for the web faces."""
+
+    def __init__(self, message: str, week: str, status: str) -> None:
+        super().__init__(message)
+        self.week = week
+        self.status = status
 
 
 def parse_week(value: str) -> str:
@@ -84,7 +100,7 @@ def send_time(settings: Settings, week: str) -> datetime:
     return datetime.combine(day, settings.send_time, tzinfo=settings.timezone)
 
 
-def upcoming_week(settings: Settings, now: datetime, late: timedelta) -> str:
+def upcoming_week(settings: Settings, now: datetime, late: timedelta = MAX_LATE) -> str:
     """The issue people mean by "this week's": the first of last week's, this week's and
     next week's whose send time is not more than `late` behind us (a Sunday-evening
     issue is still "this week's" on Monday morning)."""
@@ -102,6 +118,26 @@ def week_start(week: str) -> date:
 
 def get_issue(week: str) -> Issue | None:
     return db.session.execute(select(Issue).where(Issue.week == week)).scalar_one_or_none()
+
+
+def require_issue(week: str) -> Issue:
+    """The issue of `week` (any spelling parse_week accepts); NoIssue when there is none."""
+    try:
+        week = parse_week(week)
+    except DigestError as exc:
+        raise NoIssue(str(exc)) from None
+    issue = get_issue(week)
+    if issue is None:
+        raise NoIssue(f"no issue for {week}")
+    return issue
+
+
+def plan_week(week: str) -> str:
+    """The canonical form of a week to plan (`2026-w5` → `2026-W05`); NoIssue when it is none."""
+    try:
+        return parse_week(week)
+    except DigestError as exc:
+        raise NoIssue(str(exc)) from None
 
 
 def candidates(settings: Settings, issue_id: int | None, week: str, now: datetime) -> list[int]:
@@ -200,7 +236,9 @@ def plan_issue(settings: Settings, week: str, now: datetime) -> PlanResult:
     """
     week = parse_week(week)
     issue = get_issue(week)
-    if issue is not None and (issue.status not in _PLANNABLE or issue.started_at is not None):
+    if issue is not None and (
+        issue.status not in lifecycle.PLANNABLE or issue.started_at is not None
+    ):
         count = _article_count(issue.id)
         return PlanResult(issue.id, week, issue.status, count, False)
     article_ids = candidates(settings, issue.id if issue else None, week, now)
@@ -210,32 +248,14 @@ def plan_issue(settings: Settings, week: str, now: datetime) -> PlanResult:
         status = IssueStatus.CANCELLED
     due = send_time(settings, week)
     if issue is None:
-        issue = Issue(week=week, subject="", status=status, planned_at=now, send_at=due)
-        try:
-            with db.session.begin_nested():
-                db.session.add(issue)
-        except IntegrityError:
-            # Planned at the same moment elsewhere (another tick, worker or command).
-            db.session.rollback()
+        issue = lifecycle.create(week, status, now, due)
+        if issue is None:
             existing = get_issue(week)
             assert existing is not None
             return PlanResult(existing.id, week, existing.status, 0, False)
-    # Conditional on the issue still not started: a send that began since we looked
-    # (another tick, `digest send --now`) keeps the articles it started with. The UPDATE
-    # takes the row's write lock, so start_send waits for this transaction or wins it.
-    replanned = db.session.execute(
-        update(Issue)
-        .where(Issue.id == issue.id, Issue.started_at.is_(None), Issue.status.in_(_PLANNABLE))
-        .values(
-            status=status,
-            planned_at=now,
-            send_at=due,
-            subject=articles[0].title[:200] if articles else "",
-            note=None if articles else "no new articles",
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if not rowcount(replanned):
+    subject = articles[0].title[:200] if articles else ""
+    note = None if articles else "no new articles"
+    if not lifecycle.replan(issue.id, status, now, due, subject, note):
         db.session.rollback()
         current = get_issue(week)
         assert current is not None

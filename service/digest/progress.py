@@ -10,13 +10,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from service.digest.delivery import (
-    status_counts,
-)
-from service.digest.lifecycle import NoIssue
-from service.digest.planning import (
-    get_issue,
-)
+from service.digest.lifecycle import status_counts
+from service.digest.planning import NoIssue, get_issue
 from service.extensions import db
 from service.models import Delivery, DeliveryStatus, Issue, IssueStatus
 

@@ -19,7 +19,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, select, text, update
 
-from service.admin.audit import audit
+from service.admin.audit import Actor, audit
 from service.config import Settings
 from service.extensions import db
 from service.models import AuditEvent, Delivery, ImportFile, Status, Subscriber
@@ -55,14 +55,6 @@ class BulkError(ValueError):
     def __init__(self, count: int) -> None:
         super().__init__(f"at most {MAX_BULK} addresses at a time, got {count}")
         self.count = count
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who acts, from where: written into every audit event."""
-
-    name: str
-    ip: str | None
 
 
 def act(

@@ -541,6 +541,66 @@ def apply_import(
     return plan
 
 
+class UploadGone(LookupError):
+    """The waiting file is not there any more: imported (by another click or another
+    admin), or purged after KEEP_FILES."""
+
+
+def store_upload(
+    data: bytes, *, filename: str, settings: Settings, now: datetime, actor: str, locale: str
+) -> tuple[ImportFile, Plan]:
+    """Keep an uploaded file for its import and return it with its dry run; nothing is
+    imported yet. Raises BadImportFile (and keeps nothing) when the file cannot be used."""
+    try:
+        content = decode(data)
+        stored = ImportFile(created_at=now, created_by=actor, filename=filename, content=content)
+        plan = plan_import(content, filename=filename, settings=settings, now=now, locale=locale)
+    except BadImportFile:
+        db.session.rollback()
+        raise
+    purge_import_files(now)
+    db.session.add(stored)
+    db.session.commit()
+    return stored, plan
+
+
+def apply_upload(
+    file_id: int, *, settings: Settings, now: datetime, actor: str, locale: str = "fr"
+) -> Plan:
+    """Import a waiting file, then forget it; a failed import keeps it for another try.
+
+    Deleting the file first claims it: a second click (or a second admin) finds nothing to
+    import (UploadGone) instead of importing it twice. If the import fails, the file is put
+    back as it was (same id, so its dry-run page still works): the rows already written
+    stay, and the next try reports them as `exists`. The failure is raised again."""
+    stored = db.session.get(ImportFile, file_id)
+    if stored is None:
+        raise UploadGone(file_id)
+    created_at, created_by = stored.created_at, stored.created_by
+    content, filename = stored.content, stored.filename
+    claimed = rowcount(db.session.execute(delete(ImportFile).where(ImportFile.id == file_id)))
+    db.session.commit()
+    if not claimed:
+        raise UploadGone(file_id)
+    try:
+        return apply_import(
+            content, filename=filename, settings=settings, now=now, actor=actor, locale=locale
+        )
+    except Exception:
+        db.session.rollback()
+        db.session.add(
+            ImportFile(
+                id=file_id,
+                created_at=created_at,
+                created_by=created_by,
+                filename=filename,
+                content=content,
+            )
+        )
+        db.session.commit()
+        raise
+
+
 def report_csv(plan: Plan) -> Iterator[str]:
     """Every line's outcome as CSV (line, email, outcome, code, reason), formula-safe."""
     rows = (

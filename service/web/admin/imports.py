@@ -26,11 +26,11 @@ from flask import (
     request,
     url_for,
 )
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from service import i18n
-from service.extensions import db, rowcount
+from service.extensions import db
 from service.models import ImportFile
 from service.subscribers.csv_io import (
     MAX_ROWS,
@@ -40,7 +40,9 @@ from service.subscribers.csv_io import (
     ExportProgress,
     Plan,
     PlannedLine,
+    UploadGone,
     apply_import,
+    apply_upload,
     audit_export,
     decode,
     export_csv,
@@ -48,6 +50,7 @@ from service.subscribers.csv_io import (
     plan_import,
     purge_import_files,
     report_csv,
+    store_upload,
 )
 from service.subscribers.search import Filters, SearchError, parse_filters
 from service.web.admin.base import actor, add_texts, api_bp, bp, json_error, page, requires_admin, t
@@ -246,17 +249,16 @@ def imports_upload() -> tuple[str, int]:
         return _form(400, t("imports.no_file"))
     filename = _clean_filename(upload.filename)
     try:
-        content = decode(upload.read())
-        stored = ImportFile(
-            created_at=now(), created_by=actor(), filename=filename, content=content
+        stored, plan = store_upload(
+            upload.read(),
+            filename=filename,
+            settings=settings(),
+            now=now(),
+            actor=actor(),
+            locale=_locale(),
         )
-        plan = _plan(stored)
     except BadImportFile as exc:
-        db.session.rollback()
         return _form(422, exc.message(_locale()))
-    purge_import_files(now())
-    db.session.add(stored)
-    db.session.commit()
     return _report(stored, plan)
 
 
@@ -292,49 +294,19 @@ def import_report_csv(file_id: int) -> Response:
 @requires_admin
 def import_apply(file_id: int) -> Response:
     """Import a waiting file, then forget it; a failed import keeps it for another try."""
-    stored = db.session.get(ImportFile, file_id)
-    if stored is None:
-        flash(t("imports.gone"), "error")
-        return cast(Response, redirect(url_for("admin.imports")))
-    created_at, created_by = stored.created_at, stored.created_by
-    content, filename = stored.content, stored.filename
-    # Deleting the file first claims it: a second click (or a second admin) finds nothing
-    # to import instead of importing it twice.
-    claimed = rowcount(db.session.execute(delete(ImportFile).where(ImportFile.id == file_id)))
-    db.session.commit()
-    if not claimed:
-        flash(t("imports.gone"), "error")
-        return cast(Response, redirect(url_for("admin.imports")))
     try:
-        plan = apply_import(
-            content,
-            filename=filename,
-            settings=settings(),
-            now=now(),
-            actor=actor(),
-            locale=_locale(),
+        plan = apply_upload(
+            file_id, settings=settings(), now=now(), actor=actor(), locale=_locale()
         )
-    except Exception as exc:
-        # Put the file back as it was (same id, so its dry-run page still works): the
-        # rows already written stay, and the next try reports them as `exists`.
-        db.session.rollback()
-        db.session.add(
-            ImportFile(
-                id=file_id,
-                created_at=created_at,
-                created_by=created_by,
-                filename=filename,
-                content=content,
-            )
-        )
-        db.session.commit()
-        if isinstance(exc, BadImportFile):
-            flash(exc.message(_locale()), "error")
-        else:
-            current_app.logger.exception("import of file %s failed", file_id)
-            flash(t("imports.failed"), "error")
-        return cast(Response, redirect(url_for("admin.imports")))
-    flash(t("imports.done", **plan.counts), "info")
+    except UploadGone:
+        flash(t("imports.gone"), "error")
+    except BadImportFile as exc:
+        flash(exc.message(_locale()), "error")
+    except Exception:
+        current_app.logger.exception("import of file %s failed", file_id)
+        flash(t("imports.failed"), "error")
+    else:
+        flash(t("imports.done", **plan.counts), "info")
     return cast(Response, redirect(url_for("admin.imports")))
 
 

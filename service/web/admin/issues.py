@@ -13,9 +13,16 @@ from typing import Any, cast
 from flask import Response, abort, flash, g, jsonify, redirect, request, url_for
 
 from service import i18n
-from service.digest import editorial, previews, progress
-from service.digest import lifecycle as issue_lifecycle
-from service.digest.planning import get_issue, issue_articles
+from service.admin.audit import Actor
+from service.digest import actions, editorial, previews, progress
+from service.digest.planning import (
+    NoIssue,
+    Refused,
+    get_issue,
+    issue_articles,
+    plan_week,
+    require_issue,
+)
 from service.digest.rendering import Recipient
 from service.extensions import limiter
 from service.jobs import enqueue_batch
@@ -198,8 +205,6 @@ add_texts(
     }
 )
 
-ACTIONS = ("plan", "approve", "send", "pause", "resume", "cancel", "test")
-
 
 def _status(status: str) -> str:
     return t(f"issues.status.{status}")
@@ -218,48 +223,44 @@ class _Outcome:
 
 
 def _act(week: str, action: str, to: str | None, locale: str | None) -> _Outcome:
-    """Run one issue action; raises issues.NoIssue, issues.Refused, InvalidEmail,
-    DeliveryError. Writes the audit event of what was done."""
-    s, moment = settings(), now()
-    extra: dict[str, Any] = {}
+    """Run one issue action through `actions` (which audits it); raises NoIssue, Refused,
+    InvalidEmail, SuppressedAddress, DeliveryError."""
+    s, moment, by = settings(), now(), Actor(actor(), client_ip())
     if action == "plan":
         # The only action on a week that may have no issue yet.
-        planned = issue_lifecycle.plan(s, week, moment)
-        week = planned.week
+        planned = actions.plan(s, week, moment, by)
         message = t(
-            "issues.done.plan", week=week, articles=planned.articles, status=_status(planned.status)
+            "issues.done.plan",
+            week=planned.week,
+            articles=planned.articles,
+            status=_status(planned.status),
         )
-        issue_lifecycle.record(
-            "issue.plan", week, actor=actor(), now=moment, ip=client_ip(),
-            detail={"articles": planned.articles, "status": planned.status},
-        )  # fmt: skip
-        return _Outcome(issue_lifecycle.require_issue(week), message, articles=planned.articles)
-    issue = issue_lifecycle.require_issue(week)
-    week = issue.week
+        return _Outcome(require_issue(planned.week), message, articles=planned.articles)
+    extra: dict[str, Any] = {}
     if action == "test":
-        if not to:
-            raise InvalidEmail("empty")
-        recipient, reply = previews.send_test(s, issue, to, locale, moment)
+        recipient, reply = actions.test(
+            s, week, to or "", locale, moment, by, own_address=current().email
+        )
         extra = {"to": recipient.email, "reply": reply}
-        message = t("issues.done.test", week=week, to=recipient.email)
-        # No address in the audit log (see AuditEvent): whether it was the admin's own.
-        detail: dict[str, Any] = {"own_address": recipient.email == (current().email or "")}
+        issue = require_issue(week)
+        message = t("issues.done.test", week=issue.week, to=recipient.email)
     elif action == "send":
-        result = issue_lifecycle.send(s, week, moment, enqueue_batch, at_once=True)
-        if result.recipients is None:
-            fresh = issue_lifecycle.require_issue(week)
-            raise issue_lifecycle.Refused(f"{week} is {fresh.status}", week, fresh.status)
+        result = actions.send(s, week, moment, enqueue_batch, by, at_once=True)
+        if not result.started:
+            fresh = require_issue(week)
+            raise Refused(f"{fresh.week} is {fresh.status}", fresh.week, fresh.status)
         extra = {"recipients": result.recipients, "queued": result.queued}
-        message = t("issues.done.send", week=week, recipients=result.recipients)
-        detail = {"recipients": result.recipients, "approved": result.approved}
+        issue = require_issue(week)
+        message = t("issues.done.send", week=issue.week, recipients=result.recipients)
+    elif action == "resume":
+        issue = actions.resume(s, week, moment, enqueue_batch, by)
+        message = t("issues.done.resume", week=issue.week)
     else:
-        issue_lifecycle.transition(s, week, action, moment, enqueue_batch)
-        message = t(f"issues.done.{action}", week=week)
-        detail = {}
-    issue_lifecycle.record(
-        f"issue.{action}", week, actor=actor(), now=moment, ip=client_ip(), detail=detail or None
-    )
-    return _Outcome(issue_lifecycle.require_issue(week), message, **extra)
+        issue = {"approve": actions.approve, "pause": actions.pause, "cancel": actions.cancel}[
+            action
+        ](s, week, moment, by)
+        message = t(f"issues.done.{action}", week=issue.week)
+    return _Outcome(issue, message, **extra)
 
 
 # ---------------------------------------------------------------- browser pages
@@ -284,8 +285,8 @@ def issues_list() -> tuple[str, int]:
 
 def _issue_or_404(week: str) -> Issue:
     try:
-        return issue_lifecycle.require_issue(week)
-    except issue_lifecycle.NoIssue:
+        return require_issue(week)
+    except NoIssue:
         abort(404)
 
 
@@ -360,12 +361,12 @@ TEST_SEND_LIMIT = "30/hour"
 @limiter.limit(TEST_SEND_LIMIT, exempt_when=_not_a_test, scope="issue-test")
 def issue_action(week: str, action: str) -> Response:
     """Approve, send now, pause, resume, cancel or test; the outcome as a flash message."""
-    if action not in ACTIONS:
+    if action not in actions.ACTIONS:
         abort(404)
     if action == "plan":
         try:
-            week = issue_lifecycle.plan_week(week)
-        except issue_lifecycle.NoIssue:
+            week = plan_week(week)
+        except NoIssue:
             abort(404)
     else:
         week = _issue_or_404(week).week
@@ -376,7 +377,7 @@ def issue_action(week: str, action: str) -> Response:
         try:
             outcome = _act(week, action, to, request.form.get("locale") or None)
             flash(outcome.message, "info")
-        except issue_lifecycle.Refused as exc:
+        except Refused as exc:
             flash(t("issues.refused", week=exc.week, status=_status(exc.status)), "error")
         except InvalidEmail:
             flash(t("issues.refused.test_address"), "error")
@@ -442,8 +443,8 @@ def api_issues() -> Response:
 def api_issue(week: str) -> Response | tuple[Response, int]:
     """One issue, its articles and its progress."""
     try:
-        found = issue_lifecycle.require_issue(week)
-    except issue_lifecycle.NoIssue as exc:
+        found = require_issue(week)
+    except NoIssue as exc:
         return json_error(404, "not_found", str(exc))
     body = progress.progress(found.week, now()).as_dict()
     body |= {
@@ -461,14 +462,14 @@ def api_issue(week: str) -> Response | tuple[Response, int]:
 @limiter.limit(TEST_SEND_LIMIT, exempt_when=_not_a_test, scope="issue-test")
 def api_issue_action(week: str, action: str) -> Response | tuple[Response, int]:
     """approve, send (at once), pause, resume, cancel, or test (JSON `{"to": address}`)."""
-    if action not in ACTIONS:
+    if action not in actions.ACTIONS:
         return json_error(404, "not_found", f"no action {action!r}")
     try:
         if action == "plan":
-            issue_lifecycle.plan_week(week)
+            plan_week(week)
         else:
-            issue_lifecycle.require_issue(week)
-    except issue_lifecycle.NoIssue as exc:
+            require_issue(week)
+    except NoIssue as exc:
         return json_error(404, "not_found", str(exc))
     to = locale = None
     if action == "test":
@@ -481,9 +482,9 @@ def api_issue_action(week: str, action: str) -> Response | tuple[Response, int]:
             return json_error(422, "invalid_locale", f"locale must be one of {i18n.LOCALES}")
     try:
         outcome = _act(week, action, to, locale)
-    except issue_lifecycle.NoIssue as exc:
+    except NoIssue as exc:
         return json_error(404, "not_found", str(exc))
-    except issue_lifecycle.Refused as exc:
+    except Refused as exc:
         return json_error(409, "conflict", f"{exc.week} is {exc.status}: cannot {action} it")
     except InvalidEmail as exc:
         return json_error(422, "invalid_address", f"invalid address: {exc.code}")

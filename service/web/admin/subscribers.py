@@ -16,13 +16,13 @@ from flask import (
 )
 
 from service.admin import audit as audit_log
+from service.admin.audit import Actor
 from service.extensions import db
 from service.models import AdminRole, AuditEvent, Subscriber
 from service.subscribers import search
 from service.subscribers.addresses import InvalidEmail, normalise_email
 from service.subscribers.bulk import (
     Action,
-    Actor,
     BulkError,
     Outcome,
     act,

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import i18n
+from service import cli, i18n, web
 from service.config import load_settings
 from service.extensions import celery_init_app, csrf, db, limiter, migrate
+from service.resources import MIGRATIONS, TEMPLATES
 from service.signup import limits as signup_limits
 from service.telemetry import logs
-
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "templates"
-MIGRATIONS = ROOT / "migrations"
+from service.web.api import ingest
 
 
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
@@ -75,10 +72,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     # The sign-up form's three limits, in the same storage, one call per post.
     signup_limits.install(app.extensions, settings.ratelimit_storage)
 
-    from service.web import register
-    from service.web.api import ingest as api
-
-    register(app, settings)
+    web.register(app, settings)
 
     # Block tags leave no blank lines behind: the plain-text mails depend on it.
     app.jinja_env.trim_blocks = True
@@ -92,7 +86,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
             # A response made on purpose (the sign-up form's localised 429, for one).
             return exc.response  # type: ignore[return-value]
         if request.path.startswith("/api/"):
-            return api.json_error(exc)
+            return ingest.json_error(exc)
         locale = i18n.pick_locale(
             request.args.get("lang"), accept=[lang for lang, _q in request.accept_languages]
         )
@@ -114,9 +108,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
             response.headers.setdefault("X-Frame-Options", "DENY")
         return response
 
-    from service.cli.main import init_app as cli_init_app
-
-    cli_init_app(app)
+    cli.init_app(app)
     return app
 
 

@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 from celery import shared_task
 
 from service.config import Settings
-from service.digest import delivery, feeds
-from service.digest import lifecycle as issue_lifecycle
+from service.digest import actions, delivery, feeds
 from service.digest.send_rate import SendRate, send_rate
 from service.extensions import current_settings
 from service.jobs import enqueue_batch
@@ -104,7 +103,7 @@ def send_batch_task(issue_id: int) -> None:
 @shared_task(name="hebdo.digest_tick")
 def digest_tick_task() -> None:
     """Plan and start this week's issue when it is due, and keep sending issues moving."""
-    issue_lifecycle.tick(current_settings(), _now(), enqueue_batch)
+    actions.tick(current_settings(), _now(), enqueue_batch)
 
 
 @shared_task(name="hebdo.fetch_feeds")

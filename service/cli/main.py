@@ -1,65 +1,26 @@
-"""The `hebdo` command: run everything, database migrations, sweeps, settings."""
+"""`hebdo`, the console script: Flask's command line on hebdo's app, its version, and
+configuration errors as one clear line."""
 
 from __future__ import annotations
 
-import json
 import sys
-from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import click
-from flask import Flask, current_app
 from flask.cli import FlaskGroup, routes_command, shell_command
 
 from service import create_app
 from service.cli.doctor import doctor_command
 from service.config import ConfigError
-from service.extensions import current_settings
-from service.mail.transport import open_transport
-from service.subscribers.confirmations import send_due_confirmations
 
 
-@click.command("run")
-@click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Address the web app listens on."
-)
-@click.option("--port", default=8000, show_default=True, type=int, help="Port of the web app.")
-def run_command(host: str, port: int) -> None:
-    """Migrate the database, then run web, worker and beat in the foreground (Ctrl-C stops all)."""
-    from service.ops.runner import run_all
-
-    sys.exit(run_all(current_app, host=host, port=port))
-
-
-@click.command("sweep")
-def sweep_command() -> None:
-    """Send every confirmation mail that is owed but was never sent."""
-    settings = current_settings()
-    with open_transport(settings) as transport:
-        sent = send_due_confirmations(transport=transport, settings=settings, now=datetime.now(UTC))
-    click.echo(f"{sent} confirmation mail(s) sent")
-
-
-@click.command("config")
-def config_command() -> None:
-    """Print the settings in force (secrets masked)."""
-    click.echo(json.dumps(current_settings().public(), indent=2, default=str))
-
-
-def init_app(app: Flask) -> None:
-    from service.cli import admin as admin_cli
-    from service.cli import complaints as complaints_cli
-    from service.cli import digest as digest_cli
-
-    for command in (
-        run_command,
-        sweep_command,
-        config_command,
-        *digest_cli.COMMANDS,
-        *admin_cli.COMMANDS,
-        *complaints_cli.COMMANDS,
-    ):
-        app.cli.add_command(command)
+def hebdo_version() -> str:
+    """The installed distribution's version (a checkout that was never installed has none)."""
+    try:
+        return version("hebdo")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 class HebdoGroup(FlaskGroup):
@@ -77,9 +38,29 @@ main = HebdoGroup(
     name="hebdo",
     create_app=create_app,
     add_default_commands=False,
+    # hebdo's own version, not Flask's and Werkzeug's.
+    add_version_option=False,
     set_debug_flag=False,
     load_dotenv=False,
     help="hebdo: newsletter subscriptions and weekly digest.",
+)
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"hebdo {hebdo_version()}")
+        ctx.exit()
+
+
+main.params.append(
+    click.Option(
+        ["--version"],
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        help="Show hebdo's version and exit.",
+        callback=_print_version,
+    )
 )
 main.add_command(shell_command)
 main.add_command(routes_command)

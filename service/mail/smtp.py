@@ -63,15 +63,10 @@ class SMTPTransport:
         s = self.settings
         conn: smtplib.SMTP
         try:
-            if s.smtp_tls == "ssl":
-                conn = smtplib.SMTP_SSL(
-                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=_tls_context()
-                )
-            else:
-                conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
+            conn = connect(s.smtp_host, s.smtp_port, s.smtp_tls, s.smtp_timeout)
             conn.ehlo()
             if s.smtp_tls == "starttls":
-                conn.starttls(context=_tls_context())
+                conn.starttls(context=tls_context())
                 conn.ehlo()
             if s.smtp_user:
                 conn.login(s.smtp_user, s.smtp_password)
@@ -201,9 +196,22 @@ class SMTPTransport:
 
 
 @lru_cache(maxsize=1)
-def _tls_context() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
     """Built once per process: loading the system CA store costs ~45 ms, more than a batch."""
     return ssl.create_default_context()
+
+
+def connect(
+    host: str, port: int, tls: str, timeout: float, context: ssl.SSLContext | None = None
+) -> smtplib.SMTP:
+    """A connection to the relay, its greeting read: TLS from the first byte with
+    `tls="ssl"` (port 465), else in clear (STARTTLS, when configured, is the caller's next
+    step, after EHLO). The one way hebdo opens SMTP: the mailer, `/readyz` and `hebdo
+    doctor` all connect here; `context` defaults to the process's cached one. Raises
+    OSError, ssl.SSLError or smtplib.SMTPException."""
+    if tls == "ssl":
+        return smtplib.SMTP_SSL(host, port, timeout=timeout, context=context or tls_context())
+    return smtplib.SMTP(host, port, timeout=timeout)
 
 
 class _StaleConnection(Exception):

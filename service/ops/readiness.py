@@ -14,21 +14,19 @@ otherwise open a stream of connections to the relay.
 from __future__ import annotations
 
 import smtplib
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import redis
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from service.config import Settings
 from service.extensions import db
+from service.mail.smtp import connect
+from service.ops.probes import redis_ping, schema_state
 
 TIMEOUT = 2.0
 SMTP_CACHE_SECONDS = 30.0
@@ -44,37 +42,21 @@ class Check:
         return {"ok": self.ok, "detail": self.detail, "ms": self.ms}
 
 
-@cache
-def head_revision(migrations: Path) -> str | None:
-    """The newest migration the code ships (read once per process)."""
-    script = ScriptDirectory(str(migrations))
-    return script.get_current_head()
-
-
 def database(migrations: Path) -> Check:
     with db.engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text(f"SET LOCAL statement_timeout = {int(TIMEOUT * 1000)}"))
-        conn.execute(text("SELECT 1"))
-        try:
-            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except Exception:
-            conn.rollback()
-            current = None
-    head = head_revision(migrations)
-    if current != head:
-        return Check(False, f"schema at {current or 'nothing'}, code at {head}: hebdo db upgrade")
-    return Check(True, f"schema at {head}")
+        state = schema_state(conn, migrations)
+    if not state.up_to_date:
+        at = ", ".join(sorted(state.current)) or "nothing"
+        return Check(False, f"schema at {at}, code at {state.head}: hebdo db upgrade")
+    return Check(True, f"schema at {state.head}")
 
 
 def broker(settings: Settings) -> Check:
     url = settings.broker_url
     if url.startswith(("redis://", "rediss://")):
-        client = redis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
-        try:
-            client.ping()
-        finally:
-            client.close()
+        redis_ping(url, TIMEOUT)
         return Check(True, "redis answers")
     folders = settings.broker_folders
     missing = [str(f) for f in folders if not f.is_dir()]
@@ -105,17 +87,8 @@ def smtp(settings: Settings) -> Check:
 def _greet(settings: Settings) -> Check:
     """Connect and read the greeting (no login: `hebdo doctor` checks credentials)."""
     where = f"{settings.smtp_host}:{settings.smtp_port}"
-    conn: smtplib.SMTP
     try:
-        if settings.smtp_tls == "ssl":
-            conn = smtplib.SMTP_SSL(
-                settings.smtp_host,
-                settings.smtp_port,
-                timeout=TIMEOUT,
-                context=ssl.create_default_context(),
-            )
-        else:
-            conn = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=TIMEOUT)
+        conn = connect(settings.smtp_host, settings.smtp_port, settings.smtp_tls, TIMEOUT)
         code, _ = conn.noop()
         conn.quit()
     except (OSError, smtplib.SMTPException) as exc:

@@ -12,11 +12,11 @@ import ipaddress
 
 from flask import Blueprint, Response, abort, jsonify, render_template, request
 
-from service import MIGRATIONS
 from service.digest.planning import DigestError, archived_issues, get_issue, is_archived, parse_week
 from service.digest.rendering import render_issue
 from service.models import Status, Subscriber
 from service.ops import readiness
+from service.resources import MIGRATIONS
 from service.signup.defences import page_of_allowed_origin
 from service.subscribers.lifecycle import (
     Consent,

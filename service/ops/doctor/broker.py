@@ -9,6 +9,7 @@ import redis
 
 from service.config import Settings
 from service.ops.doctor.report import TIMEOUT, CheckResult, Status, _first_line, safe_url
+from service.ops.probes import redis_ping
 
 # --- 3. Broker ------------------------------------------------------------------------
 
@@ -46,15 +47,8 @@ def check_broker(settings: Settings, *, timeout: float = TIMEOUT) -> list[CheckR
 
 def _check_redis(url: str, timeout: float) -> list[CheckResult]:
     shown = safe_url(url)
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
-        client.ping()
-        policy = ""
-        try:
-            info = client.info("memory")
-            policy = str(info.get("maxmemory_policy", ""))
-        except redis.exceptions.RedisError:
-            pass  # INFO may be disabled (managed Redis): the PING is what matters
+        policy = redis_ping(url, timeout)
     except redis.exceptions.RedisError as exc:
         return [
             CheckResult(
@@ -64,8 +58,6 @@ def _check_redis(url: str, timeout: float) -> list[CheckResult]:
                 "start Redis, or correct HEBDO_BROKER_URL (host, port, password, database)",
             )
         ]
-    finally:
-        client.close()
     if policy and policy != "noeviction":
         return [
             CheckResult(

@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from service import MIGRATIONS
 from service.config import Settings
 from service.ops.doctor.report import TIMEOUT, CheckResult, Status, _first_line
+from service.ops.probes import SchemaState, schema_state
+from service.resources import MIGRATIONS
 
 # --- 2. Database ----------------------------------------------------------------------
 
@@ -47,8 +46,7 @@ def check_database(
     engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
     try:
         with engine.connect() as conn:
-            current = set(MigrationContext.configure(conn).get_current_heads())
-            tables = set(inspect(conn).get_table_names())
+            state = schema_state(conn, migrations)
     except Exception as exc:  # the driver's own error classes; all mean "cannot connect"
         return [
             CheckResult(
@@ -62,24 +60,22 @@ def check_database(
     finally:
         engine.dispose()
     connected = CheckResult("database", Status.OK, f"{shown} answers")
-    return [connected, _migration_state(current, tables, migrations)]
+    return [connected, _migration_state(state)]
 
 
-def _migration_state(current: set[str], tables: set[str], migrations: Path) -> CheckResult:
-    script = ScriptDirectory(str(migrations))
-    heads = set(script.get_heads())
-    head = ", ".join(sorted(heads))
+def _migration_state(state: SchemaState) -> CheckResult:
+    head = state.head
     upgrade = "run `hebdo db upgrade` (back up the database first)"
-    if current == heads:
+    if state.up_to_date:
         return CheckResult("migrations", Status.OK, f"schema at revision {head}, the newest")
-    if not current and not tables - {"alembic_version"}:
+    if not state.current and not state.other_tables:
         return CheckResult(
             "migrations",
             Status.FAIL,
             f"the database is empty (code expects revision {head})",
             upgrade,
         )
-    if not current:
+    if not state.current:
         # Tables but no stamp: upgrading would try to create tables that exist.
         return CheckResult(
             "migrations",
@@ -88,22 +84,18 @@ def _migration_state(current: set[str], tables: set[str], migrations: Path) -> C
             "this database was not created by hebdo's migrations: point HEBDO_DATABASE_URL "
             "at hebdo's database, or at an empty one and run `hebdo db upgrade`",
         )
-    known = {r.revision for r in script.walk_revisions()}
-    if not current <= known:
+    at = ", ".join(sorted(state.current))
+    if not state.known:
         return CheckResult(
             "migrations",
             Status.FAIL,
-            f"the database is at revision {', '.join(sorted(current))}, which this code does "
+            f"the database is at revision {at}, which this code does "
             f"not know (newest here: {head}): a newer hebdo migrated it",
             "deploy the hebdo version that matches the database; never run older code on it",
         )
-    pending = {r.revision for r in script.iterate_revisions("heads", "base")} - {
-        r.revision for rev in current for r in script.iterate_revisions(rev, "base")
-    }
     return CheckResult(
         "migrations",
         Status.FAIL,
-        f"the database is at revision {', '.join(sorted(current))}, {len(pending)} "
-        f"migration(s) behind the code ({head})",
+        f"the database is at revision {at}, {state.pending} migration(s) behind the code ({head})",
         upgrade,
     )

@@ -6,13 +6,13 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from service import MIGRATIONS
 from service.ops.doctor.broker import check_broker
 from service.ops.doctor.configuration import check_configuration
 from service.ops.doctor.database import check_database
 from service.ops.doctor.report import CHECK_BUDGET, TIMEOUT, CheckResult, Status, _secrets, redact
 from service.ops.doctor.sending_domain import check_dns
 from service.ops.doctor.smtp import check_smtp
+from service.resources import MIGRATIONS
 
 # --- The whole run ----------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import smtplib
 import ssl
 
 from service.config import Settings
+from service.mail.smtp import connect
 from service.ops.doctor.configuration import _loopback
 from service.ops.doctor.report import TIMEOUT, CheckResult, Status
 
@@ -28,6 +29,8 @@ def check_smtp(settings: Settings, *, timeout: float = TIMEOUT) -> list[CheckRes
     where = f"{s.smtp_host}:{s.smtp_port}"
     wait = min(s.smtp_timeout, timeout)
     steps: list[str] = []
+    # The trust store as it is now (the mailer caches its context for the process's life).
+    context = ssl.create_default_context()
     conn: smtplib.SMTP | None = None
     broken = False
 
@@ -37,12 +40,7 @@ def check_smtp(settings: Settings, *, timeout: float = TIMEOUT) -> list[CheckRes
 
     try:
         try:
-            if s.smtp_tls == "ssl":
-                conn = smtplib.SMTP_SSL(
-                    s.smtp_host, s.smtp_port, timeout=wait, context=ssl.create_default_context()
-                )
-            else:
-                conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=wait)
+            conn = connect(s.smtp_host, s.smtp_port, s.smtp_tls, wait, context)
         except ssl.SSLCertVerificationError as exc:
             return fail(
                 f"its TLS certificate is not trusted: {exc.verify_message}",
@@ -74,7 +72,7 @@ def check_smtp(settings: Settings, *, timeout: float = TIMEOUT) -> list[CheckRes
                     "relay on this machine",
                 )
             try:
-                conn.starttls(context=ssl.create_default_context())
+                conn.starttls(context=context)
             except ssl.SSLCertVerificationError as exc:
                 return fail(
                     f"its TLS certificate is not trusted: {exc.verify_message}",

@@ -67,8 +67,8 @@ from service.extensions import db  # noqa: E402
 from service.models import Subscriber  # noqa: E402
 from service.ops.runner import commands  # noqa: E402
 from service.signup import defences as signup_defences  # noqa: E402
+from service.signup import screening  # noqa: E402
 from service.subscribers import lifecycle  # noqa: E402
-from service.web import signup as signup_view  # noqa: E402
 
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/hebdo_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -368,7 +368,7 @@ def breakdown(values: dict[str, str], count: int) -> dict[str, float]:
     # subscribe() ask again (remembered).
     patched = [
         (signup_defences, "normalise_email", "validation"),
-        (signup_view, "normalise_email", "validation"),
+        (screening, "normalise_email", "validation"),
         (lifecycle, "normalise_email", "validation"),
         (jobs, "enqueue", "enqueue"),
     ]

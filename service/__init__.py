@@ -72,7 +72,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     # The sign-up form's three limits, in the same storage, one call per post.
     signup_limits.install(app.extensions, settings.ratelimit_storage)
 
-    web.register(app, settings)
+    web.register(app, devmail=settings.capture_mail and settings.env != "production")
 
     # Block tags leave no blank lines behind: the plain-text mails depend on it.
     app.jinja_env.trim_blocks = True

@@ -48,6 +48,14 @@ def _search_key_default(context: Any) -> str:
     return search_key(context.get_current_parameters()["email"])
 
 
+# Field limits, written once: the columns below, the API's shapes, the import and the
+# sign-up form all take theirs from here.
+EMAIL_MAX = 320
+LOCALE_TAG_MAX = 35  # the longest language tag in common use (RFC 5646, 4.4.1)
+SOURCE_MAX = 2048
+CONSENT_VERSION_MAX = 64
+
+
 class Subscriber(db.Model):  # type: ignore[name-defined]
     __tablename__ = "subscribers"
     __table_args__ = (
@@ -70,9 +78,9 @@ class Subscriber(db.Model):  # type: ignore[name-defined]
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # Normalised (see subscribers.addresses.normalise_email): unique, the identity of a subscriber.
-    email: Mapped[str] = mapped_column(String(320), unique=True)
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX), unique=True)
     # search_key(email), for the admin's case- and accent-insensitive search.
-    search_key: Mapped[str] = mapped_column(String(320), default=_search_key_default)
+    search_key: Mapped[str] = mapped_column(String(EMAIL_MAX), default=_search_key_default)
     status: Mapped[str] = mapped_column(String(16))
     locale: Mapped[str] = mapped_column(String(8), default="fr")
     created_at: Mapped[datetime]
@@ -87,8 +95,8 @@ class Subscriber(db.Model):  # type: ignore[name-defined]
 
     # Proof of consent, for the opt-in in force.
     consent_at: Mapped[datetime]
-    consent_source: Mapped[str | None] = mapped_column(String(2048))
-    consent_text_version: Mapped[str] = mapped_column(String(64))
+    consent_source: Mapped[str | None] = mapped_column(String(SOURCE_MAX))
+    consent_text_version: Mapped[str] = mapped_column(String(CONSENT_VERSION_MAX))
     consent_ip: Mapped[str | None] = mapped_column(String(45))
     consent_user_agent: Mapped[str | None] = mapped_column(String(512))
 

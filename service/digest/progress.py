@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import func, select
 
@@ -53,28 +52,6 @@ class Progress:
             return None
         return round(self.pending / self.rate_last_minute)
 
-    def as_dict(self) -> dict[str, Any]:
-        """What the admin's live panel and the API show."""
-        c = self.counts
-        return {
-            "week": self.week,
-            "status": self.status,
-            "recipients": self.recipients,
-            "sent": c.get("sent", 0),
-            "failed": c.get("failed", 0),
-            "bounced": c.get("bounced", 0),
-            "skipped": c.get("skipped", 0),
-            "pending": self.pending,
-            "complaints": self.complaints,
-            "done": self.done,
-            "percent": round(self.percent, 1),
-            "rate": round(self.rate_last_minute, 2),
-            "eta_seconds": self.eta_seconds,
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "note": self.note,
-        }
-
 
 def progress(week: str, now: datetime) -> Progress:
     issue = get_issue(week)
@@ -109,25 +86,6 @@ class IssueSummary:
     @property
     def pending(self) -> int:
         return self.counts["queued"] + self.counts["sending"]
-
-    def as_dict(self) -> dict[str, Any]:
-        i, c = self.issue, self.counts
-        return {
-            "week": i.week,
-            "subject": i.subject,
-            "status": i.status,
-            "note": i.note,
-            "send_at": i.send_at.isoformat(),
-            "started_at": i.started_at.isoformat() if i.started_at else None,
-            "finished_at": i.finished_at.isoformat() if i.finished_at else None,
-            "recipients": i.recipients,
-            "sent": c["sent"],
-            "failed": c["failed"],
-            "bounced": c["bounced"],
-            "skipped": c["skipped"],
-            "pending": self.pending,
-            "complaints": i.complaint_count,
-        }
 
 
 def recent_issues(limit: int = 104) -> list[IssueSummary]:

@@ -102,14 +102,6 @@ class Outcome:
     subscriber_id: int | None = None
     week: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "result": self.result.value,
-            "reason": self.reason,
-            "subscriber_id": self.subscriber_id,
-            "issue": self.week,
-        }
-
 
 def _text(value: object, limit: int) -> str:
     """A header value as one bounded line (folding, CR/LF and NUL gone)."""

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # A pasted or uploaded list, or an API call, names at most this many addresses.
 MAX_BULK = 10_000
+# The longest reason an admin may give (kept in the audit event).
+REASON_MAX = 200
 
 
 class Action(enum.StrEnum):
@@ -82,7 +84,7 @@ def act(
     if action == Action.BOUNCE:
         if sub.status == Status.BOUNCED:
             return Outcome.ALREADY
-        detail = {"reason": reason[:200]} if reason else {}
+        detail = {"reason": reason[:REASON_MAX]} if reason else {}
         mark_bounced(settings, sub, now, detail=detail, actor=by.name, ip=by.ip)
         db.session.commit()
         return Outcome.DONE
@@ -146,7 +148,7 @@ def erase(
             before_status=before,
             after_status=None,
             ip=by.ip,
-            detail={"reason": reason[:200]} if reason else None,
+            detail={"reason": reason[:REASON_MAX]} if reason else None,
         )
     )
     db.session.commit()

@@ -33,7 +33,16 @@ from service import i18n
 from service.admin.audit import audit
 from service.config import Settings
 from service.extensions import db, rowcount
-from service.models import AuditEvent, ImportFile, Status, Subscriber, Suppression, search_key
+from service.models import (
+    CONSENT_VERSION_MAX,
+    SOURCE_MAX,
+    AuditEvent,
+    ImportFile,
+    Status,
+    Subscriber,
+    Suppression,
+    search_key,
+)
 from service.subscribers.addresses import InvalidEmail, normalise_email
 from service.subscribers.csv_cells import FORMULA_STARTS, csv_chunks
 from service.subscribers.search import Filters, iterate
@@ -42,8 +51,6 @@ from service.subscribers.suppressions import suppression_hashes
 MAX_ROWS = 100_000
 BATCH = 1_000
 LOOKUP_CHUNK = 500
-MAX_SOURCE = 2048
-CONSENT_TEXT_COLUMN = 64  # Subscriber.consent_text_version is String(64)
 
 NEW_ACTIVE = "new_active"
 NEW_PENDING = "new_pending"
@@ -294,10 +301,10 @@ def consent_version(text: str) -> str:
     `sha256:` + the first 57 hex digits of its SHA-256, and the full text goes into the
     import's summary audit event, where the hash finds it.
     """
-    if len(text) <= CONSENT_TEXT_COLUMN:
+    if len(text) <= CONSENT_VERSION_MAX:
         return text
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return f"sha256:{digest[: CONSENT_TEXT_COLUMN - 7]}"
+    return f"sha256:{digest[: CONSENT_VERSION_MAX - 7]}"
 
 
 def _consent_date(value: str, now: datetime) -> datetime:
@@ -344,8 +351,8 @@ def _plan_line(
     if sub_locale is None:
         return invalid("locale", value=values["locale"], locales=", ".join(i18n.LOCALES))
     source = values.get("source", "") or f"import:{filename}"
-    if len(source) > MAX_SOURCE:
-        return invalid("source", max=MAX_SOURCE)
+    if len(source) > SOURCE_MAX:
+        return invalid("source", max=SOURCE_MAX)
     status = values.get("status", "")
     if status and status not in (Status.ACTIVE, Status.PENDING):
         return invalid("status", value=status)
@@ -523,7 +530,7 @@ def apply_import(
     long_texts = {
         consent_version(planned.consent_text): planned.consent_text
         for planned in new
-        if planned.outcome == NEW_ACTIVE and len(planned.consent_text) > CONSENT_TEXT_COLUMN
+        if planned.outcome == NEW_ACTIVE and len(planned.consent_text) > CONSENT_VERSION_MAX
     }
     summary: dict[str, Any] = {"file": filename, "counts": plan.counts}
     if long_texts:

@@ -14,17 +14,28 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from functools import cache
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from sqlalchemy import Select, and_, func, literal, or_, select, tuple_
 
 from service.extensions import UTCDateTime, db
-from service.models import AuditEvent, Delivery, Issue, Status, Subscriber, search_key
+from service.models import (
+    EMAIL_MAX,
+    SOURCE_MAX,
+    AuditEvent,
+    Delivery,
+    Issue,
+    Status,
+    Subscriber,
+    search_key,
+)
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 SORTS = ("newest", "oldest", "email", "-email")
-MAX_QUERY = 320
+MAX_QUERY = EMAIL_MAX
 
 
 # Ids and cursor keys beyond this are no row's: refused before they reach the database
@@ -64,13 +75,54 @@ class Filters:
     sort: str = "newest"
 
 
-# The text filters, and the longest value each takes (the API spec's maxLength).
-TEXT_LIMITS = {"q": MAX_QUERY, "locale": 8, "source": 2048}
+NO_NUL = r"^[^\x00]*$"
+# Empty is no filter: the list page's form sends its empty fields.
+_DATE_FILTER = WithJsonSchema({"anyOf": [{"type": "string", "format": "date"}, {"const": ""}]})
+
+
+class FilterQuery(BaseModel):
+    """The filters as query parameters, as the list page, the CSV export and the API take
+    them; the API's document shows this model. A text filter holds no NUL character: no
+    stored text does (PostgreSQL cannot), and a query with one is an error on PostgreSQL."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    q: str = Field(
+        default="",
+        max_length=MAX_QUERY,
+        pattern=NO_NUL,
+        description="Substring of the address, case- and accent-insensitive.",
+    )
+    status: str = Field(default="", description="One status, or several separated by commas.")
+    locale: str = Field(default="", max_length=8, pattern=NO_NUL)
+    source: str = Field(
+        default="",
+        max_length=SOURCE_MAX,
+        pattern=NO_NUL,
+        description="Prefix of the consent source (page URL, `import:<file>`, `admin:<name>`).",
+    )
+    since: Annotated[str, _DATE_FILTER] = Field(
+        default="", description="Signed up on or after this day (UTC); empty: no filter."
+    )
+    until: Annotated[str, _DATE_FILTER] = Field(
+        default="", description="Signed up on or before this day (UTC); empty: no filter."
+    )
+    sort: Literal[(*SORTS, "")] = Field(  # type: ignore[valid-type]
+        default="", description="Empty: `newest`, the default."
+    )
+
+
+TEXT_FILTERS = ("q", "locale", "source")
+
+
+@cache
+def _limit(name: str) -> int:
+    """The longest value of a text filter, as FilterQuery declares it."""
+    return int(FilterQuery.model_json_schema()["properties"][name]["maxLength"])
 
 
 def refuse_nul(args: Any, names: Iterable[str]) -> None:
-    """SearchError for a NUL character in a text filter: no stored text holds one (PostgreSQL
-    cannot), and a query with one is an error on PostgreSQL (a 500 before this check)."""
+    """SearchError for a NUL character in a text filter (see FilterQuery)."""
     for name in names:
         value = args.get(name, "")
         if isinstance(value, str) and "\x00" in value:
@@ -81,20 +133,20 @@ def parse_filters(args: Any, *, exact_lengths: bool = False) -> Filters:
     """Filters from query parameters (a MultiDict or a dict); SearchError names a bad one.
 
     `exact_lengths` (the API): a text filter's length holds as sent, before the trim, so a
-    value padded with spaces past its limit is refused as the spec says."""
-    refuse_nul(args, TEXT_LIMITS)
-    if exact_lengths:
-        for name, limit in TEXT_LIMITS.items():
-            if len(args.get(name, "")) > limit:
-                raise SearchError(name, f"{name} is longer than {limit} characters")
+    value padded with spaces past its limit is refused as the document says; the browser's
+    pages trim first."""
+    refuse_nul(args, TEXT_FILTERS)
 
     def one(name: str) -> str:
         value = args.get(name, "")
-        return value.strip() if isinstance(value, str) else ""
+        if not isinstance(value, str):
+            return ""
+        return value if exact_lengths and name in TEXT_FILTERS else value.strip()
 
-    q = one("q")
-    if len(q) > TEXT_LIMITS["q"]:
-        raise SearchError("q", f"q is longer than {TEXT_LIMITS['q']} characters")
+    for name in TEXT_FILTERS:
+        limit = _limit(name)
+        if len(one(name)) > limit:
+            raise SearchError(name, f"{name} is longer than {limit} characters")
     raw_statuses = args.getlist("status") if hasattr(args, "getlist") else [args.get("status", "")]
     statuses = tuple(s for value in raw_statuses for s in str(value or "").split(",") if s.strip())
     for status in statuses:
@@ -105,17 +157,11 @@ def parse_filters(args: Any, *, exact_lengths: bool = False) -> Filters:
     sort = one("sort") or "newest"
     if sort not in SORTS:
         raise SearchError("sort", f"sort must be one of {', '.join(SORTS)}")
-    locale = one("locale")
-    if len(locale) > TEXT_LIMITS["locale"]:
-        raise SearchError("locale", f"locale is at most {TEXT_LIMITS['locale']} characters")
-    source = one("source")
-    if len(source) > TEXT_LIMITS["source"]:
-        raise SearchError("source", f"source is at most {TEXT_LIMITS['source']} characters")
     return Filters(
-        q=q,
+        q=one("q").strip(),
         statuses=statuses,
-        locale=locale,
-        source=source,
+        locale=one("locale").strip(),
+        source=one("source").strip(),
         since=_date(one("since"), "since"),
         until=_date(one("until"), "until"),
         sort=sort,
@@ -202,7 +248,7 @@ def decode_cursor(cursor: str, sort: str) -> list[Any]:
             moment = datetime.fromisoformat(key[0])
             if moment.tzinfo is None or not isinstance(key[1], int) or not 0 <= key[1] <= MAX_ID:
                 raise ValueError
-        elif not isinstance(key[0], str) or len(key[0]) > 320:
+        elif not isinstance(key[0], str) or len(key[0]) > EMAIL_MAX:
             raise ValueError
     except (
         ValueError,

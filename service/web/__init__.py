@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from flask import Flask
 
-from service.config import Settings
 from service.extensions import csrf
-from service.web import devmail, embed, public, signup
+from service.web import devmail as mailbox
+from service.web import embed, public, signup
 from service.web.admin import base as admin
 
 # The admin modules add their routes (and texts) to admin.base's two blueprints.
@@ -21,8 +21,9 @@ from service.web.admin import embed as admin_embed  # noqa: F401
 from service.web.api import ingest, openapi
 
 
-def register(app: Flask, settings: Settings) -> None:
-    """Register every blueprint."""
+def register(app: Flask, *, devmail: bool) -> None:
+    """Register every blueprint; `/dev/mailbox` only with `devmail` (local capture, outside
+    production)."""
     app.register_blueprint(ingest.bp)
     app.register_blueprint(public.bp)
     app.register_blueprint(embed.bp)
@@ -32,5 +33,5 @@ def register(app: Flask, settings: Settings) -> None:
     app.register_blueprint(openapi.bp)
     # Bearer tokens, no cookies: nothing for a cross-site form to ride on.
     csrf.exempt(admin.api_bp)
-    if settings.capture_mail and settings.env != "production":
-        app.register_blueprint(devmail.bp)
+    if devmail:
+        app.register_blueprint(mailbox.bp)

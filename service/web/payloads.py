@@ -1,12 +1,17 @@
-"""Reading a JSON or form body into a dict, with errors that name the field: shared by the
-public and token APIs."""
+"""Reading a JSON or form body into a dict, and into its model (`shapes`), with errors that
+name the field: shared by the public, token and admin APIs."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import request
+from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import BadRequest
+
+from service.web.api.shapes import describe
+
+Model = TypeVar("Model", bound=BaseModel)
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -33,16 +38,9 @@ def read_payload() -> dict[str, Any]:
     raise PayloadError(415, "unsupported_media_type", "send application/json or a form")
 
 
-def optional_string(data: dict[str, Any], name: str, limit: int) -> str | None:
-    value = data.get(name)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise PayloadError(422, "invalid_field", f"{name} must be a string")
+def parse(model: type[Model], data: Any) -> Model:
+    """`data` as `model`, or a 422 `invalid_field` naming the first field that is wrong."""
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PayloadError(422, "invalid_field", f"{name} is not valid Unicode text") from None
-    if len(value) > limit:
-        raise PayloadError(422, "invalid_field", f"{name} is longer than {limit} characters")
-    return value.strip()
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PayloadError(422, "invalid_field", describe(exc)) from None

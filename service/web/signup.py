@@ -32,26 +32,18 @@ from service.signup import limits as signup_limits
 from service.signup.defences import (
     address_key,
     allowed_origin,
-    captcha_active,
-    captcha_widget,
-    check_form,
-    consent_line,
     form_context,
     http_verifier,
-    page_of_allowed_origin,
     record,
 )
-from service.subscribers.addresses import InvalidEmail, normalise_email, suggest_fix
-from service.subscribers.lifecycle import Consent, subscribe
+from service.signup.screening import Refused, SignupPost, Visitor, screen
+from service.subscribers.addresses import InvalidEmail
+from service.web.api.openapi import Reply, error, operation
+from service.web.api.shapes import SignupAccepted, SignupForm, SignupFormQuery
 from service.web.common import client_ip, now, page_locale, settings, user_agent
-from service.web.payloads import FORM_TYPES, PayloadError, optional_string, read_payload
+from service.web.payloads import FORM_TYPES, PayloadError, parse, read_payload
 
 bp = Blueprint("signup", __name__, url_prefix="/api/v1")
-
-MAX_SOURCE_LENGTH = 2048
-MAX_CONSENT_LENGTH = 64
-MAX_LOCALE_LENGTH = 35  # the longest language tag in common use (RFC 5646, 4.4.1)
-TICKED = (True, 1, "1", "on", "true", "yes")
 
 
 # ---------------------------------------------------------------- CORS
@@ -141,6 +133,11 @@ def _over_limit() -> signup_limits.Breach | None:
 
 
 @bp.get("/subscriptions/form")
+@operation(
+    summary="What the embedded box needs: a form token, the consent line, a CAPTCHA",
+    query=SignupFormQuery,
+    replies={200: Reply("The box's settings", SignupForm)},
+)
 def subscription_form() -> Response:
     """What the embedded box asks for once on load: a fresh form token and its settings."""
     return jsonify(form_context(settings(), _locale(request.args), now()))
@@ -152,11 +149,11 @@ def _accepted(locale: str, suggestion: str | None, source: str | None) -> Any:
         domain = suggestion.rpartition("@")[2] if suggestion else None
         target = url_for("public.thanks", lang=locale, domain=domain, back=source)
         return redirect(target, 303)
-    body = {"status": "accepted", "message": i18n.translate(locale, "accepted")}
+    answer = SignupAccepted(status="accepted", message=i18n.translate(locale, "accepted"))
     if suggestion:
-        body["suggestion"] = suggestion
-        body["suggestion_message"] = i18n.translate(locale, "suggestion", suggestion=suggestion)
-    return jsonify(body), 202
+        answer.suggestion = suggestion
+        answer.suggestion_message = i18n.translate(locale, "suggestion", suggestion=suggestion)
+    return jsonify(answer.model_dump(exclude_none=True)), 202
 
 
 def _refused(status: int, error: str, locale: str, message: str, **extra: Any) -> Any:
@@ -166,94 +163,82 @@ def _refused(status: int, error: str, locale: str, message: str, **extra: Any) -
     return jsonify({"error": error, "message": message, **extra}), status
 
 
-def _consent_version(value: Any) -> str:
-    if value is True or value is None or value in ("", "on", "true", "1", "yes"):
-        return settings().consent_version
-    if isinstance(value, str) and len(value) <= MAX_CONSENT_LENGTH and value.isprintable():
-        return value.strip()
-    raise PayloadError(422, "invalid_field", "consent must be a consent text version (string)")
-
-
-def _foreign_origin() -> bool:
-    """A browser's post from a page of another site (its Origin header says so): refused,
-    so no other site can make its visitors sign someone up. Requests without Origin
-    (servers, old browsers' same-site forms) go on; the limits hold them."""
-    origin = request.headers.get("Origin")
-    return origin is not None and not allowed_origin(settings(), origin)
-
-
 @bp.post("/subscriptions")
+@operation(
+    summary="Sign up an address (double opt-in: a confirmation mail follows)",
+    description="The answer never says whether the address was already known.",
+    body=SignupPost,
+    body_types=("application/json", "application/x-www-form-urlencoded"),
+    replies={
+        202: Reply("Accepted (JSON posts)", SignupAccepted),
+        303: Reply("Form posts: redirect to the thank-you page"),
+        400: error(
+            "Malformed body; or captcha_required/captcha_failed, with the widget (form posts: "
+            "an HTML page saying so)",
+            html=True,
+        ),
+        403: error(
+            "Posted from a page whose Origin is not in HEBDO_ALLOWED_ORIGINS (form posts: an "
+            "HTML page saying so)",
+            html=True,
+        ),
+        413: error("Body too large"),
+        415: error("Unsupported media type"),
+        422: error(
+            "Invalid address (the message says why), or consent not given (form posts: an "
+            "HTML page saying so)",
+            html=True,
+        ),
+        429: error(
+            "Too many attempts (per IP, network or address) (form posts: an HTML page saying so)",
+            html=True,
+            headers={"Retry-After": {"type": "integer", "minimum": 0}},
+        ),
+    },
+)
 def create_subscription() -> Any:
-    """Sign an address up; 202 (JSON) or 303 to the thank-you page (form).
-
-    Checks come in the order a person's post meets them (address, CAPTCHA, consent) and
-    only then the bot checks (honeypot, form token): a bot caught there gets what a person
-    with the same post would get, and cannot learn what gave it away.
-    """
+    """Sign an address up; 202 (JSON) or 303 to the thank-you page (form)."""
     breach = _over_limit()
     if breach is not None:
         return _too_many(breach)
     locale = _locale()
-    ip = client_ip()
-    s = settings()
-    if _foreign_origin():
-        record("foreign_origin", ip=ip)
-        message = i18n.translate(locale, "foreign_origin")
-        return _refused(403, "origin_not_allowed", locale, message)
+    visitor = Visitor(
+        ip=client_ip(),
+        user_agent=user_agent(),
+        origin=request.headers.get("Origin"),
+        referrer=request.referrer,
+    )
     try:
-        data = read_payload()
+        post = parse(SignupPost, read_payload())
         # Any language tag goes (an unknown one falls back), but not a number or an object.
-        locale = page_locale(optional_string(data, "locale", MAX_LOCALE_LENGTH))
-        given_source = optional_string(data, "source", MAX_SOURCE_LENGTH)
-        # The page the box was on; recorded only for an allowed origin (else anyone could
-        # write any URL into the proof of consent). Without JavaScript, the Referer.
-        source = page_of_allowed_origin(s, given_source or request.referrer)
-        email = normalise_email(
-            data.get("email"),
-            check_deliverability=s.check_deliverability,
-            dns_timeout=s.dns_timeout,
-        )
-        if captcha_active(s, now()):
-            token = data.get("captcha_token")
-            verifier = current_app.extensions.get("hebdo.captcha", http_verifier)
-            if not isinstance(token, str) or not token:
-                record("captcha_required", ip=ip, email=email)
-                message = i18n.translate(locale, "captcha_required")
-                return _refused(400, "captcha_required", locale, message, captcha=captcha_widget(s))
-            if not verifier(s.captcha_provider, s.captcha_secret, token[:4096], ip):
-                record("captcha_failed", ip=ip, email=email)
-                message = i18n.translate(locale, "captcha_failed")
-                return _refused(400, "captcha_failed", locale, message, captcha=captcha_widget(s))
-        if consent_line(s, locale) and data.get("consent_given") not in TICKED:
-            record("consent_missing", ip=ip, email=email)
-            message = i18n.translate(locale, "consent_required")
-            return _refused(422, "consent_required", locale, message)
-        consent = Consent(
-            source=source,
-            text_version=_consent_version(data.get("consent")),
-            ip=ip,
-            user_agent=user_agent(),
-        )
-        verdict = check_form(s, data)
-        if not verdict.ok:
-            # A bot: the same answer as a person's, nothing stored, nothing sent.
-            record(verdict.outcome, ip=ip, email=email)
-            return _accepted(locale, suggest_fix(email), source)
-        result = subscribe(email, locale=locale, consent=consent, now=now(), settings=s)
+        locale = page_locale(post.locale)
+        verifier = current_app.extensions.get("hebdo.captcha", http_verifier)
+        accepted = screen(settings(), post, visitor, locale=locale, now=now(), verify=verifier)
     except PayloadError as exc:
         message = i18n.translate(locale, "bad_request", detail=exc.detail)
         if exc.status == 415:
             message = i18n.translate(locale, "unsupported_type")
-        record("invalid", ip=ip)
+        record("invalid", ip=visitor.ip)
         return jsonify({"error": exc.code, "message": message}), exc.status
     except InvalidEmail as exc:
-        record("invalid", ip=ip, email=data.get("email"))
         extra: dict[str, Any] = {"code": exc.code}
         if exc.detail:
             extra["detail"] = exc.detail
         return _refused(422, "invalid_email", locale, exc.message(locale), **extra)
-
-    record("accepted", ip=ip, email=email)
-    if result.confirmation_due:
+    except Refused as exc:
+        message = i18n.translate(locale, _REFUSALS[exc.error])
+        if exc.captcha is not None:
+            return _refused(exc.status, exc.error, locale, message, captcha=exc.captcha)
+        return _refused(exc.status, exc.error, locale, message)
+    if accepted.confirmation_due:
         jobs.enqueue_confirmation_sweep()
-    return _accepted(locale, result.suggestion, source)
+    return _accepted(locale, accepted.suggestion, accepted.source)
+
+
+# The message of each refusal, by its error code.
+_REFUSALS = {
+    "origin_not_allowed": "foreign_origin",
+    "captcha_required": "captcha_required",
+    "captcha_failed": "captcha_failed",
+    "consent_required": "consent_required",
+}

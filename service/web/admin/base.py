@@ -280,13 +280,19 @@ def _signed_in() -> Response | None:
     return None
 
 
+# Token roles of the admin API: editors read and steer issues; writes to subscribers,
+# imports and the audit log are the admin's (`requires_admin`).
+API_ROLES = (AdminRole.EDITOR.value, AdminRole.ADMIN.value)
+ADMIN_ROLES = (AdminRole.ADMIN.value,)
+
+
 @api_bp.before_request
 def _token() -> Response | tuple[Response, int] | None:
     _larger_bodies()
     token = bearer_token("hebdo-admin")
     if isinstance(token, tuple):
         return token
-    if token.role not in tuple(AdminRole):
+    if token.role not in API_ROLES:
         return _forbidden_json()
     g.admin = SignedIn(0, f"token:{token.name}", token.role, None, i18n.DEFAULT_LOCALE)
     g.actor = f"token:{token.name}"

@@ -52,8 +52,20 @@ from service.subscribers.csv_io import (
     report_csv,
     store_upload,
 )
-from service.subscribers.search import Filters, SearchError, parse_filters
-from service.web.admin.base import actor, add_texts, api_bp, bp, json_error, page, requires_admin, t
+from service.subscribers.search import FilterQuery, Filters, SearchError, parse_filters
+from service.web.admin.base import (
+    ADMIN_ROLES,
+    actor,
+    add_texts,
+    api_bp,
+    bp,
+    json_error,
+    page,
+    requires_admin,
+    t,
+)
+from service.web.api import shapes
+from service.web.api.openapi import Reply, error, operation
 from service.web.common import client_ip, csv_download, now, settings
 
 PAGE_LINES = 500  # non-new lines shown on the report page
@@ -346,6 +358,33 @@ def _api_upload() -> tuple[bytes, str] | tuple[Response, int]:
 
 
 @api_bp.post("/imports")
+@operation(
+    summary="Import a CSV (email, locale, source, consent_date, consent_text)",
+    description="A dry run unless `dry_run=0`.",
+    query=shapes.ImportQuery,
+    raw_body={
+        # text/plain and application/csv are taken as text/csv.
+        "text/csv": {
+            "schema": {"type": "string"},
+            "example": "email,locale,consent_date,consent_text\r\n"
+            "lectrice@exemple.fr,fr,2026-11-02,form-2026-11\r\n",
+        },
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}},
+            }
+        },
+    },
+    roles=ADMIN_ROLES,
+    replies={
+        200: Reply("The per-line report", shapes.ImportReport),
+        413: error("Body larger than HEBDO_ADMIN_MAX_REQUEST_BYTES"),
+        415: error("Not CSV"),
+        422: error("Unreadable file"),
+    },
+)
 @requires_admin
 def api_import() -> tuple[Response, int]:
     """Dry run (the default, `?dry_run=1`) or apply (`?dry_run=0`) a CSV import."""
@@ -375,30 +414,30 @@ def api_import() -> tuple[Response, int]:
     except BadImportFile as exc:
         db.session.rollback()
         return json_error(422, exc.code, exc.message(locale))
-    lines: list[dict[str, Any]] = []
+    lines: list[shapes.ImportLine] = []
     truncated = False
     for planned in plan.not_new():
         if len(lines) == API_LINES:
             truncated = True
             break
         lines.append(
-            {
-                "line": planned.line,
-                "email": planned.email,
-                "outcome": planned.outcome,
-                "code": planned.code,
-                "reason": planned.reason,
-            }
+            shapes.ImportLine(
+                line=planned.line,
+                email=planned.email,
+                outcome=planned.outcome,
+                code=planned.code,
+                reason=planned.reason,
+            )
         )
-    body: dict[str, Any] = {
-        "dry_run": dry_run,
-        "filename": filename,
-        "counts": plan.counts,
-        "ignored_columns": list(plan.ignored_columns),
-        "lines": lines,
-        "truncated": truncated,
-    }
-    return jsonify(body), 200
+    report = shapes.ImportReport(
+        dry_run=dry_run,
+        filename=filename,
+        counts=plan.counts,
+        ignored_columns=list(plan.ignored_columns),
+        lines=lines,
+        truncated=truncated,
+    )
+    return jsonify(report.model_dump(mode="json")), 200
 
 
 # ---------------------------------------------------------------- export
@@ -429,6 +468,15 @@ def subscribers_csv() -> Response | tuple[str, int]:
 
 
 @api_bp.get("/subscribers.csv")
+@operation(
+    summary="Export a filtered view as CSV (streamed)",
+    query=FilterQuery,
+    roles=ADMIN_ROLES,
+    replies={
+        200: Reply("CSV", content={"text/csv": {"schema": {"type": "string"}}}),
+        422: error("Bad filter"),
+    },
+)
 @requires_admin
 def api_subscribers_csv() -> Response | tuple[Response, int]:
     """A view of the subscribers as CSV (the list API's filters), streamed."""

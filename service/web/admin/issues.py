@@ -29,8 +29,21 @@ from service.jobs import enqueue_batch
 from service.mail.errors import DeliveryError
 from service.models import Issue, IssueStatus
 from service.subscribers.addresses import InvalidEmail
-from service.web.admin.base import actor, add_texts, api_bp, bp, current, json_error, page, t
+from service.web.admin.base import (
+    API_ROLES,
+    actor,
+    add_texts,
+    api_bp,
+    bp,
+    current,
+    json_error,
+    page,
+    t,
+)
+from service.web.api import shapes
+from service.web.api.openapi import Reply, error, operation
 from service.web.common import client_ip, now, settings
+from service.web.payloads import PayloadError, parse
 
 add_texts(
     {
@@ -301,7 +314,7 @@ def issue(week: str) -> tuple[str, int]:
         "issue.html",
         issue=found,
         articles=issue_articles(found.id),
-        progress=progress.progress(found.week, now()),
+        progress=progress_answer(progress.progress(found.week, now())),
         text=text,
         status_text=_status,
         live=found.status in (IssueStatus.SCHEDULED, IssueStatus.SENDING, IssueStatus.PAUSED),
@@ -344,7 +357,7 @@ def issue_preview(week: str) -> Response:
 def issue_progress(week: str) -> Response:
     """The live panel's figures (admin.js polls this every 2 s while the issue is live)."""
     found = _issue_or_404(week)
-    figures = progress.progress(found.week, now()).as_dict()
+    figures = progress_answer(progress.progress(found.week, now())).model_dump(mode="json")
     return jsonify({**figures, "status_text": _status(figures["status"])})
 
 
@@ -433,54 +446,99 @@ def article_action(article_id: int, action: str) -> Response:
 # ---------------------------------------------------------------- admin API
 
 
+def _figures(p: progress.Progress) -> dict[str, Any]:
+    c = p.counts
+    return {
+        "week": p.week,
+        "status": IssueStatus(p.status),
+        "note": p.note,
+        "started_at": p.started_at,
+        "finished_at": p.finished_at,
+        "recipients": p.recipients,
+        "sent": c.get("sent", 0),
+        "failed": c.get("failed", 0),
+        "bounced": c.get("bounced", 0),
+        "skipped": c.get("skipped", 0),
+        "pending": p.pending,
+        "complaints": p.complaints,
+        "done": p.done,
+        "percent": round(p.percent, 1),
+        "rate": round(p.rate_last_minute, 2),
+        "eta_seconds": p.eta_seconds,
+    }
+
+
+def progress_answer(p: progress.Progress) -> shapes.IssueProgress:
+    return shapes.IssueProgress(**_figures(p))
+
+
+def _summary(row: progress.IssueSummary) -> shapes.IssueSummary:
+    i, c = row.issue, row.counts
+    return shapes.IssueSummary(
+        week=i.week,
+        subject=i.subject,
+        status=IssueStatus(i.status),
+        note=i.note,
+        send_at=i.send_at,
+        started_at=i.started_at,
+        finished_at=i.finished_at,
+        recipients=i.recipients,
+        sent=c["sent"],
+        failed=c["failed"],
+        bounced=c["bounced"],
+        skipped=c["skipped"],
+        pending=row.pending,
+        complaints=i.complaint_count,
+    )
+
+
+ISSUE_ERRORS = {404: error("No issue that week")}
+
+
 @api_bp.get("/issues")
+@operation(
+    summary="Issues with their status and delivery counts",
+    roles=API_ROLES,
+    replies={200: Reply("Issues, newest first", shapes.IssueList)},
+)
 def api_issues() -> Response:
     """Every issue with its status and delivery counts."""
-    return jsonify({"items": [row.as_dict() for row in progress.recent_issues()]})
+    answer = shapes.IssueList(items=[_summary(row) for row in progress.recent_issues()])
+    return jsonify(answer.model_dump(mode="json"))
 
 
 @api_bp.get("/issues/<week>")
+@operation(
+    summary="One issue with its progress",
+    roles=API_ROLES,
+    replies={200: Reply("The issue", shapes.Issue), **ISSUE_ERRORS},
+)
 def api_issue(week: str) -> Response | tuple[Response, int]:
     """One issue, its articles and its progress."""
     try:
         found = require_issue(week)
     except NoIssue as exc:
         return json_error(404, "not_found", str(exc))
-    body = progress.progress(found.week, now()).as_dict()
-    body |= {
-        "subject": found.subject,
-        "send_at": found.send_at.isoformat(),
-        "articles": [
-            {"position": a.position, "title": a.title, "url": a.url, "category": a.category}
+    answer = shapes.Issue(
+        **_figures(progress.progress(found.week, now())),
+        subject=found.subject,
+        send_at=found.send_at,
+        articles=[
+            shapes.IssueArticle(position=a.position, title=a.title, url=a.url, category=a.category)
             for a in issue_articles(found.id)
         ],
-    }
-    return jsonify(body)
+    )
+    return jsonify(answer.model_dump(mode="json"))
 
 
-@api_bp.post("/issues/<week>/<action>")
-@limiter.limit(TEST_SEND_LIMIT, exempt_when=_not_a_test, scope="issue-test")
-def api_issue_action(week: str, action: str) -> Response | tuple[Response, int]:
-    """approve, send (at once), pause, resume, cancel, or test (JSON `{"to": address}`)."""
-    if action not in actions.ACTIONS:
-        return json_error(404, "not_found", f"no action {action!r}")
+def _api_act(
+    week: str, action: str, to: str | None, locale: str | None
+) -> Response | tuple[Response, int]:
     try:
         if action == "plan":
             plan_week(week)
         else:
             require_issue(week)
-    except NoIssue as exc:
-        return json_error(404, "not_found", str(exc))
-    to = locale = None
-    if action == "test":
-        body = request.get_json(silent=True)
-        to = body.get("to") if isinstance(body, dict) else None
-        locale = body.get("locale") if isinstance(body, dict) else None
-        if not isinstance(to, str) or not to.strip():
-            return json_error(422, "invalid_address", 'a JSON body {"to": address} is required')
-        if locale not in (None, *i18n.LOCALES):
-            return json_error(422, "invalid_locale", f"locale must be one of {i18n.LOCALES}")
-    try:
         outcome = _act(week, action, to, locale)
     except NoIssue as exc:
         return json_error(404, "not_found", str(exc))
@@ -492,5 +550,55 @@ def api_issue_action(week: str, action: str) -> Response | tuple[Response, int]:
         return json_error(422, "suppressed_address", str(exc))
     except DeliveryError as exc:
         return json_error(502, "mail_refused", f"the mail server refused the test: {exc}")
-    result = {"week": outcome.issue.week, "status": outcome.issue.status, **outcome.extra}
-    return jsonify(result)
+    result = shapes.IssueActionResult(
+        week=outcome.issue.week, status=IssueStatus(outcome.issue.status), **outcome.extra
+    )
+    return jsonify(result.model_dump(mode="json", exclude_none=True))
+
+
+ACTION_REPLIES = {
+    200: Reply("Done", shapes.IssueActionResult),
+    **ISSUE_ERRORS,
+    409: error("Not possible in the issue's current status"),
+}
+
+
+@api_bp.post("/issues/<week>/test")
+@operation(
+    summary="Send the issue to one address now, marked [TEST] (no delivery recorded)",
+    body=shapes.TestSend,
+    roles=API_ROLES,
+    replies={
+        **ACTION_REPLIES,
+        422: error("No address, or one that cannot be mailed (invalid, suppressed)"),
+        429: error("More than 30 test sends in an hour from this client"),
+        502: error("The mail server refused the test"),
+    },
+)
+@limiter.limit(TEST_SEND_LIMIT, scope="issue-test")
+def api_issue_test(week: str) -> Response | tuple[Response, int]:
+    """Test send: JSON `{"to": address, "locale"?: "fr"|"en"}`."""
+    body = request.get_json(silent=True)
+    try:
+        asked = parse(shapes.TestSend, body if isinstance(body, dict) else {})
+    except PayloadError as exc:
+        return json_error(
+            422, "invalid_address", f'a JSON body {{"to": address}} is required: {exc.detail}'
+        )
+    if not asked.to.strip():
+        return json_error(422, "invalid_address", 'a JSON body {"to": address} is required')
+    return _api_act(week, "test", asked.to, asked.locale)
+
+
+@api_bp.post("/issues/<week>/<action>")
+@operation(
+    summary="Plan, approve, send (at once), pause, resume or cancel the issue",
+    path={"action": {"schema": {"type": "string", "enum": list(shapes.ISSUE_ACTIONS)}}},
+    roles=API_ROLES,
+    replies=ACTION_REPLIES,
+)
+def api_issue_action(week: str, action: str) -> Response | tuple[Response, int]:
+    """plan, approve, send (at once), pause, resume or cancel."""
+    if action not in shapes.ISSUE_ACTIONS:
+        return json_error(404, "not_found", f"no action {action!r}")
+    return _api_act(week, action, None, None)

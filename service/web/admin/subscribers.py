@@ -3,7 +3,7 @@ a selection or a pasted list, the suppression list and the audit log."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from flask import (
     Response,
@@ -14,14 +14,16 @@ from flask import (
     request,
     url_for,
 )
+from pydantic import BaseModel
 
 from service.admin import audit as audit_log
 from service.admin.audit import Actor
 from service.extensions import db
-from service.models import AdminRole, AuditEvent, Subscriber
+from service.models import AdminRole, AuditEvent, DeliveryStatus, Status, Subscriber
 from service.subscribers import search
 from service.subscribers.addresses import InvalidEmail, normalise_email
 from service.subscribers.bulk import (
+    MAX_BULK,
     Action,
     BulkError,
     Outcome,
@@ -37,6 +39,8 @@ from service.subscribers.suppressions import (
     suppressions_page,
 )
 from service.web.admin.base import (
+    ADMIN_ROLES,
+    API_ROLES,
     actor,
     add_texts,
     api_bp,
@@ -48,7 +52,11 @@ from service.web.admin.base import (
     safe_target,
     t,
 )
+from service.web.api import shapes
+from service.web.api.openapi import Reply, error, operation
+from service.web.api.shapes import Shape
 from service.web.common import client_ip, csv_download, now, settings
+from service.web.payloads import PayloadError, parse
 
 add_texts(
     {
@@ -464,57 +472,75 @@ def audit_csv() -> Response | tuple[str, int]:
 # ---------------------------------------------------------------- API
 
 
-def subscriber_json(sub: Subscriber, *, full: bool = False) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "id": sub.id,
-        "email": sub.email,
-        "status": sub.status,
-        "locale": sub.locale,
-        "created_at": sub.created_at.isoformat(),
-        "confirmed_at": sub.confirmed_at.isoformat() if sub.confirmed_at else None,
-        "source": sub.consent_source,
-    }
-    if full:
-        data["unsubscribed_at"] = sub.unsubscribed_at.isoformat() if sub.unsubscribed_at else None
-        data["unsubscribe_channel"] = sub.unsubscribe_channel
-        data["consent"] = {
-            "at": sub.consent_at.isoformat(),
-            "source": sub.consent_source,
-            "text_version": sub.consent_text_version,
-        }
-        if current().role == AdminRole.ADMIN:
-            # IPs and browsers are the admin's to see (proof of consent), not an editor's.
-            data["consent"].update(ip=sub.consent_ip, user_agent=sub.consent_user_agent)
-        data["history"] = [event_json(e) for e in search.history(sub.id)]
-        data["deliveries"] = [
-            {
-                "week": d.week,
-                "status": d.status,
-                "attempts": d.attempts,
-                "sent_at": d.sent_at.isoformat() if d.sent_at else None,
-                "error": d.error,
-            }
+def _subscriber(sub: Subscriber) -> shapes.Subscriber:
+    return shapes.Subscriber(
+        id=sub.id,
+        email=sub.email,
+        status=Status(sub.status),
+        locale=sub.locale,
+        created_at=sub.created_at,
+        confirmed_at=sub.confirmed_at,
+        source=sub.consent_source,
+    )
+
+
+def _event(e: AuditEvent) -> shapes.AuditEvent:
+    return shapes.AuditEvent(
+        id=e.id,
+        created_at=e.created_at,
+        actor=e.actor,
+        action=e.action,
+        subject=e.subject,
+        subscriber_id=e.subscriber_id,
+        before_status=e.before_status,
+        after_status=e.after_status,
+        ip=e.ip,
+        detail=e.detail,
+    )
+
+
+def _record(sub: Subscriber) -> shapes.SubscriberRecord:
+    consent = shapes.Consent(
+        at=sub.consent_at, source=sub.consent_source, text_version=sub.consent_text_version
+    )
+    if current().role == AdminRole.ADMIN:
+        # IPs and browsers are the admin's to see (proof of consent), not an editor's.
+        consent.ip, consent.user_agent = sub.consent_ip, sub.consent_user_agent
+    return shapes.SubscriberRecord(
+        **_subscriber(sub).model_dump(),
+        unsubscribed_at=sub.unsubscribed_at,
+        unsubscribe_channel=sub.unsubscribe_channel,
+        consent=consent,
+        history=[_event(e) for e in search.history(sub.id)],
+        deliveries=[
+            shapes.DeliveryLine(
+                week=d.week,
+                status=DeliveryStatus(d.status),
+                attempts=d.attempts,
+                sent_at=d.sent_at,
+                error=d.error,
+            )
             for d in search.recent_deliveries(sub.id)
-        ]
-    return data
+        ],
+    )
 
 
-def event_json(e: AuditEvent) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "created_at": e.created_at.isoformat(),
-        "actor": e.actor,
-        "action": e.action,
-        "subject": e.subject,
-        "subscriber_id": e.subscriber_id,
-        "before_status": e.before_status,
-        "after_status": e.after_status,
-        "ip": e.ip,
-        "detail": e.detail,
-    }
+def _answer(shape: BaseModel) -> Response:
+    """A shape as JSON; fields left unset (an editor's view of consent, counts after the
+    first page) are left out, not written as null."""
+    return jsonify(shape.model_dump(mode="json", exclude_unset=True))
 
 
 @api_bp.get("/subscribers")
+@operation(
+    summary="A keyset page of subscribers, filtered",
+    query=shapes.SubscriberQuery,
+    roles=API_ROLES,
+    replies={
+        200: Reply("A page; `counts` per status on the first page", shapes.SubscriberPage),
+        422: error("Bad filter or cursor"),
+    },
+)
 def api_subscribers() -> Response | tuple[Response, int]:
     """A keyset page of a filtered view; `next_cursor` fetches the next one."""
     try:
@@ -523,14 +549,13 @@ def api_subscribers() -> Response | tuple[Response, int]:
         result = search.list_page(filters, cursor=request.args.get("cursor"), limit=limit or 0)
     except search.SearchError as exc:
         return json_error(422, "invalid_parameter", str(exc))
-    body: dict[str, Any] = {
-        "items": [subscriber_json(s) for s in result.items],
-        "next_cursor": result.next_cursor,
-    }
+    answer = shapes.SubscriberPage(
+        items=[_subscriber(s) for s in result.items], next_cursor=result.next_cursor
+    )
     if "cursor" not in request.args:
         # The first page carries the counts per status; later pages (or `cursor=`) skip them.
-        body["counts"] = search.status_counts()
-    return jsonify(body)
+        answer.counts = {Status(k): v for k, v in search.status_counts().items()}
+    return _answer(answer)
 
 
 def _api_subscriber(subscriber_id: int) -> Subscriber:
@@ -543,8 +568,16 @@ def _api_subscriber(subscriber_id: int) -> Subscriber:
 
 
 @api_bp.get("/subscribers/<int:subscriber_id>")
+@operation(
+    summary="One subscriber with consent record, history and recent deliveries",
+    roles=API_ROLES,
+    replies={
+        200: Reply("The subscriber", shapes.SubscriberRecord),
+        404: error("No such subscriber"),
+    },
+)
 def api_subscriber(subscriber_id: int) -> Response:
-    return jsonify(subscriber_json(_api_subscriber(subscriber_id), full=True))
+    return _answer(_record(_api_subscriber(subscriber_id)))
 
 
 # PATCH {"status": ...}: the statuses an admin may ask for, and the action that gets there.
@@ -555,33 +588,62 @@ PATCH_ACTIONS = {
 }
 
 
+ShapeT = TypeVar("ShapeT", bound=Shape)
+
+
+def _json_body(model: type[ShapeT]) -> ShapeT:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise PayloadError(400, "malformed_json", "send a JSON object")
+    return parse(model, body)
+
+
 @api_bp.patch("/subscribers/<int:subscriber_id>")
+@operation(
+    summary="Unsubscribe, resubscribe (pending, a new confirmation) or mark bounced",
+    body=shapes.SubscriberPatch,
+    roles=ADMIN_ROLES,
+    replies={
+        200: Reply("Done, or already so", shapes.PatchResult),
+        400: error("Malformed JSON"),
+        404: error("No such subscriber"),
+        409: error("That status cannot be reached from the current one"),
+        422: error("Invalid field"),
+    },
+)
 @requires_admin
 def api_subscriber_patch(subscriber_id: int) -> Response | tuple[Response, int]:
     """Change a status: `unsubscribed`, `pending` (resubscribe: a new confirmation mail;
     never straight to `active`) or `bounced`; with an optional `reason`."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        return json_error(400, "malformed_json", "send a JSON object")
-    unknown = sorted(set(body) - {"status", "reason"})
-    if unknown:
-        return json_error(422, "invalid_field", f"unknown field(s): {', '.join(unknown)}")
-    status, reason = body.get("status"), body.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > 200:
-        return json_error(422, "invalid_field", "reason must be a string of at most 200")
-    if not isinstance(status, str) or status not in PATCH_ACTIONS:
-        return json_error(422, "invalid_field", f"status must be one of {', '.join(PATCH_ACTIONS)}")
+    try:
+        change = _json_body(shapes.SubscriberPatch)
+    except PayloadError as exc:
+        return json_error(exc.status, exc.code, exc.detail)
     _api_subscriber(subscriber_id)
     outcome = act(
-        settings(), PATCH_ACTIONS[status], subscriber_id, by=_by(), now=now(), reason=reason
+        settings(),
+        PATCH_ACTIONS[change.status],
+        subscriber_id,
+        by=_by(),
+        now=now(),
+        reason=change.reason,
     )
     sub = _api_subscriber(subscriber_id)
-    if outcome == Outcome.REFUSED or (outcome == Outcome.ALREADY and sub.status != status):
-        return json_error(409, "conflict", f"a {sub.status} subscriber cannot become {status}")
-    return jsonify({"result": outcome.value, "subscriber": subscriber_json(sub)})
+    if outcome == Outcome.REFUSED or (outcome == Outcome.ALREADY and sub.status != change.status):
+        return json_error(
+            409, "conflict", f"a {sub.status} subscriber cannot become {change.status}"
+        )
+    return _answer(
+        shapes.PatchResult.model_validate({"result": outcome, "subscriber": _subscriber(sub)})
+    )
 
 
 @api_bp.delete("/subscribers/<int:subscriber_id>")
+@operation(
+    summary="Erase (GDPR): personal data removed, the address stays suppressed",
+    roles=ADMIN_ROLES,
+    replies={204: Reply("Erased"), 404: error("No such subscriber")},
+)
 @requires_admin
 def api_subscriber_delete(subscriber_id: int) -> tuple[str, int]:
     """Erase (GDPR): see subscribers.bulk.erase."""
@@ -591,43 +653,55 @@ def api_subscriber_delete(subscriber_id: int) -> tuple[str, int]:
 
 
 @api_bp.post("/unsubscribes")
+@operation(
+    summary=f"Unsubscribe a list of addresses (at most {MAX_BULK:,})",
+    body=shapes.Unsubscribes,
+    roles=ADMIN_ROLES,
+    replies={
+        200: Reply("A result per address, in order", shapes.BulkReport),
+        400: error("Malformed JSON"),
+        413: error("Body larger than HEBDO_ADMIN_MAX_REQUEST_BYTES"),
+        422: error("Invalid field or too many addresses"),
+    },
+)
 @requires_admin
 def api_unsubscribes() -> Response | tuple[Response, int]:
     """Bulk unsubscribe: `{"emails": [...], "reason"?: "..."}` → a result per address."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        return json_error(400, "malformed_json", "send a JSON object")
-    emails, reason = body.get("emails"), body.get("reason", "")
-    unknown = sorted(set(body) - {"emails", "reason"})
-    if unknown:
-        return json_error(422, "invalid_field", f"unknown field(s): {', '.join(unknown)}")
-    if not isinstance(emails, list) or not all(isinstance(e, str) for e in emails):
-        return json_error(422, "invalid_field", "emails must be a list of strings")
-    if not isinstance(reason, str) or len(reason) > 200:
-        return json_error(422, "invalid_field", "reason must be a string of at most 200")
     try:
+        asked = _json_body(shapes.Unsubscribes)
         report = act_on_addresses(
             settings(),
             Action.UNSUBSCRIBE,
-            list(enumerate(emails, 1)),
+            list(enumerate(asked.emails, 1)),
             by=_by(),
             now=now(),
-            reason=reason,
+            reason=asked.reason,
         )
+    except PayloadError as exc:
+        return json_error(exc.status, exc.code, exc.detail)
     except BulkError as exc:
         return json_error(422, "too_many", str(exc))
-    return jsonify(
-        {
-            "results": [
-                {"email": line.given, "result": line.outcome.value, "reason": line.reason or None}
+    return _answer(
+        shapes.BulkReport(
+            results=[
+                shapes.BulkResult(email=line.given, result=line.outcome, reason=line.reason or None)
                 for line in report.lines
             ],
-            "counts": report.counts,
-        }
+            counts={Outcome(k): v for k, v in report.counts.items()},
+        )
     )
 
 
 @api_bp.get("/audit")
+@operation(
+    summary="Audit events, newest first",
+    query=shapes.AuditQuery,
+    roles=ADMIN_ROLES,
+    replies={
+        200: Reply("A page of events", shapes.AuditPage),
+        422: error("A NUL character in `action` or `actor`"),
+    },
+)
 @requires_admin
 def api_audit() -> Response | tuple[Response, int]:
     """Audit events, newest first; `next_before` fetches the next page."""
@@ -638,4 +712,4 @@ def api_audit() -> Response | tuple[Response, int]:
         return json_error(422, "invalid_parameter", str(exc))
     before = search.bounded_int(request.args.get("before"))
     events, more = audit_log.page(filters, before, limit)
-    return jsonify({"items": [event_json(e) for e in events], "next_before": more})
+    return _answer(shapes.AuditPage(items=[_event(e) for e in events], next_before=more))

@@ -4,8 +4,6 @@ endpoint lives in signup.py."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -14,23 +12,12 @@ from service.admin import apitokens
 from service.digest.articles import ArticleInput, InvalidArticle, store_article
 from service.extensions import db
 from service.inbound import complaints
+from service.web.api.openapi import Reply, error, operation
+from service.web.api.shapes import ArticleIn, ComplaintOutcome, StoredArticle
 from service.web.common import bearer_token, now, settings
-from service.web.payloads import PayloadError, optional_string, read_payload
+from service.web.payloads import PayloadError, parse, read_payload
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
-
-
-ARTICLE_FIELDS = {
-    "id": 512,
-    "url": 2000,
-    "title": 2000,
-    "summary": 20000,
-    "category": 200,
-    "author": 500,
-    "image_url": 2000,
-    "published_at": 64,
-    "language": 16,
-}
 
 
 def _bearer(roles: tuple[str, ...]) -> apitokens.ApiToken | tuple[Response, int]:
@@ -43,51 +30,42 @@ def _bearer(roles: tuple[str, ...]) -> apitokens.ApiToken | tuple[Response, int]
     return token
 
 
-def _published_at(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise PayloadError(422, "invalid_field", "published_at must be ISO 8601") from None
-    if moment.tzinfo is None:
-        raise PayloadError(
-            422, "invalid_field", "published_at needs a time zone, e.g. 2026-11-23T08:00:00+01:00"
-        )
-    if not 1970 <= moment.year <= 2100:
-        raise PayloadError(422, "invalid_field", "published_at must be between 1970 and 2100")
-    return moment
+ARTICLE_ROLES = ("publisher", "editor", "admin")
 
 
 @bp.post("/articles")
+@operation(
+    summary="Create or update an article (idempotent on `id`, else `url`)",
+    body=ArticleIn,
+    roles=ARTICLE_ROLES,
+    replies={
+        200: Reply("Updated", StoredArticle),
+        201: Reply("Created", StoredArticle),
+        400: error("Malformed JSON"),
+        413: error("Body too large"),
+        415: error("Not JSON"),
+        422: error("Invalid field"),
+    },
+)
 def push_article() -> tuple[Response, int]:
-    """Create or update one article (idempotent on `id`, else `url`): 201 or 200.
-
-    Authorization: Bearer <token> of role publisher, editor or admin.
-    """
-    token = _bearer(("publisher", "editor", "admin"))
+    """Create or update one article (idempotent on `id`, else `url`): 201 or 200."""
+    token = _bearer(ARTICLE_ROLES)
     if isinstance(token, tuple):
         return token
     try:
         if request.mimetype != "application/json":
             raise PayloadError(415, "unsupported_media_type", "send application/json")
-        data = read_payload()
-        unknown = sorted(set(data) - set(ARTICLE_FIELDS))
-        if unknown:
-            raise PayloadError(422, "invalid_field", f"unknown field(s): {', '.join(unknown)}")
-        fields = {
-            name: optional_string(data, name, limit) for name, limit in ARTICLE_FIELDS.items()
-        }
+        pushed = parse(ArticleIn, read_payload())
         item = ArticleInput(
-            url=fields["url"] or "",
-            title=fields["title"] or "",
-            guid=fields["id"] or "",
-            summary=fields["summary"] or "",
-            category=fields["category"] or "",
-            author=fields["author"] or "",
-            image_url=fields["image_url"],
-            published_at=_published_at(fields["published_at"]),
-            language=fields["language"] or "",
+            url=pushed.url,
+            title=pushed.title,
+            guid=pushed.id or "",
+            summary=pushed.summary or "",
+            category=pushed.category or "",
+            author=pushed.author or "",
+            image_url=pushed.image_url,
+            published_at=pushed.published_at,
+            language=pushed.language or "",
         )
         article_id, created = store_article(
             item, source=f"api:{token.name}", now=now(), namespace="api"
@@ -98,18 +76,41 @@ def push_article() -> tuple[Response, int]:
     except InvalidArticle as exc:
         db.session.rollback()
         return jsonify({"error": "invalid_article", "message": str(exc)}), 422
-    return jsonify({"id": article_id, "created": created}), 201 if created else 200
+    stored = StoredArticle(id=article_id, created=created)
+    return jsonify(stored.model_dump()), 201 if created else 200
+
+
+COMPLAINT_ROLES = ("feedback", "admin")
 
 
 @bp.post("/complaints")
+@operation(
+    summary="Record a feedback-loop complaint (an ARF report, RFC 5965)",
+    description="The report as received, a `multipart/report; report-type=feedback-report` "
+    "mail, up to 2 MiB. The subscriber is found from the signed unsubscribe link in the "
+    "reported mail's List-Unsubscribe (else from its recipient, when the mail carries this "
+    "list's List-Id), marked `complained` and suppressed, once. Token role: feedback or admin.",
+    raw_body={"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
+    roles=COMPLAINT_ROLES,
+    replies={
+        200: Reply("Handled (whatever the result)", ComplaintOutcome),
+        413: error("Larger than 2 MiB"),
+        415: error("Not message/rfc822"),
+        422: error("Not a feedback report (the reason says why): keep it"),
+        503: error(
+            "The subscriber kept changing: post it again",
+            headers={"Retry-After": {"type": "string", "pattern": "^[0-9]+$"}},
+        ),
+    },
+)
 def post_complaint() -> tuple[Response, int]:
     """One feedback-loop report (ARF, RFC 5965), as the raw mail: `Content-Type: message/rfc822`.
 
-    Authorization: Bearer <token> of role feedback or admin. 200 with what was done, whether
-    or not a subscriber changed (a report about an erased reader is still handled); 422 when
-    the body is not a feedback report, so the sender keeps it.
+    200 with what was done, whether or not a subscriber changed (a report about an erased
+    reader is still handled); 422 when the body is not a feedback report, so the sender
+    keeps it.
     """
-    token = _bearer(("feedback", "admin"))
+    token = _bearer(COMPLAINT_ROLES)
     if isinstance(token, tuple):
         return token
     # A report carries the reported mail, often whole: more than a sign-up's limit.
@@ -128,7 +129,13 @@ def post_complaint() -> tuple[Response, int]:
         response = jsonify({"error": "busy", "message": str(exc)})
         response.headers["Retry-After"] = "1"
         return response, 503
-    return jsonify(outcome.as_dict()), 200
+    answer = ComplaintOutcome(
+        result=outcome.result,
+        reason=outcome.reason,
+        subscriber_id=outcome.subscriber_id,
+        issue=outcome.week,
+    )
+    return jsonify(answer.model_dump(mode="json")), 200
 
 
 def json_error(exc: HTTPException) -> Response:

@@ -13,7 +13,7 @@ from flask.cli import FlaskGroup, routes_command, shell_command
 
 from service import create_app
 from service.cli.doctor import doctor_command
-from service.config import ConfigError
+from service.config import REFERENCE_FILE, ConfigError, load_settings, reference_markdown
 from service.extensions import current_settings
 from service.mail.transport import open_transport
 from service.subscribers.confirmations import send_due_confirmations
@@ -41,9 +41,17 @@ def sweep_command() -> None:
 
 
 @click.command("config")
-def config_command() -> None:
-    """Print the settings in force (secrets masked)."""
-    click.echo(json.dumps(current_settings().public(), indent=2, default=str))
+@click.option(
+    "--reference",
+    is_flag=True,
+    help=f"Print the Markdown reference of every setting instead ({REFERENCE_FILE}).",
+)
+def config_command(reference: bool) -> None:
+    """Print the settings in force (secrets masked), or the reference of every setting."""
+    if reference:
+        click.echo(reference_markdown(), nl=False)
+        return
+    click.echo(json.dumps(load_settings().public(), indent=2, default=str))
 
 
 def init_app(app: Flask) -> None:
@@ -54,7 +62,6 @@ def init_app(app: Flask) -> None:
     for command in (
         run_command,
         sweep_command,
-        config_command,
         *digest_cli.COMMANDS,
         *admin_cli.COMMANDS,
         *complaints_cli.COMMANDS,
@@ -83,8 +90,9 @@ main = HebdoGroup(
 )
 main.add_command(shell_command)
 main.add_command(routes_command)
-# On the group, not the app: it must run (and say what is wrong) when the app cannot load.
+# On the group, not the app: they must run (and say what is wrong) when the app cannot load.
 main.add_command(doctor_command)
+main.add_command(config_command)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ from sqlalchemy import event, func, select  # noqa: E402
 from bench import minimal_app  # noqa: E402
 from bench.database import reset_database  # noqa: E402
 from service import create_app, jobs  # noqa: E402
-from service.config import SETTINGS, load_settings  # noqa: E402
+from service.config import SETTING_NAMES, load_settings  # noqa: E402
 from service.extensions import db  # noqa: E402
 from service.models import Subscriber  # noqa: E402
 from service.ops.runner import commands  # noqa: E402
@@ -283,7 +283,7 @@ def reset_postgresql() -> None:
 
 def environment(database: str, data_dir: Path) -> tuple[dict[str, str], list[str]]:
     """The app's settings for one database, and which anti-throttle settings were absent."""
-    known = {s.name for s in SETTINGS}
+    known = set(SETTING_NAMES)
     values = {
         # Production: what a real deployment runs (no dev mailbox); no mail is sent (no worker).
         "HEBDO_ENV": "production",

@@ -1,415 +1,155 @@
-"""Every HEBDO_* setting: its default, its meaning, and how it is parsed.
+"""Every HEBDO_* setting, declared once: its name, type, default, meaning and parsing.
 
-`SETTINGS` is the one list the README table, docker-compose.yml and the tests
-are checked against, so a setting that is read here is documented there.
-Configuration is read when the app is created, never at import time.
+`Settings` is a pydantic-settings class: each field is one `HEBDO_<FIELD>` environment
+variable, and its validators turn the text into what the code uses. The settings
+reference (docs/configuration.md, `hebdo config --reference`), the refusal of unknown
+names and the checks of docker-compose.yml are all derived from it, so a setting that is
+read here is documented there.
+
+Configuration is read when the app is created (`load_settings`), never at import time.
 """
 
 from __future__ import annotations
 
-import math
+import difflib
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from datetime import time
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Annotated, Any, Literal, NamedTuple, Self, get_args
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo
 
 from limits import parse_many
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "HEBDO_"
+REFERENCE_FILE = "docs/configuration.md"
 
 
 class ConfigError(RuntimeError):
     """A setting is missing or malformed; the message says which and how to fix it."""
 
 
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    default: str
-    help: str
+def setting(
+    default: str,
+    description: str,
+    *,
+    shown_default: str | None = None,
+    expects: str | None = None,
+    secret: bool = False,
+    verbatim: bool = False,
+    **constraints: Any,
+) -> Any:
+    """One setting's declaration: a pydantic `Field` with hebdo's extras.
+
+    `default` is written as an operator would write it in the environment and is parsed
+    like any given value (`validate_default`), so the reference shows what it really is.
+    `shown_default` replaces it in the reference when the real default is computed from
+    other settings. `expects` is the whole complaint for any bad value of a setting whose
+    parser cannot say better (`must look like …`). `secret` values are masked by
+    `Settings.public()`. `verbatim` values keep their surrounding spaces (a password).
+    `constraints` are pydantic's (`ge=1`, …).
+    """
+    extra: dict[str, Any] = {}
+    if shown_default is not None:
+        extra["shown_default"] = shown_default
+    if expects is not None:
+        extra["expects"] = expects
+    if secret:
+        extra["secret"] = True
+    if verbatim:
+        extra["verbatim"] = True
+    return Field(default, description=description, json_schema_extra=extra or None, **constraints)
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "HEBDO_ENV",
-        "development",
-        "`development`, `production` or `test`. Production refuses to start without `HEBDO_SECRET_KEY` and hides `/dev/mailbox`.",
-    ),
-    Setting(
-        "HEBDO_DATA_DIR",
-        "./var",
-        "Folder of the embedded default: SQLite database, broker files, beat schedule, captured mail, generated development secret key.",
-    ),
-    Setting(
-        "HEBDO_DATABASE_URL",
-        "sqlite:///<HEBDO_DATA_DIR>/hebdo.sqlite3",
-        "SQLAlchemy URL, e.g. `postgresql+psycopg://hebdo@db/hebdo`.",
-    ),
-    Setting(
-        "HEBDO_BROKER_URL",
-        "filesystem://",
-        "Celery broker, e.g. `redis://127.0.0.1:6379/0`. The default is kombu's file-system transport under `<HEBDO_DATA_DIR>/broker` (single machine only).",
-    ),
-    Setting(
-        "HEBDO_SMTP_HOST",
-        "",
-        "SMTP relay host. Empty: every outgoing mail is captured as an `.eml` file under `<HEBDO_DATA_DIR>/mail` and shown at `/dev/mailbox`.",
-    ),
-    Setting("HEBDO_SMTP_PORT", "25", "SMTP relay port (587 for STARTTLS submission, 465 for SSL)."),
-    Setting("HEBDO_SMTP_USER", "", "SMTP login; empty for no authentication."),
-    Setting("HEBDO_SMTP_PASSWORD", "", "SMTP password."),
-    Setting("HEBDO_SMTP_TLS", "none", "`none`, `starttls` or `ssl`."),
-    Setting(
-        "HEBDO_SMTP_TIMEOUT",
-        "30",
-        "Seconds to wait on any SMTP connect or reply before treating it as a transient failure.",
-    ),
-    Setting(
-        "HEBDO_MAIL_FROM",
-        "L'Hebdo <newsletter@hebdo.localhost>",
-        "From address. Its domain is used for Message-ID, List-Id and the unsubscribe mailto.",
-    ),
-    Setting(
-        "HEBDO_BASE_URL",
-        "http://127.0.0.1:8000",
-        "Public URL of this service, used in every link of every mail.",
-    ),
-    Setting(
-        "HEBDO_SECRET_KEY",
-        "",
-        "Signs tokens. Required in production; in development a random key is generated once into `<HEBDO_DATA_DIR>/secret_key`.",
-    ),
-    Setting(
-        "HEBDO_SECRET_KEY_FALLBACKS",
-        "",
-        "Comma-separated former secret keys: links signed with them keep working after a rotation.",
-    ),
-    Setting("HEBDO_SITE_NAME", "L'Hebdo", "Name of the newsletter shown in mails and pages."),
-    Setting(
-        "HEBDO_LIST_ID", "", "List-Id identifier; default `hebdo.<domain of HEBDO_MAIL_FROM>`."
-    ),
-    Setting(
-        "HEBDO_UNSUBSCRIBE_MAILTO",
-        "",
-        "Address of the mailto in List-Unsubscribe; default `unsubscribe@<domain of HEBDO_MAIL_FROM>`.",
-    ),
-    Setting(
-        "HEBDO_CHECK_DELIVERABILITY",
-        "0",
-        "`1` to check that the address's domain has MX/A records at sign-up (DNS answers are cached).",
-    ),
-    Setting(
-        "HEBDO_DNS_TIMEOUT",
-        "1",
-        "Whole seconds a deliverability DNS lookup may take; when it times out the address is accepted.",
-    ),
-    Setting("HEBDO_CONFIRM_TTL_HOURS", "48", "Hours a confirmation link stays valid."),
-    Setting(
-        "HEBDO_CONFIRM_RESEND_HOURS",
-        "24",
-        "At most one confirmation mail per address in this many hours, however often it is posted.",
-    ),
-    Setting(
-        "HEBDO_CONSENT_VERSION",
-        "form-2026-11",
-        "Version of the consent text shown by the form, recorded with each sign-up unless the post names another.",
-    ),
-    Setting(
-        "HEBDO_SWEEP_SECONDS",
-        "60",
-        "Beat interval of the sweep that sends confirmation mails committed but never sent (broker down, worker killed).",
-    ),
-    Setting(
-        "HEBDO_CLAIM_TIMEOUT_SECONDS",
-        "300",
-        "After this long a claimed but unfinished mail is considered abandoned and sent again by the sweep. At least 6 × `HEBDO_SMTP_TIMEOUT`.",
-    ),
-    Setting(
-        "HEBDO_CONSENT_TEXT",
-        "",
-        "Consent line shown with an unticked box in the sign-up form (French); empty: no box. Sign-ups must tick it; its version is HEBDO_CONSENT_VERSION.",
-    ),
-    Setting(
-        "HEBDO_CONSENT_TEXT_EN",
-        "",
-        "The same consent line in English (default: the French one).",
-    ),
-    Setting(
-        "HEBDO_ALLOWED_ORIGINS",
-        "",
-        "Comma-separated origins (`https://www.site.fr`) whose pages may embed the form: CORS for them only, and only their page URLs are recorded as sources. This service's own origin is always one.",
-    ),
-    Setting(
-        "HEBDO_SUBSCRIBE_RATE_LIMIT",
-        "30/minute;500/day",
-        "Sign-up posts allowed per client IP (Flask-Limiter notation). Stops a bot's burst, not a newsroom behind one address.",
-    ),
-    Setting(
-        "HEBDO_SUBSCRIBE_NETWORK_RATE_LIMIT",
-        "300/hour",
-        "Sign-up posts allowed per /24 (IPv4) or /64 (IPv6) network.",
-    ),
-    Setting(
-        "HEBDO_SUBSCRIBE_ADDRESS_RATE_LIMIT",
-        "3/hour;10/day",
-        "Sign-up posts allowed per target address, from anywhere (subscription bombing); keyed by an HMAC, never the address.",
-    ),
-    Setting(
-        "HEBDO_FORM_MIN_SECONDS",
-        "2",
-        "A form posted sooner than this after it was shown is a bot's: answered like any other, nothing stored.",
-    ),
-    Setting(
-        "HEBDO_CAPTCHA_PROVIDER",
-        "none",
-        "`none`, `turnstile`, `hcaptcha` or `friendlycaptcha`: server-side CAPTCHA verification, asked for only above HEBDO_CAPTCHA_THRESHOLD.",
-    ),
-    Setting("HEBDO_CAPTCHA_SITE_KEY", "", "The CAPTCHA provider's public site key."),
-    Setting(
-        "HEBDO_CAPTCHA_SECRET", "", "The CAPTCHA provider's secret key (server-side verification)."
-    ),
-    Setting(
-        "HEBDO_CAPTCHA_THRESHOLD",
-        "60",
-        "Sign-ups per minute, site-wide, above which the form asks for a CAPTCHA (with a provider set); 0: always.",
-    ),
-    Setting(
-        "HEBDO_TRUSTED_PROXIES",
-        "0",
-        "Number of reverse proxies in front of the web app whose X-Forwarded-For/-Proto are trusted.",
-    ),
-    Setting("HEBDO_MAX_REQUEST_BYTES", "65536", "Largest request body accepted; larger gets 413."),
-    Setting(
-        "HEBDO_ADMIN_MAX_REQUEST_BYTES",
-        "33554432",
-        "Largest request body the admin area and admin API accept (CSV imports, pasted lists).",
-    ),
-    Setting(
-        "HEBDO_FEEDS",
-        "",
-        "Comma-separated RSS/Atom URLs or local file paths to ingest. `sample` is the bundled French sample feed, used when this is empty outside production.",
-    ),
-    Setting(
-        "HEBDO_FEED_INTERVAL_MINUTES", "60", "Minutes between two automatic fetches of the feeds."
-    ),
-    Setting("HEBDO_FEED_TIMEOUT", "10", "Seconds a feed may take to answer and download in full."),
-    Setting(
-        "HEBDO_FEED_MAX_BYTES", "5000000", "Largest feed document read; a bigger one is refused."
-    ),
-    Setting(
-        "HEBDO_SEND_SCHEDULE",
-        "mon 08:00",
-        "Day (`mon` … `sun`, or in full) and 24 h local time of the weekly send, e.g. `mon 08:00` or `friday 17:30`.",
-    ),
-    Setting(
-        "HEBDO_TIMEZONE",
-        "Europe/Paris",
-        "Time zone of `HEBDO_SEND_SCHEDULE` (IANA name); daylight-saving changes are followed.",
-    ),
-    Setting(
-        "HEBDO_REVIEW",
-        "0",
-        "`1`: each issue is planned `HEBDO_REVIEW_LEAD_HOURS` ahead as a draft and goes out only once approved.",
-    ),
-    Setting(
-        "HEBDO_REVIEW_LEAD_HOURS",
-        "24",
-        "In review mode, how long before the send the draft is planned.",
-    ),
-    Setting("HEBDO_DIGEST_MAX_ARTICLES", "20", "Most articles in one issue (the newest win)."),
-    Setting(
-        "HEBDO_SEND_BATCH", "100", "Deliveries per Celery task, sent over one SMTP connection."
-    ),
-    Setting(
-        "HEBDO_SEND_RATE",
-        "0",
-        "Most messages per second, across all workers (Redis when the broker is Redis, else a lock file in the data folder); `0` for no limit.",
-    ),
-    Setting(
-        "HEBDO_RETRY_BASE_SECONDS",
-        "60",
-        "Wait before retrying a mail after a temporary SMTP failure, doubled at each further try (capped at 2 hours); a longer delay asked by the server is honoured.",
-    ),
-    Setting(
-        "HEBDO_SEND_GIVE_UP_HOURS",
-        "48",
-        "A delivery still failing temporarily this long after the send started is marked failed.",
-    ),
-    Setting(
-        "HEBDO_SENDER_IDENTITY",
-        "L'Hebdo, 1 rue de l'Exemple, 75000 Paris, France",
-        "Postal/identity line of the sender printed in every digest's footer.",
-    ),
-    Setting(
-        "HEBDO_DKIM_KEY_FILE",
-        "",
-        "PEM private key to DKIM-sign every mail; empty: no DKIM signature.",
-    ),
-    Setting(
-        "HEBDO_DKIM_SELECTOR",
-        "",
-        "DKIM selector (the `<selector>._domainkey` DNS record); required with a key.",
-    ),
-    Setting(
-        "HEBDO_ADMIN_IDLE_MINUTES",
-        "30",
-        "An admin browser session ends after this many minutes without a request.",
-    ),
-    Setting(
-        "HEBDO_ADMIN_SESSION_HOURS",
-        "12",
-        "An admin browser session ends this many hours after login, however active.",
-    ),
-    Setting(
-        "HEBDO_LOGIN_RATE_LIMIT",
-        "20/15 minutes",
-        "Admin login attempts allowed per client IP (Flask-Limiter notation, `;` between limits).",
-    ),
-    Setting(
-        "HEBDO_LOGIN_ACCOUNT_RATE_LIMIT",
-        "5/15 minutes",
-        "Failed admin logins allowed per account name, from any IP, before it is locked for the window.",
-    ),
-    Setting(
-        "HEBDO_RATELIMIT_STORAGE",
-        "",
-        "Rate-limit storage, Flask-Limiter's and the sign-up form's (`redis://...`); default: the broker when it is Redis, else memory (per process).",
-    ),
-    Setting("HEBDO_WEB_WORKERS", "2", "gunicorn worker processes started by `hebdo run`."),
-    Setting("HEBDO_WORKER_CONCURRENCY", "2", "Celery worker processes started by `hebdo run`."),
-    Setting("HEBDO_LOG_LEVEL", "INFO", "Python logging level."),
-    Setting(
-        "HEBDO_METRICS_PORT",
-        "0",
-        "Port on which a Celery worker machine serves its Prometheus metrics (needs `PROMETHEUS_MULTIPROC_DIR`); `0`: none (the web's `/metrics` shows them when both share the folder, as under `hebdo run`).",
-    ),
-    Setting(
-        "HEBDO_LOG_FORMAT",
-        "auto",
-        "`json` (one object per line, with request and task ids, for a log shipper) or `text`; `auto`: JSON when `HEBDO_ENV=production`, else text.",
-    ),
-)
-
-_NAMES = {s.name for s in SETTINGS}
+# --- Value types: how a piece of text becomes a value --------------------------------
 
 
-def _int(name: str, raw: str, minimum: int = 0) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _float(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {value}")
-    return value
-
-
-def _bool(name: str, raw: str) -> bool:
-    lowered = raw.strip().lower()
+def _flag(value: object) -> object:
+    """`1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`/empty: an empty value is off, which
+    pydantic's own bool parsing refuses."""
+    if not isinstance(value, str):
+        return value
+    lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
     if lowered in {"0", "false", "no", "off", ""}:
         return False
-    raise ConfigError(f"{name} must be 0 or 1, got {raw!r}")
+    raise ValueError(f"must be 0 or 1, got {value!r}")
 
 
-def _log_format(raw: str, env: str) -> str:
-    chosen = _choice("HEBDO_LOG_FORMAT", raw, ("auto", "json", "text"))
-    if chosen == "auto":
-        return "json" if env == "production" else "text"
-    return chosen
+def _comma_list(value: object) -> object:
+    """`a, b,,c` → ("a", "b", "c"): empty items are dropped."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
 
 
-def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
-    if raw not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
-    return raw
+def _rate_limit(value: str) -> str:
+    """Flask-Limiter's notation (`20/15 minutes;500/day`), checked here rather than at the
+    first request it would have limited."""
+    try:
+        parsed = parse_many(value)
+    except ValueError:
+        parsed = []
+    if not parsed:
+        raise ValueError(f"must be a rate limit such as `20/15 minutes`, got {value!r}")
+    return value
 
 
 _FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
-def _schedule(raw: str) -> tuple[int, time]:
-    """`mon 08:00` → (0, 08:00)."""
-    parts = raw.lower().split()
+class Schedule(NamedTuple):
+    """The weekly send: a weekday (0 is Monday) and a local time."""
+
+    weekday: int
+    clock: time
+
+
+def _schedule(value: object) -> Schedule:
+    """`mon 08:00` or `friday 17:30` → Schedule(0, 08:00)."""
+    if isinstance(value, Schedule):
+        return value
     try:
-        day, clock = parts
+        day, clock = str(value).lower().split()
         weekday = next(n for n, name in enumerate(_FULL_DAYS) if day in (name, name[:3]))
         hour, minute = (int(x) for x in clock.split(":"))
-        return weekday, time(hour, minute)
+        return Schedule(weekday, time(hour, minute))
     except (ValueError, StopIteration):
-        raise ConfigError(
-            f"HEBDO_SEND_SCHEDULE must look like 'mon 08:00' (day, then 24 h local time), got {raw!r}"
-        ) from None
+        raise ValueError(value) from None  # the setting's `expects` says what is wrong
 
 
-def _timezone(raw: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(raw)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ConfigError(
-            f"HEBDO_TIMEZONE must be an IANA zone like Europe/Paris, got {raw!r}"
-        ) from None
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
 
 
-def _rate(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(
-            f"HEBDO_SEND_RATE must be a number of messages per second ≥ 0, got {raw!r}"
-        )
-    return value
-
-
-def _review_lead(raw: str) -> int:
-    hours = _int("HEBDO_REVIEW_LEAD_HOURS", raw, 0)
-    if hours > 144:
-        # The beat looks one week ahead: a draft is planned within the 6 days before its send.
-        raise ConfigError(f"HEBDO_REVIEW_LEAD_HOURS must be at most 144 (6 days), got {hours}")
-    return hours
-
-
-def _feeds(raw: str, env: str) -> tuple[str, ...]:
-    feeds = tuple(f.strip() for f in raw.split(",") if f.strip())
-    if not feeds and env != "production":
-        return ("sample",)
-    return feeds
-
-
-def _limit(name: str, raw: str) -> str:
-    try:
-        parsed = parse_many(raw)
-    except ValueError:
-        parsed = []
-    if not parsed:
-        raise ConfigError(f"{name} must be a rate limit such as `20/15 minutes`, got {raw!r}")
-    return raw
-
-
-def _float_or_zero(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not 0 <= value <= 3600 or math.isnan(value):
-        raise ConfigError(f"{name} must be between 0 and 3600, got {raw!r}")
-    return value
+Flag = Annotated[bool, BeforeValidator(_flag)]
+CommaList = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
+RateLimit = Annotated[str, AfterValidator(_rate_limit)]
+# gunicorn's --log-level and Celery's --loglevel both take these five.
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+]
 
 
 def origin_of(url: str) -> str:
@@ -422,113 +162,485 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme.lower()}://{(parts.netloc or '').lower()}"
 
 
-def _origins(raw: str, base_url: str) -> tuple[str, ...]:
-    found = []
-    for item in (o.strip().rstrip("/") for o in raw.split(",")):
-        if not item:
-            continue
-        parts = urlsplit(item)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or "@" in item:
-            raise ConfigError(
-                f"HEBDO_ALLOWED_ORIGINS takes origins such as https://www.site.fr, got {item!r}"
-            )
-        found.append(origin_of(item))
-    # This service's own pages (/subscribe, the sample page) are always allowed.
-    return tuple(dict.fromkeys([origin_of(base_url), *found]))
+def _domain_of(mail_from: str) -> str:
+    return parseaddr(mail_from)[1].rsplit("@", 1)[1].lower()
 
 
-def _ratelimit_storage(raw: str, broker_url: str) -> str:
-    if raw:
-        if not raw.startswith(("redis://", "rediss://", "memory://")):
-            raise ConfigError(f"HEBDO_RATELIMIT_STORAGE must be redis:// or memory://, got {raw!r}")
-        return raw
-    return broker_url if broker_url.startswith(("redis://", "rediss://")) else "memory://"
-
-
-def _dkim(key_file: str, selector: str) -> tuple[bytes | None, str]:
-    if not key_file:
-        return None, ""
-    if not selector:
-        raise ConfigError("HEBDO_DKIM_SELECTOR is required with HEBDO_DKIM_KEY_FILE")
+def _dev_secret_key(data_dir: Path) -> str:
+    """A random key kept in the data folder, so development links survive restarts."""
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    # O_EXCL: when several processes start at once, the first one's key wins.
     try:
-        key = Path(key_file).expanduser().read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"HEBDO_DKIM_KEY_FILE cannot be read: {exc}") from None
-    if b"PRIVATE KEY" not in key:
-        raise ConfigError(f"HEBDO_DKIM_KEY_FILE {key_file!r} holds no PEM private key")
-    return key, selector
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
 
 
-@dataclass(frozen=True)
-class Settings:
-    env: str
-    data_dir: Path
-    database_url: str
-    broker_url: str
-    broker_transport_options: dict[str, Any]
-    smtp_host: str
-    smtp_port: int
-    smtp_user: str
-    smtp_password: str
-    smtp_tls: str
-    smtp_timeout: float
-    mail_from: str
-    mail_from_address: str
-    mail_domain: str
-    base_url: str
-    secret_key: str
-    secret_key_fallbacks: tuple[str, ...]
-    site_name: str
-    list_id: str
-    unsubscribe_mailto: str
-    check_deliverability: bool
-    dns_timeout: int
-    confirm_ttl_hours: int
-    confirm_resend_hours: int
-    consent_version: str
-    sweep_seconds: float
-    claim_timeout_seconds: int
-    trusted_proxies: int
-    max_request_bytes: int
-    admin_max_request_bytes: int
-    consent_text: str
-    consent_text_en: str
-    allowed_origins: tuple[str, ...]
-    subscribe_rate_limit: str
-    subscribe_network_rate_limit: str
-    subscribe_address_rate_limit: str
-    form_min_seconds: float
-    captcha_provider: str
-    captcha_site_key: str
-    captcha_secret: str
-    captcha_threshold: int
-    web_workers: int
-    worker_concurrency: int
-    log_level: str
-    log_format: str
-    metrics_port: int
-    feeds: tuple[str, ...]
-    feed_interval_minutes: int
-    feed_timeout: float
-    feed_max_bytes: int
-    send_weekday: int
-    send_time: time
-    timezone: ZoneInfo
-    review: bool
-    review_lead_hours: int
-    digest_max_articles: int
-    send_batch: int
-    send_rate: float
-    send_give_up_hours: int
-    retry_base_seconds: int
-    sender_identity: str
-    dkim_key: bytes | None
-    dkim_selector: str
-    admin_idle_minutes: int
-    admin_session_hours: int
-    login_rate_limit: str
-    login_account_rate_limit: str
-    ratelimit_storage: str
+# --- The declaration ------------------------------------------------------------------
+
+
+class Settings(BaseSettings):
+    """hebdo's settings, immutable once loaded; build them with `load_settings`.
+
+    Fields are validated in declaration order, so a validator may use the fields above it
+    (`info.data`) to fill in a default computed from them; rules that tie several settings
+    together are checked once all are valid (`_check_combinations`).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        validate_default=True,
+        # Lists are comma-separated text, not JSON.
+        enable_decoding=False,
+        env_file=None,
+        extra="forbid",
+    )
+
+    env: Literal["development", "production", "test"] = setting(
+        "development",
+        "`development`, `production` or `test`. Production refuses to start without `HEBDO_SECRET_KEY` and hides `/dev/mailbox`.",
+    )
+    data_dir: Path = setting(
+        "./var",
+        "Folder of the embedded default: SQLite database, broker files, beat schedule, captured mail, generated development secret key.",
+    )
+    database_url: str = setting(
+        "",
+        "SQLAlchemy URL, e.g. `postgresql+psycopg://hebdo@db/hebdo`.",
+        shown_default="sqlite:///<HEBDO_DATA_DIR>/hebdo.sqlite3",
+    )
+    broker_url: str = setting(
+        "filesystem://",
+        "Celery broker, e.g. `redis://127.0.0.1:6379/0`. The default is kombu's file-system transport under `<HEBDO_DATA_DIR>/broker` (single machine only).",
+    )
+    smtp_host: str = setting(
+        "",
+        "SMTP relay host. Empty: every outgoing mail is captured as an `.eml` file under `<HEBDO_DATA_DIR>/mail` and shown at `/dev/mailbox`.",
+    )
+    smtp_port: int = setting(
+        "25", "SMTP relay port (587 for STARTTLS submission, 465 for SSL).", ge=1, le=65535
+    )
+    smtp_user: str = setting("", "SMTP login; empty for no authentication.")
+    smtp_password: str = setting("", "SMTP password.", secret=True, verbatim=True)
+    smtp_tls: Literal["none", "starttls", "ssl"] = setting("none", "`none`, `starttls` or `ssl`.")
+    smtp_timeout: float = setting(
+        "30",
+        "Seconds to wait on any SMTP connect or reply before treating it as a transient failure.",
+        gt=0,
+    )
+    mail_from: str = setting(
+        "L'Hebdo <newsletter@hebdo.localhost>",
+        "From address. Its domain is used for Message-ID, List-Id and the unsubscribe mailto.",
+    )
+    base_url: str = setting(
+        "http://127.0.0.1:8000", "Public URL of this service, used in every link of every mail."
+    )
+    secret_key: str = setting(
+        "",
+        "Signs tokens. Required in production; in development a random key is generated once into `<HEBDO_DATA_DIR>/secret_key`.",
+        secret=True,
+    )
+    secret_key_fallbacks: CommaList = setting(
+        "",
+        "Comma-separated former secret keys: links signed with them keep working after a rotation.",
+        secret=True,
+    )
+    site_name: str = setting("L'Hebdo", "Name of the newsletter shown in mails and pages.")
+    list_id: str = setting("", "List-Id identifier; default `hebdo.<domain of HEBDO_MAIL_FROM>`.")
+    unsubscribe_mailto: str = setting(
+        "",
+        "Address of the mailto in List-Unsubscribe; default `unsubscribe@<domain of HEBDO_MAIL_FROM>`.",
+    )
+    check_deliverability: Flag = setting(
+        "0",
+        "`1` to check that the address's domain has MX/A records at sign-up (DNS answers are cached).",
+    )
+    dns_timeout: int = setting(
+        "1",
+        "Whole seconds a deliverability DNS lookup may take; when it times out the address is accepted.",
+        ge=1,
+    )
+    confirm_ttl_hours: int = setting("48", "Hours a confirmation link stays valid.", ge=1)
+    confirm_resend_hours: int = setting(
+        "24",
+        "At most one confirmation mail per address in this many hours, however often it is posted.",
+        ge=0,
+    )
+    consent_version: str = setting(
+        "form-2026-11",
+        "Version of the consent text shown by the form, recorded with each sign-up unless the post names another.",
+    )
+    sweep_seconds: float = setting(
+        "60",
+        "Beat interval of the sweep that sends confirmation mails committed but never sent (broker down, worker killed).",
+        gt=0,
+    )
+    claim_timeout_seconds: int = setting(
+        "300",
+        "After this long a claimed but unfinished mail is considered abandoned and sent again by the sweep. At least 6 × `HEBDO_SMTP_TIMEOUT`.",
+        ge=1,
+    )
+    consent_text: str = setting(
+        "",
+        "Consent line shown with an unticked box in the sign-up form (French); empty: no box. Sign-ups must tick it; its version is HEBDO_CONSENT_VERSION.",
+    )
+    consent_text_en: str = setting(
+        "", "The same consent line in English (default: the French one)."
+    )
+    allowed_origins: CommaList = setting(
+        "",
+        "Comma-separated origins (`https://www.site.fr`) whose pages may embed the form: CORS for them only, and only their page URLs are recorded as sources. This service's own origin is always one.",
+    )
+    subscribe_rate_limit: RateLimit = setting(
+        "30/minute;500/day",
+        "Sign-up posts allowed per client IP (Flask-Limiter notation). Stops a bot's burst, not a newsroom behind one address.",
+    )
+    subscribe_network_rate_limit: RateLimit = setting(
+        "300/hour", "Sign-up posts allowed per /24 (IPv4) or /64 (IPv6) network."
+    )
+    subscribe_address_rate_limit: RateLimit = setting(
+        "3/hour;10/day",
+        "Sign-up posts allowed per target address, from anywhere (subscription bombing); keyed by an HMAC, never the address.",
+    )
+    form_min_seconds: float = setting(
+        "2",
+        "A form posted sooner than this after it was shown is a bot's: answered like any other, nothing stored.",
+        expects="must be between 0 and 3600",
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+    )
+    captcha_provider: Literal["none", "turnstile", "hcaptcha", "friendlycaptcha"] = setting(
+        "none",
+        "`none`, `turnstile`, `hcaptcha` or `friendlycaptcha`: server-side CAPTCHA verification, asked for only above HEBDO_CAPTCHA_THRESHOLD.",
+    )
+    captcha_site_key: str = setting("", "The CAPTCHA provider's public site key.")
+    captcha_secret: str = setting(
+        "", "The CAPTCHA provider's secret key (server-side verification).", secret=True
+    )
+    captcha_threshold: int = setting(
+        "60",
+        "Sign-ups per minute, site-wide, above which the form asks for a CAPTCHA (with a provider set); 0: always.",
+        ge=0,
+    )
+    trusted_proxies: int = setting(
+        "0",
+        "Number of reverse proxies in front of the web app whose X-Forwarded-For/-Proto are trusted.",
+        ge=0,
+    )
+    max_request_bytes: int = setting(
+        "65536", "Largest request body accepted; larger gets 413.", ge=1024
+    )
+    admin_max_request_bytes: int = setting(
+        "33554432",
+        "Largest request body the admin area and admin API accept (CSV imports, pasted lists).",
+        ge=1024,
+    )
+    feeds: CommaList = setting(
+        "",
+        "Comma-separated RSS/Atom URLs or local file paths to ingest. `sample` is the bundled French sample feed, used when this is empty outside production.",
+    )
+    feed_interval_minutes: int = setting(
+        "60", "Minutes between two automatic fetches of the feeds.", ge=1
+    )
+    feed_timeout: float = setting(
+        "10", "Seconds a feed may take to answer and download in full.", gt=0
+    )
+    feed_max_bytes: int = setting(
+        "5000000", "Largest feed document read; a bigger one is refused.", ge=1024
+    )
+    send_schedule: Annotated[Schedule, PlainValidator(_schedule)] = setting(
+        "mon 08:00",
+        "Day (`mon` … `sun`, or in full) and 24 h local time of the weekly send, e.g. `mon 08:00` or `friday 17:30`.",
+        expects="must look like 'mon 08:00' (day, then 24 h local time)",
+    )
+    timezone: ZoneInfo = setting(
+        "Europe/Paris",
+        "Time zone of `HEBDO_SEND_SCHEDULE` (IANA name); daylight-saving changes are followed.",
+        expects="must be an IANA zone like Europe/Paris",
+    )
+    review: Flag = setting(
+        "0",
+        "`1`: each issue is planned `HEBDO_REVIEW_LEAD_HOURS` ahead as a draft and goes out only once approved.",
+    )
+    # At most 6 days: the beat looks one week ahead, so a draft is planned within the
+    # 6 days before its send.
+    review_lead_hours: int = setting(
+        "24",
+        "In review mode, how long before the send the draft is planned; at most 144 (6 days).",
+        ge=0,
+        le=144,
+    )
+    digest_max_articles: int = setting("20", "Most articles in one issue (the newest win).", ge=1)
+    send_batch: int = setting(
+        "100", "Deliveries per Celery task, sent over one SMTP connection.", ge=1
+    )
+    send_rate: float = setting(
+        "0",
+        "Most messages per second, across all workers (Redis when the broker is Redis, else a lock file in the data folder); `0` for no limit.",
+        expects="must be a number of messages per second ≥ 0",
+        ge=0,
+        allow_inf_nan=False,
+    )
+    retry_base_seconds: int = setting(
+        "60",
+        "Wait before retrying a mail after a temporary SMTP failure, doubled at each further try (capped at 2 hours); a longer delay asked by the server is honoured.",
+        ge=1,
+    )
+    send_give_up_hours: int = setting(
+        "48",
+        "A delivery still failing temporarily this long after the send started is marked failed.",
+        ge=1,
+    )
+    sender_identity: str = setting(
+        "L'Hebdo, 1 rue de l'Exemple, 75000 Paris, France",
+        "Postal/identity line of the sender printed in every digest's footer.",
+    )
+    dkim_key_file: str = setting(
+        "", "PEM private key to DKIM-sign every mail; empty: no DKIM signature."
+    )
+    dkim_selector: str = setting(
+        "", "DKIM selector (the `<selector>._domainkey` DNS record); required with a key."
+    )
+    admin_idle_minutes: int = setting(
+        "30", "An admin browser session ends after this many minutes without a request.", ge=1
+    )
+    admin_session_hours: int = setting(
+        "12", "An admin browser session ends this many hours after login, however active.", ge=1
+    )
+    login_rate_limit: RateLimit = setting(
+        "20/15 minutes",
+        "Admin login attempts allowed per client IP (Flask-Limiter notation, `;` between limits).",
+    )
+    login_account_rate_limit: RateLimit = setting(
+        "5/15 minutes",
+        "Failed admin logins allowed per account name, from any IP, before it is locked for the window.",
+    )
+    ratelimit_storage: str = setting(
+        "",
+        "Rate-limit storage, Flask-Limiter's and the sign-up form's (`redis://...`); default: the broker when it is Redis, else memory (per process).",
+    )
+    web_workers: int = setting("2", "gunicorn worker processes started by `hebdo run`.", ge=1)
+    worker_concurrency: int = setting("2", "Celery worker processes started by `hebdo run`.", ge=1)
+    log_level: LogLevel = setting(
+        "INFO", "Python logging level: `DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`."
+    )
+    metrics_port: int = setting(
+        "0",
+        "Port on which a Celery worker machine serves its Prometheus metrics (needs `PROMETHEUS_MULTIPROC_DIR`); `0`: none (the web's `/metrics` shows them when both share the folder, as under `hebdo run`).",
+        ge=0,
+        le=65535,
+    )
+    log_format: Literal["auto", "json", "text"] = setting(
+        "auto",
+        "`json` (one object per line, with request and task ids, for a log shipper) or `text`; `auto`: JSON when `HEBDO_ENV=production`, else text.",
+    )
+
+    # Read from HEBDO_DKIM_KEY_FILE when the settings are loaded, not at each signature.
+    _dkim_key: bytes | None = PrivateAttr(default=None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only what `load_settings` passes: never the process environment behind the
+        mapping it was given, nor a `.env` file in whatever folder a process starts in."""
+        return (init_settings,)
+
+    # --- One setting at a time (the ones above it are in `info.data`) ---
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Absolute, so a process that changes folder still finds the same files.
+        return value.expanduser().resolve()
+
+    @field_validator("database_url")
+    @classmethod
+    def _default_database(cls, value: str, info: ValidationInfo) -> str:
+        if value or "data_dir" not in info.data:
+            return value
+        return f"sqlite:///{info.data['data_dir'] / 'hebdo.sqlite3'}"
+
+    @field_validator("mail_from")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        _, address = parseaddr(value)
+        if "@" not in address or any(c in value for c in "\r\n"):
+            raise ValueError(f"must be an address like 'Name <news@example.fr>', got {value!r}")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, value: str, info: ValidationInfo) -> str:
+        if value or "env" not in info.data or "data_dir" not in info.data:
+            return value
+        if info.data["env"] == "production":
+            raise ValueError(
+                "is required when HEBDO_ENV=production; "
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        return _dev_secret_key(info.data["data_dir"])
+
+    @field_validator("list_id")
+    @classmethod
+    def _default_list_id(cls, value: str, info: ValidationInfo) -> str:
+        if value or "mail_from" not in info.data:
+            return value
+        return f"hebdo.{_domain_of(info.data['mail_from'])}"
+
+    @field_validator("unsubscribe_mailto")
+    @classmethod
+    def _default_unsubscribe_mailto(cls, value: str, info: ValidationInfo) -> str:
+        if value or "mail_from" not in info.data:
+            return value
+        return f"unsubscribe@{_domain_of(info.data['mail_from'])}"
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        found = []
+        for item in (o.rstrip("/") for o in value):
+            parts = urlsplit(item)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.netloc
+                or parts.path
+                or "@" in item
+            ):
+                raise ValueError(f"takes origins such as https://www.site.fr, got {item!r}")
+            found.append(origin_of(item))
+        # This service's own pages (/subscribe, the sample page) are always allowed.
+        own = [origin_of(info.data["base_url"])] if "base_url" in info.data else []
+        return tuple(dict.fromkeys([*own, *found]))
+
+    @field_validator("feeds")
+    @classmethod
+    def _sample_feed(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        # Demo articles everywhere but in production.
+        if not value and info.data.get("env", "production") != "production":
+            return ("sample",)
+        return value
+
+    @field_validator("ratelimit_storage")
+    @classmethod
+    def _ratelimit_storage(cls, value: str, info: ValidationInfo) -> str:
+        if value:
+            if not value.startswith(("redis://", "rediss://", "memory://")):
+                raise ValueError(f"must be redis:// or memory://, got {value!r}")
+            return value
+        broker_url = str(info.data.get("broker_url", ""))
+        return broker_url if broker_url.startswith(("redis://", "rediss://")) else "memory://"
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str, info: ValidationInfo) -> str:
+        if value == "auto":
+            return "json" if info.data.get("env") == "production" else "text"
+        return value
+
+    # --- Rules across settings: each message names every setting involved ---
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Self:
+        if self.env == "production" and not self.smtp_host:
+            raise ValueError(
+                "HEBDO_SMTP_HOST is required when HEBDO_ENV=production (mail capture is for development)"
+            )
+        if self.claim_timeout_seconds < 6 * self.smtp_timeout:
+            # One message can take a connect and five replies, each allowed HEBDO_SMTP_TIMEOUT:
+            # a shorter claim could expire under a live sender, and the message go out twice.
+            raise ValueError(
+                f"HEBDO_CLAIM_TIMEOUT_SECONDS ({self.claim_timeout_seconds}) must be at least 6 × "
+                f"HEBDO_SMTP_TIMEOUT ({self.smtp_timeout:g}), the longest one message can take"
+            )
+        if self.captcha_provider != "none" and not (self.captcha_site_key and self.captcha_secret):
+            raise ValueError(
+                "HEBDO_CAPTCHA_PROVIDER needs HEBDO_CAPTCHA_SITE_KEY and HEBDO_CAPTCHA_SECRET"
+            )
+        if self.dkim_key_file:
+            if not self.dkim_selector:
+                raise ValueError("HEBDO_DKIM_SELECTOR is required with HEBDO_DKIM_KEY_FILE")
+            try:
+                key = Path(self.dkim_key_file).expanduser().read_bytes()
+            except OSError as exc:
+                raise ValueError(f"HEBDO_DKIM_KEY_FILE cannot be read: {exc}") from None
+            if b"PRIVATE KEY" not in key:
+                raise ValueError(
+                    f"HEBDO_DKIM_KEY_FILE {self.dkim_key_file!r} holds no PEM private key"
+                )
+            self._dkim_key = key
+        return self
+
+    # --- Derived values ---
+
+    @property
+    def mail_from_address(self) -> str:
+        """`newsletter@news.example.fr` out of `L'Hebdo <newsletter@news.example.fr>`."""
+        return parseaddr(self.mail_from)[1]
+
+    @property
+    def mail_domain(self) -> str:
+        """The sending domain: Message-IDs, List-Id and DKIM are in its name."""
+        return self.mail_from_address.rsplit("@", 1)[1].lower()
+
+    @property
+    def send_weekday(self) -> int:
+        return self.send_schedule.weekday
+
+    @property
+    def send_time(self) -> time:
+        return self.send_schedule.clock
+
+    @property
+    def dkim_key(self) -> bytes | None:
+        """The PEM private key read from HEBDO_DKIM_KEY_FILE; None when mail is not signed."""
+        return self._dkim_key
+
+    @property
+    def broker_transport_options(self) -> dict[str, Any]:
+        """kombu's options for the broker in use."""
+        if self.broker_url.startswith("filesystem://"):
+            folder = self.data_dir / "broker"
+            return {
+                # One folder in and out: producers and consumers on this machine share it.
+                "data_folder_in": str(folder / "queue"),
+                "data_folder_out": str(folder / "queue"),
+                # Absolute, or kombu uses ./control relative to whatever cwd a process has.
+                "control_folder": str(folder / "control"),
+                # Consumed messages are deleted, so the folder does not grow.
+                "store_processed": False,
+                "polling_interval": 0.2,
+            }
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return {
+                # Must exceed the longest task (see worker.celery_app task_time_limit):
+                # an unacknowledged message is redelivered after this many seconds.
+                "visibility_timeout": 3600,
+                "socket_connect_timeout": 2,
+            }
+        return {}
 
     @property
     def capture_mail(self) -> bool:
@@ -551,205 +663,174 @@ class Settings:
         return [*reversed(self.secret_key_fallbacks), self.secret_key]
 
     def public(self) -> dict[str, Any]:
-        """Settings safe to print (no passwords or keys)."""
-        hidden = {"smtp_password", "secret_key", "secret_key_fallbacks", "dkim_key"}
-        return {
-            f.name: ("***" if f.name in hidden and getattr(self, f.name) else getattr(self, f.name))
-            for f in fields(self)
-        }
+        """Settings safe to print: secrets masked, and so are the passwords in URLs."""
+        shown: dict[str, Any] = {}
+        for name in (*type(self).model_fields, *_DERIVED):
+            value = getattr(self, name)
+            if value and (name in _SECRETS or name == "dkim_key"):
+                value = "***"
+            elif isinstance(value, str) and "://" in value:
+                value = _without_password(value)
+            shown[name] = value
+        return shown
 
 
-def _dev_secret_key(data_dir: Path) -> str:
-    """A random key kept in the data folder, so development links survive restarts."""
-    path = data_dir / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    # O_EXCL: when several processes start at once, the first one's key wins.
+# Derived values `public()` shows beside the settings.
+_DERIVED = (
+    "mail_from_address",
+    "mail_domain",
+    "send_weekday",
+    "send_time",
+    "dkim_key",
+    "broker_transport_options",
+)
+
+
+def _without_password(url: str) -> str:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key)
-    return key
+        parts = urlsplit(url)
+        if not parts.password:
+            return url
+    except ValueError:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+# --- What the declaration tells the rest: names, reference, messages -----------------
+
+
+def env_name(field: str) -> str:
+    """`smtp_port` → `HEBDO_SMTP_PORT`."""
+    return ENV_PREFIX + field.upper()
+
+
+def _extra(field: str) -> dict[str, Any]:
+    extra = Settings.model_fields[field].json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+# Every setting's environment name, in the order of the declaration.
+SETTING_NAMES: tuple[str, ...] = tuple(env_name(f) for f in Settings.model_fields)
+_FIELDS_BY_NAME = {env_name(f): f for f in Settings.model_fields}
+_SECRETS = frozenset(f for f in Settings.model_fields if _extra(f).get("secret"))
+_VERBATIM = frozenset(f for f in Settings.model_fields if _extra(f).get("verbatim"))
+_EXPECTS = {f: str(_extra(f)["expects"]) for f in Settings.model_fields if "expects" in _extra(f)}
+
+
+def _choices(field: str) -> tuple[str, ...]:
+    """The values a Literal setting takes (HEBDO_LOG_LEVEL's are inside an Annotated)."""
+    annotation: Any = Settings.model_fields[field].annotation
+    args = get_args(annotation)
+    return tuple(str(a) for a in args if isinstance(a, str))
+
+
+def _number(value: object) -> str:
+    """`1024`, `0.5`: a constraint as the reference writes it (no `0.0`, no exponent)."""
+    number = float(str(value))
+    return str(int(number)) if number.is_integer() else str(number)
+
+
+def _complaint(error: Mapping[str, Any]) -> str:
+    """One pydantic error as hebdo says it: the setting, what is expected, what was given."""
+    context = error.get("ctx") or {}
+    if not error["loc"]:
+        # A rule across settings (`_check_combinations`): its message names them.
+        return str(context.get("error", error["msg"]))
+    field = str(error["loc"][0])
+    name, given, kind = env_name(field), error["input"], error["type"]
+    if field in _EXPECTS:
+        return f"{name} {_EXPECTS[field]}, got {given!r}"
+    if kind == "value_error":
+        # hebdo's validators say what they expect and what they got, after the name.
+        return f"{name} {context['error']}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"{name} must be a whole number, got {given!r}"
+    if kind in ("float_parsing", "float_type", "finite_number"):
+        return f"{name} must be a number, got {given!r}"
+    if kind == "greater_than_equal":
+        return f"{name} must be at least {_number(context['ge'])}, got {given}"
+    if kind == "greater_than":
+        bound = _number(context["gt"])
+        return f"{name} must be {'positive' if bound == '0' else 'above ' + bound}, got {given}"
+    if kind == "less_than_equal":
+        return f"{name} must be at most {_number(context['le'])}, got {given}"
+    if kind == "literal_error":
+        return f"{name} must be one of {', '.join(_choices(field))}, got {given!r}"
+    return f"{name}: {error['msg'].lower()}, got {given!r}"
+
+
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source (prefix, case, one variable per field) over
+    the mapping it is given rather than `os.environ`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # The source matches lower-case names; only exact HEBDO_ names get this far.
+        return {k.lower(): v for k, v in self._environ.items() if k.startswith(ENV_PREFIX)}
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read settings from `environ` (default: the process environment)."""
-    source = dict(os.environ if environ is None else environ)
-    unknown = sorted(k for k in source if k.startswith("HEBDO_") and k not in _NAMES)
+    """Read settings from `environ` (default: the process environment), and nothing else.
+
+    Raises ConfigError with one line naming every bad setting: an unknown HEBDO_* name
+    (a typo would otherwise be silently ignored), a malformed value, a broken rule.
+    """
+    source = os.environ if environ is None else environ
+    unknown = sorted(k for k in source if k.startswith(ENV_PREFIX) and k not in _FIELDS_BY_NAME)
     if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)} (see the README's table)")
-
-    def get(name: str) -> str:
-        value = source.get(name)
-        if value is None:
-            return next(s.default for s in SETTINGS if s.name == name)
-        return value.strip()
-
-    env = _choice("HEBDO_ENV", get("HEBDO_ENV"), ("development", "production", "test"))
-    data_dir = Path(get("HEBDO_DATA_DIR")).expanduser().resolve()
-
-    database_url = source.get("HEBDO_DATABASE_URL", "").strip()
-    if not database_url:
-        database_url = f"sqlite:///{data_dir / 'hebdo.sqlite3'}"
-
-    broker_url = get("HEBDO_BROKER_URL")
-    transport_options: dict[str, Any] = {}
-    if broker_url.startswith("filesystem://"):
-        folder = data_dir / "broker"
-        transport_options = {
-            # One folder in and out: producers and consumers on this machine share it.
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            # Absolute, or kombu uses ./control relative to whatever cwd a process has.
-            "control_folder": str(folder / "control"),
-            # Consumed messages are deleted, so the folder does not grow.
-            "store_processed": False,
-            "polling_interval": 0.2,
-        }
-    elif broker_url.startswith(("redis://", "rediss://")):
-        transport_options = {
-            # Must exceed the longest task (see worker.celery_app task_time_limit):
-            # an unacknowledged message is redelivered after this many seconds.
-            "visibility_timeout": 3600,
-            "socket_connect_timeout": 2,
-        }
-
-    mail_from = get("HEBDO_MAIL_FROM")
-    _, mail_from_address = parseaddr(mail_from)
-    if "@" not in mail_from_address or any(c in mail_from for c in "\r\n"):
+        # A typo is the usual cause: name the setting it was probably meant to be.
+        guesses = [
+            close[0]
+            for name in unknown
+            if (close := difflib.get_close_matches(name, SETTING_NAMES, n=1, cutoff=0.8))
+        ]
+        hint = f"; did you mean {', '.join(guesses)}?" if guesses else ""
         raise ConfigError(
-            f"HEBDO_MAIL_FROM must be an address like 'Name <news@example.fr>', got {mail_from!r}"
+            f"unknown setting(s): {', '.join(unknown)} "
+            f"(see {REFERENCE_FILE} or `hebdo config --reference`){hint}"
         )
-    mail_domain = mail_from_address.rsplit("@", 1)[1].lower()
+    given: dict[str, Any] = {
+        field: value if field in _VERBATIM or not isinstance(value, str) else value.strip()
+        for field, value in _MappingSource(Settings, source)().items()
+    }
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_complaint(e) for e in exc.errors())) from None
 
-    base_url = get("HEBDO_BASE_URL").rstrip("/")
-    if not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"HEBDO_BASE_URL must start with http:// or https://, got {base_url!r}")
 
-    secret_key = get("HEBDO_SECRET_KEY")
-    if not secret_key:
-        if env == "production":
-            raise ConfigError(
-                "HEBDO_SECRET_KEY is required when HEBDO_ENV=production; "
-                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
-            )
-        secret_key = _dev_secret_key(data_dir)
-    fallbacks = tuple(k.strip() for k in get("HEBDO_SECRET_KEY_FALLBACKS").split(",") if k.strip())
+# --- The reference --------------------------------------------------------------------
 
-    smtp_host = get("HEBDO_SMTP_HOST")
-    if env == "production" and not smtp_host:
-        raise ConfigError(
-            "HEBDO_SMTP_HOST is required when HEBDO_ENV=production (mail capture is for development)"
-        )
+_REFERENCE_INTRO = f"""\
+# Configuration
 
-    smtp_timeout = _float("HEBDO_SMTP_TIMEOUT", get("HEBDO_SMTP_TIMEOUT"))
-    claim_timeout = _int("HEBDO_CLAIM_TIMEOUT_SECONDS", get("HEBDO_CLAIM_TIMEOUT_SECONDS"), 1)
-    if claim_timeout < 6 * smtp_timeout:
-        # One message can take a connect and five replies, each allowed HEBDO_SMTP_TIMEOUT:
-        # a shorter claim could expire under a live sender, and the message go out twice.
-        raise ConfigError(
-            f"HEBDO_CLAIM_TIMEOUT_SECONDS ({claim_timeout}) must be at least 6 × "
-            f"HEBDO_SMTP_TIMEOUT ({smtp_timeout:g}), the longest one message can take"
-        )
-    send_weekday, send_time = _schedule(get("HEBDO_SEND_SCHEDULE"))
-    captcha_provider = _choice(
-        "HEBDO_CAPTCHA_PROVIDER",
-        get("HEBDO_CAPTCHA_PROVIDER"),
-        ("none", "turnstile", "hcaptcha", "friendlycaptcha"),
-    )
-    if captcha_provider != "none" and not (
-        get("HEBDO_CAPTCHA_SITE_KEY") and get("HEBDO_CAPTCHA_SECRET")
-    ):
-        raise ConfigError(
-            "HEBDO_CAPTCHA_PROVIDER needs HEBDO_CAPTCHA_SITE_KEY and HEBDO_CAPTCHA_SECRET"
-        )
-    dkim_key, dkim_selector = _dkim(get("HEBDO_DKIM_KEY_FILE"), get("HEBDO_DKIM_SELECTOR"))
+<!-- Generated from service/config.py by `hebdo config --reference > {REFERENCE_FILE}`.
+     Edit the declaration there, not this file: a test fails when the two differ. -->
 
-    return Settings(
-        env=env,
-        data_dir=data_dir,
-        database_url=database_url,
-        broker_url=broker_url,
-        broker_transport_options=transport_options,
-        smtp_host=smtp_host,
-        smtp_port=_int("HEBDO_SMTP_PORT", get("HEBDO_SMTP_PORT"), 1),
-        smtp_user=get("HEBDO_SMTP_USER"),
-        smtp_password=source.get("HEBDO_SMTP_PASSWORD", ""),
-        smtp_tls=_choice("HEBDO_SMTP_TLS", get("HEBDO_SMTP_TLS"), ("none", "starttls", "ssl")),
-        smtp_timeout=smtp_timeout,
-        mail_from=mail_from,
-        mail_from_address=mail_from_address,
-        mail_domain=mail_domain,
-        base_url=base_url,
-        secret_key=secret_key,
-        secret_key_fallbacks=fallbacks,
-        site_name=get("HEBDO_SITE_NAME"),
-        list_id=get("HEBDO_LIST_ID") or f"hebdo.{mail_domain}",
-        unsubscribe_mailto=get("HEBDO_UNSUBSCRIBE_MAILTO") or f"unsubscribe@{mail_domain}",
-        check_deliverability=_bool("HEBDO_CHECK_DELIVERABILITY", get("HEBDO_CHECK_DELIVERABILITY")),
-        dns_timeout=_int("HEBDO_DNS_TIMEOUT", get("HEBDO_DNS_TIMEOUT"), 1),
-        confirm_ttl_hours=_int("HEBDO_CONFIRM_TTL_HOURS", get("HEBDO_CONFIRM_TTL_HOURS"), 1),
-        confirm_resend_hours=_int(
-            "HEBDO_CONFIRM_RESEND_HOURS", get("HEBDO_CONFIRM_RESEND_HOURS"), 0
-        ),
-        consent_version=get("HEBDO_CONSENT_VERSION"),
-        sweep_seconds=_float("HEBDO_SWEEP_SECONDS", get("HEBDO_SWEEP_SECONDS")),
-        claim_timeout_seconds=claim_timeout,
-        trusted_proxies=_int("HEBDO_TRUSTED_PROXIES", get("HEBDO_TRUSTED_PROXIES")),
-        max_request_bytes=_int("HEBDO_MAX_REQUEST_BYTES", get("HEBDO_MAX_REQUEST_BYTES"), 1024),
-        admin_max_request_bytes=_int(
-            "HEBDO_ADMIN_MAX_REQUEST_BYTES", get("HEBDO_ADMIN_MAX_REQUEST_BYTES"), 1024
-        ),
-        consent_text=get("HEBDO_CONSENT_TEXT"),
-        consent_text_en=get("HEBDO_CONSENT_TEXT_EN"),
-        allowed_origins=_origins(get("HEBDO_ALLOWED_ORIGINS"), base_url),
-        subscribe_rate_limit=_limit(
-            "HEBDO_SUBSCRIBE_RATE_LIMIT", get("HEBDO_SUBSCRIBE_RATE_LIMIT")
-        ),
-        subscribe_network_rate_limit=_limit(
-            "HEBDO_SUBSCRIBE_NETWORK_RATE_LIMIT", get("HEBDO_SUBSCRIBE_NETWORK_RATE_LIMIT")
-        ),
-        subscribe_address_rate_limit=_limit(
-            "HEBDO_SUBSCRIBE_ADDRESS_RATE_LIMIT", get("HEBDO_SUBSCRIBE_ADDRESS_RATE_LIMIT")
-        ),
-        form_min_seconds=_float_or_zero("HEBDO_FORM_MIN_SECONDS", get("HEBDO_FORM_MIN_SECONDS")),
-        captcha_provider=captcha_provider,
-        captcha_site_key=get("HEBDO_CAPTCHA_SITE_KEY"),
-        captcha_secret=get("HEBDO_CAPTCHA_SECRET"),
-        captcha_threshold=_int("HEBDO_CAPTCHA_THRESHOLD", get("HEBDO_CAPTCHA_THRESHOLD"), 0),
-        web_workers=_int("HEBDO_WEB_WORKERS", get("HEBDO_WEB_WORKERS"), 1),
-        worker_concurrency=_int("HEBDO_WORKER_CONCURRENCY", get("HEBDO_WORKER_CONCURRENCY"), 1),
-        log_level=get("HEBDO_LOG_LEVEL").upper(),
-        log_format=_log_format(get("HEBDO_LOG_FORMAT"), env),
-        metrics_port=_int("HEBDO_METRICS_PORT", get("HEBDO_METRICS_PORT")),
-        feeds=_feeds(get("HEBDO_FEEDS"), env),
-        feed_interval_minutes=_int(
-            "HEBDO_FEED_INTERVAL_MINUTES", get("HEBDO_FEED_INTERVAL_MINUTES"), 1
-        ),
-        feed_timeout=_float("HEBDO_FEED_TIMEOUT", get("HEBDO_FEED_TIMEOUT")),
-        feed_max_bytes=_int("HEBDO_FEED_MAX_BYTES", get("HEBDO_FEED_MAX_BYTES"), 1024),
-        send_weekday=send_weekday,
-        send_time=send_time,
-        timezone=_timezone(get("HEBDO_TIMEZONE")),
-        review=_bool("HEBDO_REVIEW", get("HEBDO_REVIEW")),
-        review_lead_hours=_review_lead(get("HEBDO_REVIEW_LEAD_HOURS")),
-        digest_max_articles=_int("HEBDO_DIGEST_MAX_ARTICLES", get("HEBDO_DIGEST_MAX_ARTICLES"), 1),
-        send_batch=_int("HEBDO_SEND_BATCH", get("HEBDO_SEND_BATCH"), 1),
-        send_rate=_rate(get("HEBDO_SEND_RATE")),
-        send_give_up_hours=_int("HEBDO_SEND_GIVE_UP_HOURS", get("HEBDO_SEND_GIVE_UP_HOURS"), 1),
-        retry_base_seconds=_int("HEBDO_RETRY_BASE_SECONDS", get("HEBDO_RETRY_BASE_SECONDS"), 1),
-        sender_identity=get("HEBDO_SENDER_IDENTITY"),
-        dkim_key=dkim_key,
-        dkim_selector=dkim_selector,
-        admin_idle_minutes=_int("HEBDO_ADMIN_IDLE_MINUTES", get("HEBDO_ADMIN_IDLE_MINUTES"), 1),
-        admin_session_hours=_int("HEBDO_ADMIN_SESSION_HOURS", get("HEBDO_ADMIN_SESSION_HOURS"), 1),
-        login_rate_limit=_limit("HEBDO_LOGIN_RATE_LIMIT", get("HEBDO_LOGIN_RATE_LIMIT")),
-        login_account_rate_limit=_limit(
-            "HEBDO_LOGIN_ACCOUNT_RATE_LIMIT", get("HEBDO_LOGIN_ACCOUNT_RATE_LIMIT")
-        ),
-        ratelimit_storage=_ratelimit_storage(get("HEBDO_RATELIMIT_STORAGE"), broker_url),
-    )
+Every setting is an environment variable read when the app starts; `hebdo config` prints
+what is in force, secrets masked. Surrounding spaces are ignored (except in
+`HEBDO_SMTP_PASSWORD`), on/off settings take `1` or `0`, lists are comma-separated. A
+malformed value, a broken rule between settings or an unknown `HEBDO_*` name stops the
+start with one line that names the setting; `hebdo doctor` also warns about what loads but
+should not be left so in production.
+
+"""
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: the intro, then one table row per setting, in the
+    declaration's order, with its default and its meaning."""
+    rows = ["| Setting | Default | Meaning |", "| --- | --- | --- |"]
+    for field, info in Settings.model_fields.items():
+        default = str(_extra(field).get("shown_default", info.default))
+        shown = f"`{_cell(default)}`" if default else "*empty*"
+        rows.append(f"| `{env_name(field)}` | {shown} | {_cell(info.description or '')} |")
+    return _REFERENCE_INTRO + "\n".join(rows) + "\n"

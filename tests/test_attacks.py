@@ -14,7 +14,6 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -274,7 +273,9 @@ def _tampered(token: str) -> list[str]:
 def _signed_otherwise(settings: Any, purpose: Purpose, payload: list[Any]) -> list[str]:
     """The same payload signed for every other purpose, and with a key that is not ours."""
     others = [make_token(settings, p, payload) for p in Purpose if p != purpose]
-    stranger = replace(settings, secret_key="not-our-key-" + "x" * 40, secret_key_fallbacks=())
+    stranger = settings.model_copy(
+        update={"secret_key": "not-our-key-" + "x" * 40, "secret_key_fallbacks": ()}
+    )
     return [*others, make_token(stranger, purpose, payload)]
 
 

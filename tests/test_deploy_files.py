@@ -1,4 +1,4 @@
-"""Configuration, README, docker-compose.yml and migrations agree with the code."""
+"""Configuration, its reference, README, docker-compose.yml and migrations agree with the code."""
 
 from __future__ import annotations
 
@@ -16,7 +16,13 @@ from alembic.migration import MigrationContext
 from flask import Flask
 from sqlalchemy import text
 
-from service.config import SETTINGS, ConfigError, load_settings
+from service.config import (
+    REFERENCE_FILE,
+    SETTING_NAMES,
+    ConfigError,
+    load_settings,
+    reference_markdown,
+)
 from service.extensions import TASK_ROUTES, celery_config, db
 from tests.conftest import ROOT
 
@@ -106,11 +112,15 @@ def test_production_without_a_secret_key_refuses_to_start(tmp_path: Path) -> Non
     assert "configuration error: HEBDO_SECRET_KEY is required" in result.stderr
 
 
-def test_readme_documents_every_setting_with_its_default() -> None:
-    rows = dict(re.findall(r"^\| `(HEBDO_[A-Z_]+)` \| `([^`]*)` \|", README, re.M))
-    assert set(rows) == {s.name for s in SETTINGS}
-    for setting in SETTINGS:
-        assert rows[setting.name] == setting.default, setting.name
+def test_the_settings_reference_is_the_generated_one() -> None:
+    """docs/configuration.md is what `hebdo config --reference` prints from the declaration:
+    regenerate it with that command after changing a setting."""
+    committed = (ROOT / REFERENCE_FILE).read_text()
+    assert committed == reference_markdown(), f"run: hebdo config --reference > {REFERENCE_FILE}"
+    assert f"hebdo config --reference > {REFERENCE_FILE}" in committed.split("|")[0]
+    rows = re.findall(r"^\| `(HEBDO_[A-Z_]+)` \|", committed, re.M)
+    assert rows == list(SETTING_NAMES)
+    assert f"]({REFERENCE_FILE})" in README
 
 
 def test_readme_starts_with_the_two_set_up_commands() -> None:
@@ -237,7 +247,7 @@ def test_compose_takes_its_secrets_from_the_env_file_only() -> None:
 
 
 def test_every_setting_named_in_compose_and_env_example_exists() -> None:
-    known = {s.name for s in SETTINGS}
+    known = set(SETTING_NAMES)
     compose_text = COMPOSE.read_text()
     example_text = ENV_EXAMPLE.read_text()
     named = set(re.findall(r"\b(HEBDO_[A-Z_]+)", compose_text + example_text))

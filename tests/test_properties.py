@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
@@ -265,7 +264,7 @@ def test_a_token_reads_back_its_payload_and_survives_a_key_rotation(
 
 
 def _with_keys(base: Settings, key: str, fallbacks: tuple[str, ...]) -> Settings:
-    return replace(base, secret_key=key, secret_key_fallbacks=fallbacks)
+    return base.model_copy(update={"secret_key": key, "secret_key_fallbacks": fallbacks})
 
 
 @FAST

@@ -11,6 +11,7 @@ import click
 from flask.cli import FlaskGroup, routes_command, shell_command
 
 from service import create_app
+from service.cli.config import config_command
 from service.cli.doctor import doctor_command
 from service.config import ConfigError
 
@@ -64,8 +65,9 @@ main.params.append(
 )
 main.add_command(shell_command)
 main.add_command(routes_command)
-# On the group, not the app: it must run (and say what is wrong) when the app cannot load.
+# On the group, not the app: they must run (and say what is wrong) when the app cannot load.
 main.add_command(doctor_command)
+main.add_command(config_command)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,7 @@
-"""`hebdo run`, `hebdo sweep`, `hebdo config`: run the service, catch up on confirmation
-mails, show the settings in force."""
+"""`hebdo run` and `hebdo sweep`: run the service, catch up on confirmation mails."""
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import UTC, datetime
 
@@ -35,10 +33,4 @@ def sweep_command() -> None:
     click.echo(f"{sent} confirmation mail(s) sent")
 
 
-@click.command("config")
-def config_command() -> None:
-    """Print the settings in force (secrets masked)."""
-    click.echo(json.dumps(current_settings().public(), indent=2, default=str))
-
-
-COMMANDS = (run_command, sweep_command, config_command)
+COMMANDS = (run_command, sweep_command)

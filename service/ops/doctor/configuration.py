@@ -32,7 +32,7 @@ def check_configuration(environ: Mapping[str, str]) -> tuple[Settings | None, li
     try:
         settings = load_settings(environ)
     except ConfigError as exc:
-        fix = "correct the setting named above (the README's table lists every HEBDO_* setting)"
+        fix = "correct the setting named above (`hebdo config --reference` lists every one)"
         return None, [CheckResult("configuration", Status.FAIL, str(exc), fix)]
     warnings = configuration_warnings(settings)
     if warnings:

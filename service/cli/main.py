@@ -10,6 +10,8 @@ from typing import Any
 import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, routes_command, shell_command
+from flask_babel import gettext as _
+from flask_babel import ngettext
 
 from service import create_app
 from service.cli.doctor import doctor_command
@@ -37,7 +39,7 @@ def sweep_command() -> None:
     settings = current_settings()
     with open_transport(settings) as transport:
         sent = send_due_confirmations(transport=transport, settings=settings, now=datetime.now(UTC))
-    click.echo(f"{sent} confirmation mail(s) sent")
+    click.echo(ngettext("%(num)s confirmation mail sent", "%(num)s confirmation mails sent", sent))
 
 
 @click.command("config")
@@ -69,7 +71,7 @@ class HebdoGroup(FlaskGroup):
         try:
             return super().main(*args, **kwargs)
         except ConfigError as exc:
-            click.echo(f"hebdo: configuration error: {exc}", err=True)
+            click.echo(_("hebdo: configuration error: %(error)s", error=exc), err=True)
             sys.exit(2)
 
 

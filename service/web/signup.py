@@ -25,9 +25,10 @@ from flask import (
     request,
     url_for,
 )
+from flask_babel import gettext as _
 from flask_limiter.util import get_remote_address
 
-from service import i18n, jobs
+from service import jobs
 from service.signup import limits as signup_limits
 from service.signup.defences import (
     address_key,
@@ -43,7 +44,14 @@ from service.signup.defences import (
 )
 from service.subscribers.addresses import InvalidEmail, normalise_email, suggest_fix
 from service.subscribers.lifecycle import Consent, subscribe
-from service.web.common import client_ip, now, page_locale, settings, user_agent
+from service.web.common import (
+    client_ip,
+    message_page,
+    now,
+    page_locale,
+    settings,
+    user_agent,
+)
 from service.web.payloads import FORM_TYPES, PayloadError, optional_string, read_payload
 
 bp = Blueprint("signup", __name__, url_prefix="/api/v1")
@@ -112,10 +120,13 @@ def _too_many(breach: signup_limits.Breach) -> Response:
     locale = _locale(request.get_json(silent=True) if request.is_json else None)
     record("rate_limited", ip=client_ip())
     if _form_post():
-        html = render_template("pages/message.html", locale=locale, key="too_many")
+        html = render_template("pages/message.html", locale=locale, **message_page("too_many"))
         response = Response(html, 429, mimetype="text/html")
     else:
-        body = {"error": "rate_limited", "message": i18n.translate(locale, "rate_limited")}
+        body = {
+            "error": "rate_limited",
+            "message": _("Too many attempts. Please try again in a few minutes."),
+        }
         response = jsonify(body)
         response.status_code = 429
     response.headers["Retry-After"] = str(breach.retry_after)
@@ -152,10 +163,13 @@ def _accepted(locale: str, suggestion: str | None, source: str | None) -> Any:
         domain = suggestion.rpartition("@")[2] if suggestion else None
         target = url_for("public.thanks", lang=locale, domain=domain, back=source)
         return redirect(target, 303)
-    body = {"status": "accepted", "message": i18n.translate(locale, "accepted")}
+    body = {
+        "status": "accepted",
+        "message": _("Thank you! Check your inbox: we have just sent you a confirmation email."),
+    }
     if suggestion:
         body["suggestion"] = suggestion
-        body["suggestion_message"] = i18n.translate(locale, "suggestion", suggestion=suggestion)
+        body["suggestion_message"] = _("Did you mean %(suggestion)s?", suggestion=suggestion)
     return jsonify(body), 202
 
 
@@ -198,7 +212,7 @@ def create_subscription() -> Any:
     s = settings()
     if _foreign_origin():
         record("foreign_origin", ip=ip)
-        message = i18n.translate(locale, "foreign_origin")
+        message = _("This form is not accepted from this site.")
         return _refused(403, "origin_not_allowed", locale, message)
     try:
         data = read_payload()
@@ -218,15 +232,15 @@ def create_subscription() -> Any:
             verifier = current_app.extensions.get("hebdo.captcha", http_verifier)
             if not isinstance(token, str) or not token:
                 record("captcha_required", ip=ip, email=email)
-                message = i18n.translate(locale, "captcha_required")
+                message = _("A check is needed: complete it, then submit again.")
                 return _refused(400, "captcha_required", locale, message, captcha=captcha_widget(s))
             if not verifier(s.captcha_provider, s.captcha_secret, token[:4096], ip):
                 record("captcha_failed", ip=ip, email=email)
-                message = i18n.translate(locale, "captcha_failed")
+                message = _("The check failed: please do it again.")
                 return _refused(400, "captcha_failed", locale, message, captcha=captcha_widget(s))
         if consent_line(s, locale) and data.get("consent_given") not in TICKED:
             record("consent_missing", ip=ip, email=email)
-            message = i18n.translate(locale, "consent_required")
+            message = _("Tick the box to agree to receive the newsletter.")
             return _refused(422, "consent_required", locale, message)
         consent = Consent(
             source=source,
@@ -241,9 +255,9 @@ def create_subscription() -> Any:
             return _accepted(locale, suggest_fix(email), source)
         result = subscribe(email, locale=locale, consent=consent, now=now(), settings=s)
     except PayloadError as exc:
-        message = i18n.translate(locale, "bad_request", detail=exc.detail)
+        message = _("Bad request: %(detail)s", detail=exc.detail)
         if exc.status == 415:
-            message = i18n.translate(locale, "unsupported_type")
+            message = _("Unsupported format: send JSON or a form.")
         record("invalid", ip=ip)
         return jsonify({"error": exc.code, "message": message}), exc.status
     except InvalidEmail as exc:

@@ -8,6 +8,7 @@ too) all end with compiled catalogs. The `.mo` files are never committed.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from babel.messages.mofile import write_mo
@@ -44,7 +45,7 @@ class BuildWithCatalogs(build_py):
 
     def run(self) -> None:
         for mo in compile_catalogs(ROOT / "translations"):
-            self.announce(f"compiled {mo.relative_to(ROOT)}", level=2)
+            self.announce(f"compiled {mo.relative_to(ROOT)}", level=logging.INFO)
         super().run()
 
 

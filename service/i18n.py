@@ -29,6 +29,7 @@ are compiled by `pip install` (setup.py) and by the tests, never committed):
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from datetime import date
@@ -43,6 +44,8 @@ LOCALES = ("fr", "en")
 DEFAULT_LOCALE = "fr"
 # A command's language when the environment names none that hebdo speaks.
 CLI_DEFAULT_LOCALE = "en"
+
+log = logging.getLogger(__name__)
 
 TRANSLATIONS = Path(__file__).resolve().parent.parent / "translations"
 
@@ -78,9 +81,10 @@ def environment_locale(environ: Mapping[str, str] | None = None) -> str:
 def set_locale(locale: str) -> str:
     """Make `locale` the request's language for every text from now on (a view may learn
     it late: the subscriber's own locale, the admin user's)."""
-    g.locale = locale
-    # Texts already looked up in this request cached the previous choice.
-    refresh()
+    if g.get("locale") != locale:
+        g.locale = locale
+        # Texts already looked up in this request cached the previous choice.
+        refresh()
     return locale
 
 
@@ -106,6 +110,19 @@ def init_app(app: Flask) -> None:
     app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(TRANSLATIONS)
     app.config["BABEL_DEFAULT_LOCALE"] = DEFAULT_LOCALE
     Babel(app, locale_selector=_select_locale)
+    missing = [
+        code
+        for code in LOCALES
+        if not (TRANSLATIONS / code / "LC_MESSAGES" / "messages.mo").exists()
+    ]
+    if missing:
+        # Flask-Babel then shows the English ids everywhere, French pages included.
+        log.warning(
+            "no compiled catalog for %s in %s: run `pybabel compile -d translations` "
+            "(or pip install -e .)",
+            ", ".join(missing),
+            TRANSLATIONS,
+        )
 
 
 def format_date(locale: str, day: date) -> str:

@@ -333,7 +333,7 @@ def test_a_newcomer_runs_the_newsletter_from_the_admin_area(
     status, preview, _ = browser.open(f"/admin/issues/{week.group(1)}/preview.html")
     assert status == 200 and "lhebdo.example" in preview
     status, body, _ = browser.open(f"/admin/issues/{week.group(1)}/send", {})
-    assert "1 abonnés" in body, body[-3000:]
+    assert "lancé vers 1 abonné." in body, body[-3000:]
     deadline = time.monotonic() + 60
     while True:
         progress = json.loads(browser.open(f"/admin/issues/{week.group(1)}/progress.json")[1])

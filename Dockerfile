@@ -3,8 +3,8 @@
 # (read-only for the service), run as an unprivileged user.
 FROM python:3.11-slim
 
-# The code runs from /app, not from site-packages: service/ finds templates/ and migrations/
-# beside itself (service/__init__.py), so the four folders stay side by side and the package
+# The code runs from /app, not from site-packages: service/ finds templates/, migrations/
+# and translations/ beside itself, so the five folders stay side by side and the package
 # itself is not installed (neither as a wheel, which would leave them behind, nor editable).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -34,8 +34,12 @@ COPY service ./service
 COPY worker ./worker
 COPY templates ./templates
 COPY migrations ./migrations
-# Bytecode now, as root: at run time the service user cannot write to /app.
-RUN python -m compileall -q service worker migrations
+COPY translations ./translations
+# The gettext catalogs compiled (the .mo files are never committed: without them every page
+# would show the English ids), then bytecode, as root: at run time the service user cannot
+# write to /app.
+RUN pybabel compile -d translations \
+    && python -m compileall -q service worker migrations
 
 # The hebdo user (numeric, so a runtime that checks for non-root can tell).
 USER 10001:10001

@@ -17,6 +17,7 @@ from service.resources import MIGRATIONS, TEMPLATES
 from service.signup import limits as signup_limits
 from service.telemetry import logs
 from service.web.api import ingest
+from service.web.common import message_page, page_locale
 
 
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
@@ -61,6 +62,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
     logs.init_app(app)
+    i18n.init_app(app)
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS), render_as_batch=True)
     celery_init_app(app, settings)
@@ -77,7 +79,6 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     # Block tags leave no blank lines behind: the plain-text mails depend on it.
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True
-    app.jinja_env.globals["_"] = i18n.translate
     app.jinja_env.globals["site_name"] = settings.site_name
 
     @app.errorhandler(HTTPException)
@@ -87,12 +88,11 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
             return exc.response  # type: ignore[return-value]
         if request.path.startswith("/api/"):
             return ingest.json_error(exc)
-        locale = i18n.pick_locale(
-            request.args.get("lang"), accept=[lang for lang, _q in request.accept_languages]
-        )
-        key = "not_found" if exc.code == 404 else "bad_link"
         if exc.code in (404, 400):
-            return render_template("pages/message.html", locale=locale, key=key), exc.code
+            locale = page_locale()
+            key = "not_found" if exc.code == 404 else "bad_link"
+            html = render_template("pages/message.html", locale=locale, **message_page(key))
+            return html, exc.code
         return exc.get_response()  # type: ignore[return-value]
 
     @app.after_request

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from babel.messages.frontend import CommandLineInterface
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
@@ -42,6 +43,28 @@ from service.ops.runner import commands
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL = os.environ.get("HEBDO_DATABASE_URL", "")
+
+# `hebdo …` commands speak the environment's language (service.i18n): the tests read the
+# English they print whatever the developer's shell is set to, in this process and in the
+# servers and workers it starts.
+os.environ["LC_ALL"] = "C.UTF-8"
+
+
+def _compile_catalogs() -> None:
+    """The `.mo` files are built by `pip install`, not committed: a catalog edited since (or
+    a checkout never installed) is compiled here, so the tests see the `.po` files as they
+    are. Same command as a developer's (`pybabel compile`)."""
+    stale = [
+        po
+        for po in ROOT.glob("translations/*/LC_MESSAGES/messages.po")
+        if not po.with_suffix(".mo").exists()
+        or po.with_suffix(".mo").stat().st_mtime < po.stat().st_mtime
+    ]
+    if stale:
+        CommandLineInterface().run(["pybabel", "-q", "compile", "-d", str(ROOT / "translations")])
+
+
+_compile_catalogs()
 BROKER_URL = os.environ.get("HEBDO_BROKER_URL", "")
 SECRET = "test-secret-key-not-for-production-0123456789"
 BASE_URL = "https://hebdo.example.fr"

@@ -169,7 +169,7 @@ def test_stalled_queue_alert(app: Flask, admin: Admin) -> None:
     alerts = _alerts(admin.get("/admin/").get_data(as_text=True))
     assert list(alerts) == ["queue_stalled"]
     assert alerts["queue_stalled"].startswith(
-        "L’envoi du numéro 2026-W30 n’avance plus depuis 25 min alors que 1 messages attendent"
+        "L’envoi du numéro 2026-W30 n’avance plus depuis 25 min alors que 1 message attend"
     )
     # A batch recording its outcomes since is progress (it moves progress_at): the alert goes.
     with app.app_context():
@@ -209,7 +209,6 @@ def test_complaint_rate_alert_above_a_tenth_of_a_percent_for_a_month(
     _issue(app, "2026-W40", IssueStatus.SENT, started_at=old, sent_count=100, complaint_count=50)
     alerts = _alerts(admin.get("/admin/").get_data(as_text=True))
     assert alerts["complaint_rate"].startswith(
-        "Numéro 2026-W45 signalé comme spam par des lecteurs : 2 plainte(s) pour 1000 envois "
-        "(0.2 %)"
+        "Numéro 2026-W45 signalé comme spam par des lecteurs : 2 plaintes pour 1000 envois (0.2 %)"
     )
     assert "2026-W46" not in alerts["complaint_rate"] and "2026-W40" not in str(alerts)

@@ -445,7 +445,7 @@ def test_the_coming_issue_can_be_planned_ahead_from_the_list_and_the_api(
     response = admin.post(f"/admin/issues/{week}/plan")
     assert response.status_code == 302 and response.headers["Location"].endswith(week)
     page = admin.get(response.headers["Location"]).get_data(as_text=True)
-    assert any(f"Numéro {week} préparé : 3 article(s)" in f for f in _flashes(page))
+    assert any(f"Numéro {week} préparé : 3 articles" in f for f in _flashes(page))
     assert sorted(_order(app, week)) == sorted(ids)
     assert _issue(app, week).status == IssueStatus.SCHEDULED
     assert f"/admin/issues/{week}/plan" not in admin.get("/admin/issues").get_data(as_text=True)

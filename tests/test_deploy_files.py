@@ -287,8 +287,9 @@ def test_the_env_example_filled_in_is_a_valid_production_configuration(tmp_path:
 
 
 def test_the_image_runs_as_a_user_from_its_own_copy_of_the_code(tmp_path: Path) -> None:
-    """The Dockerfile copies four folders into /app and runs them from there (no install of
-    the package): that layout, run from elsewhere, migrates and renders its templates."""
+    """The Dockerfile copies five folders into /app and runs them from there (no install of
+    the package): that layout, its catalogs compiled as the image does, run from elsewhere,
+    migrates and renders its templates in French."""
     dockerfile = (ROOT / "Dockerfile").read_text()
     users = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
@@ -301,12 +302,19 @@ def test_the_image_runs_as_a_user_from_its_own_copy_of_the_code(tmp_path: Path) 
         "worker",
         "templates",
         "migrations",
+        "translations",
     }
     app_dir = tmp_path / "app"
     for folder, _ in copied:
         shutil.copytree(
-            ROOT / folder, app_dir / folder, ignore=shutil.ignore_patterns("__pycache__")
+            ROOT / folder, app_dir / folder, ignore=shutil.ignore_patterns("__pycache__", "*.mo")
         )
+    assert "RUN pybabel compile -d translations" in dockerfile
+    pybabel = Path(sys.executable).parent / "pybabel"
+    compiled = subprocess.run(
+        [pybabel, "compile", "-d", "translations"], cwd=app_dir, capture_output=True, text=True
+    )
+    assert compiled.returncode == 0, compiled.stderr
     environ = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(app_dir),
@@ -317,7 +325,8 @@ def test_the_image_runs_as_a_user_from_its_own_copy_of_the_code(tmp_path: Path) 
         f"assert service.__file__.startswith({str(app_dir)!r}), service.__file__; "
         "app = service.create_app(); "
         "page = app.test_client().get('/subscribe'); "
-        "assert page.status_code == 200 and 'hebdo-box' in page.text, page.status_code"
+        "assert page.status_code == 200 and 'hebdo-box' in page.text, page.status_code; "
+        "assert 'Rejoignez gratuitement la communauté' in page.text, page.text"
     )
     for argv in (["-m", "service.cli", "db", "upgrade"], ["-c", check]):
         result = subprocess.run(

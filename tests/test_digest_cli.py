@@ -30,7 +30,7 @@ def test_plan_preview_and_test_show_exactly_what_subscribers_get(
     week = upcoming_week(app.config["SETTINGS"], now)
 
     code, out = _cli(app, "digest", "plan")
-    assert code == 0 and out.startswith(f"{week}: scheduled, 1 articles")
+    assert code == 0 and out.startswith(f"{week}: scheduled, 1 article,")
     code, out = _cli(app, "digest", "plan", "--week", "2026-W60")
     assert code == 2 and "2026 has no week 60" in out
 

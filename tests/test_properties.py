@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask_babel import force_locale, gettext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete
 
-from service import i18n
 from service.config import Settings, load_settings
 from service.digest.articles import MAX_TITLE, ArticleInput, plain_text, store_article
 from service.digest.planning import get_issue, plan_issue
@@ -514,7 +514,8 @@ def test_every_digest_mail_has_the_headers_hebdo_wrote_whatever_the_articles_say
             NOW,
         )
     assert mail.envelope.recipient == wire_address(email)[0]
-    expected_subject = i18n.translate(locale, "digest.subject", site=settings_.site_name, lead=lead)
+    with app.app_context(), force_locale(locale):
+        expected_subject = gettext("%(site)s: %(lead)s", site=settings_.site_name, lead=lead)
     message = check_wire(
         settings_,
         mail.data,
@@ -573,7 +574,10 @@ def test_every_confirmation_mail_reaches_one_recipient_with_hebdos_headers(
     assert sweep(smtp_app, NOW) == 1
     (received,) = smtp_server.wait_for(1)
     assert received.rcpt_tos == [wire_address(email)[0]]
-    expected_subject = i18n.translate(locale, "mail.confirm.subject", site=settings_.site_name)
+    with smtp_app.app_context(), force_locale(locale):
+        expected_subject = gettext(
+            "Confirm your subscription to %(site)s", site=settings_.site_name
+        )
     message = check_wire(
         settings_,
         received.data,

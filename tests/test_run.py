@@ -128,7 +128,7 @@ def test_hebdo_run_serves_subscribes_captures_and_stops_on_ctrl_c(
         time.sleep(0.3)
     sent = send_now(values)
     assert sent.returncode == 0, sent.stderr
-    assert "sending to 1 subscribers" in sent.stdout
+    assert "sending to 1 subscriber " in sent.stdout
     deadline = time.monotonic() + 60
     while len(re.findall(r'href="/dev/mailbox/[^"]+\.eml"', http(f"{base}/dev/mailbox/")[1])) < 2:
         assert time.monotonic() < deadline, process.output()[-3000:]
@@ -333,7 +333,7 @@ def test_a_newcomer_runs_the_newsletter_from_the_admin_area(
     status, preview, _ = browser.open(f"/admin/issues/{week.group(1)}/preview.html")
     assert status == 200 and "lhebdo.example" in preview
     status, body, _ = browser.open(f"/admin/issues/{week.group(1)}/send", {})
-    assert "1 abonnés" in body, body[-3000:]
+    assert "lancé vers 1 abonné." in body, body[-3000:]
     deadline = time.monotonic() + 60
     while True:
         progress = json.loads(browser.open(f"/admin/issues/{week.group(1)}/progress.json")[1])

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import click
 from flask.cli import AppGroup
+from flask_babel import gettext as _
 
 from service.admin import accounts, apitokens
 from service.models import AdminRole
@@ -17,7 +18,7 @@ def _now() -> datetime:
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(_("error: %(message)s", message=message), err=True)
     sys.exit(1)
 
 
@@ -42,7 +43,14 @@ def token_create(name: str, role: str) -> None:
         _fail(str(exc))
         return
     click.echo(token)
-    click.echo(f"(token {name!r}, role {role}: store it now, it cannot be shown again)", err=True)
+    click.echo(
+        _(
+            "(token %(name)s, role %(role)s: store it now, it cannot be shown again)",
+            name=repr(name),
+            role=role,
+        ),
+        err=True,
+    )
 
 
 @token_group.command("revoke")
@@ -50,16 +58,20 @@ def token_create(name: str, role: str) -> None:
 def token_revoke(name: str) -> None:
     """Revoke a token at once."""
     if not apitokens.revoke_token(name, _now()):
-        _fail(f"no live token named {name!r}")
-    click.echo(f"token {name!r} revoked")
+        _fail(_("no live token named %(name)s", name=repr(name)))
+    click.echo(_("token %(name)s revoked", name=repr(name)))
 
 
 @token_group.command("list")
 def token_list() -> None:
     """Tokens with their role and state (never the token itself)."""
     for t in apitokens.list_tokens():
-        state = f"revoked {t.revoked_at:%Y-%m-%d}" if t.revoked_at else "live"
-        used = f"last used {t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never used"
+        state = _("live")
+        if t.revoked_at:
+            state = _("revoked %(date)s", date=f"{t.revoked_at:%Y-%m-%d}")
+        used = _("never used")
+        if t.last_used_at:
+            used = _("last used %(moment)s", moment=f"{t.last_used_at:%Y-%m-%d %H:%M}")
         click.echo(f"{t.name}\t{t.role}\t{state}\t{used}")
 
 
@@ -67,7 +79,7 @@ def _password(from_stdin: bool) -> str:
     if from_stdin:
         # One line; the newline that ends it is not part of the password.
         return sys.stdin.readline().rstrip("\r\n")
-    value: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    value: str = click.prompt(_("Password"), hide_input=True, confirmation_prompt=True)
     return value
 
 
@@ -87,7 +99,13 @@ def user_create(name: str, role: str, email: str | None, password_stdin: bool) -
         accounts.create_user(name, _password(password_stdin), role, _now(), email=email)
     except accounts.AccountError as exc:
         _fail(str(exc))
-    click.echo(f"user {name!r} created, role {role}: sign in at /admin/login")
+    click.echo(
+        _(
+            "user %(name)s created, role %(role)s: sign in at /admin/login",
+            name=repr(name),
+            role=role,
+        )
+    )
 
 
 @admin_group.command("set-password")
@@ -99,15 +117,17 @@ def user_password(name: str, password_stdin: bool) -> None:
         accounts.set_password(name, _password(password_stdin))
     except accounts.AccountError as exc:
         _fail(str(exc))
-    click.echo(f"password of {name!r} changed")
+    click.echo(_("password of %(name)s changed", name=repr(name)))
 
 
 @admin_group.command("users")
 def user_list() -> None:
     """Admin users with their role (never a password)."""
     for user in accounts.list_users():
-        state = "disabled" if user.disabled_at else "enabled"
-        last = f"last login {user.last_login_at:%Y-%m-%d %H:%M}" if user.last_login_at else "never"
+        state = _("disabled") if user.disabled_at else _("enabled")
+        last = _("never")
+        if user.last_login_at:
+            last = _("last login %(moment)s", moment=f"{user.last_login_at:%Y-%m-%d %H:%M}")
         click.echo(f"{user.name}\t{user.role}\t{state}\t{last}")
 
 

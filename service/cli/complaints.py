@@ -25,6 +25,7 @@ from pathlib import Path
 
 import click
 from flask.cli import AppGroup
+from flask_babel import gettext as _
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.extensions import current_settings, db
@@ -50,12 +51,17 @@ def _handle(name: str, raw: bytes) -> Result | None:
             current_settings(), raw, source="cli", actor="system", now=datetime.now(UTC)
         )
     except NotAReport as exc:
-        click.echo(f"{name}: not a feedback report: {exc}", err=True)
+        click.echo(
+            _("%(name)s: not a feedback report: %(reason)s", name=name, reason=exc), err=True
+        )
         return None
     where = ""
-    if outcome.subscriber_id is not None:
-        where = f" (subscriber {outcome.subscriber_id}"
-        where += f", issue {outcome.week})" if outcome.week else ")"
+    if outcome.subscriber_id is not None and outcome.week:
+        where = " " + _(
+            "(subscriber %(id)s, issue %(week)s)", id=outcome.subscriber_id, week=outcome.week
+        )
+    elif outcome.subscriber_id is not None:
+        where = " " + _("(subscriber %(id)s)", id=outcome.subscriber_id)
     click.echo(f"{name}: {outcome.result}{where}: {outcome.reason}")
     return outcome.result
 
@@ -86,7 +92,14 @@ def _maildir(folder: Path) -> int:
         except Exception as exc:  # a bug on one mail must not stop every later report
             # The type only: a message or traceback could quote the reader's address.
             log.error("complaint report %s could not be handled: %s", key, type(exc).__name__)
-            click.echo(f"{key}: could not be handled ({type(exc).__name__}), kept", err=True)
+            click.echo(
+                _(
+                    "%(name)s: could not be handled (%(error)s), kept",
+                    name=key,
+                    error=type(exc).__name__,
+                ),
+                err=True,
+            )
             db.session.rollback()
             result = None
         if result not in DONE:
@@ -109,7 +122,7 @@ def _maildir(folder: Path) -> int:
 def ingest_command(paths: tuple[str, ...], maildir: Path | None) -> None:
     """Record ARF reports: from PATHS (`-` or none: standard input) or a maildir."""
     if maildir is not None and paths:
-        raise click.UsageError("give files or --maildir, not both")
+        raise click.UsageError(_("give files or --maildir, not both"))
     try:
         if maildir is not None:
             refused = _maildir(maildir)
@@ -118,14 +131,16 @@ def ingest_command(paths: tuple[str, ...], maildir: Path | None) -> None:
     except SQLAlchemyError as exc:
         db.session.rollback()
         cause = getattr(exc, "orig", None) or type(exc).__name__
-        click.echo(f"hebdo: database unavailable, try again later: {cause}", err=True)
+        click.echo(
+            _("hebdo: database unavailable, try again later: %(cause)s", cause=cause), err=True
+        )
         sys.exit(EX_TEMPFAIL)
     except OSError as exc:
-        click.echo(f"hebdo: {exc}; try again later", err=True)
+        click.echo(_("hebdo: %(error)s; try again later", error=exc), err=True)
         sys.exit(EX_TEMPFAIL)
     except RetryLater as exc:
         db.session.rollback()
-        click.echo(f"hebdo: {exc}; try again later", err=True)
+        click.echo(_("hebdo: %(error)s; try again later", error=exc), err=True)
         sys.exit(EX_TEMPFAIL)
     if refused:
         sys.exit(EX_DATAERR)

@@ -8,9 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+from babel.dates import format_datetime
 from flask.cli import AppGroup
+from flask_babel import gettext as _
+from flask_babel import ngettext
 from sqlalchemy import select
 
+from service import i18n
 from service.admin.audit import Actor
 from service.digest import actions, feeds, previews, progress
 from service.digest.planning import DigestError, Refused, get_issue, parse_week, upcoming_week
@@ -50,7 +54,7 @@ def _week(value: str | None) -> str:
 def _issue(week: str) -> Issue:
     issue = get_issue(week)
     if issue is None:
-        _fail(f"no issue for {week} yet: run `hebdo digest plan --week {week}`")
+        _fail(_("no issue for %(week)s yet: run `hebdo digest plan --week %(week)s`", week=week))
     assert issue is not None
     return issue
 
@@ -76,15 +80,20 @@ def feeds_fetch() -> None:
     reports = feeds.ingest_all(current_settings(), _now())
     for r in reports:
         if r.result == "error":
-            click.echo(f"{r.url}: ERROR {r.error}")
+            click.echo(_("%(url)s: ERROR %(error)s", url=r.url, error=r.error))
         else:
-            click.echo(
-                f"{r.url}: {r.result}, {r.created} new, {r.updated} updated, {r.skipped} skipped"
+            counts = ", ".join(
+                (
+                    ngettext("%(num)s new", "%(num)s new", r.created),
+                    ngettext("%(num)s updated", "%(num)s updated", r.updated),
+                    ngettext("%(num)s skipped", "%(num)s skipped", r.skipped),
+                )
             )
+            click.echo(f"{r.url}: {r.result}, {counts}")
         for problem in r.problems[:20]:
             click.echo(f"  {problem}")
     if not reports:
-        click.echo("no feeds configured (HEBDO_FEEDS)")
+        click.echo(_("no feeds configured (HEBDO_FEEDS)"))
     if any(r.result == "error" for r in reports):
         sys.exit(1)
 
@@ -104,27 +113,48 @@ def digest_plan(week: str | None) -> None:
     try:
         result = actions.plan(current_settings(), _week(week), _now(), Actor.cli())
     except Refused as exc:
-        click.echo(f"{exc.week}: already {exc.status}, left as it is")
+        click.echo(
+            _("%(week)s: already %(status)s, left as it is", week=exc.week, status=exc.status)
+        )
         return
     issue = _issue(result.week)
     if result.articles == 0:
-        click.echo(f"{result.week}: no new articles since the previous issue; nothing to send")
+        click.echo(
+            _(
+                "%(week)s: no new articles since the previous issue; nothing to send",
+                week=result.week,
+            )
+        )
         return
-    click.echo(f"{result.week}: {result.status}, {result.articles} articles, {_when(issue)}")
+    click.echo(
+        ngettext(
+            "%(week)s: %(status)s, %(num)s article, %(when)s",
+            "%(week)s: %(status)s, %(num)s articles, %(when)s",
+            result.articles,
+            week=result.week,
+            status=result.status,
+            when=_when(issue),
+        )
+    )
 
 
 def _when(issue: Issue) -> str:
     local = issue.send_at.astimezone(current_settings().timezone)
+    moment = f"{local:%a %d %b %Y %H:%M %Z}"
+    if i18n.current_locale() != "en":
+        moment = format_datetime(local, "EEE d MMM y HH:mm zzz", locale=i18n.current_locale())
     if issue.send_at <= _now():
-        return f"due since {local:%a %d %b %Y %H:%M %Z}: send it with `hebdo digest send --now`"
-    return f"goes out {local:%a %d %b %Y %H:%M %Z}"
+        return _("due since %(moment)s: send it with `hebdo digest send --now`", moment=moment)
+    return _("goes out %(moment)s", moment=moment)
 
 
 def _sample_recipient(email: str | None, locale: str | None) -> Recipient:
     try:
         return previews.sample_recipient(email, locale, _now())
     except InvalidEmail as exc:
-        raise click.BadParameter(f"invalid address: {exc.code}", param_hint="--email") from None
+        raise click.BadParameter(
+            _("invalid address: %(code)s", code=exc.code), param_hint="--email"
+        ) from None
 
 
 @digest_group.command("preview")
@@ -152,7 +182,7 @@ def digest_preview(
     else:
         out.write_bytes(mail.data)
     if out is not None:
-        click.echo(f"written to {out}")
+        click.echo(_("written to %(path)s", path=out))
 
 
 _part = previews.mail_part
@@ -171,9 +201,16 @@ def digest_test(week: str | None, to: str, locale: str | None) -> None:
             current_settings(), issue.week, to, locale, _now(), Actor.cli()
         )
     except (DeliveryError, previews.SuppressedAddress) as exc:
-        _fail(f"test mail refused: {exc}")
+        _fail(_("test mail refused: %(error)s", error=exc))
         return
-    click.echo(f"test of {issue.week} sent to {recipient.email}: {reply}")
+    click.echo(
+        _(
+            "test of %(week)s sent to %(to)s: %(reply)s",
+            week=issue.week,
+            to=recipient.email,
+            reply=reply,
+        )
+    )
 
 
 @digest_group.command("send")
@@ -196,24 +233,36 @@ def digest_send(week: str | None, now_flag: bool, wait: bool) -> None:
         _fail(str(exc))
         return
     if result.approved:
-        click.echo(f"{week}: approved")
+        click.echo(_("%(week)s: approved", week=week))
     if result.status == IssueStatus.SCHEDULED:
         if not now_flag:
-            click.echo(f"{week}: scheduled, {_when(_issue(week))}")
+            click.echo(_("%(week)s: scheduled, %(when)s", week=week, when=_when(_issue(week))))
             return
         if result.recipients is not None:
+            queued = ngettext(
+                "%(num)s batch task queued", "%(num)s batch tasks queued", result.queued
+            )
             click.echo(
-                f"{week}: sending to {result.recipients} subscribers "
-                f"({result.queued} batch tasks queued)"
+                ngettext(
+                    "%(week)s: sending to %(num)s subscriber (%(queued)s)",
+                    "%(week)s: sending to %(num)s subscribers (%(queued)s)",
+                    result.recipients,
+                    week=week,
+                    queued=queued,
+                )
             )
             if result.recipients and not result.queued:
                 click.echo(
-                    "hebdo: the broker is unreachable; the send is recorded and beat's sweep "
-                    "queues it once the broker is back (or run this command again)",
+                    _(
+                        "hebdo: the broker is unreachable; the send is recorded and beat's "
+                        "sweep queues it once the broker is back (or run this command again)"
+                    ),
                     err=True,
                 )
     else:
-        click.echo(f"{week}: already {result.status}; nothing sent twice")
+        click.echo(
+            _("%(week)s: already %(status)s; nothing sent twice", week=week, status=result.status)
+        )
     if wait:
         _follow(week)
 
@@ -230,11 +279,22 @@ def _follow(week: str) -> None:
 
 def _progress_line(p: progress.Progress) -> str:
     c = p.counts
-    return (
-        f"{p.week} {p.status}: {p.done}/{p.recipients} done ({p.percent:.1f} %), "
-        f"sent {c['sent']}, queued {c['queued']}, sending {c['sending']}, failed {c['failed']}, "
-        f"bounced {c['bounced']}, skipped {c['skipped']}; {p.rate_last_minute:.1f} msg/s "
-        f"over the last minute"
+    return _(
+        "%(week)s %(status)s: %(done)s/%(recipients)s done (%(percent).1f %%), sent %(sent)s, "
+        "queued %(queued)s, sending %(sending)s, failed %(failed)s, bounced %(bounced)s, "
+        "skipped %(skipped)s; %(rate).1f msg/s over the last minute",
+        week=p.week,
+        status=p.status,
+        done=p.done,
+        recipients=p.recipients,
+        percent=p.percent,
+        rate=p.rate_last_minute,
+        sent=c["sent"],
+        queued=c["queued"],
+        sending=c["sending"],
+        failed=c["failed"],
+        bounced=c["bounced"],
+        skipped=c["skipped"],
     )
 
 
@@ -253,11 +313,14 @@ def digest_status(week: str | None) -> None:
         end = p.finished_at or _now()
         seconds = max((end - p.started_at).total_seconds(), 0.001)
         click.echo(
-            f"started {p.started_at:%Y-%m-%d %H:%M:%S} UTC, "
-            f"average {p.counts['sent'] / seconds:.1f} msg/s"
+            _(
+                "started %(start)s UTC, average %(rate).1f msg/s",
+                start=f"{p.started_at:%Y-%m-%d %H:%M:%S}",
+                rate=p.counts["sent"] / seconds,
+            )
         )
     if p.note:
-        click.echo(f"note: {p.note}")
+        click.echo(_("note: %(note)s", note=p.note))
 
 
 def _transition(name: str, week: str | None, change: str) -> None:
@@ -280,28 +343,28 @@ def _transition(name: str, week: str | None, change: str) -> None:
 @week_option
 def digest_approve(week: str | None) -> None:
     """Review mode: let a draft go out at its scheduled time."""
-    _transition("approve", week, "approved, scheduled")
+    _transition("approve", week, _("approved, scheduled"))
 
 
 @digest_group.command("pause")
 @week_option
 def digest_pause(week: str | None) -> None:
     """Stop sending after the batches in flight; resume picks up where it stopped."""
-    _transition("pause", week, "paused")
+    _transition("pause", week, _("paused"))
 
 
 @digest_group.command("resume")
 @week_option
 def digest_resume(week: str | None) -> None:
     """Carry on a paused send."""
-    _transition("resume", week, "sending again")
+    _transition("resume", week, _("sending again"))
 
 
 @digest_group.command("cancel")
 @week_option
 def digest_cancel(week: str | None) -> None:
     """Stop an issue for good; whoever has not got it yet will not."""
-    _transition("cancel", week, "cancelled")
+    _transition("cancel", week, _("cancelled"))
 
 
 COMMANDS = (feeds_group, digest_group)

@@ -6,6 +6,7 @@ import os
 import sys
 
 import click
+from flask_babel import ngettext
 
 from service.ops.doctor.report import Status, format_results
 from service.ops.doctor.run import run_checks
@@ -38,5 +39,12 @@ def doctor_command(nameserver: tuple[str, int] | None) -> None:
     click.echo(format_results(results))
     failures = sum(r.status is Status.FAIL for r in results)
     warnings = sum(r.status is Status.WARN for r in results)
-    click.echo(f"\n{failures} failed, {warnings} warning(s)")
+    # Outside the app (the doctor runs when it cannot load): the English texts.
+    summary = ", ".join(
+        (
+            ngettext("%(num)s failed", "%(num)s failed", failures),
+            ngettext("%(num)s warning", "%(num)s warnings", warnings),
+        )
+    )
+    click.echo(f"\n{summary}")
     sys.exit(1 if failures else 0)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 from flask.cli import FlaskGroup, routes_command, shell_command
+from flask_babel import gettext as _
 
 from service import create_app
 from service.cli.config import config_command
@@ -31,7 +32,7 @@ class HebdoGroup(FlaskGroup):
         try:
             return super().main(*args, **kwargs)
         except ConfigError as exc:
-            click.echo(f"hebdo: configuration error: {exc}", err=True)
+            click.echo(_("hebdo: configuration error: %(error)s", error=exc), err=True)
             sys.exit(2)
 
 

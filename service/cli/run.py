@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import click
 from flask import current_app
+from flask_babel import ngettext
 
 from service.extensions import current_settings
 from service.mail.transport import open_transport
@@ -30,7 +31,7 @@ def sweep_command() -> None:
     settings = current_settings()
     with open_transport(settings) as transport:
         sent = send_due_confirmations(transport=transport, settings=settings, now=datetime.now(UTC))
-    click.echo(f"{sent} confirmation mail(s) sent")
+    click.echo(ngettext("%(num)s confirmation mail sent", "%(num)s confirmation mails sent", sent))
 
 
 COMMANDS = (run_command, sweep_command)

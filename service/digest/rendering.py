@@ -11,6 +11,8 @@ from itertools import groupby
 
 import css_inline
 from flask import render_template
+from flask_babel import force_locale
+from flask_babel import gettext as _
 from markupsafe import escape
 
 from service import i18n
@@ -34,32 +36,32 @@ def render_issue(
     settings: Settings, issue: Issue, locale: str, *, markers: Markers | None = None
 ) -> Rendered:
     """The issue in one locale: with `markers`, the mail (per-subscriber pieces left as
-    markers); without, the web version, which holds no personal data."""
+    markers); without, the web version, which holds no personal data. The texts are in
+    `locale`, whatever the request or command that renders it speaks."""
     articles = issue_articles(issue.id)
-    groups = [
-        (category or i18n.translate(locale, "digest.other"), list(items))
-        for category, items in groupby(articles, key=lambda a: a.category)
-    ]
-    context = {
-        "locale": locale,
-        "site": settings.site_name,
-        "week_label": i18n.translate(
-            locale, "digest.week_of", date=i18n.format_date(locale, week_start(issue.week))
-        ),
-        "groups": groups,
-        # The web version in the mail's language, whatever the browser prefers.
-        "online_url": public_url(settings, f"/archive/{issue.week}?lang={locale}"),
-        "subscribe_url": public_url(settings, "/subscribe"),
-        "sender_identity": settings.sender_identity,
-        "web": markers is None,
-        "unsubscribe_url": markers["unsubscribe_url"] if markers else "",
-        "email": markers["email"] if markers else "",
-    }
-    subject = i18n.translate(
-        locale, "digest.subject", site=settings.site_name, lead=issue.subject or issue.week
-    )
-    html = _INLINER.inline(render_template("email/digest.html", subject=subject, **context))
-    text = render_template("email/digest.txt", subject=subject, **context)
+    with force_locale(locale):
+        groups = [
+            (category or _("Other stories"), list(items))
+            for category, items in groupby(articles, key=lambda a: a.category)
+        ]
+        context = {
+            "locale": locale,
+            "site": settings.site_name,
+            "week_label": _(
+                "Week of %(date)s", date=i18n.format_date(locale, week_start(issue.week))
+            ),
+            "groups": groups,
+            # The web version in the mail's language, whatever the browser prefers.
+            "online_url": public_url(settings, f"/archive/{issue.week}?lang={locale}"),
+            "subscribe_url": public_url(settings, "/subscribe"),
+            "sender_identity": settings.sender_identity,
+            "web": markers is None,
+            "unsubscribe_url": markers["unsubscribe_url"] if markers else "",
+            "email": markers["email"] if markers else "",
+        }
+        subject = _("%(site)s: %(lead)s", site=settings.site_name, lead=issue.subject or issue.week)
+        html = _INLINER.inline(render_template("email/digest.html", subject=subject, **context))
+        text = render_template("email/digest.txt", subject=subject, **context)
     return Rendered(subject, text, html)
 
 

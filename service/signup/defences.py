@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from flask_babel import force_locale
+from flask_babel import gettext as _
 from sqlalchemy import func, select
 
-from service import i18n
 from service.config import Settings, origin_of
 from service.extensions import db
 from service.models import AuditEvent
@@ -247,11 +248,21 @@ def form_context(settings: Settings, locale: str, now: datetime) -> dict[str, An
         "captcha": captcha_widget(settings) if captcha_active(settings, now) else None,
         "honeypot": HONEYPOT_FIELD,
         # The texts the box shows by itself (the server's answers bring their own).
-        "messages": {
-            key: i18n.translate(locale, key)
-            for key in ("box.sending", "box.unavailable", "rate_limited", "consent_required")
-        },
+        "messages": box_messages(locale),
     }
+
+
+def box_messages(locale: str) -> dict[str, str]:
+    """The texts embed.js shows by itself, under the names it looks them up by."""
+    with force_locale(locale):
+        return {
+            "box.sending": _("Sending…"),
+            "box.unavailable": _(
+                "The service is unavailable for a moment. Please try again shortly."
+            ),
+            "rate_limited": _("Too many attempts. Please try again in a few minutes."),
+            "consent_required": _("Tick the box to agree to receive the newsletter."),
+        }
 
 
 def address_key(settings: Settings, raw: object) -> str:

@@ -14,8 +14,7 @@ from email_validator import (
     caching_resolver,
     validate_email,
 )
-
-from service import i18n
+from flask_babel import force_locale, lazy_gettext
 
 MAX_EMAIL_LENGTH = 254  # RFC 5321 path limit, minus the angle brackets
 MAJOR_DOMAINS = (
@@ -47,16 +46,40 @@ MAJOR_DOMAINS = (
 )
 
 
+# Why an address was refused, for a person: one text per `InvalidEmail.code`.
+REASONS = {
+    "empty": lazy_gettext("Please enter your email address."),
+    "type": lazy_gettext("The email address must be text."),
+    "too_long": lazy_gettext("This email address is too long."),
+    "control": lazy_gettext(
+        "The email address contains forbidden characters (line break or control character)."
+    ),
+    "no_at": lazy_gettext("The email address is missing an “@”."),
+    "many_at": lazy_gettext("The email address must contain exactly one “@”."),
+    "quoted": lazy_gettext("Quoted email addresses are not accepted."),
+    "ip_literal": lazy_gettext("An IP address instead of a domain name is not accepted."),
+    "local": lazy_gettext("The part before the “@” is not valid."),
+    "domain": lazy_gettext("The domain name after the “@” is not valid."),
+    "undeliverable": lazy_gettext("This domain does not receive email."),
+    "other": lazy_gettext("This email address is not valid."),
+}
+
+
 class InvalidEmail(ValueError):
-    """The address was refused; `code` names the problem (a key of i18n 'invalid.*')."""
+    """The address was refused; `code` names the problem (a key of `REASONS`)."""
 
     def __init__(self, code: str, detail: str = "") -> None:
         super().__init__(detail or code)
         self.code = code
         self.detail = detail
 
-    def message(self, locale: str) -> str:
-        return i18n.translate(locale, f"invalid.{self.code}")
+    def message(self, locale: str | None = None) -> str:
+        """Why, for a person: in `locale`, or in the current one (a request's) without it."""
+        reason = REASONS.get(self.code, REASONS["other"])
+        if locale is None:
+            return str(reason)
+        with force_locale(locale):
+            return str(reason)
 
 
 @cache

@@ -9,9 +9,10 @@ import logging
 from datetime import datetime, timedelta
 
 from flask import render_template
+from flask_babel import force_locale
+from flask_babel import gettext as _
 from sqlalchemy import or_, select, update
 
-from service import i18n
 from service.config import Settings
 from service.extensions import db, rowcount
 from service.mail.errors import PermanentFailure, TransientFailure
@@ -49,7 +50,7 @@ def owe_confirmation(sub: Subscriber, settings: Settings, now: datetime) -> bool
 
 
 def render_confirmation(settings: Settings, sub: Subscriber, now: datetime) -> tuple[str, str, str]:
-    """Subject, text and HTML of the confirmation mail."""
+    """Subject, text and HTML of the confirmation mail, in the subscriber's locale."""
     context = {
         "locale": sub.locale,
         "site": settings.site_name,
@@ -57,9 +58,10 @@ def render_confirmation(settings: Settings, sub: Subscriber, now: datetime) -> t
         "unsubscribe_url": public_url(settings, f"/unsubscribe/{unsubscribe_token(settings, sub)}"),
         "hours": settings.confirm_ttl_hours,
     }
-    subject = i18n.translate(sub.locale, "mail.confirm.subject", site=settings.site_name)
-    text = render_template("email/confirm.txt", **context)
-    html = render_template("email/confirm.html", **context)
+    with force_locale(sub.locale):
+        subject = _("Confirm your subscription to %(site)s", site=settings.site_name)
+        text = render_template("email/confirm.txt", **context)
+        html = render_template("email/confirm.html", **context)
     return subject, text, html
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from flask_babel import force_locale, lazy_gettext
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -82,53 +83,31 @@ EXPORT_COLUMNS = (
     "unsubscribed_at",
 )
 
-TEXTS = {
-    "fr": {
-        "duplicate": "Adresse déjà présente plus haut dans le fichier (ligne {line}).",
-        "exists": "Déjà abonné : laissé tel quel.",
-        "suppressed": "Sur la liste de suppression : ligne non importée.",
-        "fields": "La ligne a plus de champs que l’en-tête.",
-        "locale": "Langue inconnue « {value} » (attendu : {locales}).",
-        "source": "Source trop longue (plus de {max} caractères).",
-        "consent_date": "consent_date n’est pas une date ISO valide "
-        "(AAAA-MM-JJ ou AAAA-MM-JJThh:mm:ss).",
-        "consent_future": "consent_date est dans le futur.",
-        "consent_half": "consent_date et consent_text vont ensemble : l’un manque.",
-        "status": "Statut « {value} » : seules les lignes active ou pending sont importées.",
-    },
-    "en": {
-        "duplicate": "Address already earlier in the file (line {line}).",
-        "exists": "Already a subscriber: left unchanged.",
-        "suppressed": "On the suppression list: line not imported.",
-        "fields": "The line has more fields than the header.",
-        "locale": "Unknown language “{value}” (expected: {locales}).",
-        "source": "Source too long (more than {max} characters).",
-        "consent_date": "consent_date is not a valid ISO date (YYYY-MM-DD or YYYY-MM-DDThh:mm:ss).",
-        "consent_future": "consent_date is in the future.",
-        "consent_half": "consent_date and consent_text go together: one is missing.",
-        "status": "Status “{value}”: only active or pending lines are imported.",
-    },
+# Why a line is not imported, for the report (`PlannedLine.reason`), by `PlannedLine.code`.
+LINE_REASONS = {
+    DUPLICATE: lazy_gettext("Address already earlier in the file (line %(line)s)."),
+    EXISTS: lazy_gettext("Already a subscriber: left unchanged."),
+    SUPPRESSED: lazy_gettext("On the suppression list: line not imported."),
+    "fields": lazy_gettext("The line has more fields than the header."),
+    "locale": lazy_gettext("Unknown language “%(value)s” (expected: %(locales)s)."),
+    "source": lazy_gettext("Source too long (more than %(max)s characters)."),
+    "consent_date": lazy_gettext(
+        "consent_date is not a valid ISO date (YYYY-MM-DD or YYYY-MM-DDThh:mm:ss)."
+    ),
+    "consent_future": lazy_gettext("consent_date is in the future."),
+    "consent_half": lazy_gettext("consent_date and consent_text go together: one is missing."),
+    "status": lazy_gettext("Status “%(value)s”: only active or pending lines are imported."),
 }
 
-FILE_TEXTS = {
-    "fr": {
-        "encoding": "Le fichier n’est pas en UTF-8 (octet invalide vers la position {position}).",
-        "empty": "Le fichier est vide.",
-        "header": "L’en-tête doit nommer une colonne « email ».",
-        "unknown_columns": "Colonnes inconnues : {columns}. Colonnes acceptées : {known}.",
-        "twice": "Colonne présente deux fois : {columns}.",
-        "too_many_rows": "Plus de {max} lignes : découpez le fichier.",
-        "csv": "CSV illisible ligne {line} : {detail}.",
-    },
-    "en": {
-        "encoding": "The file is not UTF-8 (invalid byte near position {position}).",
-        "empty": "The file is empty.",
-        "header": "The header must name an “email” column.",
-        "unknown_columns": "Unknown columns: {columns}. Accepted columns: {known}.",
-        "twice": "Column given twice: {columns}.",
-        "too_many_rows": "More than {max} lines: split the file.",
-        "csv": "Unreadable CSV at line {line}: {detail}.",
-    },
+# Why a whole file is refused, by `BadImportFile.code`.
+FILE_REASONS = {
+    "encoding": lazy_gettext("The file is not UTF-8 (invalid byte near position %(position)s)."),
+    "empty": lazy_gettext("The file is empty."),
+    "header": lazy_gettext("The header must name an “email” column."),
+    "unknown_columns": lazy_gettext("Unknown columns: %(columns)s. Accepted columns: %(known)s."),
+    "twice": lazy_gettext("Column given twice: %(columns)s."),
+    "too_many_rows": lazy_gettext("More than %(max)s lines: split the file."),
+    "csv": lazy_gettext("Unreadable CSV at line %(line)s: %(detail)s."),
 }
 
 
@@ -152,12 +131,12 @@ class BadImportFile(ValueError):
         self.params = params
 
     def message(self, locale: str) -> str:
-        texts = FILE_TEXTS.get(locale, FILE_TEXTS[i18n.DEFAULT_LOCALE])
         params = {
             name: number(value, locale) if isinstance(value, int) else value
             for name, value in self.params.items()
         }
-        return texts[self.code].format(**params)
+        with force_locale(locale):
+            return str(FILE_REASONS[self.code]) % params
 
 
 def number(value: int, locale: str) -> str:
@@ -167,8 +146,9 @@ def number(value: int, locale: str) -> str:
     return grouped if locale == "en" else grouped.replace(",", "\u202f")
 
 
-def _text(locale: str, key: str, **params: object) -> str:
-    return TEXTS.get(locale, TEXTS[i18n.DEFAULT_LOCALE])[key].format(**params)
+def _reason(code: str, **params: object) -> str:
+    """Why a line is not imported, in the current locale (the import forces its own)."""
+    return str(LINE_REASONS[code]) % params
 
 
 # ---------------------------------------------------------------- reading the file
@@ -328,22 +308,20 @@ def _locale(value: str) -> str | None:
     return base if base in i18n.LOCALES else None
 
 
-def _plan_line(
-    raw: RawLine, *, filename: str, now: datetime, locale: str, seen: dict[str, int]
-) -> PlannedLine:
+def _plan_line(raw: RawLine, *, filename: str, now: datetime, seen: dict[str, int]) -> PlannedLine:
     values = raw.values
     address = values.get("email", "")
     try:
         email = normalise_email(address)
     except InvalidEmail as exc:
-        return PlannedLine(raw.line, address, INVALID, exc.code, exc.message(locale))
+        return PlannedLine(raw.line, address, INVALID, exc.code, exc.message())
     if email in seen:
-        reason = _text(locale, DUPLICATE, line=seen[email])
+        reason = _reason(DUPLICATE, line=seen[email])
         return PlannedLine(raw.line, email, DUPLICATE, DUPLICATE, reason)
     seen[email] = raw.line
 
     def invalid(code: str, **params: object) -> PlannedLine:
-        return PlannedLine(raw.line, email, INVALID, code, _text(locale, code, **params))
+        return PlannedLine(raw.line, email, INVALID, code, _reason(code, **params))
 
     if raw.extra_fields:
         return invalid("fields")
@@ -416,20 +394,22 @@ def plan_import(
     # Read every line before validating any: a file over the limit is refused at once.
     raws = list(raw_lines)
     seen: dict[str, int] = {}
-    lines = [_plan_line(raw, filename=filename, now=now, locale=locale, seen=seen) for raw in raws]
-    del raws
-    candidates = [planned.email for planned in lines if planned.outcome in NEW]
-    suppressed = _suppressed(settings, candidates)
-    existing = _existing([email for email in candidates if email not in suppressed])
-    for planned in lines:
-        if planned.outcome not in NEW:
-            continue
-        if planned.email in suppressed:
-            planned.outcome, planned.code = SUPPRESSED, SUPPRESSED
-            planned.reason = _text(locale, SUPPRESSED)
-        elif planned.email in existing:
-            planned.outcome, planned.code = EXISTS, EXISTS
-            planned.reason = _text(locale, EXISTS)
+    # The report's reasons in the reader's language, whatever the request speaks.
+    with force_locale(locale):
+        lines = [_plan_line(raw, filename=filename, now=now, seen=seen) for raw in raws]
+        del raws
+        candidates = [planned.email for planned in lines if planned.outcome in NEW]
+        suppressed = _suppressed(settings, candidates)
+        existing = _existing([email for email in candidates if email not in suppressed])
+        for planned in lines:
+            if planned.outcome not in NEW:
+                continue
+            if planned.email in suppressed:
+                planned.outcome, planned.code = SUPPRESSED, SUPPRESSED
+                planned.reason = _reason(SUPPRESSED)
+            elif planned.email in existing:
+                planned.outcome, planned.code = EXISTS, EXISTS
+                planned.reason = _reason(EXISTS)
     plan = Plan(filename, lines, header.ignored)
     plan.count()
     return plan
@@ -517,10 +497,12 @@ def apply_import(
                 # Someone subscribed one of these addresses since the plan: they exist now.
                 db.session.rollback()
                 taken = _existing([planned.email for planned in batch])
+                with force_locale(locale):
+                    reason = _reason(EXISTS)
                 for planned in batch:
                     if planned.email in taken:
                         planned.outcome, planned.code = EXISTS, EXISTS
-                        planned.reason = _text(locale, EXISTS)
+                        planned.reason = reason
                 batch = [planned for planned in batch if planned.outcome in NEW]
         else:
             raise RuntimeError("could not write an import batch after concurrent inserts")

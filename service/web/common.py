@@ -1,5 +1,5 @@
-"""Small helpers shared by the blueprints: the client's IP, the page locale, 'now', a CSV
-download."""
+"""Small helpers shared by the blueprints: the client's IP, the page locale and the
+one-message pages' texts, 'now', a CSV download."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-from flask import Response, g, jsonify, request, stream_with_context
+from flask import Response, jsonify, request, stream_with_context
+from flask_babel import gettext as _
 from werkzeug.http import quote_header_value
 
 from service import i18n
@@ -23,7 +24,7 @@ settings = current_settings
 def bearer_token(realm: str) -> ApiToken | tuple[Response, int]:
     """The live API token named by the request's `Authorization: Bearer`, or the 401 to
     answer (a JSON body, and `WWW-Authenticate` naming `realm`). The caller checks the role."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    scheme, _sep, value = request.headers.get("Authorization", "").partition(" ")
     token = None
     if scheme.lower() == "bearer" and value.strip():
         token = apitokens.authenticate(value.strip(), now())
@@ -49,14 +50,66 @@ def now() -> datetime:
 
 
 def page_locale(*candidates: object) -> str:
-    """Locale of a page: ?lang=, then what the caller knows, then Accept-Language."""
+    """Locale of a page: ?lang=, then what the caller knows, then Accept-Language. The
+    request's texts are in it from then on."""
     locale = i18n.pick_locale(
         request.args.get("lang"),
         *candidates,
         accept=[lang for lang, _q in request.accept_languages],
     )
-    g.locale = locale
-    return locale
+    return i18n.set_locale(locale)
+
+
+def message_page(key: str) -> dict[str, str]:
+    """Title and body of a one-message page (pages/message.html), in the request's locale."""
+    site = settings().site_name
+    if key == "not_found":
+        return {"title": _("Page not found"), "body": _("This page does not exist.")}
+    if key == "bad_link":
+        return {
+            "title": _("Invalid link"),
+            "body": _(
+                "This link is not valid. Copy it whole from the email you received, "
+                "or subscribe again."
+            ),
+        }
+    if key == "expired_link":
+        return {
+            "title": _("Link expired"),
+            "body": _("This link has expired. Subscribe again to get a new confirmation link."),
+        }
+    if key == "stale_link":
+        return {
+            "title": _("Outdated link"),
+            "body": _(
+                "This link no longer matches your current subscription. Use the link in the "
+                "latest email you received."
+            ),
+        }
+    if key == "already":
+        return {
+            "title": _("Already confirmed"),
+            "body": _("Your subscription was already confirmed. There is nothing else to do."),
+        }
+    if key == "confirmed":
+        return {
+            "title": _("Subscription confirmed"),
+            "body": _("Done: you will receive %(site)s every week. See you soon!", site=site),
+        }
+    if key == "resubscribed":
+        return {
+            "title": _("You are subscribed again"),
+            "body": _("Welcome back: you will receive %(site)s every week again.", site=site),
+        }
+    if key == "too_many":
+        return {
+            "title": _("Too many attempts"),
+            "body": _(
+                "Too many attempts from your connection or for this address. Please try again "
+                "in a few minutes."
+            ),
+        }
+    raise KeyError(key)
 
 
 def _content_disposition(filename: str) -> str:

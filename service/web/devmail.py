@@ -2,6 +2,7 @@
 
 Registered only when no SMTP relay is configured and not in production.
 Captured HTML is shown in a sandboxed iframe (no scripts, no same-origin).
+In French, or English as the other public pages (?lang=en, Accept-Language).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, abort, render_template
 
-from service.web.common import settings
+from service.web.common import page_locale, settings
 
 bp = Blueprint("devmail", __name__, url_prefix="/dev/mailbox")
 
@@ -62,7 +63,7 @@ def index() -> str:
                 "date": message["Date"],
             }
         )
-    return render_template("dev/mailbox.html", mails=mails, total=len(names))
+    return render_template("dev/mailbox.html", mails=mails, total=len(names), locale=page_locale())
 
 
 @bp.get("/<name>")
@@ -77,6 +78,7 @@ def show(name: str) -> str:
         text=_part(message, "plain"),
         html=_part(message, "html"),
         subject=message["Subject"],
+        locale=page_locale(),
     )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Blueprint, Response, abort, current_app, render_template, request
+from flask_babel import force_locale
+from flask_babel import gettext as _
 
 from service.config import Settings, origin_of
 from service.signup.defences import CAPTCHA_CSP, form_context
@@ -46,14 +48,32 @@ def stylesheet() -> Response:
 
 
 def snippet_markup(locale: str, token: bool) -> str:
+    """The box's markup in `locale`, whatever the page showing it speaks (the admin's
+    help page shows the French one)."""
     s = settings()
-    return render_template(
-        "embed/snippet.html",
-        locale=locale,
-        form=form_context(s, locale, now()),
-        base_url=s.base_url,
-        token=token,
-    )
+    with force_locale(locale):
+        return render_template(
+            "embed/snippet.html",
+            locale=locale,
+            form=form_context(s, locale, now()),
+            base_url=s.base_url,
+            token=token,
+        )
+
+
+def script_texts() -> list[str]:
+    """The texts embed.js carries itself (its `T` table, in that order), in the current
+    locale with its `{s}` placeholder: the script draws a box before any answer from
+    here, so it holds a copy, which the tests compare with the catalogs."""
+    return [
+        _("Join the community for free"),
+        _("and follow the news every week"),
+        _("Your email address"),
+        _("Subscribe"),
+        _("Change it to %(suggestion)s", suggestion="{s}"),
+        _("Did you mean %(suggestion)s?", suggestion="{s}"),
+        _("The service is unavailable for a moment. Please try again shortly."),
+    ]
 
 
 @bp.get("/embed/snippet")

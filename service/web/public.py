@@ -28,21 +28,28 @@ from service.subscribers.lifecycle import (
 )
 from service.subscribers.tokens import BadToken, resubscribe_token
 from service.telemetry import metrics
-from service.web.common import client_ip, now, page_locale, settings, user_agent
+from service.web.common import (
+    client_ip,
+    message_page,
+    now,
+    page_locale,
+    settings,
+    user_agent,
+)
 
 bp = Blueprint("public", __name__)
 
 
-def _page(name: str, locale: str, status: int = 200, **context: object) -> tuple[str, int]:
+def _page(name: str, locale: str, status: int = 200, /, **context: object) -> tuple[str, int]:
     return render_template(f"pages/{name}.html", locale=locale, **context), status
 
 
 def _bad_link(exc: BadToken, locale: str) -> tuple[str, int]:
     if exc.expired:
-        return _page("message", locale, 400, key="expired_link", offer_subscribe=True)
+        return _page("message", locale, 400, **message_page("expired_link"), offer_subscribe=True)
     if "stale" in str(exc):
-        return _page("message", locale, 400, key="stale_link", offer_subscribe=True)
-    return _page("message", locale, 400, key="bad_link", offer_subscribe=True)
+        return _page("message", locale, 400, **message_page("stale_link"), offer_subscribe=True)
+    return _page("message", locale, 400, **message_page("bad_link"), offer_subscribe=True)
 
 
 @bp.get("/healthz")
@@ -115,7 +122,7 @@ def confirm_page(token: str) -> tuple[str, int]:
         return _bad_link(exc, page_locale())
     locale = page_locale(check.subscriber.locale)
     if check.already_confirmed:
-        return _page("message", locale, key="already")
+        return _page("message", locale, **message_page("already"))
     return _page("confirm", locale, token=token)
 
 
@@ -127,7 +134,9 @@ def confirm_post(token: str) -> tuple[str, int]:
     except BadToken as exc:
         return _bad_link(exc, page_locale())
     locale = page_locale(check.subscriber.locale)
-    return _page("message", locale, key="already" if check.already_confirmed else "confirmed")
+    return _page(
+        "message", locale, **message_page("already" if check.already_confirmed else "confirmed")
+    )
 
 
 def _unsubscribed(sub: Subscriber | None, locale: str) -> tuple[str, int]:
@@ -179,7 +188,7 @@ def resubscribe_post(token: str) -> tuple[str, int]:
         sub = resubscribe_by_token(settings(), token, consent=consent, now=now())
     except BadToken as exc:
         return _bad_link(exc, page_locale())
-    return _page("message", page_locale(sub.locale), key="resubscribed")
+    return _page("message", page_locale(sub.locale), **message_page("resubscribed"))
 
 
 @bp.get("/archive")

@@ -25,9 +25,11 @@ from flask import (
     request,
     url_for,
 )
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from flask_limiter.util import get_remote_address
 
-from service import i18n, jobs
+from service import jobs
 from service.signup import limits as signup_limits
 from service.signup.defences import (
     address_key,
@@ -40,7 +42,14 @@ from service.signup.screening import Refused, SignupPost, Visitor, screen
 from service.subscribers.addresses import InvalidEmail
 from service.web.api.openapi import Reply, error, operation
 from service.web.api.shapes import SignupAccepted, SignupForm, SignupFormQuery
-from service.web.common import client_ip, now, page_locale, settings, user_agent
+from service.web.common import (
+    client_ip,
+    message_page,
+    now,
+    page_locale,
+    settings,
+    user_agent,
+)
 from service.web.payloads import FORM_TYPES, PayloadError, parse, read_payload
 
 bp = Blueprint("signup", __name__, url_prefix="/api/v1")
@@ -104,10 +113,13 @@ def _too_many(breach: signup_limits.Breach) -> Response:
     locale = _locale(request.get_json(silent=True) if request.is_json else None)
     record("rate_limited", ip=client_ip())
     if _form_post():
-        html = render_template("pages/message.html", locale=locale, key="too_many")
+        html = render_template("pages/message.html", locale=locale, **message_page("too_many"))
         response = Response(html, 429, mimetype="text/html")
     else:
-        body = {"error": "rate_limited", "message": i18n.translate(locale, "rate_limited")}
+        body = {
+            "error": "rate_limited",
+            "message": _("Too many attempts. Please try again in a few minutes."),
+        }
         response = jsonify(body)
         response.status_code = 429
     response.headers["Retry-After"] = str(breach.retry_after)
@@ -149,10 +161,13 @@ def _accepted(locale: str, suggestion: str | None, source: str | None) -> Any:
         domain = suggestion.rpartition("@")[2] if suggestion else None
         target = url_for("public.thanks", lang=locale, domain=domain, back=source)
         return redirect(target, 303)
-    answer = SignupAccepted(status="accepted", message=i18n.translate(locale, "accepted"))
+    answer = SignupAccepted(
+        status="accepted",
+        message=_("Thank you! Check your inbox: we have just sent you a confirmation email."),
+    )
     if suggestion:
         answer.suggestion = suggestion
-        answer.suggestion_message = i18n.translate(locale, "suggestion", suggestion=suggestion)
+        answer.suggestion_message = _("Did you mean %(suggestion)s?", suggestion=suggestion)
     return jsonify(answer.model_dump(exclude_none=True)), 202
 
 
@@ -215,9 +230,9 @@ def create_subscription() -> Any:
         verifier = current_app.extensions.get("hebdo.captcha", http_verifier)
         accepted = screen(settings(), post, visitor, locale=locale, now=now(), verify=verifier)
     except PayloadError as exc:
-        message = i18n.translate(locale, "bad_request", detail=exc.detail)
+        message = _("Bad request: %(detail)s", detail=exc.detail)
         if exc.status == 415:
-            message = i18n.translate(locale, "unsupported_type")
+            message = _("Unsupported format: send JSON or a form.")
         record("invalid", ip=visitor.ip)
         return jsonify({"error": exc.code, "message": message}), exc.status
     except InvalidEmail as exc:
@@ -226,7 +241,7 @@ def create_subscription() -> Any:
             extra["detail"] = exc.detail
         return _refused(422, "invalid_email", locale, exc.message(locale), **extra)
     except Refused as exc:
-        message = i18n.translate(locale, _REFUSALS[exc.error])
+        message = str(_REFUSALS[exc.error])
         if exc.captcha is not None:
             return _refused(exc.status, exc.error, locale, message, captcha=exc.captcha)
         return _refused(exc.status, exc.error, locale, message)
@@ -235,10 +250,10 @@ def create_subscription() -> Any:
     return _accepted(locale, accepted.suggestion, accepted.source)
 
 
-# The message of each refusal, by its error code.
+# The message of each refusal, by its error code (lazy: worded in the request's locale).
 _REFUSALS = {
-    "origin_not_allowed": "foreign_origin",
-    "captcha_required": "captcha_required",
-    "captcha_failed": "captcha_failed",
-    "consent_required": "consent_required",
+    "origin_not_allowed": lazy_gettext("This form is not accepted from this site."),
+    "captcha_required": lazy_gettext("A check is needed: complete it, then submit again."),
+    "captcha_failed": lazy_gettext("The check failed: please do it again."),
+    "consent_required": lazy_gettext("Tick the box to agree to receive the newsletter."),
 }

@@ -1,5 +1,6 @@
 """What every admin view shares: the two blueprints (browser pages and JSON API), who is
-signed in, roles, CSRF, the admin area's texts, and the login and logout pages.
+signed in, roles, CSRF, the words for stored codes (`label`), and the login and logout
+pages.
 
 Browser: a server-side session (see accounts), CSRF-checked on every POST, roles
 checked by `requires`. API: `Authorization: Bearer <token>` of role editor or
@@ -27,6 +28,8 @@ from flask import (
     session,
     url_for,
 )
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import Forbidden
 
@@ -44,139 +47,49 @@ api_bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
 SESSION_KEY = "admin_sid"
 ASSETS = Path(__file__).resolve().parents[3] / "templates" / "admin"
 
-# ---------------------------------------------------------------- texts
+# ---------------------------------------------------------------- labels
 
-# Each admin module adds its own texts (`add_texts`), French first, English beside it.
-TEXTS: dict[str, dict[str, str]] = {"fr": {}, "en": {}}
-
-
-def add_texts(texts: dict[str, dict[str, str]]) -> None:
-    for locale, messages in texts.items():
-        overlap = set(TEXTS[locale]) & set(messages)
-        assert not overlap, f"admin texts defined twice: {sorted(overlap)}"
-        TEXTS[locale].update(messages)
-
-
-def t(key: str, **params: object) -> str:
-    """An admin text in the signed-in user's language (French when a text lacks a translation)."""
-    locale = g.get("admin_locale", i18n.DEFAULT_LOCALE)
-    text = TEXTS.get(locale, {}).get(key) or TEXTS[i18n.DEFAULT_LOCALE][key]
-    return text.format(**params) if params else text
-
-
-add_texts(
-    {
-        "fr": {
-            "nav.dashboard": "Tableau de bord",
-            "nav.subscribers": "Abonnés",
-            "nav.issues": "Numéros",
-            "nav.articles": "Articles",
-            "nav.audit": "Journal",
-            "nav.suppressions": "Liste de suppression",
-            "nav.imports": "Import",
-            "nav.embed": "Formulaire",
-            "nav.logout": "Se déconnecter",
-            "nav.skip": "Aller au contenu",
-            "nav.language": "English",
-            "login.title": "Connexion à l’administration",
-            "login.name": "Identifiant",
-            "login.password": "Mot de passe",
-            "login.submit": "Se connecter",
-            "login.failed": "Identifiant ou mot de passe incorrect.",
-            "login.expired": "Votre session a expiré : reconnectez-vous.",
-            "login.too_many": "Trop de tentatives de connexion. Réessayez dans quelques minutes.",
-            "logout.done": "Vous êtes déconnecté.",
-            "forbidden.title": "Accès refusé",
-            "forbidden.body": "Votre rôle ne permet pas cette action.",
-            "csrf.failed": "Le formulaire a expiré : rechargez la page et recommencez.",
-            "role.admin": "administrateur",
-            "role.editor": "éditeur",
-            "event.subscribe": "inscription",
-            "event.confirm": "confirmation",
-            "event.unsubscribe": "désinscription",
-            "event.resubscribe": "réinscription",
-            "event.bounce": "adresse en échec",
-            "event.complaint": "plainte",
-            "event.erase": "effacement (RGPD)",
-            "event.import": "import",
-            "event.export": "export",
-            "event.admin.login": "connexion",
-            "event.admin.logout": "déconnexion",
-            "event.article.exclude": "article exclu",
-            "event.article.include": "article réintégré",
-            "event.article.move_up": "article remonté",
-            "event.article.move_down": "article descendu",
-            "event.issue.plan": "numéro préparé",
-            "event.issue.approve": "numéro approuvé",
-            "event.issue.send": "envoi lancé",
-            "event.issue.pause": "envoi suspendu",
-            "event.issue.resume": "envoi repris",
-            "event.issue.cancel": "numéro annulé",
-            "event.issue.test": "test envoyé",
-            # French puts a (narrow no-break) space before a colon, English none.
-            "punct.colon": "\u202f:",
-        },
-        "en": {
-            "nav.dashboard": "Dashboard",
-            "nav.subscribers": "Subscribers",
-            "nav.issues": "Issues",
-            "nav.articles": "Articles",
-            "nav.audit": "Audit log",
-            "nav.suppressions": "Suppression list",
-            "nav.imports": "Import",
-            "nav.embed": "Sign-up form",
-            "nav.logout": "Log out",
-            "nav.skip": "Skip to content",
-            "nav.language": "Français",
-            "login.title": "Admin sign-in",
-            "login.name": "User name",
-            "login.password": "Password",
-            "login.submit": "Sign in",
-            "login.failed": "Wrong user name or password.",
-            "login.expired": "Your session expired: please sign in again.",
-            "login.too_many": "Too many sign-in attempts. Try again in a few minutes.",
-            "logout.done": "You are signed out.",
-            "forbidden.title": "Forbidden",
-            "forbidden.body": "Your role does not allow this action.",
-            "csrf.failed": "The form expired: reload the page and try again.",
-            "role.admin": "admin",
-            "role.editor": "editor",
-            "event.subscribe": "sign-up",
-            "event.confirm": "confirmation",
-            "event.unsubscribe": "unsubscription",
-            "event.resubscribe": "resubscription",
-            "event.bounce": "bounced address",
-            "event.complaint": "complaint",
-            "event.erase": "erasure (GDPR)",
-            "event.import": "import",
-            "event.export": "export",
-            "event.admin.login": "sign-in",
-            "event.admin.logout": "sign-out",
-            "event.article.exclude": "article left out",
-            "event.article.include": "article put back",
-            "event.article.move_up": "article moved up",
-            "event.article.move_down": "article moved down",
-            "event.issue.plan": "issue planned",
-            "event.issue.approve": "issue approved",
-            "event.issue.send": "send started",
-            "event.issue.pause": "send paused",
-            "event.issue.resume": "send resumed",
-            "event.issue.cancel": "issue cancelled",
-            "event.issue.test": "test sent",
-            "punct.colon": ":",
-        },
-    }
-)
+# The words for the codes stored in rows (audit actions, statuses, roles…), by kind. Each
+# admin module adds the kinds it shows; `label()` looks them up in the page's language.
+LABELS: dict[str, dict[str, Any]] = {
+    "event": {
+        "subscribe": lazy_gettext("sign-up"),
+        "confirm": lazy_gettext("confirmation"),
+        "unsubscribe": lazy_gettext("unsubscription"),
+        "resubscribe": lazy_gettext("resubscription"),
+        "bounce": lazy_gettext("bounced address"),
+        "complaint": lazy_gettext("complaint"),
+        "erase": lazy_gettext("erasure (GDPR)"),
+        "import": lazy_gettext("import"),
+        "export": lazy_gettext("export"),
+        "admin.login": lazy_gettext("sign-in"),
+        "admin.logout": lazy_gettext("sign-out"),
+        "article.exclude": lazy_gettext("article left out"),
+        "article.include": lazy_gettext("article put back"),
+        "article.move_up": lazy_gettext("article moved up"),
+        "article.move_down": lazy_gettext("article moved down"),
+        "issue.plan": lazy_gettext("issue planned"),
+        "issue.approve": lazy_gettext("issue approved"),
+        "issue.send": lazy_gettext("send started"),
+        "issue.pause": lazy_gettext("send paused"),
+        "issue.resume": lazy_gettext("send resumed"),
+        "issue.cancel": lazy_gettext("issue cancelled"),
+        "issue.test": lazy_gettext("test sent"),
+    },
+    "role": {
+        "admin": lazy_gettext("admin"),
+        "editor": lazy_gettext("editor"),
+    },
+}
 
 
 def label(kind: str, code: str | None) -> str:
-    """The words for a code (`event.unsubscribe`, `status.active`…) when there are some,
-    else the code itself: a new code still shows, untranslated, never an error."""
+    """The words for a code (`event`, `unsubscribe`) when there are some, else the code
+    itself: a new code still shows, untranslated, never an error."""
     if not code:
         return "—"
-    key = f"{kind}.{code}"
-    locale = g.get("admin_locale", i18n.DEFAULT_LOCALE)
-    return TEXTS.get(locale, {}).get(key) or TEXTS[i18n.DEFAULT_LOCALE].get(key) or code
+    words = LABELS.get(kind, {}).get(code)
+    return str(words) if words is not None else code
 
 
 def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
@@ -185,7 +98,11 @@ def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
 
 @bp.context_processor
 def _admin_globals() -> dict[str, Any]:
-    return {"t": t, "label": label, "admin": g.get("admin"), "locale": g.get("admin_locale", "fr")}
+    return {
+        "label": label,
+        "admin": g.get("admin"),
+        "locale": g.get("admin_locale", i18n.DEFAULT_LOCALE),
+    }
 
 
 # ---------------------------------------------------------------- who is signed in
@@ -205,7 +122,8 @@ def _locale(user_locale: str | None) -> str:
     chosen = request.args.get("lang")
     if chosen in i18n.LOCALES:
         session["admin_lang"] = chosen
-    return i18n.pick_locale(session.get("admin_lang"), user_locale)
+    # The admin pages' texts are in it from now on.
+    return i18n.set_locale(i18n.pick_locale(session.get("admin_lang"), user_locale))
 
 
 def safe_target(target: str | None, default: str, inside: str = "/admin") -> str:
@@ -269,7 +187,7 @@ def _signed_in() -> Response | None:
     if user is None:
         if token is not None:
             session.pop(SESSION_KEY, None)
-            flash(t("login.expired"), "error")
+            flash(_("Your session expired: please sign in again."), "error")
         return cast(Response, redirect(url_for("admin.login", next=request.full_path)))
     g.admin = user
     g.actor = f"admin:{user.name}"
@@ -296,7 +214,7 @@ def _token() -> Response | tuple[Response, int] | None:
         return _forbidden_json()
     g.admin = SignedIn(0, f"token:{token.name}", token.role, None, i18n.DEFAULT_LOCALE)
     g.actor = f"token:{token.name}"
-    g.admin_locale = i18n.DEFAULT_LOCALE
+    g.admin_locale = i18n.set_locale(i18n.DEFAULT_LOCALE)
     return None
 
 
@@ -338,7 +256,7 @@ def _account_key() -> str:
 
 
 def _too_many(_limit: Any) -> Response:
-    flash(t("login.too_many"), "error")
+    flash(_("Too many sign-in attempts. Try again in a few minutes."), "error")
     html, _status = page("login.html", 429, next=_safe_next(request.args.get("next")))
     response = Response(html, 429, mimetype="text/html")
     response.headers["Retry-After"] = "60"
@@ -363,7 +281,7 @@ def login() -> Response | tuple[str, int]:
     user = accounts.check_login(name, password)
     if user is None:
         g.login_failed = True
-        flash(t("login.failed"), "error")
+        flash(_("Wrong user name or password."), "error")
         return page("login.html", 401, next=target)
     old = session.get(SESSION_KEY)
     if isinstance(old, str):
@@ -386,7 +304,7 @@ def logout() -> Response:
         if admin is not None:
             accounts.record(admin.name, "admin.logout", now(), client_ip())
     session.clear()
-    flash(t("logout.done"), "info")
+    flash(_("You are signed out."), "info")
     return cast(Response, redirect(url_for("admin.login")))
 
 
@@ -431,4 +349,6 @@ def _api_headers(response: Response) -> Response:
 
 @bp.errorhandler(CSRFError)
 def _csrf_failed(_exc: CSRFError) -> tuple[str, int]:
-    return page("message.html", 400, title=t("csrf.failed"), body="")
+    return page(
+        "message.html", 400, title=_("The form expired: reload the page and try again."), body=""
+    )

@@ -8,60 +8,28 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from flask import g
+from flask_babel import gettext as _
+from flask_babel import ngettext, npgettext, pgettext
 
 from service.reports import dashboard as figures
-from service.web.admin.base import add_texts, bp, page, t
+from service.web.admin.base import bp, page
 from service.web.common import now
 
-add_texts(
-    {
-        "fr": {
-            "dashboard.title": "Tableau de bord",
-            "dashboard.subscribers": "Abonnés",
-            "dashboard.status.pending": "en attente de confirmation",
-            "dashboard.status.active": "actifs",
-            "dashboard.status.unsubscribed": "désinscrits",
-            "dashboard.status.bounced": "adresses en échec",
-            "dashboard.status.complained": "plaintes",
-            "dashboard.weeks": "Inscriptions et désabonnements par semaine",
-            "dashboard.chart_title": "Inscriptions et désabonnements des {n} dernières semaines",
-            "dashboard.week_of": "Semaine du",
-            "dashboard.signups": "Inscriptions",
-            "dashboard.unsubscribes": "Désabonnements",
-            "dashboard.as_table": "Les mêmes chiffres en tableau",
-            "dashboard.issues": "Derniers numéros",
-            "dashboard.alerts": "Alertes",
-            "dashboard.no_alert": "Rien à signaler.",
-            "dashboard.alert.bounce_rate": "Le numéro {week} a eu {percent} % de rebonds ({bounced} sur {recipients}) : au-delà de 2 %, les fournisseurs de messagerie se méfient. Vérifiez la liste.",
-            "dashboard.alert.complaint_rate": "Numéro {week} signalé comme spam par des lecteurs : {complaints} plainte(s) pour {sent} envois ({percent} %). Gmail demande de rester sous 0,1 % et filtre à partir de 0,3 % : vérifiez d’où viennent ces inscriptions.",
-            "dashboard.alert.feed_failing": "Le flux {url} est en échec ({failures} fois de suite) : {error}",
-            "dashboard.alert.queue_stalled": "L’envoi du numéro {week} n’avance plus depuis {minutes} min alors que {queued} messages attendent : vérifiez les workers et le broker.",
-        },
-        "en": {
-            "dashboard.title": "Dashboard",
-            "dashboard.subscribers": "Subscribers",
-            "dashboard.status.pending": "awaiting confirmation",
-            "dashboard.status.active": "active",
-            "dashboard.status.unsubscribed": "unsubscribed",
-            "dashboard.status.bounced": "bounced",
-            "dashboard.status.complained": "complained",
-            "dashboard.weeks": "Sign-ups and unsubscribes per week",
-            "dashboard.chart_title": "Sign-ups and unsubscribes over the last {n} weeks",
-            "dashboard.week_of": "Week of",
-            "dashboard.signups": "Sign-ups",
-            "dashboard.unsubscribes": "Unsubscribes",
-            "dashboard.as_table": "The same figures as a table",
-            "dashboard.issues": "Latest issues",
-            "dashboard.alerts": "Alerts",
-            "dashboard.no_alert": "Nothing to report.",
-            "dashboard.alert.bounce_rate": "Issue {week} bounced {percent} % ({bounced} of {recipients}): above 2 %, mailbox providers grow suspicious. Check the list.",
-            "dashboard.alert.complaint_rate": "Readers reported issue {week} as spam: {complaints} complaint(s) for {sent} sent ({percent} %). Gmail asks for less than 0.1 % and filters from 0.3 %: check where these sign-ups came from.",
-            "dashboard.alert.feed_failing": "Feed {url} is failing ({failures} times in a row): {error}",
-            "dashboard.alert.queue_stalled": "Issue {week} has not moved for {minutes} min while {queued} messages wait: check the workers and the broker.",
-        },
-    }
-)
+
+def subscriber_count(status: str, n: int) -> str:
+    """The words after a status's count on its card ("1 actif", "2 actifs")."""
+    if status == "pending":
+        return npgettext("subscribers", "awaiting confirmation", "awaiting confirmation", n)
+    if status == "active":
+        return npgettext("subscribers", "active", "active", n)
+    if status == "unsubscribed":
+        return npgettext("subscribers", "unsubscribed", "unsubscribed", n)
+    if status == "bounced":
+        return npgettext("subscribers", "bounced", "bounced", n)
+    if status == "complained":
+        return npgettext("subscribers", "complained", "complained", n)
+    return status
+
 
 # The chart's drawing box (viewBox units); the CSS scales it to the page.
 CHART_WIDTH, CHART_HEIGHT, AXIS = 480, 160, 20
@@ -87,21 +55,21 @@ class Chart:
     peak: int
 
 
-def chart(weeks: list[tuple[date, int, int]], locale: str) -> Chart:
+def chart(weeks: list[tuple[date, int, int]]) -> Chart:
     """Two bars a week (sign-ups, unsubscribes) scaled to the busiest week."""
     peak = max([1, *(max(s, u) for _d, s, u in weeks)])
     slot = CHART_WIDTH / max(len(weeks), 1)
     bar_width = slot * 0.4
     usable = CHART_HEIGHT - AXIS
     bars, ticks = [], []
-    # French puts a (narrow no-break) space before the colon.
-    colon = "\u202f:" if locale == "fr" else ":"
+    # French puts a (narrow no-break) space before the colon, English none.
+    colon = pgettext("punctuation", ":")
     for n, (monday, signups, unsubscribes) in enumerate(weeks):
         left = n * slot + slot * 0.1
         day = f"{monday.day:02d}/{monday.month:02d}"
-        for offset, value, css, key in (
-            (0.0, signups, "signups", "dashboard.signups"),
-            (bar_width, unsubscribes, "unsubscribes", "dashboard.unsubscribes"),
+        for offset, value, css, name in (
+            (0.0, signups, "signups", _("Sign-ups")),
+            (bar_width, unsubscribes, "unsubscribes", _("Unsubscribes")),
         ):
             height = round(usable * value / peak, 1)
             bars.append(
@@ -111,7 +79,7 @@ def chart(weeks: list[tuple[date, int, int]], locale: str) -> Chart:
                     round(bar_width, 1),
                     height,
                     css,
-                    f"{day} · {t(key)}{colon} {value}",
+                    f"{day} · {name}{colon} {value}",
                 )
             )
         ticks.append((round(left + bar_width, 1), day))
@@ -119,21 +87,58 @@ def chart(weeks: list[tuple[date, int, int]], locale: str) -> Chart:
 
 
 def alert_text(alert: figures.Alert) -> str:
-    values: dict[str, Any] = dict(alert.values)
-    if alert.kind == "queue_stalled" and values.get("minutes") is None:
-        values["minutes"] = "?"
-    return t(f"dashboard.alert.{alert.kind}", **values)
+    """An alert's facts worded for the reader, in the page's language."""
+    v: dict[str, Any] = dict(alert.values)
+    if alert.kind == "bounce_rate":
+        return _(
+            "Issue %(week)s bounced %(percent)s %% (%(bounced)s of %(recipients)s): above 2 %%, "
+            "mailbox providers grow suspicious. Check the list.",
+            **v,
+        )
+    if alert.kind == "complaint_rate":
+        sent = ngettext("%(num)s sent", "%(num)s sent", v["sent"])
+        return ngettext(
+            "Readers reported issue %(week)s as spam: %(num)s complaint for %(sent)s "
+            "(%(percent)s %%). Gmail asks for less than 0.1 %% and filters from 0.3 %%: check "
+            "where these sign-ups came from.",
+            "Readers reported issue %(week)s as spam: %(num)s complaints for %(sent)s "
+            "(%(percent)s %%). Gmail asks for less than 0.1 %% and filters from 0.3 %%: check "
+            "where these sign-ups came from.",
+            v["complaints"],
+            week=v["week"],
+            sent=sent,
+            percent=v["percent"],
+        )
+    if alert.kind == "feed_failing":
+        return ngettext(
+            "Feed %(url)s is failing (%(num)s time in a row): %(error)s",
+            "Feed %(url)s is failing (%(num)s times in a row): %(error)s",
+            v["failures"],
+            url=v["url"],
+            error=v["error"],
+        )
+    if alert.kind == "queue_stalled":
+        return ngettext(
+            "Issue %(week)s has not moved for %(minutes)s min while %(num)s message waits: "
+            "check the workers and the broker.",
+            "Issue %(week)s has not moved for %(minutes)s min while %(num)s messages wait: "
+            "check the workers and the broker.",
+            v["queued"],
+            week=v["week"],
+            minutes="?" if v.get("minutes") is None else v["minutes"],
+        )
+    return alert.kind
 
 
 @bp.get("/")
 def dashboard() -> tuple[str, int]:
     """Figures at a glance, and what needs attention first."""
     data = figures.dashboard(now())
-    locale = str(g.get("admin_locale", "fr"))
     return page(
         "dashboard.html",
         data=data,
-        chart=chart(data.weeks, locale),
+        chart=chart(data.weeks),
         alerts=[(a.kind, alert_text(a)) for a in data.alerts],
         weeks=len(data.weeks),
+        subscriber_count=subscriber_count,
     )

@@ -26,6 +26,8 @@ from flask import (
     request,
     url_for,
 )
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext, ngettext
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -55,14 +57,13 @@ from service.subscribers.csv_io import (
 from service.subscribers.search import FilterQuery, Filters, SearchError, parse_filters
 from service.web.admin.base import (
     ADMIN_ROLES,
+    LABELS,
     actor,
-    add_texts,
     api_bp,
     bp,
     json_error,
     page,
     requires_admin,
-    t,
 )
 from service.web.api import shapes
 from service.web.api.openapi import Reply, error, operation
@@ -72,109 +73,31 @@ PAGE_LINES = 500  # non-new lines shown on the report page
 API_LINES = 1000  # non-new lines returned by the API
 FILENAME_MAX = 255
 
-add_texts(
-    {
-        "fr": {
-            "imports.title": "Importer des abonnés",
-            "imports.intro": "Un fichier CSV en UTF-8, avec une ligne d’en-tête. Colonnes : "
-            "email (obligatoire), locale, source, consent_date, consent_text, dans "
-            "n’importe quel ordre, séparées par « , » ou « ; ».",
-            "imports.consent": "Une ligne avec consent_date (date ISO, pas dans le futur) et "
-            "consent_text est importée active : c’est l’affirmation d’un consentement déjà "
-            "donné. Sans eux, l’adresse est importée en attente et reçoit un e-mail de "
-            "confirmation.",
-            "imports.limits": "Au plus {rows} lignes et {size} Ko par fichier.",
-            "imports.file": "Fichier CSV",
-            "imports.upload": "Vérifier le fichier (simulation)",
-            "imports.recent": "Fichiers en attente d’import",
-            "imports.none": "Aucun fichier en attente.",
-            "imports.filename": "Fichier",
-            "imports.by": "Déposé par",
-            "imports.at": "Déposé le",
-            "imports.no_file": "Choisissez un fichier CSV.",
-            "imports.too_large": "Fichier trop volumineux : au plus {size} Ko par envoi.",
-            "imports.gone": "Ce fichier n’est plus en attente (déjà importé ou expiré).",
-            "imports.report": "Simulation : {filename}",
-            "imports.report_intro": "Rien n’a encore été écrit. Voici ce que l’import ferait.",
-            "imports.total": "Lignes",
-            "imports.outcome.new_active": "Nouveaux actifs",
-            "imports.outcome.new_pending": "Nouveaux en attente (e-mail de confirmation)",
-            "imports.outcome.exists": "Déjà abonnés",
-            "imports.outcome.suppressed": "Sur la liste de suppression",
-            "imports.outcome.invalid": "Invalides",
-            "imports.outcome.duplicate": "Doublons dans le fichier",
-            "imports.ignored": "Colonnes ignorées : {columns}.",
-            "imports.lines": "Lignes non importées",
-            "imports.lines_cap": "Les {n} premières lignes sont affichées ; le rapport complet "
-            "est dans le CSV.",
-            "imports.line": "Ligne",
-            "imports.email": "Adresse",
-            "imports.outcome": "Résultat",
-            "imports.reason": "Motif",
-            "imports.download": "Télécharger le rapport ligne par ligne (CSV)",
-            "imports.apply": "Importer",
-            "imports.apply_confirm": "Importer {n} nouvelle(s) adresse(s) ?",
-            "imports.nothing": "Aucune nouvelle adresse à importer.",
-            "imports.done": "Import terminé : {new_active} actif(s), {new_pending} en attente, "
-            "{exists} déjà abonné(s), {suppressed} sur la liste de suppression, "
-            "{invalid} invalide(s), {duplicate} doublon(s).",
-            "imports.failed": "L’import a échoué ; le fichier est conservé, vous pouvez "
-            "réessayer. Les adresses déjà écrites seront signalées comme déjà abonnées.",
-            "imports.back": "Retour à l’import",
-            "export.link": "Exporter cette vue (CSV)",
-            "export.bad_filter": "Le filtre « {field} » n’est pas valide.",
-        },
-        "en": {
-            "imports.title": "Import subscribers",
-            "imports.intro": "A UTF-8 CSV file with a header line. Columns: email (required), "
-            "locale, source, consent_date, consent_text, in any order, separated by “,” or "
-            "“;”.",
-            "imports.consent": "A line with consent_date (ISO date, not in the future) and "
-            "consent_text is imported active: it asserts consent already given. Without them "
-            "the address is imported pending and gets a confirmation email.",
-            "imports.limits": "At most {rows} lines and {size} KB per file.",
-            "imports.file": "CSV file",
-            "imports.upload": "Check the file (dry run)",
-            "imports.recent": "Files waiting to be imported",
-            "imports.none": "No file waiting.",
-            "imports.filename": "File",
-            "imports.by": "Uploaded by",
-            "imports.at": "Uploaded at",
-            "imports.no_file": "Choose a CSV file.",
-            "imports.too_large": "File too large: at most {size} KB per upload.",
-            "imports.gone": "This file is no longer waiting (already imported or expired).",
-            "imports.report": "Dry run: {filename}",
-            "imports.report_intro": "Nothing has been written yet. This is what the import "
-            "would do.",
-            "imports.total": "Lines",
-            "imports.outcome.new_active": "New active",
-            "imports.outcome.new_pending": "New pending (confirmation email)",
-            "imports.outcome.exists": "Already subscribed",
-            "imports.outcome.suppressed": "On the suppression list",
-            "imports.outcome.invalid": "Invalid",
-            "imports.outcome.duplicate": "Duplicates in the file",
-            "imports.ignored": "Ignored columns: {columns}.",
-            "imports.lines": "Lines not imported",
-            "imports.lines_cap": "The first {n} lines are shown; the full report is in the CSV.",
-            "imports.line": "Line",
-            "imports.email": "Address",
-            "imports.outcome": "Outcome",
-            "imports.reason": "Reason",
-            "imports.download": "Download the line-by-line report (CSV)",
-            "imports.apply": "Import",
-            "imports.apply_confirm": "Import {n} new address(es)?",
-            "imports.nothing": "No new address to import.",
-            "imports.done": "Import done: {new_active} active, {new_pending} pending, "
-            "{exists} already subscribed, {suppressed} on the suppression list, "
-            "{invalid} invalid, {duplicate} duplicate(s).",
-            "imports.failed": "The import failed; the file is kept and you can try again. "
-            "Addresses already written will be reported as already subscribed.",
-            "imports.back": "Back to import",
-            "export.link": "Export this view (CSV)",
-            "export.bad_filter": "The “{field}” filter is not valid.",
-        },
-    }
-)
+LABELS["import"] = {
+    "new_active": lazy_gettext("New active"),
+    "new_pending": lazy_gettext("New pending (confirmation email)"),
+    "exists": lazy_gettext("Already subscribed"),
+    "suppressed": lazy_gettext("On the suppression list"),
+    "invalid": lazy_gettext("Invalid"),
+    "duplicate": lazy_gettext("Duplicates in the file"),
+}
+
+
+def import_summary(counts: dict[str, int]) -> str:
+    """What an import did, outcome by outcome: "1 actif, 2 en attente, …"."""
+    parts = [
+        ngettext("%(num)s active", "%(num)s active", counts["new_active"]),
+        ngettext("%(num)s pending", "%(num)s pending", counts["new_pending"]),
+        ngettext("%(num)s already subscribed", "%(num)s already subscribed", counts["exists"]),
+        ngettext(
+            "%(num)s on the suppression list",
+            "%(num)s on the suppression list",
+            counts["suppressed"],
+        ),
+        ngettext("%(num)s invalid", "%(num)s invalid", counts["invalid"]),
+        ngettext("%(num)s duplicate", "%(num)s duplicates", counts["duplicate"]),
+    ]
+    return _("Import done: %(counts)s.", counts=", ".join(parts))
 
 
 def _locale() -> str:
@@ -258,7 +181,7 @@ def imports_upload() -> tuple[str, int]:
     """Keep the upload and show its dry run; nothing is imported yet."""
     upload = request.files.get("file")
     if upload is None or not upload.filename:
-        return _form(400, t("imports.no_file"))
+        return _form(400, _("Choose a CSV file."))
     filename = _clean_filename(upload.filename)
     try:
         stored, plan = store_upload(
@@ -287,7 +210,7 @@ def import_report(file_id: int) -> tuple[str, int] | Response:
     """The dry run of a waiting file, against the database as it is now."""
     stored = db.session.get(ImportFile, file_id)
     if stored is None:
-        flash(t("imports.gone"), "error")
+        flash(_("This file is no longer waiting (already imported or expired)."), "error")
         return cast(Response, redirect(url_for("admin.imports")))
     return _report(stored, _plan(stored))
 
@@ -311,21 +234,32 @@ def import_apply(file_id: int) -> Response:
             file_id, settings=settings(), now=now(), actor=actor(), locale=_locale()
         )
     except UploadGone:
-        flash(t("imports.gone"), "error")
+        flash(_("This file is no longer waiting (already imported or expired)."), "error")
     except BadImportFile as exc:
         flash(exc.message(_locale()), "error")
     except Exception:
         current_app.logger.exception("import of file %s failed", file_id)
-        flash(t("imports.failed"), "error")
+        flash(
+            _(
+                "The import failed; the file is kept and you can try again. Addresses "
+                "already written will be reported as already subscribed."
+            ),
+            "error",
+        )
     else:
-        flash(t("imports.done", **plan.counts), "info")
+        flash(import_summary(plan.counts), "info")
     return cast(Response, redirect(url_for("admin.imports")))
 
 
 @bp.errorhandler(RequestEntityTooLarge)
 def _too_large(_exc: RequestEntityTooLarge) -> tuple[str, int]:
     # Raised while the CSRF check reads the form, before any view runs.
-    return page("message.html", 413, title=t("imports.too_large", size=_size_kb()), body="")
+    return page(
+        "message.html",
+        413,
+        title=_("File too large: at most %(size)s KB per upload.", size=_size_kb()),
+        body="",
+    )
 
 
 # ---------------------------------------------------------------- API
@@ -464,7 +398,12 @@ def subscribers_csv() -> Response | tuple[str, int]:
     try:
         return _export(parse_filters(request.args), bom=True)
     except SearchError as exc:
-        return page("message.html", 422, title=t("export.bad_filter", field=exc.field), body="")
+        return page(
+            "message.html",
+            422,
+            title=_("The “%(field)s” filter is not valid.", field=exc.field),
+            body="",
+        )
 
 
 @api_bp.get("/subscribers.csv")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any, cast
 
 from flask import Response, abort, flash, g, jsonify, redirect, request, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext, ngettext
 
 from service import i18n
 from service.admin.audit import Actor
@@ -31,196 +33,43 @@ from service.models import Issue, IssueStatus
 from service.subscribers.addresses import InvalidEmail
 from service.web.admin.base import (
     API_ROLES,
+    LABELS,
     actor,
-    add_texts,
     api_bp,
     bp,
     current,
     json_error,
+    label,
     page,
-    t,
 )
 from service.web.api import shapes
 from service.web.api.openapi import Reply, error, operation
 from service.web.common import client_ip, now, settings
 from service.web.payloads import PayloadError, parse
 
-add_texts(
-    {
-        "fr": {
-            "issues.title": "Numéros",
-            "issues.none": "Aucun numéro pour l’instant.",
-            "issues.week": "Semaine",
-            "issues.subject": "Objet",
-            "issues.status": "Statut",
-            "issues.send_at": "Envoi prévu",
-            "issues.recipients": "Destinataires",
-            "issues.sent": "Envoyés",
-            "issues.failed": "Échecs",
-            "issues.bounced": "Rebonds",
-            "issues.complaints": "Plaintes (spam)",
-            "issues.pending": "En attente",
-            "issues.skipped": "Ignorés",
-            "issues.rate": "Débit (msg/s, dernière minute)",
-            "issues.eta": "Fin estimée dans (s)",
-            "issues.progress": "Progression",
-            "issues.issue": "Numéro {week}",
-            "issues.articles": "Articles du numéro",
-            "issues.no_articles": "Ce numéro ne contient aucun article.",
-            "issues.preview": "Aperçu",
-            "issues.preview_html": "Version HTML",
-            "issues.preview_text": "Version texte",
-            "issues.preview_frame": "Aperçu HTML du numéro {week}",
-            "issues.actions": "Actions",
-            "issues.test_to": "Adresse du test (vide : la vôtre)",
-            "issues.test": "M’envoyer un test",
-            "issues.approve": "Approuver",
-            "issues.send": "Envoyer maintenant",
-            "issues.pause": "Mettre en pause",
-            "issues.resume": "Reprendre",
-            "issues.cancel": "Annuler le numéro",
-            "issues.confirm_send": "Envoyer ce numéro à tous les abonnés actifs maintenant ?",
-            "issues.confirm_cancel": "Annuler ce numéro ? Ceux qui ne l’ont pas encore reçu ne le recevront pas.",
-            "issues.confirm_pause": "Mettre l’envoi en pause ?",
-            "issues.done.approve": "Numéro {week} approuvé : il partira à l’heure prévue.",
-            "issues.done.send": "Envoi du numéro {week} lancé vers {recipients} abonnés.",
-            "issues.done.plan": "Numéro {week} préparé : {articles} article(s), {status}.",
-            "issues.plan": "Préparer le numéro {week} maintenant",
-            "issues.plan_help": "Le numéro de la semaine {week} n’est pas encore préparé : préparez-le pour le prévisualiser, l’envoyer en test ou tout de suite. Sans relecture, ses articles sont remis à jour juste avant l’envoi programmé.",
-            "issues.done.pause": "Envoi du numéro {week} mis en pause.",
-            "issues.done.resume": "Envoi du numéro {week} repris.",
-            "issues.done.cancel": "Numéro {week} annulé.",
-            "issues.done.test": "Test du numéro {week} envoyé à {to}.",
-            "issues.refused": "Impossible : le numéro {week} est « {status} ».",
-            "issues.refused.test_address": "Adresse de test invalide.",
-            "issues.refused.suppressed": "Cette adresse est sur la liste de suppression : aucun test ne lui est envoyé.",
-            "issues.refused.no_address": "Indiquez une adresse : votre compte n’en a pas.",
-            "issues.refused.mailer": "Le serveur de messagerie a refusé le test : {error}",
-            "issues.status.draft": "brouillon",
-            "issues.status.scheduled": "programmé",
-            "issues.status.sending": "en cours d’envoi",
-            "issues.status.sent": "envoyé",
-            "issues.status.paused": "en pause",
-            "issues.status.cancelled": "annulé",
-            "articles.title": "Articles",
-            "articles.intro": "Articles des 30 derniers jours. Numéro à venir : {week}.",
-            "articles.intro_status": "Statut du numéro à venir : {status}.",
-            "articles.not_planned": "Le numéro à venir n’est pas encore préparé : les positions sont celles qu’il aurait s’il l’était maintenant.",
-            "articles.review_note": "Toute modification prépare de nouveau le numéro : en mode relecture, il redevient un brouillon à approuver.",
-            "articles.none": "Aucun article ces 30 derniers jours.",
-            "articles.published": "Publié le",
-            "articles.article": "Article",
-            "articles.state": "Dans le numéro à venir",
-            "articles.position": "Position {n}",
-            "articles.excluded": "Exclu",
-            "articles.sent_in": "Déjà envoyé dans le numéro {week}",
-            "articles.held_by": "Dans le numéro {week} ({status})",
-            "articles.out": "Non retenu",
-            "articles.exclude": "Exclure",
-            "articles.include": "Réintégrer",
-            "articles.up": "Monter",
-            "articles.down": "Descendre",
-            "articles.up_label": "Monter « {title} »",
-            "articles.down_label": "Descendre « {title} »",
-            "articles.done.exclude": "Article exclu du numéro à venir.",
-            "articles.done.include": "Article réintégré.",
-            "articles.done.move": "Ordre du numéro à venir modifié.",
-            "articles.replanned": "Le numéro {week} a été préparé de nouveau ({status}).",
-            "articles.refused": "Impossible : cet article n’est pas dans le numéro à venir.",
-            "articles.previous": "Page précédente",
-            "articles.next": "Page suivante",
-            "articles.page": "Page {page} sur {pages}",
-        },
-        "en": {
-            "issues.title": "Issues",
-            "issues.none": "No issue yet.",
-            "issues.week": "Week",
-            "issues.subject": "Subject",
-            "issues.status": "Status",
-            "issues.send_at": "Send time",
-            "issues.recipients": "Recipients",
-            "issues.sent": "Sent",
-            "issues.failed": "Failed",
-            "issues.bounced": "Bounced",
-            "issues.complaints": "Complaints (spam)",
-            "issues.pending": "Pending",
-            "issues.skipped": "Skipped",
-            "issues.rate": "Rate (msg/s, last minute)",
-            "issues.eta": "Done in (s)",
-            "issues.progress": "Progress",
-            "issues.issue": "Issue {week}",
-            "issues.articles": "Articles in this issue",
-            "issues.no_articles": "This issue holds no article.",
-            "issues.preview": "Preview",
-            "issues.preview_html": "HTML version",
-            "issues.preview_text": "Text version",
-            "issues.preview_frame": "HTML preview of issue {week}",
-            "issues.actions": "Actions",
-            "issues.test_to": "Test address (empty: yours)",
-            "issues.test": "Send me a test",
-            "issues.approve": "Approve",
-            "issues.send": "Send now",
-            "issues.pause": "Pause",
-            "issues.resume": "Resume",
-            "issues.cancel": "Cancel the issue",
-            "issues.confirm_send": "Send this issue to every active subscriber now?",
-            "issues.confirm_cancel": "Cancel this issue? Whoever has not got it yet will not.",
-            "issues.confirm_pause": "Pause the send?",
-            "issues.done.approve": "Issue {week} approved: it goes out at its scheduled time.",
-            "issues.done.send": "Issue {week} is going out to {recipients} subscribers.",
-            "issues.done.plan": "Issue {week} planned: {articles} article(s), {status}.",
-            "issues.plan": "Plan issue {week} now",
-            "issues.plan_help": "The issue of week {week} is not planned yet: plan it to preview it, send a test or send it now. Without review, its articles are refreshed right before the scheduled send.",
-            "issues.done.pause": "Issue {week} paused.",
-            "issues.done.resume": "Issue {week} sending again.",
-            "issues.done.cancel": "Issue {week} cancelled.",
-            "issues.done.test": "Test of issue {week} sent to {to}.",
-            "issues.refused": "Not possible: issue {week} is “{status}”.",
-            "issues.refused.test_address": "Invalid test address.",
-            "issues.refused.suppressed": "This address is on the suppression list: no test is sent to it.",
-            "issues.refused.no_address": "Type an address: your account has none.",
-            "issues.refused.mailer": "The mail server refused the test: {error}",
-            "issues.status.draft": "draft",
-            "issues.status.scheduled": "scheduled",
-            "issues.status.sending": "sending",
-            "issues.status.sent": "sent",
-            "issues.status.paused": "paused",
-            "issues.status.cancelled": "cancelled",
-            "articles.title": "Articles",
-            "articles.intro": "Articles of the last 30 days. Coming issue: {week}.",
-            "articles.intro_status": "Coming issue's status: {status}.",
-            "articles.not_planned": "The coming issue is not planned yet: positions are those it would have if planned now.",
-            "articles.review_note": "Any change plans the issue again: in review mode it becomes a draft to approve again.",
-            "articles.none": "No article in the last 30 days.",
-            "articles.published": "Published",
-            "articles.article": "Article",
-            "articles.state": "In the coming issue",
-            "articles.position": "Position {n}",
-            "articles.excluded": "Excluded",
-            "articles.sent_in": "Already sent in issue {week}",
-            "articles.held_by": "In issue {week} ({status})",
-            "articles.out": "Not selected",
-            "articles.exclude": "Exclude",
-            "articles.include": "Include again",
-            "articles.up": "Up",
-            "articles.down": "Down",
-            "articles.up_label": "Move “{title}” up",
-            "articles.down_label": "Move “{title}” down",
-            "articles.done.exclude": "Article left out of the coming issue.",
-            "articles.done.include": "Article included again.",
-            "articles.done.move": "The coming issue's order changed.",
-            "articles.replanned": "Issue {week} was planned again ({status}).",
-            "articles.refused": "Not possible: this article is not in the coming issue.",
-            "articles.previous": "Previous page",
-            "articles.next": "Next page",
-            "articles.page": "Page {page} of {pages}",
-        },
-    }
-)
+LABELS["issue"] = {
+    "draft": lazy_gettext("draft"),
+    "scheduled": lazy_gettext("scheduled"),
+    "sending": lazy_gettext("sending"),
+    "sent": lazy_gettext("sent"),
+    "paused": lazy_gettext("paused"),
+    "cancelled": lazy_gettext("cancelled"),
+}
 
 
 def _status(status: str) -> str:
-    return t(f"issues.status.{status}")
+    return label("issue", status)
+
+
+def _done(action: str, week: str) -> str:
+    """The flash message after approve, pause, resume or cancel."""
+    if action == "approve":
+        return _("Issue %(week)s approved: it goes out at its scheduled time.", week=week)
+    if action == "pause":
+        return _("Issue %(week)s paused.", week=week)
+    if action == "resume":
+        return _("Issue %(week)s sending again.", week=week)
+    return _("Issue %(week)s cancelled.", week=week)
 
 
 # ---------------------------------------------------------------- the domain, once for both faces
@@ -242,10 +91,11 @@ def _act(week: str, action: str, to: str | None, locale: str | None) -> _Outcome
     if action == "plan":
         # The only action on a week that may have no issue yet.
         planned = actions.plan(s, week, moment, by)
-        message = t(
-            "issues.done.plan",
+        message = ngettext(
+            "Issue %(week)s planned: %(num)s article, %(status)s.",
+            "Issue %(week)s planned: %(num)s articles, %(status)s.",
+            planned.articles,
             week=planned.week,
-            articles=planned.articles,
             status=_status(planned.status),
         )
         return _Outcome(require_issue(planned.week), message, articles=planned.articles)
@@ -256,7 +106,7 @@ def _act(week: str, action: str, to: str | None, locale: str | None) -> _Outcome
         )
         extra = {"to": recipient.email, "reply": reply}
         issue = require_issue(week)
-        message = t("issues.done.test", week=issue.week, to=recipient.email)
+        message = _("Test of issue %(week)s sent to %(to)s.", week=issue.week, to=recipient.email)
     elif action == "send":
         result = actions.send(s, week, moment, enqueue_batch, by, at_once=True)
         if not result.started:
@@ -264,15 +114,20 @@ def _act(week: str, action: str, to: str | None, locale: str | None) -> _Outcome
             raise Refused(f"{fresh.week} is {fresh.status}", fresh.week, fresh.status)
         extra = {"recipients": result.recipients, "queued": result.queued}
         issue = require_issue(week)
-        message = t("issues.done.send", week=issue.week, recipients=result.recipients)
+        message = ngettext(
+            "Issue %(week)s is going out to %(num)s subscriber.",
+            "Issue %(week)s is going out to %(num)s subscribers.",
+            result.recipients or 0,
+            week=issue.week,
+        )
     elif action == "resume":
         issue = actions.resume(s, week, moment, enqueue_batch, by)
-        message = t("issues.done.resume", week=issue.week)
+        message = _done(action, issue.week)
     else:
         issue = {"approve": actions.approve, "pause": actions.pause, "cancel": actions.cancel}[
             action
         ](s, week, moment, by)
-        message = t(f"issues.done.{action}", week=issue.week)
+        message = _done(action, issue.week)
     return _Outcome(issue, message, **extra)
 
 
@@ -385,19 +240,26 @@ def issue_action(week: str, action: str) -> Response:
         week = _issue_or_404(week).week
     to = request.form.get("to", "").strip() or current().email
     if action == "test" and not to:
-        flash(t("issues.refused.no_address"), "error")
+        flash(_("Type an address: your account has none."), "error")
     else:
         try:
             outcome = _act(week, action, to, request.form.get("locale") or None)
             flash(outcome.message, "info")
         except Refused as exc:
-            flash(t("issues.refused", week=exc.week, status=_status(exc.status)), "error")
+            flash(
+                _(
+                    "Not possible: issue %(week)s is “%(status)s”.",
+                    week=exc.week,
+                    status=_status(exc.status),
+                ),
+                "error",
+            )
         except InvalidEmail:
-            flash(t("issues.refused.test_address"), "error")
+            flash(_("Invalid test address."), "error")
         except previews.SuppressedAddress:
-            flash(t("issues.refused.suppressed"), "error")
+            flash(_("This address is on the suppression list: no test is sent to it."), "error")
         except DeliveryError as exc:
-            flash(t("issues.refused.mailer", error=str(exc)), "error")
+            flash(_("The mail server refused the test: %(error)s", error=str(exc)), "error")
     return cast(Response, redirect(url_for("admin.issue", week=week)))
 
 
@@ -434,11 +296,22 @@ def article_action(article_id: int, action: str) -> Response:
         else:
             abort(404)
     except editorial.EditorialError:
-        flash(t("articles.refused"), "error")
+        flash(_("Not possible: this article is not in the coming issue."), "error")
     else:
-        flash(t("articles.done.move" if action in ("up", "down") else f"articles.done.{action}"))
+        if action == "exclude":
+            flash(_("Article left out of the coming issue."))
+        elif action == "include":
+            flash(_("Article included again."))
+        else:
+            flash(_("The coming issue's order changed."))
         if change.replanned and change.status:
-            flash(t("articles.replanned", week=change.week, status=_status(change.status)))
+            flash(
+                _(
+                    "Issue %(week)s was planned again (%(status)s).",
+                    week=change.week,
+                    status=_status(change.status),
+                )
+            )
     target = url_for("admin.articles", page=request.form.get("page") or None)
     return cast(Response, redirect(f"{target}#article-{article_id}"))
 

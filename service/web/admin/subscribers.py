@@ -3,6 +3,7 @@ a selection or a pasted list, the suppression list and the audit log."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar, cast
 
 from flask import (
@@ -14,6 +15,8 @@ from flask import (
     request,
     url_for,
 )
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext, lazy_pgettext, ngettext
 from pydantic import BaseModel
 
 from service.admin import audit as audit_log
@@ -41,16 +44,16 @@ from service.subscribers.suppressions import (
 from service.web.admin.base import (
     ADMIN_ROLES,
     API_ROLES,
+    LABELS,
     actor,
-    add_texts,
     api_bp,
     bp,
     current,
     json_error,
+    label,
     page,
     requires_admin,
     safe_target,
-    t,
 )
 from service.web.api import shapes
 from service.web.api.openapi import Reply, error, operation
@@ -58,231 +61,60 @@ from service.web.api.shapes import Shape
 from service.web.common import client_ip, csv_download, now, settings
 from service.web.payloads import PayloadError, parse
 
-add_texts(
+LABELS.update(
     {
-        "fr": {
-            "subs.title": "Abonnés",
-            "subs.search": "Adresse contient",
-            "subs.status": "Statut",
-            "subs.any": "Tous",
-            "subs.locale": "Langue",
-            "subs.source": "Source (début de l’URL)",
-            "subs.since": "Inscrit depuis le",
-            "subs.until": "Inscrit jusqu’au",
-            "subs.sort": "Tri",
-            "subs.sort.newest": "Plus récents",
-            "subs.sort.oldest": "Plus anciens",
-            "subs.sort.email": "Adresse (A→Z)",
-            "subs.sort.-email": "Adresse (Z→A)",
-            "subs.filter": "Filtrer",
-            "subs.export": "Exporter cette vue (CSV)",
-            "subs.bulk_link": "Action sur une liste d’adresses",
-            "subs.none": "Aucun abonné ne correspond.",
-            "subs.email": "Adresse",
-            "subs.signed_up": "Inscription",
-            "subs.next": "Page suivante →",
-            "subs.first": "← Première page",
-            "subs.select_all": "Tout sélectionner",
-            "subs.select": "Sélectionner {email}",
-            "subs.with_selection": "Pour la sélection :",
-            "subs.action": "Action",
-            "subs.reason": "Motif (facultatif)",
-            "subs.apply": "Appliquer",
-            "subs.confirm_selection": "Appliquer cette action aux abonnés sélectionnés ?",
-            "subs.nothing_selected": "Aucun abonné sélectionné.",
-            "status.pending": "en attente",
-            "status.active": "actif",
-            "status.unsubscribed": "désinscrit",
-            "status.bounced": "en erreur (bounce)",
-            "status.complained": "plainte",
-            "action.unsubscribe": "Désinscrire",
-            "action.resubscribe": "Réinscrire (nouvelle confirmation)",
-            "action.bounce": "Marquer en erreur (bounce)",
-            "action.erase": "Effacer (RGPD)",
-            "outcome.done": "fait",
-            "outcome.already": "déjà fait",
-            "outcome.unknown": "inconnu",
-            "outcome.invalid": "invalide",
-            "outcome.refused": "refusé",
-            "counts.summary": "{done} fait(s), {already} déjà fait(s), {unknown} inconnu(s), {invalid} invalide(s), {refused} refusé(s).",
-            "subs.bad_filter": "Le filtre « {field} » n’est pas valide : la liste est affichée sans filtre.",
-            "bulk.too_many": "La liste contient {count} adresses : 10 000 au plus à la fois.",
-            "bulk.not_utf8": "Le fichier n’est pas du texte UTF-8.",
-            "one.title": "Abonné n° {id}",
-            "one.facts": "Fiche",
-            "one.consent": "Preuve du consentement",
-            "one.consent_at": "Date",
-            "one.consent_source": "Page ou origine",
-            "one.consent_text": "Version du texte",
-            "one.consent_ip": "Adresse IP",
-            "one.consent_agent": "Navigateur",
-            "one.confirmed_at": "Confirmé le",
-            "one.confirm_ip": "IP de confirmation",
-            "one.unsubscribed_at": "Désinscrit le",
-            "one.channel": "Par",
-            "one.history": "Historique",
-            "one.deliveries": "Envois des derniers numéros",
-            "one.bounces": "Bounces",
-            "one.no_bounce": "Aucun bounce.",
-            "one.no_delivery": "Aucun envoi.",
-            "one.week": "Semaine",
-            "one.attempts": "Tentatives",
-            "one.sent_at": "Envoyé le",
-            "one.answer": "Réponse du serveur",
-            "one.when": "Quand",
-            "one.who": "Qui",
-            "one.what": "Quoi",
-            "one.change": "Statut",
-            "one.actions": "Actions",
-            "one.confirm_unsubscribe": "Désinscrire cet abonné ?",
-            "one.confirm_bounce": "Marquer cette adresse en erreur ? Elle ne recevra plus rien.",
-            "one.erase_help": "Efface l’adresse, le consentement et les envois. Seule une empreinte (HMAC) reste dans la liste de suppression : l’adresse ne sera plus jamais écrite, sauf nouvelle inscription confirmée. Irréversible.",
-            "one.erase_check": "Je confirme l’effacement définitif",
-            "one.confirm_erase": "Effacer définitivement cet abonné ? Cette action est irréversible.",
-            "one.erased": "Abonné n° {id} effacé ; son adresse reste bloquée par la liste de suppression.",
-            "one.erase_unchecked": "Cochez la case pour confirmer l’effacement.",
-            "one.done": "{action} : {outcome}.",
-            "bulk.title": "Action sur une liste d’adresses",
-            "bulk.help": "Collez les adresses (une par ligne, ou un CSV avec une colonne « email ») ou choisissez un fichier. 10 000 adresses au plus.",
-            "bulk.text": "Adresses",
-            "bulk.file": "ou fichier (CSV ou texte)",
-            "bulk.run": "Lancer",
-            "bulk.confirm": "Appliquer cette action à toutes les adresses de la liste ?",
-            "bulk.report": "Résultat, ligne par ligne",
-            "bulk.line": "Ligne",
-            "bulk.result": "Résultat",
-            "bulk.empty": "La liste ne contient aucune adresse.",
-            "supp.title": "Liste de suppression",
-            "supp.help": "Adresses qu’hebdo n’écrira plus jamais (sauf nouvelle inscription confirmée). Seules des empreintes HMAC sont conservées, jamais les adresses.",
-            "supp.check": "Vérifier une adresse",
-            "supp.is": "Cette adresse est dans la liste de suppression (motif : {reason}).",
-            "supp.is_not": "Cette adresse n’est pas dans la liste de suppression.",
-            "supp.hash": "Empreinte",
-            "supp.reason": "Motif",
-            "supp.since": "Depuis",
-            "audit.title": "Journal des actions",
-            "audit.export": "Exporter le journal (CSV)",
-            "audit.action": "Action",
-            "audit.actor": "Auteur",
-            "audit.subject": "Objet",
-            "audit.ip": "IP",
-            "audit.filter": "Filtrer",
-            "audit.none": "Aucun événement.",
+        "status": {
+            "pending": lazy_gettext("pending"),
+            "active": lazy_gettext("active"),
+            "unsubscribed": lazy_gettext("unsubscribed"),
+            "bounced": lazy_gettext("bounced"),
+            "complained": lazy_gettext("complained"),
         },
-        "en": {
-            "subs.title": "Subscribers",
-            "subs.search": "Address contains",
-            "subs.status": "Status",
-            "subs.any": "All",
-            "subs.locale": "Language",
-            "subs.source": "Source (start of the URL)",
-            "subs.since": "Signed up from",
-            "subs.until": "Signed up until",
-            "subs.sort": "Sort",
-            "subs.sort.newest": "Newest",
-            "subs.sort.oldest": "Oldest",
-            "subs.sort.email": "Address (A→Z)",
-            "subs.sort.-email": "Address (Z→A)",
-            "subs.filter": "Filter",
-            "subs.export": "Export this view (CSV)",
-            "subs.bulk_link": "Act on a list of addresses",
-            "subs.none": "No subscriber matches.",
-            "subs.email": "Address",
-            "subs.signed_up": "Signed up",
-            "subs.next": "Next page →",
-            "subs.first": "← First page",
-            "subs.select_all": "Select all",
-            "subs.select": "Select {email}",
-            "subs.with_selection": "With the selection:",
-            "subs.action": "Action",
-            "subs.reason": "Reason (optional)",
-            "subs.apply": "Apply",
-            "subs.confirm_selection": "Apply this action to the selected subscribers?",
-            "subs.nothing_selected": "No subscriber selected.",
-            "status.pending": "pending",
-            "status.active": "active",
-            "status.unsubscribed": "unsubscribed",
-            "status.bounced": "bounced",
-            "status.complained": "complained",
-            "action.unsubscribe": "Unsubscribe",
-            "action.resubscribe": "Resubscribe (new confirmation)",
-            "action.bounce": "Mark bounced",
-            "action.erase": "Erase (GDPR)",
-            "outcome.done": "done",
-            "outcome.already": "already",
-            "outcome.unknown": "unknown",
-            "outcome.invalid": "invalid",
-            "outcome.refused": "refused",
-            "counts.summary": "{done} done, {already} already, {unknown} unknown, {invalid} invalid, {refused} refused.",
-            "subs.bad_filter": "The “{field}” filter is not valid: the list is shown unfiltered.",
-            "bulk.too_many": "The list holds {count} addresses: at most 10,000 at a time.",
-            "bulk.not_utf8": "The file is not UTF-8 text.",
-            "one.title": "Subscriber #{id}",
-            "one.facts": "Record",
-            "one.consent": "Proof of consent",
-            "one.consent_at": "Date",
-            "one.consent_source": "Page or origin",
-            "one.consent_text": "Consent text version",
-            "one.consent_ip": "IP address",
-            "one.consent_agent": "Browser",
-            "one.confirmed_at": "Confirmed",
-            "one.confirm_ip": "Confirmation IP",
-            "one.unsubscribed_at": "Unsubscribed",
-            "one.channel": "Through",
-            "one.history": "History",
-            "one.deliveries": "Recent issues",
-            "one.bounces": "Bounces",
-            "one.no_bounce": "No bounce.",
-            "one.no_delivery": "No delivery.",
-            "one.week": "Week",
-            "one.attempts": "Attempts",
-            "one.sent_at": "Sent",
-            "one.answer": "Server's answer",
-            "one.when": "When",
-            "one.who": "Who",
-            "one.what": "What",
-            "one.change": "Status",
-            "one.actions": "Actions",
-            "one.confirm_unsubscribe": "Unsubscribe this subscriber?",
-            "one.confirm_bounce": "Mark this address bounced? It will get nothing more.",
-            "one.erase_help": "Erases the address, the consent record and the deliveries. Only a fingerprint (HMAC) stays on the suppression list: the address is never mailed again unless it signs up and confirms anew. Cannot be undone.",
-            "one.erase_check": "I confirm the permanent erasure",
-            "one.confirm_erase": "Erase this subscriber for good? This cannot be undone.",
-            "one.erased": "Subscriber #{id} erased; the suppression list keeps blocking the address.",
-            "one.erase_unchecked": "Tick the box to confirm the erasure.",
-            "one.done": "{action}: {outcome}.",
-            "bulk.title": "Act on a list of addresses",
-            "bulk.help": "Paste the addresses (one per line, or a CSV with an “email” column) or choose a file. At most 10,000 addresses.",
-            "bulk.text": "Addresses",
-            "bulk.file": "or a file (CSV or text)",
-            "bulk.run": "Run",
-            "bulk.confirm": "Apply this action to every address of the list?",
-            "bulk.report": "Result, line by line",
-            "bulk.line": "Line",
-            "bulk.result": "Result",
-            "bulk.empty": "The list holds no address.",
-            "supp.title": "Suppression list",
-            "supp.help": "Addresses hebdo will never mail again (unless they sign up and confirm anew). Only HMAC fingerprints are kept, never the addresses.",
-            "supp.check": "Check an address",
-            "supp.is": "This address is on the suppression list (reason: {reason}).",
-            "supp.is_not": "This address is not on the suppression list.",
-            "supp.hash": "Fingerprint",
-            "supp.reason": "Reason",
-            "supp.since": "Since",
-            "audit.title": "Audit log",
-            "audit.export": "Export the log (CSV)",
-            "audit.action": "Action",
-            "audit.actor": "Actor",
-            "audit.subject": "Subject",
-            "audit.ip": "IP",
-            "audit.filter": "Filter",
-            "audit.none": "No event.",
+        "sort": {
+            "newest": lazy_gettext("Newest"),
+            "oldest": lazy_gettext("Oldest"),
+            "email": lazy_gettext("Address (A→Z)"),
+            "-email": lazy_gettext("Address (Z→A)"),
+        },
+        "action": {
+            "unsubscribe": lazy_pgettext("admin action", "Unsubscribe"),
+            "resubscribe": lazy_gettext("Resubscribe (new confirmation)"),
+            "bounce": lazy_gettext("Mark bounced"),
+            "erase": lazy_gettext("Erase (GDPR)"),
+        },
+        "outcome": {
+            "done": lazy_gettext("done"),
+            "already": lazy_gettext("already"),
+            "unknown": lazy_gettext("unknown"),
+            "invalid": lazy_gettext("invalid"),
+            "refused": lazy_gettext("refused"),
         },
     }
 )
 
+
+def counts_summary(counts: Mapping[str, int]) -> str:
+    """How many addresses got each outcome: "3 faits, 1 déjà fait, 0 inconnu…"."""
+    parts = [
+        ngettext("%(num)s done", "%(num)s done", counts.get("done", 0)),
+        ngettext("%(num)s already", "%(num)s already", counts.get("already", 0)),
+        ngettext("%(num)s unknown", "%(num)s unknown", counts.get("unknown", 0)),
+        ngettext("%(num)s invalid", "%(num)s invalid", counts.get("invalid", 0)),
+        ngettext("%(num)s refused", "%(num)s refused", counts.get("refused", 0)),
+    ]
+    return ", ".join(parts) + "."
+
+
 PAGE_SIZE = 50
 AUDIT_PAGE = 100
+
+
+def _too_many(count: int) -> str:
+    return ngettext(
+        "The list holds %(num)s address: at most 10,000 at a time.",
+        "The list holds %(num)s addresses: at most 10,000 at a time.",
+        count,
+    )
 
 
 def _by() -> Actor:
@@ -306,7 +138,13 @@ def subscribers() -> tuple[str, int]:
         filters = search.parse_filters(request.args)
         result = search.list_page(filters, cursor=request.args.get("cursor"), limit=PAGE_SIZE)
     except search.SearchError as exc:
-        flash(t("subs.bad_filter", field=exc.field), "error")
+        flash(
+            _(
+                "The “%(field)s” filter is not valid: the list is shown unfiltered.",
+                field=exc.field,
+            ),
+            "error",
+        )
         filters, result = search.Filters(), search.list_page(search.Filters(), limit=PAGE_SIZE)
     args = {k: v for k, v in request.args.items(multi=True) if k not in ("cursor", "lang")}
     return page(
@@ -344,15 +182,28 @@ def subscriber_action(subscriber_id: int, name: str) -> Response:
     reason = request.form.get("reason", "").strip()[:200]
     here = url_for("admin.subscriber", subscriber_id=subscriber_id)
     if action == Action.ERASE and request.form.get("confirm") != "yes":
-        flash(t("one.erase_unchecked"), "error")
+        flash(_("Tick the box to confirm the erasure."), "error")
         return cast(Response, redirect(here))
     outcome = act(settings(), action, subscriber_id, by=_by(), now=now(), reason=reason)
     if outcome == Outcome.UNKNOWN:
         abort(404)
     if action == Action.ERASE:
-        flash(t("one.erased", id=subscriber_id), "info")
+        flash(
+            _(
+                "Subscriber #%(id)s erased; the suppression list keeps blocking the address.",
+                id=subscriber_id,
+            ),
+            "info",
+        )
         return cast(Response, redirect(url_for("admin.subscribers")))
-    flash(t("one.done", action=t(f"action.{action}"), outcome=t(f"outcome.{outcome}")), "info")
+    flash(
+        _(
+            "%(action)s: %(outcome)s.",
+            action=label("action", action.value),
+            outcome=label("outcome", outcome.value),
+        ),
+        "info",
+    )
     return cast(Response, redirect(here))
 
 
@@ -366,16 +217,16 @@ def subscribers_selection() -> Response:
         request.form.get("back"), url_for("admin.subscribers"), inside="/admin/subscribers"
     )
     if not ids:
-        flash(t("subs.nothing_selected"), "error")
+        flash(_("No subscriber selected."), "error")
         return cast(Response, redirect(target))
     reason = request.form.get("reason", "").strip()[:200]
     try:
         counts = act_on_ids(settings(), action, ids, by=_by(), now=now(), reason=reason)
     except BulkError as exc:
-        flash(t("bulk.too_many", count=exc.count), "error")
+        flash(_too_many(exc.count), "error")
         return cast(Response, redirect(target))
     summary = {o.value: counts.get(o.value, 0) for o in Outcome}
-    flash(f"{t(f'action.{action}')} — {t('counts.summary', **summary)}", "info")
+    flash(f"{label('action', action.value)} — {counts_summary(summary)}", "info")
     return cast(Response, redirect(target))
 
 
@@ -392,22 +243,28 @@ def subscribers_bulk() -> tuple[str, int]:
         try:
             text = upload.read().decode("utf-8-sig")
         except UnicodeDecodeError:
-            flash(t("bulk.not_utf8"), "error")
+            flash(_("The file is not UTF-8 text."), "error")
             return page("bulk.html", 400, actions=list(Action), report=None)
     try:
         addresses = addresses_in(text)
     except BulkError as exc:
-        flash(t("bulk.too_many", count=exc.count), "error")
+        flash(_too_many(exc.count), "error")
         return page("bulk.html", 400, actions=list(Action), report=None)
     if not addresses:
-        flash(t("bulk.empty"), "error")
+        flash(_("The list holds no address."), "error")
         return page("bulk.html", 400, actions=list(Action), report=None)
     reason = request.form.get("reason", "").strip()[:200]
     report = act_on_addresses(
         settings(), action, addresses, by=_by(), now=now(), reason=reason, locale=current().locale
     )
-    flash(f"{t(f'action.{action}')} — {t('counts.summary', **report.counts)}", "info")
-    return page("bulk.html", actions=list(Action), report=report, done_action=action)
+    flash(f"{label('action', action.value)} — {counts_summary(report.counts)}", "info")
+    return page(
+        "bulk.html",
+        actions=list(Action),
+        report=report,
+        done_action=action,
+        counts_summary=counts_summary,
+    )
 
 
 @bp.get("/suppressions")
@@ -423,7 +280,11 @@ def suppressions() -> tuple[str, int]:
             flash(exc.message(current().locale), "error")
         else:
             reason = suppression_reason(settings(), email)
-            checked = t("supp.is", reason=reason) if reason else t("supp.is_not")
+            checked = (
+                _("This address is on the suppression list (reason: %(reason)s).", reason=reason)
+                if reason
+                else _("This address is not on the suppression list.")
+            )
     rows, more = suppressions_page(search.bounded_int(request.args.get("before")), PAGE_SIZE)
     return page(
         "suppressions.html", rows=rows, more=more, reasons=suppression_reasons(), checked=checked
@@ -450,7 +311,13 @@ def audit() -> tuple[str, int]:
     try:
         filters, args = _audit_filters(request.args)
     except search.SearchError as exc:
-        flash(t("subs.bad_filter", field=exc.field), "error")
+        flash(
+            _(
+                "The “%(field)s” filter is not valid: the list is shown unfiltered.",
+                field=exc.field,
+            ),
+            "error",
+        )
         filters, args = audit_log.AuditFilters(), {}
     before = search.bounded_int(request.args.get("before"))
     events, more = audit_log.page(filters, before, AUDIT_PAGE)
@@ -464,7 +331,12 @@ def audit_csv() -> Response | tuple[str, int]:
     try:
         filters, _args = _audit_filters(request.args)
     except search.SearchError as exc:
-        return page("message.html", 422, title=t("export.bad_filter", field=exc.field), body="")
+        return page(
+            "message.html",
+            422,
+            title=_("The “%(field)s” filter is not valid.", field=exc.field),
+            body="",
+        )
     chunks = csv_chunks(audit_log.COLUMNS, audit_log.rows(filters))
     return csv_download(chunks, f"hebdo-audit-{now():%Y%m%d-%H%M}.csv")
 

@@ -5,6 +5,7 @@ endpoint lives in signup.py."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
+from flask_babel import gettext as _
 from werkzeug.exceptions import HTTPException
 
 from service import i18n
@@ -140,9 +141,11 @@ def post_complaint() -> tuple[Response, int]:
 
 def json_error(exc: HTTPException) -> Response:
     """JSON body for an HTTP error under /api (413, 405, 404...), never an HTML page."""
-    locale = i18n.pick_locale(accept=[lang for lang, _q in request.accept_languages])
     code = exc.code or 500
-    message = i18n.translate(locale, "too_large") if code == 413 else (exc.description or exc.name)
+    message = exc.description or exc.name
+    if code == 413:
+        i18n.set_locale(i18n.pick_locale(accept=[lang for lang, _q in request.accept_languages]))
+        message = _("Request too large.")
     response = exc.get_response()
     body = jsonify({"error": exc.name.lower().replace(" ", "_"), "message": message})
     body.status_code = code

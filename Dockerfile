@@ -1,17 +1,25 @@
 # hebdo: one image for web (gunicorn), Celery workers and beat; docker-compose.yml picks the
-# command. Slim base, the pinned dependencies in a virtualenv, the code in /app owned by root
-# (read-only for the service), run as an unprivileged user.
-FROM python:3.11-slim
+# command. The wheel is built in a first stage (its build compiles the gettext catalogs) and
+# installed, dependencies pinned as pyproject.toml pins them, into a virtualenv of a slim
+# image: no source tree in the image, run as an unprivileged user.
+FROM python:3.11-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY service ./service
+COPY worker ./worker
+COPY templates ./templates
+COPY static ./static
+COPY translations ./translations
+COPY migrations ./migrations
+RUN pip wheel --no-cache-dir --no-deps -w /wheels .
 
-# The code runs from /app, not from site-packages: service/ finds templates/, migrations/
-# and translations/ beside itself, so the five folders stay side by side and the package
-# itself is not installed (neither as a wheel, which would leave them behind, nor editable).
+FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/app
+    PATH=/opt/venv/bin:$PATH
 
 # Dependencies first, exactly as pinned in pyproject.toml: a code change reuses this layer.
 COPY pyproject.toml /tmp/pyproject.toml
@@ -20,29 +28,20 @@ RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/pyproject.toml /tmp/requirements.txt
 
-# `hebdo …` runs the CLI from /app, as the installed console script would; the service user
-# owns only /data.
-RUN printf '#!/bin/sh\nexec /opt/venv/bin/python -m service.cli "$@"\n' > /opt/venv/bin/hebdo \
-    && chmod 755 /opt/venv/bin/hebdo \
+# Then hebdo itself, the wheel (its `hebdo` console script included), compiled to bytecode
+# as root: at run time the service user can write nothing but /data.
+COPY --from=build /wheels /wheels
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/hebdo-*.whl \
+    && rm -r /wheels \
+    && /opt/venv/bin/python -m compileall -q /opt/venv/lib \
     && groupadd --system --gid 10001 hebdo \
     && useradd --system --uid 10001 --gid 10001 --home-dir /data --shell /usr/sbin/nologin hebdo \
     && mkdir /data \
     && chown hebdo:hebdo /data
 
-WORKDIR /app
-COPY service ./service
-COPY worker ./worker
-COPY templates ./templates
-COPY migrations ./migrations
-COPY translations ./translations
-# The gettext catalogs compiled (the .mo files are never committed: without them every page
-# would show the English ids), then bytecode, as root: at run time the service user cannot
-# write to /app.
-RUN pybabel compile -d translations \
-    && python -m compileall -q service worker migrations
-
 # The hebdo user (numeric, so a runtime that checks for non-root can tell).
 USER 10001:10001
+WORKDIR /data
 # Writes only the beat schedule here (a volume in docker-compose.yml) and the metrics folder.
 ENV HEBDO_DATA_DIR=/data
 EXPOSE 8000

@@ -1,4 +1,9 @@
-"""Build step only: pyproject.toml holds hebdo's metadata.
+"""What goes into the wheel, and one build step; pyproject.toml holds hebdo's metadata.
+
+Packages are discovered (`service`, `worker` and every package below them), and the
+top-level folders that are not Python (`templates/`, `static/`, `translations/`,
+`migrations/`) ship inside the `service` package as data, where `service.resources` finds
+them once installed; in a checkout they stay at the top of the repository.
 
 `build_py` compiles every `translations/*/LC_MESSAGES/messages.po` to its `.mo` (with
 Babel's API, as `pybabel compile` does) before the usual build, so `pip install .`,
@@ -13,7 +18,7 @@ from pathlib import Path
 
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
@@ -49,4 +54,21 @@ class BuildWithCatalogs(build_py):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildWithCatalogs})
+# Top-level folder → the package it becomes in the wheel.
+DATA = {
+    "service.templates": "templates",
+    "service.static": "static",
+    "service.translations": "translations",
+    "service.migrations": "migrations",
+}
+
+setup(
+    packages=[*find_packages(include=["service", "service.*", "worker", "worker.*"]), *DATA],
+    package_dir=DATA,
+    package_data={
+        "service": ["digest/sample/*.xml"],
+        **{package: ["**/*"] for package in DATA},
+    },
+    exclude_package_data={package: ["**/__pycache__/*", "**/*.pyc"] for package in DATA},
+    cmdclass={"build_py": BuildWithCatalogs},
+)

@@ -13,9 +13,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from service import cli, i18n, web
 from service.config import load_settings
 from service.extensions import celery_init_app, csrf, db, limiter, migrate
-from service.resources import MIGRATIONS, TEMPLATES
+from service.resources import MIGRATIONS, STATIC, TEMPLATES
 from service.signup import limits as signup_limits
 from service.telemetry import logs
+from service.web import assets
 from service.web.api import ingest
 from service.web.common import message_page, page_locale
 
@@ -32,7 +33,12 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     for folder in settings.broker_folders:
         folder.mkdir(parents=True, exist_ok=True)
 
-    app = Flask("hebdo", template_folder=str(TEMPLATES), static_folder=None)
+    app = Flask(
+        "hebdo",
+        template_folder=str(TEMPLATES),
+        static_folder=str(STATIC),
+        static_url_path="/static",
+    )
     app.config.update(
         SETTINGS=settings,
         SECRET_KEY=settings.secret_key,
@@ -75,6 +81,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     signup_limits.install(app.extensions, settings.ratelimit_storage)
 
     web.register(app, devmail=settings.capture_mail and settings.env != "production")
+    assets.init_app(app)
 
     # Block tags leave no blank lines behind: the plain-text mails depend on it.
     app.jinja_env.trim_blocks = True

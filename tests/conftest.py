@@ -70,6 +70,20 @@ SECRET = "test-secret-key-not-for-production-0123456789"
 BASE_URL = "https://hebdo.example.fr"
 
 
+class BufferedClient(FlaskClient):
+    """Reads each answer whole and closes it, as a WSGI server does: a file sent by Flask's
+    static handling would otherwise stay open until garbage collection (a ResourceWarning,
+    an error under `filterwarnings = error`)."""
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("buffered", True)
+        return super().open(*args, **kwargs)
+
+
+# Every app the tests build, however they build it.
+Flask.test_client_class = BufferedClient
+
+
 def free_port() -> int:
     """A free loopback port (aiosmtpd's Controller cannot take port 0)."""
     with socket.socket() as s:
@@ -442,12 +456,18 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     """Start a command with HEBDO_* settings, wait for a line of its output, stop it at the end."""
     started: list[Process] = []
 
-    def start(argv: list[str], values: dict[str, str], ready: str, timeout: float = 60) -> Process:
+    def start(
+        argv: list[str],
+        values: dict[str, str],
+        ready: str,
+        timeout: float = 60,
+        cwd: Path = ROOT,
+    ) -> Process:
         log = tmp_path / f"proc-{len(started)}.log"
         handle = log.open("wb")
         environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
         popen = subprocess.Popen(
-            argv, env={**environ, **values}, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT
+            argv, env={**environ, **values}, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd
         )
         handle.close()
         process = Process(popen, log)

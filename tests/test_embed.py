@@ -184,7 +184,8 @@ def test_subscribe_page_shows_the_box_with_a_fresh_token(app: Flask, client: Fla
     page = assert_box(html, "/api/v1/subscriptions")
     assert_fresh(page.named("ts")["value"], app)
     assert '<h1 class="hebdo-heading">Rejoignez gratuitement la communauté</h1>' in html
-    assert '<script src="/embed.js" defer></script>' in html
+    # The page's own copy of the box's script: versioned, cached for a year (test_static).
+    assert re.search(r'<script src="/static/embed/embed.js\?v=[0-9a-f]{12}" defer></script>', html)
     csp = response.headers["Content-Security-Policy"]
     assert "script-src 'self' https://hebdo.example.fr;" in csp
     assert "connect-src 'self' https://hebdo.example.fr;" in csp

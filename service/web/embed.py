@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, current_app, render_template, request
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    render_template,
+    send_from_directory,
+)
 from flask_babel import force_locale
 from flask_babel import gettext as _
 
@@ -23,13 +30,15 @@ ASSET_MAX_AGE = 3600
 
 
 def _asset(name: str, mimetype: str) -> Response:
-    path = Path(current_app.template_folder or "templates") / "embed" / name
-    # A few KB, read whole: no open file handle outlives the request.
-    response = Response(path.read_bytes(), mimetype=mimetype)
+    """The file from static/embed/, by Flask's static handling, at its stable address."""
+    response = send_from_directory(
+        Path(current_app.static_folder or "static") / "embed",
+        name,
+        mimetype=mimetype,
+        max_age=ASSET_MAX_AGE,
+        conditional=True,
+    )
     response.cache_control.public = True
-    response.cache_control.max_age = ASSET_MAX_AGE
-    response.add_etag()
-    response.make_conditional(request)
     # Hosts that require CORP for their subresources (COEP) may still load the box.
     response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
     return response

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
     Response,
-    abort,
     flash,
     g,
     jsonify,
@@ -45,7 +43,6 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 api_bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
 
 SESSION_KEY = "admin_sid"
-ASSETS = Path(__file__).resolve().parents[3] / "templates" / "admin"
 
 # ---------------------------------------------------------------- labels
 
@@ -146,7 +143,7 @@ def json_error(status: int, code: str, message: str) -> tuple[Response, int]:
     return jsonify({"error": code, "message": message}), status
 
 
-PUBLIC_ENDPOINTS = {"admin.login", "admin.asset"}
+PUBLIC_ENDPOINTS = {"admin.login"}
 
 
 def _larger_bodies() -> None:
@@ -306,17 +303,6 @@ def logout() -> Response:
     session.clear()
     flash(_("You are signed out."), "info")
     return cast(Response, redirect(url_for("admin.login")))
-
-
-@bp.get("/assets/<name>")
-def asset(name: str) -> Response:
-    """admin.css and admin.js: files, so the pages' CSP can forbid inline scripts."""
-    types = {"admin.css": "text/css", "admin.js": "text/javascript"}
-    if name not in types:
-        abort(404)
-    response = Response((ASSETS / name).read_bytes(), mimetype=types[name])
-    response.headers["Cache-Control"] = "public, max-age=3600"
-    return response
 
 
 ADMIN_CSP = (

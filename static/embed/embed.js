@@ -1,7 +1,7 @@
 /* hebdo sign-up box: enhances each <div data-hebdo-form> (its no-JS form, or builds one). */
 (() => {
 const d = document, me = d.currentScript;
-const BASE = me ? me.src.replace(/\/embed\.js([?#].*)?$/, "") : "", API = BASE + "/api/v1/subscriptions";
+const BASE = me ? me.src.replace(/(\/static\/embed)?\/embed\.js.*/, "") : "", API = BASE + "/api/v1/subscriptions";
 // The server's answers and /form's "messages" bring the other texts.
 const T = {
 fr: ["Rejoignez gratuitement la communauté", "et suivez chaque semaine l’actualité",

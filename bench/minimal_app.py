@@ -22,8 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 # The app's engine options; importing service.extensions registers its SQLite pragmas.
-from service import _engine_options
-from service.extensions import UTCDateTime
+from service.extensions import UTCDateTime, engine_options
 
 TABLE_NAME = "bench_insert"
 
@@ -38,7 +37,7 @@ table = Table(
 
 
 def engine_for(url: str) -> Engine:
-    return create_engine(url, **_engine_options(url))
+    return create_engine(url, **engine_options(url))
 
 
 def create_table(url: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +36,7 @@ from sqlalchemy import event, func, insert, select, text  # noqa: E402
 
 from bench.database import app_settings  # noqa: E402
 from bench.database import reset_database as reset_pg  # noqa: E402
+from bench.tools import ensure_tool  # noqa: E402
 from service import create_app  # noqa: E402
 from service.config import load_settings  # noqa: E402
 from service.digest import delivery, feeds  # noqa: E402
@@ -59,10 +59,9 @@ def free_port() -> int:
 
 
 def start_sink() -> tuple[subprocess.Popen[bytes], int]:
-    if not shutil.which("smtp-sink"):
-        sys.exit("smtp-sink not found: apt-get install postfix")
+    sink_command = ensure_tool("smtp-sink", "postfix")
     port = free_port()
-    argv = ["smtp-sink", "-m", "64", f"127.0.0.1:{port}", "256"]
+    argv = [sink_command, "-m", "64", f"127.0.0.1:{port}", "256"]
     if os.geteuid() == 0:
         argv[1:1] = ["-u", "nobody"]
     sink = subprocess.Popen(argv)

@@ -36,7 +36,6 @@ import argparse
 import os
 import re
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -61,6 +60,7 @@ from sqlalchemy import event, func, select  # noqa: E402
 
 from bench import minimal_app  # noqa: E402
 from bench.database import reset_database  # noqa: E402
+from bench.tools import ensure_tool  # noqa: E402
 from service import create_app, jobs  # noqa: E402
 from service.config import SETTING_NAMES, load_settings  # noqa: E402
 from service.extensions import db  # noqa: E402
@@ -177,15 +177,7 @@ class Run:
 
 
 def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    print("wrk not found: apt-get install -y wrk", flush=True)
-    subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, timeout=600)
-    found = shutil.which("wrk")
-    if not found:
-        sys.exit("wrk could not be installed")
-    return found
+    return ensure_tool("wrk", "wrk")
 
 
 def free_port() -> int:

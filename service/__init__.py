@@ -12,7 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from service import cli, i18n, web
 from service.config import load_settings
-from service.extensions import celery_init_app, csrf, db, limiter, migrate
+from service.extensions import celery_init_app, csrf, db, engine_options, limiter, migrate
 from service.resources import MIGRATIONS, STATIC, TEMPLATES
 from service.signup import limits as signup_limits
 from service.telemetry import logs
@@ -44,7 +44,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         SECRET_KEY=settings.secret_key,
         SECRET_KEY_FALLBACKS=list(settings.secret_key_fallbacks),
         SQLALCHEMY_DATABASE_URI=settings.database_url,
-        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(settings.database_url),
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url),
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         MAX_FORM_MEMORY_SIZE=settings.max_request_bytes,
         TESTING=settings.env == "test",
@@ -117,12 +117,3 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
 
     cli.init_app(app)
     return app
-
-
-def _engine_options(url: str) -> dict[str, Any]:
-    if url.startswith("sqlite"):
-        # Web and worker processes share the file: wait for a lock instead of failing.
-        return {"connect_args": {"timeout": 30}}
-    # Recycle connections a restarted database closed, instead of failing the next request;
-    # give up connecting after 10 s rather than hang a request on an unreachable host.
-    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}

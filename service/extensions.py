@@ -84,6 +84,17 @@ csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address, key_prefix="hebdo")
 
 
+def engine_options(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine options for the database at `url` (the app's, and the benchmarks'
+    ceilings', which must match it)."""
+    if url.startswith("sqlite"):
+        # Web and worker processes share the file: wait for a lock instead of failing.
+        return {"connect_args": {"timeout": 30}}
+    # Recycle connections a restarted database closed, instead of failing the next request;
+    # give up connecting after 10 s rather than hang a request on an unreachable host.
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+
+
 def current_settings() -> Settings:
     """The settings of the app in context: for views, CLI commands and tasks alike."""
     value: Settings = current_app.config["SETTINGS"]

@@ -5,23 +5,11 @@ else the embedded file-system broker), an aiosmtpd server on loopback, Celery wo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import re
 import shutil
-import signal
-import socket
 import subprocess
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email import policy
-from email.message import EmailMessage
-from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +19,16 @@ from babel.messages.frontend import CommandLineInterface
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import create_engine, text
 
 from service import create_app
 from service.config import load_settings
-from service.digest.articles import ArticleInput, store_article
-from service.digest.planning import get_issue
 from service.extensions import db
-from service.models import Subscriber
 from service.ops.runner import commands
-
-ROOT = Path(__file__).resolve().parent.parent
-DATABASE_URL = os.environ.get("HEBDO_DATABASE_URL", "")
+from tests.support.admin import Admin, create_admin
+from tests.support.processes import Process, RedisServer
+from tests.support.settings import BASE_URL, BROKER_URL, DATABASE_URL, ROOT, SECRET
+from tests.support.smtp import SMTPSink, free_port
 
 # `hebdo …` commands speak the environment's language (service.i18n): the tests read the
 # English they print whatever the developer's shell is set to, in this process and in the
@@ -65,9 +51,6 @@ def _compile_catalogs() -> None:
 
 
 _compile_catalogs()
-BROKER_URL = os.environ.get("HEBDO_BROKER_URL", "")
-SECRET = "test-secret-key-not-for-production-0123456789"
-BASE_URL = "https://hebdo.example.fr"
 
 
 class BufferedClient(FlaskClient):
@@ -84,139 +67,6 @@ class BufferedClient(FlaskClient):
 Flask.test_client_class = BufferedClient
 
 
-def free_port() -> int:
-    """A free loopback port (aiosmtpd's Controller cannot take port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# --- SMTP -------------------------------------------------------------------------
-
-
-@dataclass
-class Received:
-    mail_from: str
-    rcpt_tos: list[str]
-    data: bytes
-    mail_options: list[str]
-    # time.monotonic() when the message was accepted
-    at: float = 0.0
-
-    @property
-    def message(self) -> EmailMessage:
-        parsed = BytesParser(policy=policy.default).parsebytes(self.data)
-        assert isinstance(parsed, EmailMessage)
-        return parsed
-
-    def part(self, subtype: str) -> str:
-        body = self.message.get_body(preferencelist=(subtype,))
-        assert body is not None and body.get_content_subtype() == subtype
-        content = body.get_content()
-        assert isinstance(content, str)
-        return content.replace("\r\n", "\n")
-
-
-@dataclass
-class SMTPSink:
-    """aiosmtpd handler that records every accepted message, with optional fault injection."""
-
-    port: int = 0
-    messages: list[Received] = field(default_factory=list)
-    sessions: int = 0
-    # address -> "4xx/5xx reply" to give at RCPT (fault injection)
-    rcpt_replies: dict[str, str] = field(default_factory=dict)
-    # address -> replies for its first attempts, in order; accepted once they run out
-    rcpt_sequences: dict[str, list[str]] = field(default_factory=dict)
-    # seconds to sleep before accepting each message (a slow server)
-    data_delay: float = 0.0
-    # reply to give to every MAIL FROM (a relay refusing us), instead of accepting it
-    mail_reply: str | None = None
-    # replies for the next MAIL FROMs, in order (then back to normal)
-    mail_sequence: list[str] = field(default_factory=list)
-    # offer RFC 2920 PIPELINING, as most real servers do
-    pipelining: bool = True
-    # address -> how many times to hang up right after its message's final dot, unanswered
-    drop_after_data: dict[str, int] = field(default_factory=dict)
-    # address -> how many times to stall at its RCPT for `stall_seconds` before answering
-    stall_rcpt: dict[str, int] = field(default_factory=dict)
-    stall_seconds: float = 0.0
-    # every RCPT seen: address -> how many times, and each refusal given (address, reply, when)
-    rcpt_attempts: Counter[str] = field(default_factory=Counter)
-    refusals: list[tuple[str, str, float]] = field(default_factory=list)
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-
-    async def handle_EHLO(
-        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
-    ) -> list[str]:
-        self.sessions += 1
-        session.host_name = hostname
-        if self.pipelining:
-            # aiosmtpd reads commands line by line, so it copes with pipelined ones.
-            responses.insert(-1, "250-PIPELINING")
-        return responses
-
-    async def handle_MAIL(
-        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
-    ) -> str:
-        if self.mail_reply:
-            return self.mail_reply
-        if self.mail_sequence:
-            return self.mail_sequence.pop(0)
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 OK"
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
-    ) -> str:
-        self.rcpt_attempts[address] += 1
-        if self.stall_rcpt.get(address):
-            self.stall_rcpt[address] -= 1
-            await asyncio.sleep(self.stall_seconds)
-        reply = self.rcpt_replies.get(address)
-        if not reply and self.rcpt_sequences.get(address):
-            reply = self.rcpt_sequences[address].pop(0)
-        if reply:
-            self.refusals.append((address, reply, time.monotonic()))
-            return reply
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.data_delay:
-            await asyncio.sleep(self.data_delay)
-        drop = [a for a in envelope.rcpt_tos if self.drop_after_data.get(a)]
-        with self._cond:
-            self.messages.append(
-                Received(
-                    envelope.mail_from,
-                    list(envelope.rcpt_tos),
-                    envelope.original_content,
-                    list(envelope.mail_options),
-                    time.monotonic(),
-                )
-            )
-            self._cond.notify_all()
-        if drop:
-            # The message got through, but the client never hears so.
-            self.drop_after_data[drop[0]] -= 1
-            server.transport.close()
-        return "250 2.0.0 Message accepted"
-
-    def wait_for(self, count: int, timeout: float = 60) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.messages) < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"expected {count} message(s), got {len(self.messages)} after {timeout}s"
-                    )
-                self._cond.wait(remaining)
-            return list(self.messages)
-
-
 @pytest.fixture
 def smtp_server() -> Iterator[SMTPSink]:
     sink = SMTPSink(port=free_port())
@@ -228,67 +78,6 @@ def smtp_server() -> Iterator[SMTPSink]:
         yield sink
     finally:
         controller.stop()
-
-
-# --- Data -------------------------------------------------------------------------
-
-# Every header hebdo writes on a mail, and nothing else (user text never adds one).
-MAIL_HEADERS = [
-    "From",
-    "To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "List-Id",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "MIME-Version",
-    "Content-Type",
-]
-
-
-def add_subscribers(
-    app: Flask, count: int, *, status: str = "active", locale: str = "fr", start: int = 0
-) -> list[int]:
-    """Insert subscribers in bulk (`reader<n>@exemple.fr`); return their ids."""
-    now = datetime.now(UTC)
-    rows = [
-        {
-            "email": f"reader{n}@exemple.fr",
-            "status": status,
-            "locale": locale,
-            "created_at": now,
-            "optin_serial": 1,
-            "confirmed_at": now,
-            "consent_at": now,
-            "consent_text_version": "test",
-            "confirm_attempts": 0,
-        }
-        for n in range(start, start + count)
-    ]
-    with app.app_context():
-        db.session.execute(insert(Subscriber), rows)
-        db.session.commit()
-        emails = [r["email"] for r in rows]
-        ids = db.session.execute(select(Subscriber.id).where(Subscriber.email.in_(emails)))
-        return sorted(ids.scalars())
-
-
-def add_article(app: Flask, n: int, published: datetime, **fields: Any) -> int:
-    """Store one article through the same path as feeds and the API."""
-    values: dict[str, Any] = {
-        "url": f"https://lhebdo.example/articles/{n}",
-        "title": f"Article numéro {n}",
-        "summary": f"Résumé de l’article {n}.",
-        "category": "International",
-        **fields,
-    }
-    with app.app_context():
-        article_id, _created = store_article(
-            ArticleInput(published_at=published, **values), source="test", now=published
-        )
-        db.session.commit()
-        return article_id
 
 
 # --- Database ---------------------------------------------------------------------
@@ -428,29 +217,6 @@ def smtp_client(smtp_app: Flask) -> FlaskClient:
     return smtp_app.test_client()
 
 
-# --- Processes --------------------------------------------------------------------
-
-
-@dataclass
-class Process:
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30) -> int:
-        """SIGTERM to the main process only (see KNOWN-TRAPS), SIGKILL if it hangs."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return self.popen.returncode
-
-
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     """Start a command with HEBDO_* settings, wait for a line of its output, stop it at the end."""
@@ -499,58 +265,6 @@ def celery_worker(spawn: Callable[..., Process]) -> Callable[..., Process]:
     return start
 
 
-class RedisServer:
-    """A private redis-server on a free loopback port, to stop, start and flush at will
-    (a broker or rate-limit store going away) without touching the shared one."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not self.ping():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def flush(self) -> None:
-        import redis
-
-        client = redis.Redis(port=self.port)
-        client.flushall()
-        client.close()
-
-    def ping(self) -> bool:
-        import redis
-
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        try:
-            return bool(client.ping())
-        except redis.exceptions.ConnectionError:
-            return False
-        finally:
-            client.close()
-
-
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A private Redis server, not started yet (`.start()`), stopped after the test."""
@@ -559,98 +273,16 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
-# --- Prometheus ---------------------------------------------------------------------
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """One sample of a Prometheus text exposition (0 when absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
-    found = re.search(r"^" + pattern + r"$", text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def issue_status(app: Flask, week: str) -> str | None:
-    """The issue's status as the database has it now (None when there is no issue)."""
-    with app.app_context():
-        db.session.expire_all()
-        issue = get_issue(week)
-        return issue.status if issue else None
-
-
-def kill_tree(process: Process) -> None:
-    """SIGKILL a worker and its pool children at once, as a crashed machine would."""
-    children = subprocess.run(
-        ["pgrep", "-P", str(process.popen.pid)], capture_output=True, text=True
-    ).stdout.split()
-    for pid in [process.popen.pid, *map(int, children)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
-    process.popen.wait()
-
-
 # --- Browser ----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium per module (tests/browser.py; skipped without it, but under CI)."""
-    from tests.browser import chromium
+    """One headless Chromium per module (tests/support/browser.py; skipped without it, but
+    under CI)."""
+    from tests.support.browser import chromium
 
     yield from chromium()
-
-
-# --- Admin ------------------------------------------------------------------------
-
-ADMIN_PASSWORD = "correct horse battery staple"
-
-
-def create_admin(
-    app: Flask, name: str = "alice", role: str = "admin", email: str | None = "alice@exemple.fr"
-) -> None:
-    from service.admin import accounts
-
-    with app.app_context():
-        accounts.create_user(name, ADMIN_PASSWORD, role, datetime.now(UTC), email=email)
-
-
-def page_csrf(client: FlaskClient, path: str = "/admin/login") -> str:
-    """The CSRF token a page carries (its <meta name="csrf-token">)."""
-    html = client.get(path).get_data(as_text=True)
-    found = re.search(r'<meta name="csrf-token" content="([^"]+)"', html)
-    assert found, f"no CSRF token on {path}"
-    return found.group(1)
-
-
-class Admin:
-    """A browser signed in to the admin area through the real login form."""
-
-    def __init__(self, client: FlaskClient) -> None:
-        self.client = client
-        self.csrf = ""
-
-    def login(self, name: str = "alice", password: str = ADMIN_PASSWORD) -> Any:
-        token = page_csrf(self.client)
-        response = self.client.post(
-            "/admin/login", data={"name": name, "password": password, "csrf_token": token}
-        )
-        if response.status_code == 302:
-            self.csrf = page_csrf(self.client, "/admin/subscribers")
-        return response
-
-    def get(self, path: str, **kwargs: Any) -> Any:
-        return self.client.get(path, **kwargs)
-
-    def post(self, path: str, data: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        return self.client.post(path, data={"csrf_token": self.csrf, **(data or {})}, **kwargs)
 
 
 @pytest.fixture
@@ -669,12 +301,3 @@ def editor(app: Flask) -> Admin:
     signed_in = Admin(app.test_client())
     assert signed_in.login("eve").status_code == 302
     return signed_in
-
-
-def api_token(app: Flask, role: str = "admin", name: str = "") -> dict[str, str]:
-    """Headers with a fresh bearer token of `role`."""
-    from service.admin import apitokens
-
-    with app.app_context():
-        token = apitokens.create_token(name or f"{role}-token", role, datetime.now(UTC))
-    return {"Authorization": f"Bearer {token}"}

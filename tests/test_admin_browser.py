@@ -21,7 +21,8 @@ from service.digest.planning import plan_issue
 from service.extensions import db
 from service.models import Status, Subscriber
 from service.subscribers.lifecycle import Consent, subscribe
-from tests.browser import (
+from tests.support.admin import ADMIN_PASSWORD, create_admin
+from tests.support.browser import (
     TIMEOUT_MS,
     Browser,
     Dialog,
@@ -31,7 +32,11 @@ from tests.browser import (
     serve,
     unready_server,
 )
-from tests.conftest import ADMIN_PASSWORD, SMTPSink, add_article, add_subscribers, create_admin
+from tests.support.data import add_article, add_subscribers
+from tests.support.smtp import SMTPSink
+
+# Real processes, browsers or many requests: the full suite's, not the fast lane's.
+pytestmark = pytest.mark.slow
 
 
 @dataclass

@@ -12,7 +12,8 @@ from sqlalchemy import insert, update
 
 from service.extensions import db
 from service.models import AuditEvent, Delivery, Feed, Issue, IssueStatus, Subscriber
-from tests.conftest import Admin, add_subscribers
+from tests.support.admin import Admin
+from tests.support.data import add_subscribers
 
 
 def _now() -> datetime:

@@ -16,8 +16,10 @@ from werkzeug.http import parse_options_header
 from service.extensions import db
 from service.models import AuditEvent, ImportFile, Status, Subscriber, search_key
 from service.subscribers.suppressions import suppress
-from tests.conftest import Admin, SMTPSink, add_subscribers, api_token, create_admin
-from tests.test_lifecycle import sweep
+from tests.support.admin import Admin, api_token, create_admin
+from tests.support.data import add_subscribers
+from tests.support.mail import sweep
+from tests.support.smtp import SMTPSink
 
 BIG = str(8 * 1024 * 1024)
 

@@ -16,14 +16,9 @@ from service.digest.planning import get_issue, issue_articles, plan_issue
 from service.extensions import db
 from service.models import Article, AuditEvent, Delivery, Issue, IssueArticle, IssueStatus
 from service.subscribers.suppressions import suppress
-from tests.conftest import (
-    Admin,
-    SMTPSink,
-    add_article,
-    add_subscribers,
-    api_token,
-    create_admin,
-)
+from tests.support.admin import Admin, api_token, create_admin
+from tests.support.data import add_article, add_subscribers
+from tests.support.smtp import SMTPSink
 
 
 def _now() -> datetime:

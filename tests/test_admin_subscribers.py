@@ -19,16 +19,10 @@ from sqlalchemy import select, text, update
 from service.extensions import db
 from service.models import AdminSession, AuditEvent, ImportFile, Status, Subscriber, Suppression
 from service.subscribers.lifecycle import Consent, subscribe
-from tests.conftest import (
-    ADMIN_PASSWORD,
-    BASE_URL,
-    Admin,
-    add_subscribers,
-    api_token,
-    create_admin,
-    page_csrf,
-)
-from tests.test_lifecycle import sweep
+from tests.support.admin import ADMIN_PASSWORD, Admin, api_token, create_admin, page_csrf
+from tests.support.data import add_subscribers
+from tests.support.mail import sweep
+from tests.support.settings import BASE_URL
 
 
 def sign_up(app: Flask, email: str, *, ip: str = "203.0.113.7", confirm: bool = True) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.settings import ROOT
 
 # Floors, lowest first; a module may import its own floor and those below. Capabilities use
 # each other's public functions (no cycle, see below); faces never import each other.

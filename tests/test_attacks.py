@@ -38,18 +38,14 @@ from service.subscribers.tokens import (
     resubscribe_token,
     unsubscribe_token,
 )
-from tests.conftest import (
-    BROKER_URL,
-    Admin,
-    Process,
-    Received,
-    SMTPSink,
-    add_article,
-    api_token,
-    create_admin,
-)
-from tests.test_lifecycle import _old_token, link, list_unsubscribe_path, sweep
-from tests.test_sending import NOW, Sender
+from tests.support.admin import Admin, api_token, create_admin
+from tests.support.data import add_article
+from tests.support.mail import link, list_unsubscribe_path, sweep
+from tests.support.mail import old_token as _old_token
+from tests.support.processes import Process
+from tests.support.sending import NOW, Sender
+from tests.support.settings import BROKER_URL
+from tests.support.smtp import Received, SMTPSink
 
 URL = "/api/v1/subscriptions"
 # 200 clients, each in its own /24, so no network limit groups them.
@@ -135,6 +131,7 @@ def test_a_victim_bombed_from_200_ips_gets_one_confirmation_mail(
     assert stored_emails(app) == {"victime@exemple.fr"}
 
 
+@pytest.mark.slow
 def test_the_mail_cap_holds_without_the_address_limit_against_a_real_worker(
     make_app: Callable[[dict[str, str]], Flask],
     smtp_env: dict[str, str],
@@ -169,6 +166,7 @@ def test_the_mail_cap_holds_without_the_address_limit_against_a_real_worker(
         assert events == 1  # the sign-up; the 999 repeats changed nothing
 
 
+@pytest.mark.slow
 def test_ten_thousand_addresses_from_one_client_store_only_its_allowance(
     make_app: Callable[[dict[str, str]], Flask], env: dict[str, str]
 ) -> None:

@@ -27,66 +27,13 @@ from service.inbound.complaints import NotAReport, parse_report
 from service.mail.transport import open_transport
 from service.models import AuditEvent, Issue, Status, Subscriber
 from service.subscribers.suppressions import is_suppressed
-from tests.conftest import Received, SMTPSink, add_article, add_subscribers, api_token, metric_value
-from tests.test_lifecycle import link, list_unsubscribe_path, subscriber, sweep
-from tests.test_sending import NOW, WEEK, Sender
+from tests.support.admin import api_token
+from tests.support.data import add_article, add_subscribers, metric_value
+from tests.support.mail import arf, link, list_unsubscribe_path, subscriber, sweep
+from tests.support.sending import NOW, WEEK, Sender
+from tests.support.smtp import Received, SMTPSink
 
 JSON_SIGNUP = "/api/v1/subscriptions"
-
-
-def arf(
-    original: bytes,
-    *,
-    feedback_type: str = "abuse",
-    rcpt: str | None = None,
-    headers_only: bool = False,
-    redact: str | None = None,
-) -> bytes:
-    """An RFC 5965 report about `original`, as a provider's feedback loop writes one.
-    `redact`: the reader's address, replaced everywhere (Yahoo and JMRP do that)."""
-    if redact:
-        original = original.replace(redact.encode(), b"redacted@example.invalid")
-    fields = [
-        f"Feedback-Type: {feedback_type}",
-        "User-Agent: Microsoft JMRP/1.0",
-        "Version: 1",
-        "Original-Mail-From: <newsletter@news.example.fr>",
-        "Arrival-Date: Mon, 23 Nov 2026 08:12:00 +0000",
-        "Source-IP: 192.0.2.25",
-        "Reported-Domain: news.example.fr",
-        *([f"Original-Rcpt-To: {rcpt}"] if rcpt else []),
-    ]
-    if headers_only:
-        kind, body = "text/rfc822-headers", original.split(b"\r\n\r\n", 1)[0] + b"\r\n"
-    else:
-        kind, body = "message/rfc822", original
-    head = "\r\n".join(
-        [
-            "From: <staff@fbl.example.net>",
-            "To: <fbl@news.example.fr>",
-            "Subject: complaint about message from 192.0.2.25",
-            "Date: Mon, 23 Nov 2026 09:00:00 +0000",
-            "Message-ID: <report-1@fbl.example.net>",
-            "MIME-Version: 1.0",
-            'Content-Type: multipart/report; report-type=feedback-report; boundary="arf"',
-            "",
-            "--arf",
-            'Content-Type: text/plain; charset="us-ascii"',
-            "",
-            "This is an email abuse report for a message received from 192.0.2.25.",
-            "",
-            "--arf",
-            "Content-Type: message/feedback-report",
-            "",
-            *fields,
-            "",
-            "--arf",
-            f"Content-Type: {kind}",
-            "",
-            "",
-        ]
-    ).encode()
-    return head + body + b"\r\n--arf--\r\n"
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ from service.config import (
     reference_markdown,
 )
 from service.extensions import TASK_ROUTES, celery_config, db
-from tests.conftest import ROOT
+from tests.support.deploy import image_build_inputs
+from tests.support.settings import ROOT
 
 README = (ROOT / "README.md").read_text()
 
@@ -305,14 +306,6 @@ def test_the_image_installs_the_wheel_and_runs_as_a_user() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for needed in image_build_inputs():
         assert needed not in ignored, needed
-
-
-def image_build_inputs() -> list[str]:
-    """The files and folders the image's build stage copies from the repository."""
-    build = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)[1]
-    return [
-        name for line in re.findall(r"^COPY (.+) \./?\S*$", build, re.M) for name in line.split()
-    ]
 
 
 def test_migrations_match_the_models(app: Flask) -> None:

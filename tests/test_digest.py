@@ -29,7 +29,9 @@ from service.digest.rendering import Recipient, mail_for, mail_template
 from service.extensions import db
 from service.mail.transport import open_transport
 from service.models import Delivery, Issue, IssueStatus
-from tests.conftest import BASE_URL, MAIL_HEADERS, SMTPSink, add_article, add_subscribers
+from tests.support.data import add_article, add_subscribers
+from tests.support.settings import BASE_URL
+from tests.support.smtp import MAIL_HEADERS, SMTPSink
 
 # Monday 30 March 2026 is the first Monday of summer time in Paris (UTC+2, the day after
 # the change); the Monday before is still winter time (UTC+1).

@@ -12,7 +12,8 @@ from flask import Flask
 from service.digest.planning import get_issue, upcoming_week
 from service.extensions import db
 from service.models import Subscriber
-from tests.conftest import SMTPSink, add_article, add_subscribers
+from tests.support.data import add_article, add_subscribers
+from tests.support.smtp import SMTPSink
 
 
 def _cli(app: Flask, *args: str) -> tuple[int, str]:

@@ -8,17 +8,15 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from flask import Flask
 
-from tests.conftest import (
-    Process,
-    SMTPSink,
-    add_article,
-    add_subscribers,
-    issue_status,
-    kill_tree,
-    wait_until,
-)
+from tests.support.data import add_article, add_subscribers, issue_status
+from tests.support.processes import Process, kill_tree, wait_until
+from tests.support.smtp import SMTPSink
+
+# Real processes, browsers or many requests: the full suite's, not the fast lane's.
+pytestmark = pytest.mark.slow
 
 
 def test_digest_send_now_reaches_every_confirmed_subscriber_once(

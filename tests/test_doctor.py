@@ -39,7 +39,7 @@ from service.ops.doctor.report import CheckResult, Status, failed, format_result
 from service.ops.doctor.run import run_checks
 from service.ops.doctor.sending_domain import check_dns, dkim_public_key, parse_nameserver
 from service.ops.doctor.smtp import check_smtp
-from tests.conftest import SMTPSink, free_port
+from tests.support.smtp import SMTPSink, free_port
 
 # The newest migration: these tests follow the schema as it grows.
 (HEAD,) = ScriptDirectory(str(Path(__file__).parent.parent / "migrations")).get_heads()
@@ -740,6 +740,7 @@ def test_cli_exits_0_when_nothing_failed(
     assert "0 failed, 1 warning" in result.output
 
 
+@pytest.mark.slow
 def test_cli_exits_1_on_a_failure_and_never_prints_the_password(
     env: dict[str, str], auth_smtp_server: SMTPSink
 ) -> None:

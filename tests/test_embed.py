@@ -16,7 +16,7 @@ from flask_babel import force_locale
 
 from service.subscribers.tokens import Purpose, read_token
 from service.web.embed import script_texts
-from tests.conftest import BASE_URL
+from tests.support.settings import BASE_URL
 
 ASSET_BUDGET = 8 * 1024
 

@@ -28,7 +28,7 @@ from service.extensions import db
 from service.mail.transport import open_transport
 from service.models import Subscriber
 from service.subscribers.confirmations import send_due_confirmations
-from tests.browser import (
+from tests.support.browser import (
     TIMEOUT_MS,
     Browser,
     BrowserContext,
@@ -38,7 +38,10 @@ from tests.browser import (
     serve,
     unready_server,
 )
-from tests.conftest import SMTPSink
+from tests.support.smtp import SMTPSink
+
+# Real processes, browsers or many requests: the full suite's, not the fast lane's.
+pytestmark = pytest.mark.slow
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -39,20 +39,13 @@ from sqlalchemy import func, select
 from service.digest.planning import get_issue
 from service.extensions import db
 from service.models import Delivery, DeliveryStatus, Issue, Subscriber
-from tests.conftest import (
-    BROKER_URL,
-    DATABASE_URL,
-    ROOT,
-    Process,
-    RedisServer,
-    SMTPSink,
-    add_article,
-    add_subscribers,
-    kill_tree,
-    wait_until,
-)
+from tests.support.data import add_article, add_subscribers
+from tests.support.processes import Process, RedisServer, kill_tree, wait_until
+from tests.support.settings import BROKER_URL, DATABASE_URL, ROOT
+from tests.support.smtp import SMTPSink
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(
         not (DATABASE_URL.startswith("postgresql") and BROKER_URL.startswith("redis")),
         reason="fault injection runs against PostgreSQL + Redis (HEBDO_DATABASE_URL, "

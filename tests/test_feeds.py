@@ -17,7 +17,7 @@ from service.digest import feeds
 from service.digest.articles import ArticleInput, plain_text, store_article
 from service.extensions import db
 from service.models import Article, Feed
-from tests.conftest import free_port
+from tests.support.smtp import free_port
 
 RSS = """<?xml version="1.0" encoding="utf-8"?>
 <rss version="2.0"><channel><title>Site</title><link>https://lhebdo.example/</link>
@@ -152,6 +152,7 @@ def _articles(app: Flask) -> dict[str, Article]:
         return {a.url: a for a in rows}
 
 
+@pytest.mark.slow
 def test_one_good_feed_survives_every_kind_of_bad_one_and_rereads_are_idempotent(
     make_app: Callable[[dict[str, str]], Flask],
     env: dict[str, str],

@@ -49,15 +49,17 @@ from hypothesis import strategies as st
 
 from service.digest.planning import plan_issue
 from service.web.api import shapes
-from tests.conftest import ROOT, Admin, add_article, add_subscribers, api_token
-from tests.test_complaints import arf
+from tests.support.admin import Admin, api_token
+from tests.support.data import add_article, add_subscribers
+from tests.support.mail import arf
+from tests.support.settings import ROOT
 
 CI_EXAMPLES = 25
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", CI_EXAMPLES))
 SEED = os.environ.get("FUZZ_SEED") or None
 
 # An operation takes about 15 ms an example: the suite's 120 s holds a few thousand.
-pytestmark = pytest.mark.timeout(max(120, EXAMPLES // 20))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(120, EXAMPLES // 20))]
 
 # The week the spec gives as its example: the examples phase acts on a real issue.
 EXAMPLE_WEEK = shapes.EXAMPLE_WEEK

@@ -14,7 +14,8 @@ from sqlalchemy import select, update
 from service.extensions import db
 from service.models import AdminSession, ImportFile
 from service.ops.housekeeping import housekeeping
-from tests.conftest import ROOT, Admin, create_admin
+from tests.support.admin import Admin, create_admin
+from tests.support.settings import ROOT
 
 
 def test_timed_out_sessions_and_forgotten_uploads_are_deleted(app: Flask, admin: Admin) -> None:

@@ -18,8 +18,10 @@ from flask_babel import force_locale, ngettext
 
 from service import i18n
 from service.mail.capture import CaptureTransport
-from tests.conftest import ROOT, Admin, add_subscribers
-from tests.test_mailer import mail_to
+from tests.support.admin import Admin
+from tests.support.data import add_subscribers
+from tests.support.settings import ROOT
+from tests.support.smtp import mail_to
 
 TRANSLATIONS = ROOT / "translations"
 MessageKey = tuple[str | None, str]

@@ -4,51 +4,18 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
 
 from flask import Flask
 from flask.testing import FlaskClient
-from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import select
 
 from service.extensions import db
-from service.mail.transport import open_transport
 from service.models import AuditEvent, Status, Subscriber, Suppression
-from service.subscribers.confirmations import send_due_confirmations
 from service.subscribers.lifecycle import Consent, subscribe
 from service.subscribers.tokens import Purpose
-from tests.conftest import BASE_URL, SECRET, Received, SMTPSink
-
-
-def sweep(app: Flask, now: datetime | None = None) -> int:
-    """What the worker's sweep task does, in-process."""
-    settings = app.config["SETTINGS"]
-    with app.app_context(), open_transport(settings) as transport:
-        return send_due_confirmations(
-            transport=transport, settings=settings, now=now or datetime.now(UTC)
-        )
-
-
-def subscriber(app: Flask, email: str) -> Subscriber:
-    with app.app_context():
-        sub = db.session.execute(select(Subscriber).where(Subscriber.email == email)).scalar_one()
-        db.session.expunge(sub)
-        return sub
-
-
-def link(mail: Received, path: str) -> str:
-    """Path of the first `path` link in the text part, checked to be absolute on the base URL."""
-    match = re.search(rf"{re.escape(BASE_URL)}(/{path}/[A-Za-z0-9._-]+)", mail.part("plain"))
-    assert match, mail.part("plain")
-    return match.group(1)
-
-
-def list_unsubscribe_path(mail: Received) -> str:
-    header = mail.message["List-Unsubscribe"]
-    url = re.search(r"<(https://[^>]+)>", str(header))
-    assert url
-    assert url.group(1).startswith(BASE_URL + "/unsubscribe/")
-    return urlsplit(url.group(1)).path
+from tests.support.mail import link, list_unsubscribe_path, old_token, subscriber, sweep
+from tests.support.settings import SECRET
+from tests.support.smtp import SMTPSink
 
 
 def test_form_to_inbox_to_confirm_to_one_click_unsubscribe(
@@ -207,17 +174,6 @@ def test_unsubscribed_address_can_opt_in_again_and_erased_one_is_unsuppressed_on
         assert db.session.execute(select(Suppression)).first() is None
 
 
-def _old_token(purpose: Purpose, payload: list[object], age_seconds: int, key: str = SECRET) -> str:
-    serializer = URLSafeTimedSerializer(key, salt=purpose.value)
-
-    class Signer(serializer.signer):  # type: ignore[name-defined,misc]
-        def get_timestamp(self) -> int:
-            return int(datetime.now(UTC).timestamp()) - age_seconds
-
-    serializer.signer = Signer
-    return serializer.dumps(payload)
-
-
 def test_bad_expired_and_wrong_purpose_links_change_nothing(
     smtp_app: Flask, smtp_client: FlaskClient, smtp_server: SMTPSink
 ) -> None:
@@ -230,7 +186,7 @@ def test_bad_expired_and_wrong_purpose_links_change_nothing(
     tampered = token[:-3] + ("AAA" if token[-3:] != "AAA" else "BBB")
     sub = subscriber(smtp_app, "liens@exemple.fr")
     identity = [sub.id, int(sub.created_at.timestamp()), sub.optin_serial]
-    expired = _old_token(Purpose.CONFIRM, identity, 49 * 3600)
+    expired = old_token(Purpose.CONFIRM, identity, 49 * 3600)
     for path, expected in [
         (f"/confirm/{tampered}", "Lien invalide"),
         (f"/confirm/{unsubscribe_path.rsplit('/', 1)[1]}", "Lien invalide"),  # wrong purpose
@@ -246,7 +202,7 @@ def test_bad_expired_and_wrong_purpose_links_change_nothing(
     assert subscriber(smtp_app, "liens@exemple.fr").status == Status.PENDING
     # A 47-hour-old link still works.
     assert (
-        smtp_client.post(f"/confirm/{_old_token(Purpose.CONFIRM, identity, 47 * 3600)}").status_code
+        smtp_client.post(f"/confirm/{old_token(Purpose.CONFIRM, identity, 47 * 3600)}").status_code
         == 200
     )
 

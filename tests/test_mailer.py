@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
 from email import message_from_bytes, policy
 
 import pytest
@@ -14,27 +13,11 @@ from flask.testing import FlaskClient
 
 from service.mail.capture import CaptureTransport
 from service.mail.errors import PermanentFailure, TransientFailure
-from service.mail.message import Outgoing, build_message
+from service.mail.message import build_message
 from service.mail.smtp import SMTPTransport
-from tests.conftest import BASE_URL, SMTPSink, free_port
-from tests.test_lifecycle import sweep
-
-LONG_TOKEN = "WzEyMzQ1Njc4OSwxNzk1Njg3MDUyLDFd.awgCjA." + "A" * 90
-
-
-def mail_to(
-    app: Flask, address: str, *, subject: str = "Confirmez votre inscription à L'Hebdo"
-) -> Outgoing:
-    with app.app_context():
-        return build_message(
-            app.config["SETTINGS"],
-            to=address,
-            subject=subject,
-            text="Bonjour, voilà.\n",
-            html="<p>Bonjour, voilà.</p>",
-            unsubscribe_url=f"{BASE_URL}/unsubscribe/{LONG_TOKEN}",
-            now=datetime(2026, 11, 30, 7, 0, tzinfo=UTC),
-        )
+from tests.support.mail import sweep
+from tests.support.settings import BASE_URL
+from tests.support.smtp import LONG_TOKEN, SMTPSink, free_port, mail_to
 
 
 def headers_of(data: bytes) -> list[bytes]:
@@ -193,6 +176,7 @@ def test_dev_mailbox_is_absent_with_smtp_or_in_production(smtp_client: FlaskClie
 
 
 # A loopback test server: AUTH without TLS is what we want to exercise here.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 def test_smtp_login_is_used_and_a_refused_login_is_transient(
     smtp_env: dict[str, str], make_app: object

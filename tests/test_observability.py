@@ -19,17 +19,11 @@ import yaml
 from flask import Flask
 from flask_migrate import upgrade
 
-from tests.conftest import (
-    ROOT,
-    Process,
-    SMTPSink,
-    add_article,
-    add_subscribers,
-    free_port,
-    metric_value,
-    wait_until,
-)
-from tests.test_lifecycle import link, sweep
+from tests.support.data import add_article, add_subscribers, metric_value
+from tests.support.mail import link, sweep
+from tests.support.processes import Process, wait_until
+from tests.support.settings import ROOT
+from tests.support.smtp import SMTPSink, free_port
 
 
 def test_healthz_says_alive_without_asking_anything_else(app: Flask) -> None:
@@ -135,6 +129,7 @@ def test_logs_are_json_lines_with_request_ids_and_no_token_or_address(env: dict[
     assert any(line.get("request_id") == access[0]["request_id"] for line in lines[:-3])
 
 
+@pytest.mark.slow
 def test_a_task_logs_with_its_task_id(
     smtp_env: dict[str, str],
     smtp_app: Flask,
@@ -198,6 +193,7 @@ def test_metrics_are_not_served_to_the_public(app: Flask) -> None:
     assert inside.status_code == 200
 
 
+@pytest.mark.slow
 def test_a_worker_machine_serves_its_processes_metrics(
     smtp_env: dict[str, str],
     make_app: Callable[[dict[str, str]], Flask],

@@ -13,7 +13,7 @@ from flask import Blueprint, Flask
 from flask.testing import FlaskClient
 
 from service.web.api.openapi import build
-from tests.conftest import ROOT
+from tests.support.settings import ROOT
 
 
 def _routes(app: Flask) -> set[tuple[str, str]]:

@@ -36,8 +36,9 @@ from service.models import AuditEvent, Issue, IssueArticle, Subscriber
 from service.subscribers.addresses import InvalidEmail, normalise_email
 from service.subscribers.lifecycle import Consent, subscribe
 from service.subscribers.tokens import BadToken, Purpose, make_token, read_token
-from tests.conftest import BASE_URL, MAIL_HEADERS, SECRET, SMTPSink
-from tests.test_lifecycle import sweep
+from tests.support.mail import sweep
+from tests.support.settings import BASE_URL, SECRET
+from tests.support.smtp import MAIL_HEADERS, SMTPSink
 
 # Hypothesis keeps no example database in the repository, and the per-example time varies
 # with the backend (PostgreSQL round trips), so no deadline either.
@@ -435,6 +436,7 @@ def part(message: EmailMessage, subtype: str) -> str:
     return content.replace("\r\n", "\n")
 
 
+@pytest.mark.slow
 @settings(deadline=None, database=None, max_examples=200)
 @given(hostile_texts, hostile_texts, hostile_texts)
 def test_the_mailer_writes_only_its_own_headers_whatever_the_text(

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from flask import Flask
 from sqlalchemy import select
 
@@ -20,7 +21,13 @@ from service.digest.planning import get_issue, plan_issue
 from service.extensions import CONFIRM_QUEUE, DEFAULT_QUEUE, MAIL_QUEUE, QUEUES, TASK_ROUTES, db
 from service.models import Issue
 from service.ops.runner import commands
-from tests.conftest import BROKER_URL, Process, SMTPSink, add_article, add_subscribers, wait_until
+from tests.support.data import add_article, add_subscribers
+from tests.support.processes import Process, wait_until
+from tests.support.settings import BROKER_URL
+from tests.support.smtp import SMTPSink
+
+# Real processes, browsers or many requests: the full suite's, not the fast lane's.
+pytestmark = pytest.mark.slow
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

@@ -16,77 +16,26 @@ from collections.abc import Callable
 from http.cookiejar import CookieJar
 from pathlib import Path
 
+import pytest
 from flask import Flask
 from sqlalchemy import select
 
 from service.extensions import db
 from service.models import Delivery
 from service.ops.runner import STOP_GRACE_SECONDS, WORKER_STOP_GRACE_SECONDS
-from tests.conftest import Process, SMTPSink, add_subscribers, free_port, wait_until
+from tests.support.data import add_subscribers
+from tests.support.processes import (
+    Process,
+    http,
+    processes_with,
+    send_now,
+    start_hebdo_run,
+    wait_until,
+)
+from tests.support.smtp import SMTPSink
 
-
-def http(
-    url: str, data: bytes | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, str]:
-    request = urllib.request.Request(url, data=data, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def processes_with(data_dir: Path) -> list[int]:
-    """PIDs whose environment names this test's data folder (the children of hebdo run)."""
-    marker = f"HEBDO_DATA_DIR={data_dir}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def send_now(values: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`hebdo digest send --now` in another process, with these settings only."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", "digest", "send", "--now"],
-        env={**environ, **values},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-
-
-def start_hebdo_run(
-    env: dict[str, str], spawn: Callable[..., Process], *, ready: str
-) -> tuple[Process, str, dict[str, str]]:
-    """`hebdo run` on a free port, once it printed `ready` and its web app answers:
-    the process, its base URL and its settings."""
-    port = free_port()
-    values = {
-        **env,
-        "HEBDO_BASE_URL": f"http://127.0.0.1:{port}",
-        "HEBDO_WEB_WORKERS": "1",
-        "HEBDO_WORKER_CONCURRENCY": "1",
-    }
-    hebdo = [sys.executable, "-m", "service.cli", "run", "--port", str(port)]
-    process = spawn(hebdo, values, ready=ready, timeout=120)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if http(f"{base}/healthz")[0] == 200:
-                return process, base, values
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, process.output()[-3000:]
-        time.sleep(0.2)
+# Real processes, browsers or many requests: the full suite's, not the fast lane's.
+pytestmark = pytest.mark.slow
 
 
 def test_hebdo_run_serves_subscribes_captures_and_stops_on_ctrl_c(

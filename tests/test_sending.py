@@ -11,7 +11,7 @@ import itertools
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import dkim
@@ -28,70 +28,13 @@ from service.extensions import db
 from service.mail.message import Outgoing, build_message
 from service.mail.smtp import SMTPTransport
 from service.mail.transport import open_transport
-from service.models import AuditEvent, Delivery, Issue, Status, Subscriber
+from service.models import AuditEvent, Status, Subscriber
 from service.subscribers.lifecycle import unsubscribe
 from service.subscribers.suppressions import is_suppressed
-from tests.conftest import BROKER_URL, SMTPSink, add_article, add_subscribers, free_port
-
-NOW = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
-WEEK = "2026-W48"
-
-
-class Sender:
-    """Start an issue and run its batch tasks in this process, at chosen times."""
-
-    def __init__(self, app: Flask) -> None:
-        self.app = app
-        self.settings = app.config["SETTINGS"]
-        self.queue: list[int] = []
-
-    def enqueue(self, issue_id: int) -> bool:
-        self.queue.append(issue_id)
-        return True
-
-    def start(self, now: datetime = NOW) -> int:
-        with self.app.app_context():
-            plan_issue(self.settings, WEEK, now)
-            issue = get_issue(WEEK)
-            assert issue is not None
-            recipients = delivery.start_send(self.settings, issue.id, now)
-            delivery.dispatch(self.settings, issue.id, now, self.enqueue)
-            return recipients
-
-    def run(self, now: datetime = NOW) -> list[delivery.BatchReport]:
-        """Run every queued batch task (as a worker would), at `now`."""
-        reports = []
-        with self.app.app_context(), open_transport(self.settings) as transport:
-            while self.queue:
-                issue_id = self.queue.pop(0)
-                reports.append(
-                    delivery.send_batch(
-                        self.settings, issue_id, transport=transport, clock=lambda: now
-                    )
-                )
-        return reports
-
-    def sweep(self, now: datetime) -> int:
-        with self.app.app_context():
-            return delivery.sweep(self.settings, now, self.enqueue)
-
-    def issue(self) -> Issue:
-        with self.app.app_context():
-            issue = get_issue(WEEK)
-            assert issue is not None
-            db.session.expunge(issue)
-            return issue
-
-    def deliveries(self) -> dict[str, Delivery]:
-        with self.app.app_context():
-            rows = db.session.execute(
-                select(Subscriber.email, Delivery).join(
-                    Subscriber, Subscriber.id == Delivery.subscriber_id
-                )
-            ).all()
-            for _email, row in rows:
-                db.session.expunge(row)
-            return {email: row for email, row in rows}
+from tests.support.data import add_article, add_subscribers
+from tests.support.sending import NOW, WEEK, Sender
+from tests.support.settings import BROKER_URL
+from tests.support.smtp import SMTPSink, free_port
 
 
 def begin(app: Flask, subscribers: int, *, article: bool = False) -> Sender:

@@ -20,21 +20,18 @@ from sqlalchemy import func, select
 
 from service.extensions import db
 from service.models import Delivery
-from tests.conftest import (
-    BROKER_URL,
-    DATABASE_URL,
-    Process,
-    SMTPSink,
-    add_article,
-    add_subscribers,
-    issue_status,
-    wait_until,
-)
+from tests.support.data import add_article, add_subscribers, issue_status
+from tests.support.processes import Process, wait_until
+from tests.support.settings import BROKER_URL, DATABASE_URL
+from tests.support.smtp import SMTPSink
 
-pytestmark = pytest.mark.skipif(
-    not (DATABASE_URL.startswith("postgresql") and BROKER_URL.startswith("redis")),
-    reason="needs PostgreSQL and Redis: set HEBDO_DATABASE_URL and HEBDO_BROKER_URL",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (DATABASE_URL.startswith("postgresql") and BROKER_URL.startswith("redis")),
+        reason="needs PostgreSQL and Redis: set HEBDO_DATABASE_URL and HEBDO_BROKER_URL",
+    ),
+]
 
 
 def _deliveries(app: Flask) -> dict[tuple[str, bool], int]:

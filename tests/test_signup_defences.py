@@ -19,7 +19,9 @@ from service.extensions import db
 from service.models import Subscriber
 from service.signup import limits as signup_limits
 from service.signup.defences import SIGNUPS, form_token
-from tests.conftest import BASE_URL, BROKER_URL, RedisServer, free_port
+from tests.support.processes import RedisServer
+from tests.support.settings import BASE_URL, BROKER_URL
+from tests.support.smtp import free_port
 
 URL = "/api/v1/subscriptions"
 NEWS = "https://news.example.fr"
@@ -149,6 +151,7 @@ def test_a_form_posted_faster_than_a_person_types_is_dropped(configured: Any) ->
 # ---------------------------------------------------------------- rate limits
 
 
+@pytest.mark.slow
 def test_the_per_ip_limit_answers_429_in_the_pages_language_and_resets(configured: Any) -> None:
     app = configured(subscribe_rate_limit="3/2 seconds")
     client = app.test_client()
@@ -258,6 +261,7 @@ def test_redis_down_lets_people_sign_up(configured: Any, caplog: pytest.LogCaptu
     assert "rate limit" in caplog.text.lower() or "storage" in caplog.text.lower()
 
 
+@pytest.mark.slow
 def test_every_window_of_a_limit_holds(configured: Any) -> None:
     """`3/2 seconds;4/minute`: the short window turns a burst away, and once it has reset
     the long one still holds, with a Retry-After for the long window."""

@@ -8,7 +8,8 @@ import re
 
 from flask.testing import FlaskClient
 
-from tests.conftest import ROOT, Admin
+from tests.support.admin import Admin
+from tests.support.settings import ROOT
 
 YEAR = 365 * 24 * 3600
 

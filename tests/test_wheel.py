@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Process, free_port
-from tests.test_deploy_files import image_build_inputs
-from tests.test_run import http
+from tests.support.deploy import image_build_inputs
+from tests.support.processes import Process, http
+from tests.support.settings import ROOT
+from tests.support.smtp import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

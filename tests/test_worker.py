@@ -6,13 +6,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from flask import Flask
 from sqlalchemy import select
 
 from service.extensions import db
 from service.models import Status, Subscriber
-from tests.conftest import BROKER_URL, Process, RedisServer, SMTPSink
-from tests.test_lifecycle import link, subscriber
+from tests.support.mail import link, subscriber
+from tests.support.processes import Process, RedisServer
+from tests.support.settings import BROKER_URL
+from tests.support.smtp import SMTPSink
+
+# Real processes, browsers or many requests: the full suite's, not the fast lane's.
+pytestmark = pytest.mark.slow
 
 
 def test_a_real_worker_sends_the_confirmation_mail(

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.parse
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.deploy import image_build_inputs
-from tests.support.processes import Process, http
+from tests.support.processes import (
+    Process,
+    confirm_from_the_mailbox,
+    http,
+    sign_up_on_the_sample_page,
+)
 from tests.support.settings import ROOT
 from tests.support.smtp import free_port
 
@@ -137,25 +141,7 @@ def test_installed_hebdo_runs_from_any_directory_and_signs_a_reader_up(
     stylesheet = re.search(r'href="(/static/admin/admin\.css\?v=[0-9a-f]+)"', login)
     assert stylesheet and http(base + stylesheet.group(1))[0] == 200
 
-    action = re.search(r'<form class="hebdo-box" method="post" action="([^"]+)"', page)
-    assert action
-    fields = dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)"', page))
-    fields["email"] = "roue@exemple.fr"
-    status, body = http(
-        action.group(1),
-        urllib.parse.urlencode(fields).encode(),
-        {"Content-Type": "application/x-www-form-urlencoded", "Referer": f"{base}/exemple"},
-    )
-    assert status == 200 and "Plus qu’une étape" in body, body
-    deadline = time.monotonic() + 60
-    while "roue@exemple.fr" not in http(f"{base}/dev/mailbox/")[1]:
-        assert time.monotonic() < deadline, process.output()[-3000:]
-        time.sleep(0.3)
-    name = re.search(r'href="/dev/mailbox/([^"]+\.eml)"', http(f"{base}/dev/mailbox/")[1])
-    assert name
-    mail = http(f"{base}/dev/mailbox/{name.group(1)}/raw")[1].replace("=\r\n", "")
-    confirm = re.search(rf"{re.escape(base)}(/confirm/[A-Za-z0-9._-]+)", mail)
-    assert confirm, mail
-    assert "Inscription confirmée" in http(base + confirm.group(1), data=b"")[1]
+    sign_up_on_the_sample_page(base, "roue@exemple.fr")
+    assert "Inscription confirmée" in confirm_from_the_mailbox(base, "roue@exemple.fr", process)
     # Nothing was written in the directory it ran from.
     assert not any(elsewhere.iterdir())

@@ -13,6 +13,7 @@ alone, so any number of ticks, workers or restarts start one issue a week.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -61,6 +62,18 @@ def _refused(issue: Issue, action: str) -> Refused:
     return Refused(f"{issue.week} is {issue.status}: cannot {action} it", issue.week, issue.status)
 
 
+def _change(
+    week: str, action: str, now: datetime, by: Actor, change: Callable[[int], bool]
+) -> Issue:
+    """Make one status change of the issue of `week` (Refused when its status forbids it),
+    audit it, and return the issue as it is now."""
+    issue = require_issue(week)
+    if not change(issue.id):
+        raise _refused(issue, action)
+    _record(action, issue.week, by, now)
+    return require_issue(issue.week)
+
+
 def plan(settings: Settings, week: str, now: datetime, by: Actor) -> PlanResult:
     """Plan (or refresh) the issue of `week` ahead of its send, so it can be previewed,
     tested, approved or sent now; Refused once it has started going out."""
@@ -75,39 +88,29 @@ def plan(settings: Settings, week: str, now: datetime, by: Actor) -> PlanResult:
 
 def approve(settings: Settings, week: str, now: datetime, by: Actor) -> Issue:
     """Review mode: a draft goes out at its scheduled time."""
-    issue = require_issue(week)
-    if not lifecycle.approve(issue.id, now):
-        raise _refused(issue, "approve")
-    _record("approve", issue.week, by, now)
-    return require_issue(issue.week)
+    return _change(week, "approve", now, by, lambda issue_id: lifecycle.approve(issue_id, now))
 
 
 def pause(settings: Settings, week: str, now: datetime, by: Actor) -> Issue:
     """Stop sending after the batches in flight; `resume` picks up where it stopped."""
-    issue = require_issue(week)
-    if not lifecycle.pause(issue.id):
-        raise _refused(issue, "pause")
-    _record("pause", issue.week, by, now)
-    return require_issue(issue.week)
+    return _change(week, "pause", now, by, lifecycle.pause)
 
 
 def resume(settings: Settings, week: str, now: datetime, enqueue: Enqueue, by: Actor) -> Issue:
     """Carry on a paused send: sending again, its due batches queued."""
-    issue = require_issue(week)
-    if not lifecycle.resume(issue.id):
-        raise _refused(issue, "resume")
-    dispatch(settings, issue.id, now, enqueue)
-    _record("resume", issue.week, by, now)
-    return require_issue(issue.week)
+
+    def sending_again(issue_id: int) -> bool:
+        if not lifecycle.resume(issue_id):
+            return False
+        dispatch(settings, issue_id, now, enqueue)
+        return True
+
+    return _change(week, "resume", now, by, sending_again)
 
 
 def cancel(settings: Settings, week: str, now: datetime, by: Actor) -> Issue:
     """Stop an issue for good; whoever has not got it yet will not."""
-    issue = require_issue(week)
-    if not lifecycle.cancel(issue.id, now):
-        raise _refused(issue, "cancel")
-    _record("cancel", issue.week, by, now)
-    return require_issue(issue.week)
+    return _change(week, "cancel", now, by, lambda issue_id: lifecycle.cancel(issue_id, now))
 
 
 @dataclass(frozen=True)

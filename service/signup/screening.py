@@ -38,10 +38,13 @@ TICKED = (True, 1, "1", "on", "true", "yes")
 CURRENT_CONSENT = ("", "on", "true", "1", "yes")
 
 
-def _text(value: Any) -> Any:
-    """Null or empty means none; lone surrogates (which JSON can carry) are no text."""
-    if value == "":
-        return None
+def blank_is_none(value: Any) -> Any:
+    """An optional text field sent empty (as a form sends it) is one not sent."""
+    return None if value == "" else value
+
+
+def unicode_text(value: Any) -> Any:
+    """JSON can carry lone surrogates (`"\\ud800"`), which no database or mail can hold."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -72,7 +75,9 @@ class SignupPost(BaseModel):
         "domain's DNS records): else 422.",
     )
     locale: Annotated[
-        Annotated[str, Field(max_length=LOCALE_TAG_MAX)] | None, BeforeValidator(_text)
+        Annotated[str, Field(max_length=LOCALE_TAG_MAX)] | None,
+        BeforeValidator(unicode_text),
+        BeforeValidator(blank_is_none),
     ] = Field(
         default=None,
         examples=["fr"],
@@ -80,7 +85,9 @@ class SignupPost(BaseModel):
         "Accept-Language's, then French.",
     )
     source: Annotated[
-        Annotated[str, Field(max_length=SOURCE_MAX)] | None, BeforeValidator(_text)
+        Annotated[str, Field(max_length=SOURCE_MAX)] | None,
+        BeforeValidator(unicode_text),
+        BeforeValidator(blank_is_none),
     ] = Field(
         default=None,
         description="The page the box was on, recorded as the consent's source when it is "
@@ -88,7 +95,8 @@ class SignupPost(BaseModel):
     )
     consent: Annotated[
         Annotated[str, Field(max_length=CONSENT_VERSION_MAX)] | Literal[True] | None,
-        BeforeValidator(_text),
+        BeforeValidator(unicode_text),
+        BeforeValidator(blank_is_none),
         AfterValidator(_printable),
     ] = Field(
         default=None,

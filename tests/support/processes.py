@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -181,3 +182,35 @@ def start_hebdo_run(
             pass
         assert time.monotonic() < deadline, process.output()[-3000:]
         time.sleep(0.2)
+
+
+def sign_up_on_the_sample_page(base: str, email: str) -> None:
+    """Sign `email` up from the box at the end of the sample article page, as a reader
+    without JavaScript would: the form as served, with its hidden fields."""
+    status, page = http(f"{base}/exemple")
+    assert status == 200 and "Rejoignez gratuitement la communauté" in page
+    action = re.search(r'<form class="hebdo-box" method="post" action="([^"]+)"', page)
+    assert action and action.group(1) == f"{base}/api/v1/subscriptions"
+    fields = dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)"', page))
+    assert "ts" in fields
+    fields["email"] = email
+    status, body = http(
+        action.group(1),
+        urllib.parse.urlencode(fields).encode(),
+        {"Content-Type": "application/x-www-form-urlencoded", "Referer": f"{base}/exemple"},
+    )
+    assert status == 200 and "Plus qu’une étape" in body, body
+
+
+def confirm_from_the_mailbox(base: str, email: str, process: Process) -> str:
+    """Wait for `email`'s confirmation mail in /dev/mailbox, press its button; the page."""
+    deadline = time.monotonic() + 60
+    while email not in http(f"{base}/dev/mailbox/")[1]:
+        assert time.monotonic() < deadline, process.output()[-3000:]
+        time.sleep(0.3)
+    name = re.search(r'href="/dev/mailbox/([^"]+\.eml)"', http(f"{base}/dev/mailbox/")[1])
+    assert name
+    mail = http(f"{base}/dev/mailbox/{name.group(1)}/raw")[1].replace("=\r\n", "")
+    confirm = re.search(rf"{re.escape(base)}(/confirm/[A-Za-z0-9._-]+)", mail)
+    assert confirm, mail
+    return http(base + confirm.group(1), data=b"")[1]

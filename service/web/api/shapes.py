@@ -25,6 +25,7 @@ from pydantic import (
 from service.digest import actions
 from service.inbound.complaints import Result as ComplaintResult
 from service.models import DeliveryStatus, IssueStatus, Status
+from service.signup.screening import blank_is_none, unicode_text
 from service.subscribers.bulk import MAX_BULK, REASON_MAX, Outcome
 from service.subscribers.csv_io import OUTCOMES as IMPORT_OUTCOMES
 from service.subscribers.search import MAX_ID, MAX_LIMIT, FilterQuery
@@ -41,20 +42,6 @@ WEEK_PATTERN = r"^\d{4}-W\d{2}$"
 EXAMPLE_WEEK = "2026-W48"
 
 
-def _no_surrogates(value: Any) -> Any:
-    """JSON can carry lone surrogates (`"\\ud800"`), which no database or mail can hold."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("is not valid Unicode text") from None
-    return value
-
-
-def _blank_is_none(value: Any) -> Any:
-    return None if value == "" else value
-
-
 def _lenient_int(value: Any) -> Any:
     """A query value that is not a whole number in range is ignored, as the browser page's
     links are (ASCII digits only: `"²".isdigit()` is true)."""
@@ -67,8 +54,8 @@ def Text(limit: int, description: str = "") -> Any:  # a type, read as one
     """An optional text field: null or empty means none; trimmed."""
     return Annotated[
         Annotated[str, Field(max_length=limit)] | None,
-        BeforeValidator(_blank_is_none),
-        BeforeValidator(_no_surrogates),
+        BeforeValidator(blank_is_none),
+        BeforeValidator(unicode_text),
         Field(default=None, description=description or None),
     ]
 
@@ -176,7 +163,7 @@ class ArticleIn(Shape):
     id: Text(512, "The CMS's id for the article")  # type: ignore[valid-type]
     url: Annotated[
         str,
-        BeforeValidator(_no_surrogates),
+        BeforeValidator(unicode_text),
         Field(
             max_length=2000,
             pattern=r"^https?://[^/?#\s]",
@@ -185,7 +172,7 @@ class ArticleIn(Shape):
     ]
     title: Annotated[
         str,
-        BeforeValidator(_no_surrogates),
+        BeforeValidator(unicode_text),
         Field(
             min_length=1,
             max_length=2000,
@@ -318,7 +305,7 @@ class SubscriberPage(BaseModel):
 
 class SubscriberPatch(Shape):
     status: Literal["unsubscribed", "pending", "bounced"]
-    reason: Annotated[str, BeforeValidator(_no_surrogates), Field(max_length=REASON_MAX)] = ""
+    reason: Annotated[str, BeforeValidator(unicode_text), Field(max_length=REASON_MAX)] = ""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -333,7 +320,7 @@ class PatchResult(BaseModel):
 
 class Unsubscribes(Shape):
     emails: Annotated[list[str], Field(max_length=MAX_BULK)]
-    reason: Annotated[str, BeforeValidator(_no_surrogates), Field(max_length=REASON_MAX)] = ""
+    reason: Annotated[str, BeforeValidator(unicode_text), Field(max_length=REASON_MAX)] = ""
 
     model_config = ConfigDict(
         extra="forbid",

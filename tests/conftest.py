@@ -440,7 +440,8 @@ class Process:
         return self.log.read_text(errors="replace")
 
     def stop(self, timeout: float = 30) -> int:
-        """SIGTERM to the main process only (see KNOWN-TRAPS), SIGKILL if it hangs."""
+        """SIGTERM to the main process only, SIGKILL if it hangs: signalling a Celery worker's
+        whole process group kills its pool children first, and the parent then deadlocks."""
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:

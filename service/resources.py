@@ -3,7 +3,7 @@ catalogs, database migrations.
 
 In a checkout they are top-level folders of the repository (`templates/`, `static/`,
 `translations/`, `migrations/`); an installed wheel carries them inside the `service`
-package (`pyproject.toml` maps them there). Each path is the folder inside the package
+package (`setup.py` maps them there). Each path is the folder inside the package
 when it exists, else the checkout's.
 """
 

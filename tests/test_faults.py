@@ -14,7 +14,7 @@ Each is bounded in time and counts what it saw; the figures are printed (run wit
 gathered in docs/reliability.md. PostgreSQL and Redis are the production pair these
 guarantees are stated for: without HEBDO_DATABASE_URL (PostgreSQL) and HEBDO_BROKER_URL
 (Redis) the module is skipped; `.ci/run` always sets both. The broker of each test is a
-private redis-server (tests.conftest.RedisServer), so restarting it disturbs nothing else.
+private redis-server (tests.support.processes.RedisServer), so restarting it disturbs nothing else.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`hebdo admin user …` and `hebdo admin token …`: accounts for the admin area and the API."""
+"""`hebdo admin create-user|set-password|users` and `hebdo admin token …`: accounts for the
+admin area and the API."""
 
 from __future__ import annotations
 

@@ -162,7 +162,7 @@ def forget_erased() -> None:
     checkpoint writes them back into the database file and empties the log (≈ 8 ms, so a
     list of erasures checkpoints once, at its end). A checkpoint that readers keep from
     finishing is logged; the next one completes it. PostgreSQL keeps dead row versions
-    until vacuum reuses their space, and backups keep what they hold: see the README.
+    until vacuum reuses their space, and backups keep what they hold: see docs/admin.md.
     """
     if db.engine.dialect.name != "sqlite":
         return

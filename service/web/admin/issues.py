@@ -2,7 +2,7 @@
 send, pause, resume, cancel, live progress), the coming issue's articles (exclude,
 include, reorder), and the same powers over the admin API.
 
-Thin views: the work is in issues (the issue's life) and editorial (the articles);
+Thin views: the work is in digest.actions (the issue's life) and digest.editorial (the articles);
 refusals from them become a flash message here, a 4xx JSON body on the API.
 """
 

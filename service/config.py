@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Mapping
 from datetime import time
 from email.utils import parseaddr
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, Self, get_args
 from urllib.parse import urlsplit, urlunsplit
@@ -595,12 +596,12 @@ class Settings(BaseSettings):
 
     # --- Derived values ---
 
-    @property
+    @cached_property
     def mail_from_address(self) -> str:
         """`newsletter@news.example.fr` out of `L'Hebdo <newsletter@news.example.fr>`."""
         return parseaddr(self.mail_from)[1]
 
-    @property
+    @cached_property
     def mail_domain(self) -> str:
         """The sending domain: Message-IDs, List-Id and DKIM are in its name."""
         return self.mail_from_address.rsplit("@", 1)[1].lower()
@@ -618,7 +619,7 @@ class Settings(BaseSettings):
         """The PEM private key read from HEBDO_DKIM_KEY_FILE; None when mail is not signed."""
         return self._dkim_key
 
-    @property
+    @cached_property
     def broker_transport_options(self) -> dict[str, Any]:
         """kombu's options for the broker in use."""
         if self.broker_url.startswith("filesystem://"):
@@ -651,16 +652,25 @@ class Settings(BaseSettings):
     def mail_capture_dir(self) -> Path:
         return self.data_dir / "mail"
 
-    @property
-    def broker_folders(self) -> list[Path]:
+    @cached_property
+    def broker_folders(self) -> tuple[Path, ...]:
         """The folders of kombu's file-system broker (none for another broker)."""
         options = self.broker_transport_options
-        return [Path(options[k]) for k in ("data_folder_in", "control_folder") if k in options]
+        return tuple(Path(options[k]) for k in ("data_folder_in", "control_folder") if k in options)
 
-    @property
-    def signing_keys(self) -> list[str]:
+    @cached_property
+    def signing_keys(self) -> tuple[str, ...]:
         """Oldest first, current last: the order itsdangerous expects for rotation."""
-        return [*reversed(self.secret_key_fallbacks), self.secret_key]
+        return (*reversed(self.secret_key_fallbacks), self.secret_key)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with `update` applied (tests swap keys this way), its derived values worked
+        out again from the copy's own settings rather than carried over from this one's."""
+        copied = super().model_copy(update=update, deep=deep)
+        for name, member in vars(type(self)).items():
+            if isinstance(member, cached_property):
+                copied.__dict__.pop(name, None)
+        return copied
 
     def public(self) -> dict[str, Any]:
         """Settings safe to print: secrets masked, and so are the passwords in URLs."""

@@ -175,10 +175,10 @@ def test_defaults_computed_from_other_settings(tmp_path: Path) -> None:
     assert settings.allowed_origins == ("https://hebdo.example.fr", "https://www.site.fr")
     assert settings.ratelimit_storage == "redis://127.0.0.1:6379/0"
     assert settings.broker_transport_options["visibility_timeout"] == 3600
-    assert settings.broker_folders == []
+    assert settings.broker_folders == ()
     assert (settings.send_weekday, str(settings.send_time)) == (4, "17:30:00")
     assert settings.log_format == "json" and settings.feeds == ()
-    assert settings.signing_keys == ["old-2", "old-1", "k" * 48]
+    assert settings.signing_keys == ("old-2", "old-1", "k" * 48)
     assert settings.dkim_key is None and not settings.capture_mail
 
 
@@ -253,3 +253,18 @@ def test_loading_takes_well_under_10_ms(tmp_path: Path) -> None:
     load_settings(values)  # the development key is written once
     best = min(timeit.repeat(lambda: load_settings(values), number=1, repeat=20))
     assert best < 0.010, f"{best * 1000:.1f} ms"
+
+
+def test_a_copy_works_out_its_derived_values_from_its_own_settings(tmp_path: Path) -> None:
+    """Derived values are computed once per Settings (the sender reads the mail domain for
+    every message); a copy with other keys or another sender must not carry the original's."""
+    settings = load_settings(
+        {"HEBDO_DATA_DIR": str(tmp_path), "HEBDO_SECRET_KEY": "k" * 48, "HEBDO_ENV": "test"}
+    )
+    assert settings.signing_keys == ("k" * 48,)
+    assert settings.mail_domain == "hebdo.localhost"
+    copy = settings.model_copy(
+        update={"secret_key": "n" * 48, "mail_from": "News <news@exemple.fr>"}
+    )
+    assert copy.signing_keys == ("n" * 48,) and copy.mail_domain == "exemple.fr"
+    assert settings.signing_keys == ("k" * 48,) and settings.mail_domain == "hebdo.localhost"

@@ -19,6 +19,7 @@ import time
 from typing import IO
 
 from flask import Flask
+from flask_babel import gettext as _
 from flask_migrate import upgrade
 
 from service.admin import accounts
@@ -104,7 +105,10 @@ def _pump(name: str, stream: IO[bytes]) -> None:
 
 def run_all(app: Flask, *, host: str, port: int) -> int:
     settings: Settings = app.config["SETTINGS"]
-    print(f"hebdo: migrating {settings.database_url.split('@')[-1]}", flush=True)
+    print(
+        _("hebdo: migrating %(database)s", database=settings.database_url.split("@")[-1]),
+        flush=True,
+    )
     upgrade()
     # Read the feeds now rather than an interval after beat starts: the worker picks it up.
     if settings.feeds:
@@ -135,15 +139,19 @@ def run_all(app: Flask, *, host: str, port: int) -> int:
         children[name] = child
         threading.Thread(target=_pump, args=(name, child.stdout), daemon=True).start()
     mode = (
-        "mail captured in " + str(settings.mail_capture_dir)
+        _("mail captured in %(folder)s", folder=settings.mail_capture_dir)
         if settings.capture_mail
-        else "SMTP " + settings.smtp_host
+        else _("SMTP %(host)s", host=settings.smtp_host)
     )
-    print(f"hebdo: http://{host}:{port}  ({mode}; Ctrl-C stops)", flush=True)
+    url = f"http://{host}:{port}"
+    print(_("hebdo: %(url)s  (%(mode)s; Ctrl-C stops)", url=url, mode=mode), flush=True)
     if not accounts.list_users():
         print(
-            f"hebdo: admin area at http://{host}:{port}/admin/ — create its first user with "
-            "`hebdo admin create-user NAME --email YOU@EXAMPLE` in another terminal",
+            _(
+                "hebdo: admin area at %(url)s/admin/ — create its first user with "
+                "`hebdo admin create-user NAME --email YOU@EXAMPLE` in another terminal",
+                url=url,
+            ),
             flush=True,
         )
 
@@ -152,7 +160,12 @@ def run_all(app: Flask, *, host: str, port: int) -> int:
         for name, child in children.items():
             if child.poll() is not None:
                 print(
-                    f"hebdo: {name} exited with {child.returncode}; stopping the rest", flush=True
+                    _(
+                        "hebdo: %(name)s exited with %(code)s; stopping the rest",
+                        name=name,
+                        code=child.returncode,
+                    ),
+                    flush=True,
                 )
                 status = 1
                 stopping.set()
@@ -166,7 +179,7 @@ def run_all(app: Flask, *, host: str, port: int) -> int:
     for name, child in children.items():
         grace = WORKER_STOP_GRACE_SECONDS if name == "worker" else STOP_GRACE_SECONDS
         _wait_or_kill(name, child, started + grace, grace, forced)
-    print("hebdo: stopped", flush=True)
+    print(_("hebdo: stopped"), flush=True)
     return status
 
 
@@ -180,14 +193,30 @@ def _wait_or_kill(
     told = False
     while child.poll() is None:
         if forced.is_set() or time.monotonic() >= deadline:
-            why = "on a second Ctrl-C" if forced.is_set() else f"after {grace}s"
-            print(f"hebdo: {name} did not stop; killing it {why}", flush=True)
+            if forced.is_set():
+                print(
+                    _("hebdo: %(name)s did not stop; killing it on a second Ctrl-C", name=name),
+                    flush=True,
+                )
+            else:
+                print(
+                    _(
+                        "hebdo: %(name)s did not stop; killing it after %(seconds)ss",
+                        name=name,
+                        seconds=grace,
+                    ),
+                    flush=True,
+                )
             child.kill()
             break
         if not told and time.monotonic() - deadline + grace > 2:
             print(
-                f"hebdo: waiting for the {name} to finish its tasks (up to {grace}s; "
-                "Ctrl-C again to kill it)",
+                _(
+                    "hebdo: waiting for the %(name)s to finish its tasks (up to %(seconds)ss; "
+                    "Ctrl-C again to kill it)",
+                    name=name,
+                    seconds=grace,
+                ),
                 flush=True,
             )
             told = True

@@ -382,6 +382,12 @@ def test_api_lists_and_steers_issues(smtp_app: Flask, smtp_server: SMTPSink) -> 
     assert smtp_server.wait_for(1)[0].message["Subject"].startswith("[TEST] ")
     bad = client.post(f"/api/v1/admin/issues/{week}/test", headers=headers, json={"to": "nope"})
     assert bad.status_code == 422 and bad.get_json()["error"] == "invalid_address"
+    german = client.post(
+        f"/api/v1/admin/issues/{week}/test",
+        headers=headers,
+        json={"to": "chef@exemple.fr", "locale": "de"},
+    )
+    assert german.status_code == 422 and german.get_json()["error"] == "invalid_locale"
     assert client.post(f"/api/v1/admin/issues/{week}/test", headers=headers).status_code == 422
 
     sent = client.post(f"/api/v1/admin/issues/{week}/send", headers=headers)

@@ -289,7 +289,7 @@ def test_archive_shows_sent_issues_without_personal_data(app: Flask) -> None:
     listing = client.get("/archive")
     assert listing.status_code == 200 and "/archive/2026-W48" in listing.text
     # One article: the singular, in either language.
-    assert "2026-W48 · 1 article<" in listing.text
+    assert "2026-W48 · 1\u00a0article<" in listing.text
     assert "2026-W48 · 1 story<" in client.get("/archive?lang=en").text
     page = client.get("/archive/2026-W48")
     assert page.status_code == 200

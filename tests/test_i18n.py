@@ -78,7 +78,11 @@ def test_every_text_is_in_both_catalogs_and_french_translates_all() -> None:
 def test_french_counts_zero_and_one_as_singular(app: Flask) -> None:
     with app.app_context():
         for locale, expected in (
-            ("fr", ["0 article", "1 article", "2 articles", "1000000 articles"]),
+            # A no-break space between the number and its noun, as the archive always wrote it.
+            (
+                "fr",
+                ["0\u00a0article", "1\u00a0article", "2\u00a0articles", "1000000\u00a0articles"],
+            ),
             ("en", ["0 stories", "1 story", "2 stories", "1000000 stories"]),
         ):
             with force_locale(locale):

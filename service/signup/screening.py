@@ -53,6 +53,13 @@ def unicode_text(value: Any) -> Any:
     return value
 
 
+def _version_or_true(value: Any) -> Any:
+    """Text, `true` or nothing: not a number (`1 == True` for a lax Literal)."""
+    if value is not None and value is not True and not isinstance(value, str):
+        raise ValueError("must be a consent text version (string)")
+    return value
+
+
 def _printable(value: Any) -> Any:
     if isinstance(value, str) and not value.isprintable():
         raise ValueError("must be a consent text version (printable text)")
@@ -95,6 +102,7 @@ class SignupPost(BaseModel):
     )
     consent: Annotated[
         Annotated[str, Field(max_length=CONSENT_VERSION_MAX)] | Literal[True] | None,
+        BeforeValidator(_version_or_true),
         BeforeValidator(unicode_text),
         BeforeValidator(blank_is_none),
         AfterValidator(_printable),
@@ -166,6 +174,16 @@ def consent_version(settings: Settings, value: str | Literal[True] | None) -> st
     return value
 
 
+def check_origin(settings: Settings, visitor: Visitor) -> None:
+    """Refused (403) for a browser's post from a page of another site, so no other site can
+    make its visitors sign someone up; counted. Requests without Origin (servers, old
+    browsers' same-site forms) go on: the limits hold them. The view asks first, before it
+    reads the body; `screen` asks again."""
+    if visitor.origin is not None and not allowed_origin(settings, visitor.origin):
+        record("foreign_origin", ip=visitor.ip)
+        raise Refused(403, "origin_not_allowed")
+
+
 def screen(
     settings: Settings,
     post: SignupPost,
@@ -177,12 +195,7 @@ def screen(
 ) -> Accepted:
     """Screen the post, then subscribe the address (double opt-in). Raises Refused, or
     InvalidEmail for an address that is none."""
-    if visitor.origin is not None and not allowed_origin(settings, visitor.origin):
-        # A browser's post from a page of another site: refused, so no other site can make
-        # its visitors sign someone up. Requests without Origin (servers, old browsers'
-        # same-site forms) go on; the limits hold them.
-        record("foreign_origin", ip=visitor.ip)
-        raise Refused(403, "origin_not_allowed")
+    check_origin(settings, visitor)
     # The page the box was on; recorded only for an allowed origin (else anyone could
     # write any URL into the proof of consent). Without JavaScript, the Referer.
     source = page_of_allowed_origin(settings, post.source or visitor.referrer)

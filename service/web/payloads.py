@@ -17,11 +17,13 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 class PayloadError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, field: str = "") -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        # The field at fault, when one is (a shape's validation names it).
+        self.field = field
 
 
 def read_payload() -> dict[str, Any]:
@@ -43,4 +45,6 @@ def parse(model: type[Model], data: Any) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise PayloadError(422, "invalid_field", describe(exc)) from None
+        loc = exc.errors(include_url=False)[0]["loc"]
+        field = str(loc[0]) if loc else ""
+        raise PayloadError(422, "invalid_field", describe(exc), field) from None

@@ -38,7 +38,7 @@ from service.signup.defences import (
     http_verifier,
     record,
 )
-from service.signup.screening import Refused, SignupPost, Visitor, screen
+from service.signup.screening import Refused, SignupPost, Visitor, check_origin, screen
 from service.subscribers.addresses import InvalidEmail
 from service.web.api.openapi import Reply, error, operation
 from service.web.api.shapes import SignupAccepted, SignupForm, SignupFormQuery
@@ -224,6 +224,7 @@ def create_subscription() -> Any:
         referrer=request.referrer,
     )
     try:
+        check_origin(settings(), visitor)
         post = parse(SignupPost, read_payload())
         # Any language tag goes (an unknown one falls back), but not a number or an object.
         locale = page_locale(post.locale)

@@ -451,13 +451,17 @@ ACTION_REPLIES = {
 @limiter.limit(TEST_SEND_LIMIT, scope="issue-test")
 def api_issue_test(week: str) -> Response | tuple[Response, int]:
     """Test send: JSON `{"to": address, "locale"?: "fr"|"en"}`."""
+    try:
+        require_issue(week)
+    except NoIssue as exc:
+        return json_error(404, "not_found", str(exc))
     body = request.get_json(silent=True)
     try:
         asked = parse(shapes.TestSend, body if isinstance(body, dict) else {})
     except PayloadError as exc:
-        return json_error(
-            422, "invalid_address", f'a JSON body {{"to": address}} is required: {exc.detail}'
-        )
+        if exc.field == "locale":
+            return json_error(422, "invalid_locale", f"locale must be one of {i18n.LOCALES}")
+        return json_error(422, "invalid_address", 'a JSON body {"to": address} is required')
     if not asked.to.strip():
         return json_error(422, "invalid_address", 'a JSON body {"to": address} is required')
     return _api_act(week, "test", asked.to, asked.locale)

@@ -73,7 +73,10 @@ def push_article() -> tuple[Response, int]:
         )
         db.session.commit()
     except PayloadError as exc:
-        return jsonify({"error": exc.code, "message": exc.detail}), exc.status
+        # An article without a usable address or title is one the CMS cannot have stored:
+        # the same `invalid_article` the domain's own refusals get.
+        code = "invalid_article" if exc.field in ("url", "title") else exc.code
+        return jsonify({"error": code, "message": exc.detail}), exc.status
     except InvalidArticle as exc:
         db.session.rollback()
         return jsonify({"error": "invalid_article", "message": str(exc)}), 422

@@ -70,6 +70,7 @@ _MESSAGES = {
     "string_type": "{field} must be a string",
     "string_too_long": "{field} is longer than {max_length} characters",
     "string_too_short": "{field} must not be empty",
+    "string_pattern_mismatch": "{field} must match {pattern}",
     "extra_forbidden": "unknown field(s): {field}",
     "missing": "{field} is required",
     "literal_error": "{field} must be one of {expected}",
@@ -166,7 +167,8 @@ class ArticleIn(Shape):
         BeforeValidator(unicode_text),
         Field(
             max_length=2000,
-            pattern=r"^https?://[^/?#\s]",
+            # The scheme in any case, as the domain reads it (`HTTPS://` is a web URL too).
+            pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]",
             description="Absolute http(s) URL (else 422)",
         ),
     ]
@@ -319,7 +321,8 @@ class PatchResult(BaseModel):
 
 
 class Unsubscribes(Shape):
-    emails: Annotated[list[str], Field(max_length=MAX_BULK)]
+    # At most MAX_BULK, refused by the bulk action itself (`too_many`), as a pasted list is.
+    emails: Annotated[list[str], Field(json_schema_extra={"maxItems": MAX_BULK})]
     reason: Annotated[str, BeforeValidator(unicode_text), Field(max_length=REASON_MAX)] = ""
 
     model_config = ConfigDict(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from datetime import time
@@ -259,6 +260,19 @@ class Settings(BaseSettings):
     unsubscribe_mailto: str = setting(
         "",
         "Address of the mailto in List-Unsubscribe; default `unsubscribe@<domain of HEBDO_MAIL_FROM>`.",
+    )
+    bounce_address: str = setting(
+        "",
+        "Address that receives bounces (e.g. `bounces@news.example.fr`). Set, every digest and confirmation mail goes out with the envelope sender `bounces+<signed token>@…` (VERP), so a bounce names its delivery; mail to it is read by `hebdo inbound` (docs/inbound.md). Empty: the envelope sender is HEBDO_MAIL_FROM's address and bounces are not read.",
+    )
+    reply_to: str = setting(
+        "",
+        "Reply-To of every mail, where readers' replies go; replies that reach hebdo's inbound address are forwarded there. Empty: no Reply-To, and replies that reach hebdo are kept for a person (admin, Inbound).",
+    )
+    soft_bounce_limit: int = setting(
+        "3",
+        "Temporary bounces (mailbox full, greylisting that never cleared…) in this many distinct issues, with no delivery in between, make a reader `bounced`.",
+        ge=1,
     )
     check_deliverability: Flag = setting(
         "0",
@@ -510,6 +524,18 @@ class Settings(BaseSettings):
         if value or "mail_from" not in info.data:
             return value
         return f"hebdo.{_domain_of(info.data['mail_from'])}"
+
+    @field_validator("bounce_address", "reply_to")
+    @classmethod
+    def _plain_address(cls, value: str, info: ValidationInfo) -> str:
+        # The bounce address takes a `+<token>` of its own: it cannot hold one already.
+        local = r"[^\s@<>\"(),;:+]+" if info.field_name == "bounce_address" else r"[^\s@<>\"(),;:]+"
+        if value and not re.fullmatch(local + r"@[^\s@<>\"(),;:]+\.[^\s@<>\"(),;:]+", value):
+            example = "bounces" if info.field_name == "bounce_address" else "redaction"
+            raise ValueError(
+                f"must be a plain address like {example}@news.example.fr, got {value!r}"
+            )
+        return value
 
     @field_validator("unsubscribe_mailto")
     @classmethod

@@ -31,7 +31,7 @@ from service.mail.transport import open_transport
 from service.models import Delivery, Issue, IssueStatus
 from tests.support.data import add_article, add_subscribers
 from tests.support.settings import BASE_URL
-from tests.support.smtp import MAIL_HEADERS, SMTPSink
+from tests.support.smtp import DIGEST_HEADERS, SMTPSink
 
 # Monday 30 March 2026 is the first Monday of summer time in Paris (UTC+2, the day after
 # the change); the Monday before is still winter time (UTC+1).
@@ -233,7 +233,7 @@ def test_the_digest_on_the_wire_is_standards_clean_and_escapes_feed_text(
     head = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")
     assert mail.rcpt_tos == ["lectrice@exemple.fr"]
     names = [line.split(":", 1)[0] for line in head.split("\r\n") if not line.startswith(" ")]
-    assert sorted(names) == sorted(MAIL_HEADERS)
+    assert sorted(names) == sorted(DIGEST_HEADERS)
     assert "Bcc" not in head and "victim" not in head
     assert re.search(
         r"^List-Unsubscribe: <https://hebdo\.example\.fr/unsubscribe/[\w.-]+>,\r\n <mailto:",

@@ -30,6 +30,7 @@ from service.digest.articles import MAX_TITLE, ArticleInput, plain_text, store_a
 from service.digest.planning import get_issue, plan_issue
 from service.digest.rendering import Recipient, mail_for, mail_template
 from service.extensions import db
+from service.inbound.verp import unsubscribe_signed, unsubscribe_subscriber_id
 from service.mail.message import build_message, wire_address
 from service.models import Article as ArticleRow
 from service.models import AuditEvent, Issue, IssueArticle, Subscriber
@@ -38,7 +39,7 @@ from service.subscribers.lifecycle import Consent, subscribe
 from service.subscribers.tokens import BadToken, Purpose, make_token, read_token
 from tests.support.mail import sweep
 from tests.support.settings import BASE_URL, SECRET
-from tests.support.smtp import MAIL_HEADERS, SMTPSink
+from tests.support.smtp import CONFIRMATION_HEADERS, DIGEST_HEADERS, SMTPSink
 
 # Hypothesis keeps no example database in the repository, and the per-example time varies
 # with the backend (PostgreSQL round trips), so no deadline either.
@@ -362,6 +363,9 @@ def check_wire(
     subject: str,
     now: datetime,
     unsubscribe_payload: list[int],
+    kind: str = "confirmation",
+    created_at: datetime | None = None,
+    campaign: str = "",
 ) -> EmailMessage:
     """Every header is one hebdo wrote, with the value hebdo meant; only the Subject
     carries outside text, and it reads back as that text; the body is a well-formed
@@ -378,8 +382,16 @@ def check_wire(
             name, sep, _value = line.partition(": ")
             assert sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", name), line
             fields.append((name, [line]))
-    assert sorted(name for name, _ in fields) == sorted(MAIL_HEADERS)
+    expected = DIGEST_HEADERS if kind == "digest" else CONFIRMATION_HEADERS
+    assert sorted(name for name, _ in fields) == sorted(expected)
     raw = {name: "\r\n".join(folded) for name, folded in fields}
+    assert raw["Feedback-ID"] == (
+        f"Feedback-ID: {campaign or kind}:{settings_.list_id}:{kind}:news.example.fr"
+    )
+    if kind == "digest":
+        assert raw["Precedence"] == "Precedence: bulk"
+    else:
+        assert raw["Auto-Submitted"] == "Auto-Submitted: auto-generated"
 
     wire_to, _smtputf8 = wire_address(to)
     boundary = re.fullmatch(
@@ -396,11 +408,18 @@ def check_wire(
     assert raw["MIME-Version"] == "MIME-Version: 1.0"
     link = re.fullmatch(
         rf"List-Unsubscribe: <{re.escape(BASE_URL)}/unsubscribe/({TOKEN})>,\r\n"
-        rf" <mailto:unsubscribe@news\.example\.fr\?subject=unsubscribe>",
+        rf" <mailto:(unsubscribe(?:\+[0-9a-z.]+)?@news\.example\.fr)\?subject=unsubscribe>",
         raw["List-Unsubscribe"],
     )
     assert link, raw["List-Unsubscribe"]
     assert read_token(settings_, Purpose.UNSUBSCRIBE, link.group(1)) == unsubscribe_payload
+    # The reader's own mailto when they are a subscriber (`created_at`), signed for them.
+    mailto = link.group(2)
+    if created_at is None:
+        assert mailto == "unsubscribe@news.example.fr"
+    else:
+        assert unsubscribe_subscriber_id(settings_, mailto) == unsubscribe_payload[0]
+        assert unsubscribe_signed(settings_, mailto, unsubscribe_payload[0], created_at), mailto
 
     # The subject: plain printable ASCII as is, or only encoded-words (ours, which show
     # the text literally); never an encoded-word taken over from the text.
@@ -525,6 +544,9 @@ def test_every_digest_mail_has_the_headers_hebdo_wrote_whatever_the_articles_say
         subject=expected_subject,
         now=NOW,
         unsubscribe_payload=[42, int(created.timestamp())],
+        kind="digest",
+        created_at=created,
+        campaign=WEEK,
     )
     html = part(message, "html")
     assert "<script" not in html.lower()
@@ -572,6 +594,7 @@ def test_every_confirmation_mail_reaches_one_recipient_with_hebdos_headers(
         sub = db.session.get(Subscriber, result.subscriber_id)
         assert sub is not None
         identity = [sub.id, int(sub.created_at.timestamp())]
+        created_at = sub.created_at
     smtp_server.messages.clear()
     assert sweep(smtp_app, NOW) == 1
     (received,) = smtp_server.wait_for(1)
@@ -587,5 +610,6 @@ def test_every_confirmation_mail_reaches_one_recipient_with_hebdos_headers(
         subject=expected_subject,
         now=NOW,
         unsubscribe_payload=identity,
+        created_at=created_at,
     )
     assert f"{BASE_URL}/confirm/" in part(message, "plain")

@@ -380,6 +380,41 @@ def test_dkim_signature_covers_the_list_headers_and_verifies(
         } <= names
         assert dkim.verify(data, dnsfunc=dns)
         assert not dkim.verify(data.replace(b"/unsubscribe/", b"/unsubscribX/", 1), dnsfunc=dns)
+        # Oversigned: each of these is listed once more than it occurs (Reply-To, absent,
+        # once), so a header added on the way, even one hebdo never wrote, breaks the
+        # signature.
+        listed = signed.replace(b"\r\n", b"").replace(b" ", b"").lower().split(b":")
+        for name in (b"from", b"to", b"subject", b"list-id", b"list-unsubscribe"):
+            assert listed.count(name) == 2, name
+        assert listed.count(b"reply-to") == 1
+        head, sep, body = data.partition(b"\r\n\r\n")
+        for added in (b"From: Bank <ceo@bank.example>", b"Reply-To: attacker@evil.example"):
+            assert not dkim.verify(head + b"\r\n" + added + sep + body, dnsfunc=dns), added
+
+    # With HEBDO_REPLY_TO, every mail says where replies go, and Reply-To is signed twice.
+    replying = make_app(
+        {
+            **env,
+            "HEBDO_DKIM_KEY_FILE": str(key),
+            "HEBDO_DKIM_SELECTOR": "hebdo2026",
+            "HEBDO_REPLY_TO": "redaction@news.example.fr",
+        }
+    )
+    with replying.app_context():
+        answered = build_message(
+            replying.config["SETTINGS"],
+            to="c@exemple.fr",
+            subject="Confirmez",
+            text="t",
+            html="<p>h</p>",
+            unsubscribe_url="https://hebdo.example.fr/unsubscribe/x",
+        )
+    assert b"\r\nReply-To: redaction@news.example.fr\r\n" in answered.data
+    signed = answered.data.split(b"h=", 1)[1].split(b";", 1)[0]
+    assert (
+        signed.replace(b"\r\n", b"").replace(b" ", b"").lower().split(b":").count(b"reply-to") == 2
+    )
+    assert dkim.verify(answered.data, dnsfunc=dns)
 
 
 def test_a_batch_cut_by_the_time_limit_hands_back_what_it_never_tried(

@@ -574,7 +574,7 @@ def _send_one(
     """
     try:
         template = templates.get(settings, issue, row.recipient.locale)
-        mail = mail_for(settings, template, row.recipient, now)
+        mail = mail_for(settings, template, row.recipient, now, issue.id)
     except PermanentFailure as exc:
         report.note(row, DeliveryStatus.FAILED, error=str(exc))
         return None, False

@@ -18,7 +18,8 @@ from markupsafe import escape
 from service import i18n
 from service.config import Settings
 from service.digest.planning import issue_articles, week_start
-from service.mail.message import MailTemplate, Markers, Outgoing
+from service.inbound.verp import bounce_address, unsubscribe_address
+from service.mail.message import DIGEST, TEST, MailTemplate, Markers, Outgoing
 from service.models import Issue
 from service.subscribers.tokens import public_url, unsubscribe_token_for
 
@@ -77,6 +78,8 @@ def mail_template(
         text=rendered.text,
         html=rendered.html,
         markers=markers,
+        kind=TEST if subject_prefix else DIGEST,
+        campaign=issue.week,
     )
 
 
@@ -102,14 +105,28 @@ def personal_values(
 
 
 def mail_for(
-    settings: Settings, template: MailTemplate, recipient: Recipient, now: datetime
+    settings: Settings,
+    template: MailTemplate,
+    recipient: Recipient,
+    now: datetime,
+    issue_id: int | None = None,
 ) -> Outgoing:
-    """One subscriber's copy: the shared rendering plus their address and unsubscribe link."""
+    """One subscriber's copy: the shared rendering plus their address and unsubscribe link,
+    and the addresses that bring back what concerns this delivery: its VERP bounce address
+    (`issue_id` and a subscriber) and the reader's own unsubscribe mailto. A preview or a
+    test to someone who is no subscriber (id 0) has neither."""
     unsubscribe_url, text_values, html_values = personal_values(settings, recipient)
+    subscriber = recipient.subscriber_id
     return template.fill(
         to=recipient.email,
         unsubscribe_url=unsubscribe_url,
         now=now,
         values=text_values,
         html_values=html_values,
+        envelope_from=bounce_address(settings, subscriber, issue_id=issue_id)
+        if subscriber and issue_id
+        else bounce_address(settings, None),
+        unsubscribe_mailto=unsubscribe_address(settings, subscriber, recipient.created_at)
+        if subscriber
+        else None,
     )

@@ -114,6 +114,12 @@ class _Body:
         return b"".join(out)
 
 
+# What a mail is, for the headers that say how to treat it.
+DIGEST = "digest"
+CONFIRMATION = "confirmation"
+TEST = "test"
+
+
 class Markers:
     """Placeholders for per-recipient values, unguessable so article text cannot forge one."""
 
@@ -142,6 +148,8 @@ class MailTemplate:
         text: str,
         html: str,
         markers: Markers | None = None,
+        kind: str = DIGEST,
+        campaign: str = "",
     ) -> None:
         self.settings = settings
         self.markers = markers or Markers()
@@ -151,10 +159,15 @@ class MailTemplate:
         self._from = _header_block(serialise(head)) + b"\r\n"
         self._subject = _subject_header(subject)
         check_header_block((self._from + self._subject).rstrip(b"\r\n"))
+        # Replies go to a person (HEBDO_REPLY_TO), never to the bounce address.
+        reply_to = _raw_header("Reply-To", settings.reply_to) if settings.reply_to else ""
         self._list = (
-            _raw_header("List-Id", f"<{settings.list_id}>")
+            reply_to
+            + _raw_header("List-Id", f"<{settings.list_id}>")
             + _raw_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+            + _kind_headers(settings, kind, campaign)
         ).encode()
+        self._dkim_headers = dkim_headers(bool(settings.reply_to))
         boundary = f"=_hebdo_{secrets.token_hex(12)}"
         self._mime = (
             f"MIME-Version: 1.0\r\n"
@@ -178,9 +191,14 @@ class MailTemplate:
         now: datetime | None = None,
         values: dict[str, str] | None = None,
         html_values: dict[str, str] | None = None,
+        envelope_from: str | None = None,
+        unsubscribe_mailto: str | None = None,
     ) -> Outgoing:
         """The message for one recipient: `values` fill markers in the text part, and in
-        the HTML part unless `html_values` (already escaped) says otherwise."""
+        the HTML part unless `html_values` (already escaped) says otherwise. `envelope_from`
+        is the recipient's VERP bounce address and `unsubscribe_mailto` their own
+        unsubscribe address (inbound.verp); without them, HEBDO_MAIL_FROM's address and
+        HEBDO_UNSUBSCRIBE_MAILTO."""
         s = self.settings
         recipient, smtputf8 = wire_address(to)
         message_id = f"<{time_ns()}.{secrets.token_hex(6)}@{s.mail_domain}>"
@@ -197,7 +215,7 @@ class MailTemplate:
                 _raw_header(
                     "List-Unsubscribe",
                     f"<{unsubscribe_url}>,",
-                    f"<mailto:{s.unsubscribe_mailto}?subject=unsubscribe>",
+                    f"<mailto:{unsubscribe_mailto or s.unsubscribe_mailto}?subject=unsubscribe>",
                 ).encode(),
                 self._mime,
             )
@@ -213,8 +231,9 @@ class MailTemplate:
         )
         data = head + body
         if s.dkim_key:
-            data = dkim_sign(s, data)
-        return Outgoing(Envelope(s.mail_from_address, recipient, smtputf8), data, message_id)
+            data = dkim_sign(s, data, self._dkim_headers)
+        sender = envelope_from or s.mail_from_address
+        return Outgoing(Envelope(sender, recipient, smtputf8), data, message_id)
 
 
 def _header_block(raw: bytes) -> bytes:
@@ -265,21 +284,37 @@ def check_header_block(block: bytes) -> None:
             raise ValueError(f"malformed header line: {line[:80]!r}")
 
 
+# Signed once each.
 DKIM_HEADERS = (
+    b"date",
+    b"message-id",
+    b"mime-version",
+    b"content-type",
+    b"precedence",
+    b"auto-submitted",
+    b"feedback-id",
+)
+# Signed once more than they occur ("oversigned"): a relay or an attacker who adds a second
+# From, a Subject or a List-Unsubscribe of their own breaks the signature, and so does one
+# who adds a Reply-To to a mail that had none.
+OVERSIGNED = (
     b"from",
     b"to",
     b"subject",
-    b"date",
-    b"message-id",
     b"list-id",
     b"list-unsubscribe",
     b"list-unsubscribe-post",
-    b"mime-version",
-    b"content-type",
 )
 
 
-def dkim_sign(settings: Settings, data: bytes) -> bytes:
+def dkim_headers(reply_to: bool) -> list[bytes]:
+    """The `h=` of a mail: every header hebdo writes, each oversigned one listed once more
+    than it occurs (Reply-To once when there is none, twice when there is)."""
+    present = [*OVERSIGNED, b"reply-to"] if reply_to else list(OVERSIGNED)
+    return [*present, *DKIM_HEADERS, *OVERSIGNED, b"reply-to"]
+
+
+def dkim_sign(settings: Settings, data: bytes, include: list[bytes] | None = None) -> bytes:
     """Prepend a DKIM-Signature (relaxed/relaxed, rsa-sha256) over the list headers too."""
     assert settings.dkim_key is not None
     signature = dkim.sign(
@@ -288,10 +323,25 @@ def dkim_sign(settings: Settings, data: bytes) -> bytes:
         settings.mail_domain.encode(),
         settings.dkim_key,
         canonicalize=(b"relaxed", b"relaxed"),
-        include_headers=list(DKIM_HEADERS),
+        include_headers=include or dkim_headers(bool(settings.reply_to)),
         linesep=b"\r\n",
     )
     return bytes(signature) + data
+
+
+def _kind_headers(settings: Settings, kind: str, campaign: str) -> str:
+    """`Precedence: bulk` on the digest (vacation responders stay quiet), `Auto-Submitted:
+    auto-generated` on confirmation mails (RFC 3834: no auto-reply to them), and a
+    `Feedback-ID` in Gmail's form (campaign:customer:mail type:sender id; Postmaster Tools
+    groups complaints by it): the issue's week, the list, the kind of mail, the sending
+    domain."""
+    headers = ""
+    if kind == DIGEST:
+        headers += _raw_header("Precedence", "bulk")
+    elif kind == CONFIRMATION:
+        headers += _raw_header("Auto-Submitted", "auto-generated")
+    fields = (campaign or kind, settings.list_id, kind, settings.mail_domain)
+    return headers + _raw_header("Feedback-ID", ":".join(f.replace(":", ".") for f in fields))
 
 
 def build_message(
@@ -303,10 +353,20 @@ def build_message(
     html: str,
     unsubscribe_url: str,
     now: datetime | None = None,
+    kind: str = CONFIRMATION,
+    envelope_from: str | None = None,
+    unsubscribe_mailto: str | None = None,
 ) -> Outgoing:
-    """Build and serialise one mail to one recipient, with RFC 2369/2919/8058 list headers."""
-    template = MailTemplate(settings, subject=subject, text=text, html=html)
-    return template.fill(to=to, unsubscribe_url=unsubscribe_url, now=now)
+    """Build and serialise one mail to one recipient, with RFC 2369/2919/8058 list headers
+    (see MailTemplate.fill for the envelope sender and the mailto)."""
+    template = MailTemplate(settings, subject=subject, text=text, html=html, kind=kind)
+    return template.fill(
+        to=to,
+        unsubscribe_url=unsubscribe_url,
+        now=now,
+        envelope_from=envelope_from,
+        unsubscribe_mailto=unsubscribe_mailto,
+    )
 
 
 def serialise(msg: EmailMessage, *, smtputf8: bool = False) -> bytes:

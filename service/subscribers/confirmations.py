@@ -15,6 +15,7 @@ from sqlalchemy import or_, select, update
 
 from service.config import Settings
 from service.extensions import db, rowcount
+from service.inbound.verp import bounce_address, unsubscribe_address
 from service.mail.errors import PermanentFailure, TransientFailure
 from service.mail.message import build_message
 from service.mail.transport import Transport
@@ -108,6 +109,8 @@ def send_confirmation(
             html=html,
             unsubscribe_url=unsubscribe_link,
             now=now,
+            envelope_from=bounce_address(settings, sub.id, optin_serial=sub.optin_serial),
+            unsubscribe_mailto=unsubscribe_address(settings, sub.id, sub.created_at),
         )
         transport.send(mail)
     except PermanentFailure as exc:

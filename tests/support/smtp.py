@@ -167,9 +167,14 @@ MAIL_HEADERS = [
     "List-Id",
     "List-Unsubscribe",
     "List-Unsubscribe-Post",
+    "Feedback-ID",
     "MIME-Version",
     "Content-Type",
 ]
+# What a digest adds (vacation responders stay quiet), and what a confirmation mail adds
+# (RFC 3834: no automatic reply to it).
+DIGEST_HEADERS = [*MAIL_HEADERS, "Precedence"]
+CONFIRMATION_HEADERS = [*MAIL_HEADERS, "Auto-Submitted"]
 
 LONG_TOKEN = "WzEyMzQ1Njc4OSwxNzk1Njg3MDUyLDFd.awgCjA." + "A" * 90
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     CheckConstraint,
     ForeignKey,
     Index,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -236,6 +237,12 @@ class Issue(db.Model):  # type: ignore[name-defined]
     # Readers who reported this issue as spam (feedback-loop reports, see complaints.py):
     # complaint_count / sent_count is the complaint rate mailbox providers judge the list by.
     complaint_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    # What came back later (inbound.bounces, inbound.receive): delivery status notifications
+    # of a permanent failure (hard, undone ones taken off) and of a temporary one (soft, one
+    # per delivery), and readers who unsubscribed by mail (the mailto in List-Unsubscribe).
+    hard_bounce_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    soft_bounce_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    mailto_unsubscribe_count: Mapped[int] = mapped_column(default=0, server_default="0")
     # Batch tasks queued and finished, so the sweep knows whether the queue still holds some.
     batches_queued: Mapped[int] = mapped_column(default=0)
     batches_done: Mapped[int] = mapped_column(default=0)
@@ -330,6 +337,10 @@ class Delivery(db.Model):  # type: ignore[name-defined]
     smtp_response: Mapped[str | None] = mapped_column(String(512))
     message_id: Mapped[str | None] = mapped_column(String(255))
     sent_at: Mapped[datetime | None]
+    # A delivery status notification said this delivery failed for now (mailbox full,
+    # greylisting that never cleared): HEBDO_SOFT_BOUNCE_LIMIT of these in a row make the
+    # reader bounced (see inbound.bounces).
+    soft_bounced_at: Mapped[datetime | None]
 
 
 class AdminRole(enum.StrEnum):
@@ -382,3 +393,57 @@ class ImportFile(db.Model):  # type: ignore[name-defined]
     created_by: Mapped[str] = mapped_column(String(80))
     filename: Mapped[str] = mapped_column(String(255))
     content: Mapped[str] = mapped_column(Text)
+
+
+class InboundVerdict(enum.StrEnum):
+    """What hebdo made of a mail that came back (see inbound.receive)."""
+
+    BOUNCED = "bounced"  # a permanent failure: the reader is bounced and suppressed
+    SOFT_BOUNCE = "soft_bounce"  # a temporary failure, counted against the delivery
+    COMPLAINED = "complained"  # a feedback-loop report: the reader complained
+    UNSUBSCRIBED = "unsubscribed"  # mail to the reader's unsubscribe address
+    DUPLICATE = "duplicate"  # about a reader already in that state: nothing changed
+    AUTO_REPLY = "auto_reply"  # out of office, vacation, challenge-response: nothing changes
+    FORWARDED = "forwarded"  # a person's reply, sent on to HEBDO_REPLY_TO
+    KEPT = "kept"  # for a person: a reply without HEBDO_REPLY_TO, anything not understood
+    UNATTRIBUTED = "unattributed"  # a bounce naming no delivery of ours (forged, foreign)
+    UNDONE = "undone"  # a bounce an admin took back
+
+
+class InboundMessage(db.Model):  # type: ignore[name-defined]
+    """One mail that came back to hebdo (a bounce, a complaint, a mailto unsubscription, an
+    auto-reply, a reader's reply), the verdict on it and the evidence for that verdict.
+
+    The raw message is kept RAW_KEEP_DAYS for a person to read, then dropped; the row,
+    which holds no address (the evidence's are masked), stays as the record."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (
+        CheckConstraint(f"verdict IN ({_values(InboundVerdict)})", name="verdict"),
+        # A provider's event sent twice (webhook retries) is one event.
+        UniqueConstraint("source", "external_id"),
+        Index("ix_inbound_messages_received", "received_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime]
+    # How it came in: cli, maildir, api, smtp, or a provider's webhook (webhook:ses…).
+    source: Mapped[str] = mapped_column(String(32))
+    # The provider's id for a webhook event (idempotent replays); None for a mail.
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    # bounce, complaint, unsubscribe, auto_reply, reply, unknown.
+    kind: Mapped[str] = mapped_column(String(16))
+    verdict: Mapped[str] = mapped_column(String(16), index=True)
+    # Which rule decided (`dsn 5.1.1`, `verp`, `Auto-Submitted header`, `flufl:postfix`…).
+    rule: Mapped[str] = mapped_column(String(100))
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+    issue_id: Mapped[int | None] = mapped_column(
+        ForeignKey("issues.id", ondelete="SET NULL"), index=True
+    )
+    subject: Mapped[str | None] = mapped_column(String(200))
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    undone_at: Mapped[datetime | None]
+    undone_by: Mapped[str | None] = mapped_column(String(80))

@@ -369,6 +369,86 @@ def build_message(
     )
 
 
+FORWARD = "forward"
+
+
+def forward_message(
+    settings: Settings,
+    *,
+    to: str,
+    subject: str,
+    note: str,
+    original: bytes,
+    reply_to: str | None,
+    now: datetime | None = None,
+) -> Outgoing:
+    """A mail that came back (a reader's reply) sent on to a person: hebdo's own From and
+    subject, a note, the mail attached whole (message/rfc822). Not list mail, so no List-*
+    headers; `Auto-Submitted` and X-Hebdo-Forwarded so that neither a responder nor hebdo
+    itself (were the person's address to lead back here) answers or forwards it again.
+    `reply_to` is the reader's address, validated here, so the person can answer them."""
+    recipient, smtputf8 = wire_address(to)
+    answer: str | None = None
+    if reply_to:
+        try:
+            answer, needs_utf8 = wire_address(reply_to)
+            smtputf8 = smtputf8 or needs_utf8
+        except PermanentFailure:
+            answer = None
+    message_id = f"<{time_ns()}.{secrets.token_hex(6)}@{settings.mail_domain}>"
+    head = EmailMessage(policy=policy.default)
+    head["From"] = settings.mail_from  # configuration, not user text
+    head["To"] = recipient
+    head["Subject"] = subject  # hebdo's words, never the reader's
+    head["Date"] = format_datetime(now or datetime.now(UTC))
+    head["Message-ID"] = message_id
+    if answer:
+        head["Reply-To"] = answer
+    head["Auto-Submitted"] = "auto-generated"
+    head["X-Hebdo-Forwarded"] = "reply"
+    boundary = f"=_hebdo_{secrets.token_hex(12)}"
+    head["MIME-Version"] = "1.0"
+    head["Content-Type"] = f'multipart/mixed; boundary="{boundary}"'
+    # The attached mail goes as it came (CRLF line ends), 8bit when it has 8-bit bytes;
+    # as an opaque .eml file (base64) when it could not travel as a message part.
+    lines = original.replace(b"\r\n", b"\n").split(b"\n")
+    if b"\0" in original or any(len(line) > 998 for line in lines):
+        attached = (
+            b'Content-Type: application/octet-stream; name="reply.eml"\r\n'
+            b'Content-Disposition: attachment; filename="reply.eml"\r\n'
+            b"Content-Transfer-Encoding: base64\r\n\r\n"
+            + b"".join(
+                binascii.b2a_base64(original[i : i + 57]).replace(b"\n", b"\r\n")
+                for i in range(0, len(original), 57)
+            ).rstrip(b"\r\n")
+        )
+    else:
+        eight = any(byte > 127 for byte in original)
+        attached = (
+            b"Content-Type: message/rfc822\r\n"
+            + (b"Content-Transfer-Encoding: 8bit\r\n" if eight else b"")
+            + b"Content-Disposition: inline\r\n\r\n"
+            + b"\r\n".join(lines).rstrip(b"\r\n")
+        )
+    data = b"".join(
+        (
+            _header_block(serialise(head, smtputf8=smtputf8)),
+            b"\r\n\r\n",
+            f"--{boundary}\r\n".encode(),
+            b'Content-Type: text/plain; charset="utf-8"\r\n',
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
+            _qp(note),
+            f"\r\n--{boundary}\r\n".encode(),
+            attached,
+            f"\r\n--{boundary}--\r\n".encode(),
+        )
+    )
+    if settings.dkim_key:
+        data = dkim_sign(settings, data, [b"from", b"to", b"subject", *DKIM_HEADERS, b"from"])
+    envelope = Envelope(settings.mail_from_address, recipient, smtputf8)
+    return Outgoing(envelope, data, message_id)
+
+
 def serialise(msg: EmailMessage, *, smtputf8: bool = False) -> bytes:
     """The exact bytes of a message built with the email package (CRLF line ends)."""
     buffer = BytesIO()

@@ -22,7 +22,14 @@ from sqlalchemy import delete, select, text, update
 from service.admin.audit import Actor, audit
 from service.config import Settings
 from service.extensions import db
-from service.models import AuditEvent, Delivery, ImportFile, Status, Subscriber
+from service.models import (
+    AuditEvent,
+    Delivery,
+    ImportFile,
+    InboundMessage,
+    Status,
+    Subscriber,
+)
 from service.subscribers.addresses import InvalidEmail, normalise_email
 from service.subscribers.confirmations import owe_confirmation
 from service.subscribers.lifecycle import unsubscribe
@@ -138,6 +145,14 @@ def erase(
         .execution_options(synchronize_session=False)
     )
     db.session.execute(delete(ImportFile))
+    # What came back from their mailbox (bounces, replies): the raw mail, its subject and
+    # evidence go; the row saying what was done stays, about nobody.
+    db.session.execute(
+        update(InboundMessage)
+        .where(InboundMessage.subscriber_id == subscriber_id)
+        .values(raw=None, subject=None, evidence=None, subscriber_id=None)
+        .execution_options(synchronize_session=False)
+    )
     db.session.delete(sub)
     db.session.add(
         AuditEvent(

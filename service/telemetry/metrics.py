@@ -54,6 +54,13 @@ COMPLAINTS = Counter(
     "Feedback-loop (ARF) reports, by result (complained, duplicate, unknown, ignored, invalid)",
     ["result"],
 )
+INBOUND = Counter(
+    "hebdo_inbound_messages",
+    "Mails and provider events that came back, by kind (bounce, complaint, unsubscribe, "
+    "auto_reply, reply, notice) and verdict (bounced, soft_bounce, complained, unsubscribed, "
+    "duplicate, auto_reply, forwarded, kept, unattributed)",
+    ["kind", "verdict"],
+)
 DELIVERIES = Counter(
     "hebdo_deliveries",
     "Digest deliveries, by outcome (sent, retried, failed, bounced, skipped, released)",

@@ -22,8 +22,9 @@ WEEK = "2026-W48"
 class Sender:
     """Start an issue and run its batch tasks in this process, at chosen times."""
 
-    def __init__(self, app: Flask) -> None:
+    def __init__(self, app: Flask, week: str = WEEK) -> None:
         self.app = app
+        self.week = week
         self.settings = app.config["SETTINGS"]
         self.queue: list[int] = []
 
@@ -33,8 +34,8 @@ class Sender:
 
     def start(self, now: datetime = NOW) -> int:
         with self.app.app_context():
-            plan_issue(self.settings, WEEK, now)
-            issue = get_issue(WEEK)
+            plan_issue(self.settings, self.week, now)
+            issue = get_issue(self.week)
             assert issue is not None
             recipients = delivery.start_send(self.settings, issue.id, now)
             delivery.dispatch(self.settings, issue.id, now, self.enqueue)
@@ -59,7 +60,7 @@ class Sender:
 
     def issue(self) -> Issue:
         with self.app.app_context():
-            issue = get_issue(WEEK)
+            issue = get_issue(self.week)
             assert issue is not None
             db.session.expunge(issue)
             return issue

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,12 @@ from service.config import load_settings
 from service.extensions import db
 from service.ops.runner import commands
 from tests.support.admin import Admin, create_admin
+from tests.support.data import add_article, add_subscribers
+from tests.support.inbound import BOUNCES, DESK
 from tests.support.processes import Process, RedisServer
+from tests.support.sending import NOW, Sender
 from tests.support.settings import BASE_URL, BROKER_URL, DATABASE_URL, ROOT, SECRET
+from tests.support.smtp import Received as SentMail
 from tests.support.smtp import SMTPSink, free_port
 
 # `hebdo …` commands speak the environment's language (service.i18n): the tests read the
@@ -215,6 +220,25 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def smtp_client(smtp_app: Flask) -> FlaskClient:
     return smtp_app.test_client()
+
+
+@pytest.fixture
+def inbound_app(make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str, str]) -> Flask:
+    """A sending app with a VERP bounce address and a newsroom address for replies."""
+    return make_app({**smtp_env, "HEBDO_BOUNCE_ADDRESS": BOUNCES, "HEBDO_REPLY_TO": DESK})
+
+
+@pytest.fixture
+def sent(inbound_app: Flask, smtp_server: SMTPSink) -> dict[str, SentMail]:
+    """Issue 2026-W48 sent by `inbound_app` to three readers: what each mailbox received."""
+    add_article(inbound_app, 1, NOW - timedelta(days=1))
+    add_subscribers(inbound_app, 3)
+    sender = Sender(inbound_app)
+    sender.start()
+    sender.run()
+    mails = {m.rcpt_tos[0]: m for m in smtp_server.wait_for(3)}
+    smtp_server.messages.clear()
+    return mails
 
 
 @pytest.fixture

@@ -21,31 +21,10 @@ from service.subscribers.bulk import Action, act
 from service.subscribers.bulk import Outcome as BulkOutcome
 from service.subscribers.suppressions import is_suppressed
 from tests.support.data import add_article, add_subscribers, metric_value
-from tests.support.inbound import dsn, reply, take
+from tests.support.inbound import BOUNCES, DESK, READER, dsn, reply, take
 from tests.support.mail import subscriber
 from tests.support.sending import NOW, WEEK, Sender
 from tests.support.smtp import Received, SMTPSink
-
-BOUNCES = "bounces@news.example.fr"
-DESK = "redaction@news.example.fr"
-
-
-@pytest.fixture
-def inbound_app(make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str, str]) -> Flask:
-    return make_app({**smtp_env, "HEBDO_BOUNCE_ADDRESS": BOUNCES, "HEBDO_REPLY_TO": DESK})
-
-
-@pytest.fixture
-def sent(inbound_app: Flask, smtp_server: SMTPSink) -> dict[str, Received]:
-    """Issue 2026-W48 sent to three readers: what each one's mailbox received."""
-    add_article(inbound_app, 1, NOW - timedelta(days=1))
-    add_subscribers(inbound_app, 3)
-    sender = Sender(inbound_app)
-    sender.start()
-    sender.run()
-    mails = {m.rcpt_tos[0]: m for m in smtp_server.wait_for(3)}
-    smtp_server.messages.clear()
-    return mails
 
 
 def status(app: Flask, email: str) -> str:
@@ -69,9 +48,6 @@ def row(app: Flask, inbound_id: int) -> InboundMessage:
         assert found is not None
         db.session.expunge(found)
         return found
-
-
-READER = "reader1@exemple.fr"
 
 
 def test_a_hard_bounce_to_the_verp_address_bounces_that_reader_once(

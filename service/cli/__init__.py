@@ -10,10 +10,16 @@ from __future__ import annotations
 
 from flask import Flask
 
-from service.cli import admin, complaints, digest, run
+from service.cli import admin, complaints, digest, inbound, run
 
 
 def init_app(app: Flask) -> None:
     """Register every command group on the app's CLI."""
-    for command in (*run.COMMANDS, *digest.COMMANDS, *admin.COMMANDS, *complaints.COMMANDS):
+    for command in (
+        *run.COMMANDS,
+        *digest.COMMANDS,
+        *admin.COMMANDS,
+        *complaints.COMMANDS,
+        *inbound.COMMANDS,
+    ):
         app.cli.add_command(command)

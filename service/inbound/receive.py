@@ -191,6 +191,33 @@ def _complaint(settings: Settings, mail: Mail, *, source: str, now: datetime) ->
     )
 
 
+def receive_report(
+    settings: Settings, raw: bytes, *, source: str, actor: str, now: datetime
+) -> complaints.Outcome:
+    """An ARF report through the complaints-only ways in (`hebdo complaints ingest`,
+    POST /api/v1/complaints), recorded like any mail that came back. Raises NotAReport."""
+    outcome = complaints.ingest(settings, raw, source=source, actor=actor, now=now)
+    issue_id = None
+    if outcome.week:
+        issue_id = db.session.execute(
+            select(Issue.id).where(Issue.week == outcome.week)
+        ).scalar_one_or_none()
+    decision = Decision(
+        "complaint",
+        _COMPLAINT_VERDICTS[outcome.result],
+        "arf",
+        {"reason": outcome.reason},
+        subscriber_id=outcome.subscriber_id,
+        issue_id=issue_id,
+    )
+    try:
+        subject: str | None = read_mail(raw).subject
+    except NotMail:
+        subject = None
+    record(decision, source=source, external_id=None, now=now, subject=subject, raw=raw)
+    return outcome
+
+
 def _about_reader(settings: Settings, mail: Mail, decision: Decision) -> Decision:
     """Whom a mail that changes nothing is about, for the admin page and for erasure: the
     VERP address it went to, else the subscriber its From names (which anybody can write,

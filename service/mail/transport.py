@@ -27,3 +27,9 @@ def open_transport(settings: Settings) -> Iterator[Transport]:
         transport = SMTPTransport(settings)
     with transport:
         yield transport
+
+
+def send_one(settings: Settings, mail: Outgoing) -> str:
+    """Send one message over its own connection (a forward now and then, not a send)."""
+    with open_transport(settings) as transport:
+        return transport.send(mail)

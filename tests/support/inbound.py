@@ -21,6 +21,10 @@ from service.inbound.verp import unsubscribe_address
 from service.models import Subscriber
 from tests.support.smtp import Received as Sent
 
+BOUNCES = "bounces@news.example.fr"
+DESK = "redaction@news.example.fr"
+# The reader whose mail comes back in most tests (`sent` holds reader0..2).
+READER = "reader1@exemple.fr"
 CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "inbound"
 
 

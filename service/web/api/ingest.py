@@ -1,5 +1,6 @@
 """Token API: POST /api/v1/articles (a CMS pushing an article), POST /api/v1/complaints (a
-feedback-loop report), and the JSON error body of every /api route. The public sign-up
+feedback-loop report), POST /api/v1/inbound (any mail that came back), and the JSON error
+body of every /api route. The public sign-up
 endpoint lives in signup.py."""
 
 from __future__ import annotations
@@ -13,8 +14,18 @@ from service.admin import apitokens
 from service.digest.articles import ArticleInput, InvalidArticle, store_article
 from service.extensions import db
 from service.inbound import complaints
+from service.inbound.reading import MAX_BYTES, NotMail
+from service.inbound.receive import RetryLater, receive, receive_report
+from service.mail.transport import send_one
+from service.models import InboundVerdict
 from service.web.api.openapi import Reply, error, operation
-from service.web.api.shapes import ArticleIn, ComplaintOutcome, StoredArticle
+from service.web.api.shapes import (
+    ArticleIn,
+    ComplaintOutcome,
+    InboundOutcome,
+    InboundQuery,
+    StoredArticle,
+)
 from service.web.common import bearer_token, now, settings
 from service.web.payloads import PayloadError, parse, read_payload
 
@@ -124,7 +135,7 @@ def post_complaint() -> tuple[Response, int]:
             {"error": "unsupported_media_type", "message": "send the report as message/rfc822"}
         ), 415
     try:
-        outcome = complaints.ingest(
+        outcome = receive_report(
             settings(), request.get_data(), source="api", actor=f"token:{token.name}", now=now()
         )
     except complaints.NotAReport as exc:
@@ -138,6 +149,71 @@ def post_complaint() -> tuple[Response, int]:
         reason=outcome.reason,
         subscriber_id=outcome.subscriber_id,
         issue=outcome.week,
+    )
+    return jsonify(answer.model_dump(mode="json")), 200
+
+
+@bp.post("/inbound")
+@operation(
+    summary="Record a mail that came back (a bounce, complaint, unsubscribe, reply…)",
+    description="The mail as received, up to 2 MiB, for relays that post rather than pipe. "
+    "It is classified (DSN or another bounce form, ARF report, auto-reply, mail to a "
+    "reader's unsubscribe address, a person's reply), acted on, and recorded with its "
+    "evidence (see /admin/inbound). The same bytes posted again answer the first verdict. "
+    "Token role: feedback or admin.",
+    raw_body={"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
+    query=InboundQuery,
+    roles=COMPLAINT_ROLES,
+    replies={
+        200: Reply("Recorded (whatever the verdict)", InboundOutcome),
+        413: error("Larger than 2 MiB"),
+        415: error("Not message/rfc822"),
+        422: error("Not a mail at all (the reason says why), or a bad envelope parameter"),
+        503: error(
+            "Cannot be recorded now: post it again",
+            headers={"Retry-After": {"type": "string", "pattern": "^[0-9]+$"}},
+        ),
+    },
+)
+def post_inbound() -> tuple[Response, int]:
+    """One mail that came back, as the raw mail: `Content-Type: message/rfc822`."""
+    token = _bearer(COMPLAINT_ROLES)
+    if isinstance(token, tuple):
+        return token
+    request.max_content_length = MAX_BYTES
+    try:
+        query = parse(InboundQuery, request.args.to_dict())
+    except PayloadError as exc:
+        return jsonify({"error": exc.code, "message": exc.detail}), exc.status
+    if request.mimetype != "message/rfc822":
+        return jsonify(
+            {"error": "unsupported_media_type", "message": "send the mail as message/rfc822"}
+        ), 415
+    current = settings()
+    try:
+        got = receive(
+            current,
+            request.get_data(),
+            source="api",
+            now=now(),
+            envelope_from=query.sender,
+            recipients=[query.recipient] if query.recipient else [],
+            forward=lambda outgoing: send_one(current, outgoing),
+        )
+    except NotMail as exc:
+        return jsonify({"error": "not_mail", "message": str(exc)}), 422
+    except RetryLater as exc:
+        response = jsonify({"error": "busy", "message": str(exc)})
+        response.headers["Retry-After"] = "60"
+        return response, 503
+    answer = InboundOutcome(
+        id=got.id,
+        kind=got.kind,
+        verdict=InboundVerdict(got.verdict),
+        rule=got.rule,
+        subscriber_id=got.subscriber_id,
+        issue=got.issue,
+        replay=got.replay,
     )
     return jsonify(answer.model_dump(mode="json")), 200
 

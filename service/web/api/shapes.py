@@ -24,7 +24,7 @@ from pydantic import (
 
 from service.digest import actions
 from service.inbound.complaints import Result as ComplaintResult
-from service.models import DeliveryStatus, IssueStatus, Status
+from service.models import DeliveryStatus, InboundVerdict, IssueStatus, Status
 from service.signup.screening import blank_is_none, unicode_text
 from service.subscribers.bulk import MAX_BULK, REASON_MAX, Outcome
 from service.subscribers.csv_io import OUTCOMES as IMPORT_OUTCOMES
@@ -238,6 +238,33 @@ class ComplaintOutcome(BaseModel):
     issue: str | None = Field(
         description="The week of the issue reported (null: a confirmation mail)"
     )
+
+
+class InboundQuery(BaseModel):
+    """The envelope, when the relay posting the mail knows it."""
+
+    sender: str | None = Field(
+        default=None,
+        max_length=320,
+        pattern=r"^[^\x00-\x1f\s]*$",
+        description="The envelope sender (MAIL FROM); empty: the null sender of a bounce.",
+    )
+    recipient: str | None = Field(
+        default=None,
+        max_length=320,
+        pattern=r"^[^\x00-\x1f\s]+$",
+        description="The envelope recipient (RCPT TO): the VERP or unsubscribe address.",
+    )
+
+
+class InboundOutcome(BaseModel):
+    id: int = Field(description="The record's id (the admin page /admin/inbound/<id>)")
+    kind: Literal["bounce", "complaint", "unsubscribe", "auto_reply", "reply", "notice"]
+    verdict: InboundVerdict
+    rule: str = Field(description="What decided the verdict (`dsn 5.1.1`, `Auto-Submitted…`)")
+    subscriber_id: int | None
+    issue: str | None = Field(description="The week of the issue it was about, when known")
+    replay: bool = Field(description="These bytes came this way before: the first verdict")
 
 
 # ---------------------------------------------------------------- admin API: subscribers

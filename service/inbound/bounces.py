@@ -375,14 +375,31 @@ def act_on_bounce(
     if target is None or failure is None:
         return Decision("bounce", InboundVerdict.UNATTRIBUTED, matched["why"][:100], evidence)
     evidence["failure"] = _failure_evidence(failure)
-    code = failure.status or failure.action
-    rule = f"{bounce.detector} {code}"
     sub = db.session.get(Subscriber, target.subscriber_id)
     issue = db.session.get(Issue, target.issue_id) if target.issue_id is not None else None
     if sub is None:
         return Decision(
             "bounce", InboundVerdict.UNATTRIBUTED, "the subscriber no longer exists", evidence
         )
+    rule = f"{bounce.detector} {failure.status or failure.action}"
+    return apply_failure(
+        settings, failure, sub, issue, rule=rule, evidence=evidence, source=source, now=now
+    )
+
+
+def apply_failure(
+    settings: Settings,
+    failure: Failure,
+    sub: Subscriber,
+    issue: Issue | None,
+    *,
+    rule: str,
+    evidence: dict[str, Any],
+    source: str,
+    now: datetime,
+) -> Decision:
+    """A failure attributed to a reader (and the issue, when it was a delivery), applied
+    uncommitted: hard → bounced, soft → counted. For a bounce mail and a provider's event."""
     decision = Decision(
         "bounce",
         InboundVerdict.SOFT_BOUNCE,

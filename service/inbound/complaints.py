@@ -331,18 +331,42 @@ def record_complaint(
         outcome = Outcome(Result.IGNORED, f"feedback type {report.feedback_type} is no complaint")
         COMPLAINTS.labels(result=outcome.result).inc()
         return outcome
+    found = _find_subscriber(settings, report)
+    if isinstance(found, Outcome):
+        db.session.rollback()
+        COMPLAINTS.labels(result=found.result).inc()
+        return found
+    sub, issue = found
+    detail = {
+        "source": source,
+        "feedback_type": report.feedback_type,
+        "reporter": mask_addresses(report.reporter),
+    }
+    outcome = mark_complained(settings, sub.id, issue, actor=actor, now=now, detail=detail)
+    COMPLAINTS.labels(result=outcome.result).inc()
+    return outcome
+
+
+def mark_complained(
+    settings: Settings,
+    subscriber_id: int,
+    issue: tuple[int, str] | None,
+    *,
+    actor: str,
+    now: datetime,
+    detail: dict[str, Any],
+) -> Outcome:
+    """Mark a subscriber complained and suppress them, once, counted against `issue` (id,
+    week); committed. For a feedback report and a provider's complaint event alike."""
+    week = issue[1] if issue else None
     for _attempt in range(3):
-        found = _find_subscriber(settings, report)
-        if isinstance(found, Outcome):
+        sub = db.session.get(Subscriber, subscriber_id, populate_existing=True)
+        if sub is None:
             db.session.rollback()
-            COMPLAINTS.labels(result=found.result).inc()
-            return found
-        sub, issue = found
-        subscriber_id, before = sub.id, sub.status
-        week = issue[1] if issue else None
+            return Outcome(Result.UNKNOWN, "the subscriber no longer exists (erased)")
+        before = sub.status
         if before == Status.COMPLAINED:
             db.session.rollback()
-            COMPLAINTS.labels(result=Result.DUPLICATE).inc()
             return Outcome(Result.DUPLICATE, "already complained", subscriber_id, week)
         if _mark_complained(subscriber_id, before, now):
             break
@@ -350,6 +374,7 @@ def record_complaint(
         db.session.rollback()
     else:
         raise RetryLater("the subscriber kept changing while the complaint was recorded")
+    db.session.refresh(sub)
     suppress(settings, sub.email, "complaint", now)
     if issue:
         db.session.execute(
@@ -357,15 +382,15 @@ def record_complaint(
             .where(Issue.id == issue[0])
             .values(complaint_count=Issue.complaint_count + 1)
         )
-    detail = {
-        "source": source,
-        "feedback_type": report.feedback_type,
-        "reporter": mask_addresses(report.reporter),
-        **({"issue": week} if week else {}),
-    }
-    audit("complaint", sub, actor=actor, now=now, before=before, detail=detail)
+    audit(
+        "complaint",
+        sub,
+        actor=actor,
+        now=now,
+        before=before,
+        detail={**detail, **({"issue": week} if week else {})},
+    )
     db.session.commit()
-    COMPLAINTS.labels(result=Result.COMPLAINED).inc()
     if before in (Status.ACTIVE, Status.PENDING):
         UNSUBSCRIBES.labels(channel="complaint").inc()
     return Outcome(Result.COMPLAINED, "marked complained and suppressed", subscriber_id, week)

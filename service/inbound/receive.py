@@ -117,9 +117,9 @@ def receive(
     mail, RetryLater (and SQLAlchemyError) when it must come again."""
     mail = read_mail(raw, envelope_from=envelope_from, envelope_recipients=recipients)
     external_id = f"sha256:{mail.digest}"
-    earlier = _earlier(source, external_id)
-    if earlier is not None:
-        return earlier
+    before = earlier(source, external_id)
+    if before is not None:
+        return before
     try:
         decision = decide(settings, mail, source=source, now=now, forward=forward)
     except Exception:
@@ -286,7 +286,8 @@ def _reply(settings: Settings, mail: Mail, *, now: datetime, forward: Forward | 
     return decision
 
 
-def _earlier(source: str, external_id: str) -> Received | None:
+def earlier(source: str, external_id: str) -> Received | None:
+    """What was made of this event or these bytes when they came this way before."""
     row = db.session.execute(
         select(InboundMessage).where(
             InboundMessage.source == source, InboundMessage.external_id == external_id
@@ -341,10 +342,10 @@ def record(
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
-        earlier = _earlier(source, external_id or "") if external_id else None
-        if earlier is None:
+        before = earlier(source, external_id) if external_id else None
+        if before is None:
             raise
-        return earlier
+        return before
     INBOUND.labels(kind=decision.kind, verdict=decision.verdict).inc()
     if decision.stopped:
         UNSUBSCRIBES.labels(channel=decision.stopped).inc()

@@ -115,11 +115,12 @@ def fetch_feeds_task() -> None:
 
 @shared_task(name="hebdo.housekeeping")
 def housekeeping_task() -> None:
-    """Delete timed-out admin sessions and uploads never imported."""
+    """Delete timed-out admin sessions, uploads never imported, old raw inbound mail."""
     purged = housekeeping(current_settings(), _now())
-    if purged.sessions or purged.import_files:
+    if purged.sessions or purged.import_files or purged.inbound_raw:
         log.info(
-            "housekeeping: %d admin session(s), %d import file(s) deleted",
+            "housekeeping: %d admin session(s), %d import file(s), %d raw inbound mail(s) deleted",
             purged.sessions,
             purged.import_files,
+            purged.inbound_raw,
         )

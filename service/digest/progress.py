@@ -27,6 +27,11 @@ class Progress:
     note: str | None
     # Feedback-loop reports about this issue (see complaints.py).
     complaints: int = 0
+    # What came back later (inbound): bounces of a permanent and of a temporary failure,
+    # unsubscriptions by mail.
+    late_hard_bounces: int = 0
+    soft_bounces: int = 0
+    mailto_unsubscribes: int = 0
 
     @property
     def done(self) -> int:
@@ -73,6 +78,9 @@ def progress(week: str, now: datetime) -> Progress:
         rate_last_minute=last_minute / 60.0,
         note=issue.note,
         complaints=issue.complaint_count,
+        late_hard_bounces=issue.hard_bounce_count,
+        soft_bounces=issue.soft_bounce_count,
+        mailto_unsubscribes=issue.mailto_unsubscribe_count,
     )
 
 

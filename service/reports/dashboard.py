@@ -48,20 +48,22 @@ class Dashboard:
 
 
 def bounce_alert() -> Alert | None:
-    """The last issue that finished sending bounced too much."""
+    """The last issue that finished sending bounced too much: refused at the relay, or
+    bounced by a DSN or a provider's event since (inbound), which keep coming for days."""
     issue = db.session.execute(
         select(Issue).where(Issue.status == IssueStatus.SENT).order_by(Issue.week.desc()).limit(1)
     ).scalar_one_or_none()
     if issue is None or not issue.recipients:
         return None
-    rate = issue.bounced_count / issue.recipients
+    bounced = issue.bounced_count + issue.hard_bounce_count
+    rate = bounced / issue.recipients
     if rate <= BOUNCE_ALERT:
         return None
     return Alert(
         "bounce_rate",
         {
             "week": issue.week,
-            "bounced": issue.bounced_count,
+            "bounced": bounced,
             "recipients": issue.recipients,
             "percent": round(100 * rate, 1),
         },

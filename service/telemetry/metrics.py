@@ -154,16 +154,37 @@ class StateCollector(Collector):
             "Feedback-loop complaints about each recent issue (its complaint rate: / sent)",
             labels=["week"],
         )
-        recent = db.session.execute(
-            select(Issue.week, Issue.sent_count, Issue.complaint_count).where(
-                Issue.started_at >= now - RECENT_ISSUES
-            )
+        hard = GaugeMetricFamily(
+            "hebdo_issue_hard_bounces",
+            "Hard bounces of each recent issue: refused at the relay, or by a DSN or a "
+            "provider's event since (its hard-bounce rate: / recipients)",
+            labels=["week"],
         )
-        for week, sent_count, complaint_count in recent:
+        soft = GaugeMetricFamily(
+            "hebdo_issue_soft_bounces",
+            "Deliveries of each recent issue that a DSN said failed for now",
+            labels=["week"],
+        )
+        recipients = GaugeMetricFamily(
+            "hebdo_issue_recipients", "Recipients of each recent issue", labels=["week"]
+        )
+        recent = db.session.execute(
+            select(
+                Issue.week,
+                Issue.sent_count,
+                Issue.complaint_count,
+                Issue.recipients,
+                Issue.bounced_count + Issue.hard_bounce_count,
+                Issue.soft_bounce_count,
+            ).where(Issue.started_at >= now - RECENT_ISSUES)
+        )
+        for week, sent_count, complaint_count, total, hard_count, soft_count in recent:
             sent.add_metric([week], sent_count)
             complaints.add_metric([week], complaint_count)
-        yield sent
-        yield complaints
+            recipients.add_metric([week], total)
+            hard.add_metric([week], hard_count)
+            soft.add_metric([week], soft_count)
+        yield from (sent, complaints, recipients, hard, soft)
 
         failing = db.session.execute(
             select(func.count()).where(Feed.last_result == "error")

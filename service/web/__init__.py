@@ -16,7 +16,7 @@ from service.web import embed, public, signup
 from service.web.admin import base as admin
 
 # The admin modules add their routes (and texts) to admin.base's two blueprints.
-from service.web.admin import dashboard, imports, issues, subscribers  # noqa: F401
+from service.web.admin import dashboard, imports, inbound, issues, subscribers  # noqa: F401
 from service.web.admin import embed as admin_embed  # noqa: F401
 from service.web.api import ingest, openapi
 

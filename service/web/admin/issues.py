@@ -334,6 +334,9 @@ def _figures(p: progress.Progress) -> dict[str, Any]:
         "skipped": c.get("skipped", 0),
         "pending": p.pending,
         "complaints": p.complaints,
+        "hard_bounces": c.get("bounced", 0) + p.late_hard_bounces,
+        "soft_bounces": p.soft_bounces,
+        "mailto_unsubscribes": p.mailto_unsubscribes,
         "done": p.done,
         "percent": round(p.percent, 1),
         "rate": round(p.rate_last_minute, 2),
@@ -362,6 +365,9 @@ def _summary(row: progress.IssueSummary) -> shapes.IssueSummary:
         skipped=c["skipped"],
         pending=row.pending,
         complaints=i.complaint_count,
+        hard_bounces=c["bounced"] + i.hard_bounce_count,
+        soft_bounces=i.soft_bounce_count,
+        mailto_unsubscribes=i.mailto_unsubscribe_count,
     )
 
 

@@ -455,6 +455,11 @@ class IssueFigures(BaseModel):
     skipped: int
     pending: int = Field(description="Still to go: queued, or being sent")
     complaints: int
+    hard_bounces: int = Field(
+        description="Bounced at the relay (`bounced`) and by a DSN or provider event later"
+    )
+    soft_bounces: int = Field(description="Deliveries a DSN said failed for now")
+    mailto_unsubscribes: int = Field(description="Readers who unsubscribed by mail after it")
 
 
 class IssueSummary(IssueFigures):

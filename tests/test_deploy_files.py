@@ -134,7 +134,7 @@ def test_readme_starts_with_the_two_set_up_commands() -> None:
 
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
-HEBDO_SERVICES = ("migrate", "web", "worker-mail", "worker-default", "beat")
+HEBDO_SERVICES = ("migrate", "web", "worker-mail", "worker-default", "beat", "inbound")
 WORKERS = {"worker-mail": "confirm,mail", "worker-default": "default"}
 
 
@@ -208,6 +208,9 @@ def test_compose_migrates_once_then_serves_with_health_checks_and_restarts() -> 
         if name != "migrate":
             assert service["restart"] in ("always", "unless-stopped"), name
     assert services["mailpit"]["profiles"] == ["dev"]  # the mail catcher is optional
+    inbound = services["inbound"]
+    assert inbound["command"][:3] == ["hebdo", "inbound", "serve"]
+    assert all(p.startswith("127.0.0.1:") for p in inbound["ports"])  # no open listener
     assert "noeviction" in services["redis"]["command"]
     assert "--appendonly" in services["redis"]["command"]
 

@@ -100,7 +100,7 @@ class Failure:
 class Bounce:
     """What a bounce says: which detector read it, the failures, the returned Message-ID."""
 
-    detector: str  # "dsn", or flufl.bounce's detector (exim, qmail, simplematch…)
+    detector: str  # "dsn", or flufl.bounce's detector (flufl:exim, flufl:qmail…)
     failures: tuple[Failure, ...]
     message_id: str | None = None  # of the returned mail, with its angle brackets
     # A DSN that reports no failure (Action delivered, relayed, expanded).
@@ -265,7 +265,9 @@ def _detect(mail: Mail) -> Bounce | None:
                     mask_addresses(" ".join(context.split()))[:300],
                 )
             )
-        return Bounce(detector.__name__.lower(), tuple(failures), _returned_message_id(mail))
+        return Bounce(
+            f"flufl:{detector.__name__.lower()}", tuple(failures), _returned_message_id(mail)
+        )
     return None
 
 

@@ -54,8 +54,8 @@ def test_the_page_shows_each_verdict_with_its_evidence_and_a_bounce_can_be_undon
     assert "Recipient address rejected: User unknown" in page  # the diagnostic
     assert "VERP token" in page  # how it was matched
     assert "Final-Recipient: rfc822; reader1@exemple.fr" in page  # the raw message
-    assert "Undo the bounce" in page
-    assert "Undo the bounce" not in admin.get(f"/admin/inbound/{forged.id}").get_data(as_text=True)
+    assert "Annuler le rebond" in page
+    assert "Annuler le rebond" not in admin.get(f"/admin/inbound/{forged.id}").get_data(as_text=True)
     assert admin.get(f"/admin/inbound/{away.id}").status_code == 200
 
     # Without the form's CSRF token: refused, nothing changes.
@@ -66,7 +66,7 @@ def test_the_page_shows_each_verdict_with_its_evidence_and_a_bounce_can_be_undon
     assert undone.status_code == 200
     assert subscriber(inbound_app, READER).status == Status.ACTIVE
     text = undone.get_data(as_text=True)
-    assert 'data-field="verdict">' in text and "Undo the bounce" not in text
+    assert 'data-field="verdict">' in text and "Annuler le rebond" not in text
     audit = admin.get("/admin/audit?action=bounce.undo").get_data(as_text=True)
     assert "admin:alice" in audit
     assert admin.get("/admin/inbound/999999").status_code == 404

@@ -11,6 +11,8 @@ Configuration is read when the app is created (`load_settings`), never at import
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import os
 import re
@@ -117,6 +119,9 @@ def _rate_limit(value: str) -> str:
         raise ValueError(f"must be a rate limit such as `20/15 minutes`, got {value!r}")
     return value
 
+
+# arn:<partition>:sns:<region>:<account>:<topic name> (a FIFO topic's name ends .fifo).
+_TOPIC_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
 
 _FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -273,6 +278,28 @@ class Settings(BaseSettings):
         "3",
         "Temporary bounces (mailbox full, greylisting that never cleared…) in this many distinct issues, with no delivery in between, make a reader `bounced`.",
         ge=1,
+    )
+    ses_topic_arns: CommaList = setting(
+        "",
+        "Comma-separated ARNs of the SNS topics (`arn:aws:sns:eu-west-1:123456789012:hebdo-ses`) that carry Amazon SES's bounce and complaint notifications to `POST /api/v1/webhooks/ses`; hebdo confirms the subscription of these topics only and refuses any other topic's messages, however well signed. Empty: that webhook answers 404 (docs/webhooks.md).",
+    )
+    sendgrid_webhook_key: str = setting(
+        "",
+        "The verification key of SendGrid's Signed Event Webhook (base64, as SendGrid's settings page shows it): events posted to `POST /api/v1/webhooks/sendgrid` must carry its ECDSA signature. A public key, so not masked. Empty: that webhook answers 404.",
+    )
+    mailgun_signing_key: str = setting(
+        "",
+        "Mailgun's HTTP webhook signing key: events posted to `POST /api/v1/webhooks/mailgun` must carry its HMAC signature. Empty: that webhook answers 404.",
+        secret=True,
+    )
+    postmark_webhook_user: str = setting(
+        "",
+        "User name of the HTTP basic authentication Postmark's webhook gives for `POST /api/v1/webhooks/postmark`; set with HEBDO_POSTMARK_WEBHOOK_PASSWORD. Empty: that webhook answers 404.",
+    )
+    postmark_webhook_password: str = setting(
+        "",
+        "Password of that basic authentication (a long random one: it is all that tells Postmark's posts from anybody's).",
+        secret=True,
     )
     check_deliverability: Flag = setting(
         "0",
@@ -537,6 +564,39 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("ses_topic_arns")
+    @classmethod
+    def _topic_arns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for arn in value:
+            if not _TOPIC_ARN.fullmatch(arn):
+                raise ValueError(
+                    "takes SNS topic ARNs such as arn:aws:sns:eu-west-1:123456789012:hebdo-ses, "
+                    f"got {arn!r}"
+                )
+        return value
+
+    @field_validator("sendgrid_webhook_key")
+    @classmethod
+    def _sendgrid_key(cls, value: str) -> str:
+        """Checked now rather than refusing every event later: an ECDSA P-256 public key,
+        base64 DER (PEM armour and line breaks taken off), kept as the bare base64."""
+        if not value:
+            return value
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+        bare = re.sub(r"-----[A-Z ]+-----|\s", "", value)
+        try:
+            key = load_der_public_key(base64.b64decode(bare, validate=True))
+        except (ValueError, binascii.Error):
+            key = None
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+            raise ValueError(
+                "must be the verification key shown by SendGrid's Signed Event Webhook "
+                f"settings (base64 of an ECDSA P-256 public key), got {value[:20]!r}…"
+            )
+        return bare
+
     @field_validator("unsubscribe_mailto")
     @classmethod
     def _default_unsubscribe_mailto(cls, value: str, info: ValidationInfo) -> str:
@@ -605,6 +665,10 @@ class Settings(BaseSettings):
         if self.captcha_provider != "none" and not (self.captcha_site_key and self.captcha_secret):
             raise ValueError(
                 "HEBDO_CAPTCHA_PROVIDER needs HEBDO_CAPTCHA_SITE_KEY and HEBDO_CAPTCHA_SECRET"
+            )
+        if bool(self.postmark_webhook_user) != bool(self.postmark_webhook_password):
+            raise ValueError(
+                "HEBDO_POSTMARK_WEBHOOK_USER and HEBDO_POSTMARK_WEBHOOK_PASSWORD go together"
             )
         if self.dkim_key_file:
             if not self.dkim_selector:

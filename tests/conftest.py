@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,9 @@ from service.config import load_settings
 from service.extensions import db
 from service.ops.runner import commands
 from tests.support.admin import Admin, create_admin
-from tests.support.data import add_article, add_subscribers
 from tests.support.inbound import BOUNCES, DESK
 from tests.support.processes import Process, RedisServer
-from tests.support.sending import NOW, Sender
+from tests.support.sending import send_to_readers
 from tests.support.settings import BASE_URL, BROKER_URL, DATABASE_URL, ROOT, SECRET
 from tests.support.smtp import Received as SentMail
 from tests.support.smtp import SMTPSink, free_port
@@ -231,14 +229,7 @@ def inbound_app(make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str,
 @pytest.fixture
 def sent(inbound_app: Flask, smtp_server: SMTPSink) -> dict[str, SentMail]:
     """Issue 2026-W48 sent by `inbound_app` to three readers: what each mailbox received."""
-    add_article(inbound_app, 1, NOW - timedelta(days=1))
-    add_subscribers(inbound_app, 3)
-    sender = Sender(inbound_app)
-    sender.start()
-    sender.run()
-    mails = {m.rcpt_tos[0]: m for m in smtp_server.wait_for(3)}
-    smtp_server.messages.clear()
-    return mails
+    return send_to_readers(inbound_app, smtp_server)
 
 
 @pytest.fixture

@@ -55,7 +55,9 @@ def test_the_page_shows_each_verdict_with_its_evidence_and_a_bounce_can_be_undon
     assert "VERP token" in page  # how it was matched
     assert "Final-Recipient: rfc822; reader1@exemple.fr" in page  # the raw message
     assert "Annuler le rebond" in page
-    assert "Annuler le rebond" not in admin.get(f"/admin/inbound/{forged.id}").get_data(as_text=True)
+    assert "Annuler le rebond" not in admin.get(f"/admin/inbound/{forged.id}").get_data(
+        as_text=True
+    )
     assert admin.get(f"/admin/inbound/{away.id}").status_code == 200
 
     # Without the form's CSRF token: refused, nothing changes.

@@ -23,7 +23,7 @@ import click
 from flask.cli import AppGroup
 from flask_babel import gettext as _
 
-from service.cli.mailboxes import KEPT_FOLDER, run_ingest
+from service.cli.mailboxes import KEPT_FOLDER, about, run_ingest
 from service.extensions import current_settings
 from service.inbound.complaints import NotAReport, Result, RetryLater
 from service.inbound.receive import receive_report
@@ -46,13 +46,7 @@ def _handle(name: str, raw: bytes) -> bool | None:
             _("%(name)s: not a feedback report: %(reason)s", name=name, reason=exc), err=True
         )
         return None
-    where = ""
-    if outcome.subscriber_id is not None and outcome.week:
-        where = " " + _(
-            "(subscriber %(id)s, issue %(week)s)", id=outcome.subscriber_id, week=outcome.week
-        )
-    elif outcome.subscriber_id is not None:
-        where = " " + _("(subscriber %(id)s)", id=outcome.subscriber_id)
+    where = about(outcome.subscriber_id, outcome.week)
     click.echo(f"{name}: {outcome.result}{where}: {outcome.reason}")
     return outcome.result in DONE
 

@@ -32,7 +32,7 @@ from flask.cli import AppGroup
 from flask_babel import gettext as _
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.cli.mailboxes import KEPT_FOLDER, run_ingest
+from service.cli.mailboxes import KEPT_FOLDER, about, run_ingest
 from service.config import Settings
 from service.extensions import current_settings, db
 from service.inbound.reading import MAX_BYTES, NotMail
@@ -45,11 +45,7 @@ inbound_group = AppGroup("inbound", help="Mail that comes back: bounces, replies
 
 
 def _describe(name: str, got: Received) -> str:
-    where = ""
-    if got.subscriber_id is not None and got.issue:
-        where = " " + _("(subscriber %(id)s, issue %(week)s)", id=got.subscriber_id, week=got.issue)
-    elif got.subscriber_id is not None:
-        where = " " + _("(subscriber %(id)s)", id=got.subscriber_id)
+    where = about(got.subscriber_id, got.issue)
     replay = " " + _("(received before)") if got.replay else ""
     return f"{name}: {got.kind} {got.verdict}{where}: {got.rule}{replay}"
 

@@ -33,6 +33,15 @@ log = logging.getLogger(__name__)
 Handler = Callable[[str, bytes], bool | None]
 
 
+def about(subscriber_id: int | None, week: str | None) -> str:
+    """` (subscriber 12, issue 2026-W48)`: whom a line of an ingest command's output is about."""
+    if subscriber_id is not None and week:
+        return " " + _("(subscriber %(id)s, issue %(week)s)", id=subscriber_id, week=week)
+    if subscriber_id is not None:
+        return " " + _("(subscriber %(id)s)", id=subscriber_id)
+    return ""
+
+
 def files(paths: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
     for path in paths or ("-",):
         if path == "-":

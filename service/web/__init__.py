@@ -2,8 +2,8 @@
 
 `public` (confirmation and unsubscribe pages, archive, health, readiness, metrics),
 `signup` (the sign-up endpoint), `embed` (the embeddable box), `admin/` (the admin area in
-the browser and the admin API), `api/` (the token API and the OpenAPI document) and
-`devmail` (the local mailbox, outside production only).
+the browser and the admin API), `api/` (the token API, the providers' webhooks and the
+OpenAPI document) and `devmail` (the local mailbox, outside production only).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from service.web.admin import base as admin
 # The admin modules add their routes (and texts) to admin.base's two blueprints.
 from service.web.admin import dashboard, imports, inbound, issues, subscribers  # noqa: F401
 from service.web.admin import embed as admin_embed  # noqa: F401
-from service.web.api import ingest, openapi
+from service.web.api import ingest, openapi, webhooks
 
 
 def register(app: Flask, *, devmail: bool) -> None:
     """Register every blueprint; `/dev/mailbox` only with `devmail` (local capture, outside
     production)."""
     app.register_blueprint(ingest.bp)
+    app.register_blueprint(webhooks.bp)
     app.register_blueprint(public.bp)
     app.register_blueprint(embed.bp)
     app.register_blueprint(signup.bp)

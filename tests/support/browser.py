@@ -8,35 +8,29 @@ fixture (in conftest) imports it only when a test asks for a browser.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from socketserver import BaseServer
 from typing import Any
 
-import pytest
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from tests.support import missing
+
 CHROMIUM = Path("/usr/bin/chromium")
-IN_CI = os.environ.get("CI", "").lower() == "true"
 TIMEOUT_MS = 10_000
-
-
-def _missing(what: str) -> None:
-    """Skip the module, or fail it under CI=true: CI must exercise the browser."""
-    if IN_CI:
-        pytest.fail(f"CI=true but {what}: the browser tests cannot run", pytrace=False)
-    pytest.skip(what, allow_module_level=True)
 
 
 try:
     from playwright.sync_api import Browser, BrowserContext, Dialog, Page, expect, sync_playwright
 except ImportError:
-    _missing("the playwright package is not installed (pip install -e '.[test]')")
+    missing("the playwright package is not installed (pip install -e '.[test]')", module=True)
 if not CHROMIUM.exists():
-    _missing(f"{CHROMIUM} is missing (apt-get install chromium; never `playwright install`)")
+    missing(
+        f"{CHROMIUM} is missing (apt-get install chromium; never `playwright install`)", module=True
+    )
 
 expect.set_options(timeout=TIMEOUT_MS)
 

@@ -17,14 +17,14 @@ from service.extensions import db
 from service.models import Subscriber
 
 
-def add_subscribers(
-    app: Flask, count: int, *, status: str = "active", locale: str = "fr", start: int = 0
-) -> list[int]:
-    """Insert subscribers in bulk (`reader<n>@exemple.fr`); return their ids."""
+def add_readers(
+    app: Flask, emails: list[str], *, status: str = "active", locale: str = "fr"
+) -> dict[str, int]:
+    """Insert confirmed subscribers at these addresses in bulk; return their ids by address."""
     now = datetime.now(UTC)
     rows = [
         {
-            "email": f"reader{n}@exemple.fr",
+            "email": email,
             "status": status,
             "locale": locale,
             "created_at": now,
@@ -34,14 +34,23 @@ def add_subscribers(
             "consent_text_version": "test",
             "confirm_attempts": 0,
         }
-        for n in range(start, start + count)
+        for email in emails
     ]
     with app.app_context():
         db.session.execute(insert(Subscriber), rows)
         db.session.commit()
-        emails = [r["email"] for r in rows]
-        ids = db.session.execute(select(Subscriber.id).where(Subscriber.email.in_(emails)))
-        return sorted(ids.scalars())
+        found = db.session.execute(
+            select(Subscriber.email, Subscriber.id).where(Subscriber.email.in_(emails))
+        )
+        return dict(found.tuples().all())
+
+
+def add_subscribers(
+    app: Flask, count: int, *, status: str = "active", locale: str = "fr", start: int = 0
+) -> list[int]:
+    """Insert subscribers in bulk (`reader<n>@exemple.fr`); return their ids."""
+    emails = [f"reader{n}@exemple.fr" for n in range(start, start + count)]
+    return sorted(add_readers(app, emails, status=status, locale=locale).values())
 
 
 def add_article(app: Flask, n: int, published: datetime, **fields: Any) -> int:

@@ -4,7 +4,7 @@ run the same batches in Celery workers).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from flask import Flask
 from sqlalchemy import select
@@ -14,6 +14,8 @@ from service.digest.planning import get_issue, plan_issue
 from service.extensions import db
 from service.mail.transport import open_transport
 from service.models import Delivery, Issue, Subscriber
+from tests.support.data import add_article, add_subscribers
+from tests.support.smtp import Received, SMTPSink
 
 NOW = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
 WEEK = "2026-W48"
@@ -75,3 +77,16 @@ class Sender:
             for _email, row in rows:
                 db.session.expunge(row)
             return {email: row for email, row in rows}
+
+
+def send_to_readers(app: Flask, smtp_server: SMTPSink, count: int = 3) -> dict[str, Received]:
+    """Issue 2026-W48 (one article) sent to reader0..reader<count-1> through `smtp_server`:
+    what each mailbox received, by address. The server's list is emptied afterwards."""
+    add_article(app, 1, NOW - timedelta(days=1))
+    add_subscribers(app, count)
+    sender = Sender(app)
+    sender.start()
+    sender.run()
+    mails = {m.rcpt_tos[0]: m for m in smtp_server.wait_for(count)}
+    smtp_server.messages.clear()
+    return mails

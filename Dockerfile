@@ -43,7 +43,11 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/hebdo-*.whl \
 USER 10001:10001
 WORKDIR /data
 # Writes only the beat schedule here (a volume in docker-compose.yml) and the metrics folder.
-ENV HEBDO_DATA_DIR=/data
+# Production by default: the image listens on 0.0.0.0, where development mode's sample page
+# and (served on loopback only anyway) mailbox have no business. It needs HEBDO_SECRET_KEY
+# and HEBDO_SMTP_HOST; `-e HEBDO_ENV=development` for a look around.
+ENV HEBDO_DATA_DIR=/data \
+    HEBDO_ENV=production
 EXPOSE 8000
 # No HEALTHCHECK here: the same image runs workers and beat, which serve no HTTP; the web
 # service's check (/readyz) is in docker-compose.yml.

@@ -173,6 +173,33 @@ def _domain_of(mail_from: str) -> str:
     return parseaddr(mail_from)[1].rsplit("@", 1)[1].lower()
 
 
+def _database_url(value: str) -> str:
+    """A URL SQLAlchemy can open with the drivers hebdo ships, checked now rather than in a
+    traceback at the first query. `postgres://` (Heroku's and libpq's spelling) and a bare
+    `postgresql://` (SQLAlchemy's psycopg2, not installed) get the spelling that works."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    shown = _without_password(value)
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(
+            f"must be a SQLAlchemy URL such as postgresql+psycopg://hebdo@db/hebdo, got {shown!r}"
+        ) from None
+    if url.drivername in ("postgres", "postgresql"):
+        fixed = _without_password(url.set(drivername="postgresql+psycopg").render_as_string(False))
+        raise ValueError(f"must name hebdo's PostgreSQL driver: write {fixed!r}, got {shown!r}")
+    try:
+        url.get_dialect()
+    except NoSuchModuleError:
+        raise ValueError(
+            "names a database SQLAlchemy does not know; use sqlite:///… or "
+            f"postgresql+psycopg://…, got {shown!r}"
+        ) from None
+    return value
+
+
 def _dev_secret_key(data_dir: Path) -> str:
     """A random key kept in the data folder, so development links survive restarts."""
     path = data_dir / "secret_key"
@@ -188,6 +215,49 @@ def _dev_secret_key(data_dir: Path) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(key)
     return key
+
+
+# Words that make up the placeholder keys of examples and tutorials ("changeme",
+# "dev-secret-key", "your-secret-here"…): a key made of nothing else is no secret.
+_PLACEHOLDER_WORDS = (
+    "changeme",
+    "change",
+    "replace",
+    "please",
+    "secret",
+    "password",
+    "passwd",
+    "default",
+    "development",
+    "dev",
+    "test",
+    "example",
+    "insecure",
+    "your",
+    "here",
+    "this",
+    "key",
+    "hebdo",
+    "me",
+)
+MIN_SECRET_KEY = 32
+
+
+def _refuse_weak_key(key: str) -> None:
+    """Refuse, in production, a key short enough to guess or made of placeholder words
+    (whoever guesses it forges confirmation and unsubscribe links)."""
+    fix = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+    if len(key) < MIN_SECRET_KEY:
+        raise ValueError(
+            f"is too short for HEBDO_ENV=production ({len(key)} characters, at least "
+            f"{MIN_SECRET_KEY}); {fix}"
+        )
+    letters = re.sub(r"[^a-z]", "", key.lower())
+    rest = letters
+    for word in _PLACEHOLDER_WORDS:
+        rest = rest.replace(word, "")
+    if letters and not rest:
+        raise ValueError(f"is a placeholder, not a secret (HEBDO_ENV=production); {fix}")
 
 
 # --- The declaration ------------------------------------------------------------------
@@ -213,7 +283,7 @@ class Settings(BaseSettings):
 
     env: Literal["development", "production", "test"] = setting(
         "development",
-        "`development`, `production` or `test`. Production refuses to start without `HEBDO_SECRET_KEY` and hides `/dev/mailbox`.",
+        "`development`, `production` or `test`. Production refuses to start without a strong `HEBDO_SECRET_KEY` and hides `/dev/mailbox`.",
     )
     data_dir: Path = setting(
         "./var",
@@ -230,7 +300,7 @@ class Settings(BaseSettings):
     )
     smtp_host: str = setting(
         "",
-        "SMTP relay host. Empty: every outgoing mail is captured as an `.eml` file under `<HEBDO_DATA_DIR>/mail` and shown at `/dev/mailbox`.",
+        "SMTP relay host. Empty: every outgoing mail is captured as an `.eml` file under `<HEBDO_DATA_DIR>/mail` (`mail-<database>` for another database than the embedded SQLite) and shown at `/dev/mailbox` (while hebdo listens on a loopback address).",
     )
     smtp_port: int = setting(
         "25", "SMTP relay port (587 for STARTTLS submission, 465 for SSL).", ge=1, le=65535
@@ -252,7 +322,7 @@ class Settings(BaseSettings):
     )
     secret_key: str = setting(
         "",
-        "Signs tokens. Required in production; in development a random key is generated once into `<HEBDO_DATA_DIR>/secret_key`.",
+        "Signs tokens. Required in production, at least 32 characters and not a placeholder (`changeme`, `secret`, `dev-key`…); in development a random key is generated once into `<HEBDO_DATA_DIR>/secret_key`.",
         secret=True,
     )
     secret_key_fallbacks: CommaList = setting(
@@ -318,7 +388,7 @@ class Settings(BaseSettings):
     )
     consent_version: str = setting(
         "form-2026-11",
-        "Version of the consent text shown by the form, recorded with each sign-up unless the post names another.",
+        "Version of the consent text shown by the form, recorded with each sign-up; a post naming another version is refused (422: the page predates the change, reload it).",
     )
     sweep_seconds: float = setting(
         "60",
@@ -513,7 +583,9 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _default_database(cls, value: str, info: ValidationInfo) -> str:
-        if value or "data_dir" not in info.data:
+        if value:
+            return _database_url(value)
+        if "data_dir" not in info.data:
             return value
         return f"sqlite:///{info.data['data_dir'] / 'hebdo.sqlite3'}"
 
@@ -536,6 +608,8 @@ class Settings(BaseSettings):
     @field_validator("secret_key")
     @classmethod
     def _secret_key(cls, value: str, info: ValidationInfo) -> str:
+        if value and info.data.get("env") == "production":
+            _refuse_weak_key(value)
         if value or "env" not in info.data or "data_dir" not in info.data:
             return value
         if info.data["env"] == "production":
@@ -740,7 +814,17 @@ class Settings(BaseSettings):
 
     @property
     def mail_capture_dir(self) -> Path:
-        return self.data_dir / "mail"
+        """`mail` in the data folder for its own SQLite database; for any other database a
+        folder named after it, so runs on SQLite and on PostgreSQL from one data folder do
+        not mix their mail in /dev/mailbox."""
+        if self.database_url == f"sqlite:///{self.data_dir / 'hebdo.sqlite3'}":
+            return self.data_dir / "mail"
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.database_url)
+        parts = (url.get_backend_name(), url.host, url.port, Path(url.database or "").name)
+        name = "-".join(str(p) for p in parts if p)
+        return self.data_dir / f"mail-{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}"
 
     @cached_property
     def broker_folders(self) -> tuple[Path, ...]:

@@ -87,12 +87,14 @@ limiter = Limiter(key_func=get_remote_address, key_prefix="hebdo")
 def engine_options(url: str) -> dict[str, Any]:
     """SQLAlchemy engine options for the database at `url` (the app's, and the benchmarks'
     ceilings', which must match it)."""
+    # A failed statement's error never shows its parameters: they hold password hashes,
+    # addresses and tokens, and errors end up in logs and terminals.
     if url.startswith("sqlite"):
         # Web and worker processes share the file: wait for a lock instead of failing.
-        return {"connect_args": {"timeout": 30}}
+        return {"hide_parameters": True, "connect_args": {"timeout": 30}}
     # Recycle connections a restarted database closed, instead of failing the next request;
     # give up connecting after 10 s rather than hang a request on an unreachable host.
-    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    return {"hide_parameters": True, "pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
 
 
 def current_settings() -> Settings:
@@ -133,7 +135,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     sweep finds whatever a lost message left undone.
     """
     return {
-        "broker_url": settings.broker_url,
+        # kombu's file-system transport ignores the host, but warns at every connection
+        # ("No hostname was supplied") when the URL names none.
+        "broker_url": (
+            "filesystem://localhost//"
+            if settings.broker_url.rstrip("/") == "filesystem:"
+            else settings.broker_url
+        ),
         "broker_transport_options": settings.broker_transport_options,
         "broker_connection_retry_on_startup": True,
         # A web request must not hang when the broker is down: fail fast, the sweep catches up.

@@ -157,6 +157,8 @@ class ApiToken(db.Model):  # type: ignore[name-defined]
     created_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # None: never expires (every token made before migration 0008).
+    expires_at: Mapped[datetime | None]
 
 
 class Article(db.Model):  # type: ignore[name-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -298,7 +299,7 @@ def test_export_streams_a_filtered_view_defused_and_audited(app: Flask, admin: A
         f'attachment; filename="hebdo-subscribers-{today}.csv"'
     )
     text = response.get_data(as_text=True)
-    assert text.startswith("\ufeffemail,status,locale,created_at,confirmed_at,consent_at,")
+    assert text.startswith('\ufeff"email","status","locale","created_at","confirmed_at",')
     exported = list(csv.DictReader(io.StringIO(text.removeprefix("\ufeff"))))
     assert [r["email"] for r in exported] == ["'-moins@exemple.fr", "anglais@exemple.fr"]
     first = exported[0]
@@ -367,6 +368,38 @@ def test_export_then_import_round_trip(app: Flask, client: Any) -> None:
     assert refused["counts"]["invalid"] == 3
     assert {line["code"] for line in refused["lines"]} == {"status"}
     assert count(app, Subscriber) == 0
+
+
+def test_a_formula_after_a_separator_is_defused_and_every_field_quoted(
+    app: Flask, client: Any
+) -> None:
+    """French Excel splits a line at `;`: a formula after one must not become a cell of its
+    own, nor after `,` or a tab. The export's bytes are read as a spreadsheet would."""
+    headers = api_token(app)
+    payload = "x;=cmd|' /C calc'!A0"
+    rows = [
+        ["email", "locale", "source", "consent_date", "consent_text"],
+        ["piege@exemple.fr", "fr", payload, "2024-05-01", "v1,+SUM(1)\t@A1"],
+    ]
+    assert post_csv(client, headers, csv_bytes(rows), dry_run="0").status_code == 200
+    view = "/api/v1/admin/subscribers.csv?status=active"
+    exported = client.get(view, headers=headers).data
+    assert b"\"x;'=cmd|' /C calc'!A0\"" in exported
+    assert b"\"v1,'+SUM(1)\t'@A1\"" in exported
+    for line in exported.decode().splitlines():
+        # Every field quoted, the header too.
+        assert line.startswith('"') and line.endswith('"'), line
+        # Split as a spreadsheet that ignores the quotes would: no piece runs.
+        for piece in re.split(r"[;,\t]", line):
+            assert not piece.strip(' "').startswith(("=", "+", "-", "@")), (piece, line)
+    # The export imports back as it was.
+    with app.app_context():
+        db.session.execute(delete(Subscriber))
+        db.session.commit()
+    assert post_csv(client, headers, exported, dry_run="0").json["counts"]["new_active"] == 1
+    with app.app_context():
+        sub = db.session.execute(select(Subscriber)).scalar_one()
+        assert (sub.consent_source, sub.consent_text_version) == (payload, "v1,+SUM(1)\t@A1")
 
 
 def test_editors_may_neither_import_nor_export(app: Flask, editor: Admin) -> None:

@@ -505,7 +505,8 @@ def test_every_face_leaves_the_same_audit_events(app: Flask, face: str) -> None:
         runner = app.test_cli_runner()
 
         def act(action: str) -> None:
-            args = ["digest", action, "--week", week] + (["--now"] if action == "send" else [])
+            now = ["--now", "--yes"] if action == "send" else []
+            args = ["digest", action, "--week", week, *now]
             result = runner.invoke(args=args)
             assert result.exit_code == 0, result.output
 

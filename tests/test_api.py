@@ -213,7 +213,7 @@ def test_consent_is_recorded_from_a_form_post(app: Flask, client: FlaskClient) -
         URL,
         data={
             "email": "preuve@exemple.fr",
-            "consent": "cgu-2026-10",
+            "consent": "form-2026-11",
             "source": "https://news.example.fr/a/1",
         },
         headers={"User-Agent": "Firefox"},
@@ -233,13 +233,27 @@ def test_consent_is_recorded_from_a_form_post(app: Flask, client: FlaskClient) -
         preuve.consent_ip,
         preuve.consent_user_agent,
     ) == (
-        "cgu-2026-10",
+        "form-2026-11",
         "https://news.example.fr/a/1",
         "192.0.2.44",
         "Firefox",
     )
     assert preuve.consent_at is not None
     assert js.consent_source is None and js.consent_text_version == "form-2026-11"
+
+
+def test_only_the_configured_consent_version_is_recorded(app: Flask, client: FlaskClient) -> None:
+    """A post naming a consent text this service never showed (an old page's, or anything
+    typed in, which went into exports as it was) is refused, and nothing is stored."""
+    stale = client.post(URL, json={"email": "vieux@exemple.fr", "consent": "cgu-2026-10"})
+    assert stale.status_code == 422 and stale.json["error"] == "unknown_consent_version"
+    assert stale.json["message"] == (
+        "Ce formulaire n’est plus à jour : rechargez la page, puis envoyez-le à nouveau."
+    )
+    forged = client.post(URL, data={"email": "vieux@exemple.fr", "consent": "x;=cmd|' /C calc'!A0"})
+    assert forged.status_code == 422 and "rechargez la page" in forged.text
+    with app.app_context():
+        assert db.session.execute(select(Subscriber)).first() is None
 
 
 def test_api_errors_are_json_and_pages_are_html(client: FlaskClient) -> None:

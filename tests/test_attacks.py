@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from service.admin.audit import Actor
 from service.digest import delivery
-from service.extensions import db
+from service.digest.planning import plan_issue
+from service.extensions import CONFIRM_QUEUE, db
 from service.jobs import CONFIRMATION_WINDOW
 from service.models import AuditEvent, Status, Subscriber
 from service.subscribers.bulk import erase
@@ -38,7 +39,7 @@ from service.subscribers.tokens import (
     resubscribe_token,
     unsubscribe_token,
 )
-from tests.support.admin import Admin, api_token, create_admin
+from tests.support.admin import ADMIN_PASSWORD, Admin, api_token, create_admin
 from tests.support.data import add_article
 from tests.support.mail import link, list_unsubscribe_path, sweep
 from tests.support.mail import old_token as _old_token
@@ -654,3 +655,132 @@ def _active_reader(app: Flask, email: str) -> int:
         assert sub is not None
         confirm(settings, confirm_token(settings, sub), ip=None, now=now)
         return result.subscriber_id
+
+
+# ---------------------------------------------------------------- malformed input
+
+# 20,000 nested arrays: deeper than Python's JSON decoder recurses (RecursionError).
+DEEP_JSON = "[" * 20_000
+
+
+def test_json_nested_too_deep_is_a_counted_4xx_everywhere_with_no_traceback(
+    make_app: Callable[[dict[str, str]], Flask],
+    env: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_app(
+        {
+            **env,
+            "HEBDO_SUBSCRIBE_RATE_LIMIT": "3/minute",
+            "HEBDO_MAILGUN_SIGNING_KEY": "key-3ax6xnjp29jd6fds4gc373sgvjxteol0",
+        }
+    )
+    add_article(app, 1, datetime.now(UTC) - timedelta(days=1))
+    with app.app_context():
+        plan_issue(app.config["SETTINGS"], "2026-W48", datetime.now(UTC))
+    client = app.test_client()
+    token = api_token(app, "admin")
+    headers = {"Content-Type": "application/json"}
+    caplog.set_level(logging.INFO)
+
+    # The sign-up form: refused, and counted by its rate limit like any other post.
+    answers = [client.post(URL, data=DEEP_JSON, headers=headers) for _ in range(4)]
+    assert [a.status_code for a in answers] == [400, 400, 400, 429]
+    assert answers[0].get_json()["error"] == "malformed_json"
+    # The token and admin APIs and the webhooks that read JSON.
+    for method, path, status in [
+        ("POST", "/api/v1/articles", 400),
+        ("POST", "/api/v1/admin/unsubscribes", 400),
+        ("PATCH", "/api/v1/admin/subscribers/1", 400),
+        ("POST", "/api/v1/admin/issues/2026-W48/test", 422),
+        ("POST", "/api/v1/webhooks/mailgun", 400),
+    ]:
+        answer = client.open(path, method=method, data=DEEP_JSON, headers={**headers, **token})
+        assert answer.status_code == status, (path, answer.get_data(as_text=True))
+    # The test send's limit (30 an hour) counted those posts too.
+    tries = [
+        client.post("/api/v1/admin/issues/2026-W48/test", data=DEEP_JSON, headers=headers | token)
+        for _ in range(30)
+    ]
+    assert tries[-1].status_code == 429
+    assert {a.status_code for a in tries} == {422, 429}
+    # A CR/LF in `next` after a good password: the dashboard, not a 500.
+    create_admin(app, "bob", email=None)
+    browser = Admin(app.test_client())
+    token_page = browser.client.get("/admin/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', token_page)
+    assert csrf is not None
+    answer = browser.client.post(
+        "/admin/login?next=/admin/issues%0D%0ASet-Cookie:%20x=1",
+        data={"name": "bob", "password": ADMIN_PASSWORD, "csrf_token": csrf.group(1)},
+    )
+    assert answer.status_code == 302 and answer.headers["Location"] == "/admin/"
+    assert "Set-Cookie: x" not in str(answer.headers)
+
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text
+
+
+def test_a_known_address_costs_the_database_what_a_new_one_does(app: Flask) -> None:
+    """The answer's time must not tell a known address from a new one either: a sign-up of
+    an active or pending address (which changes nothing) makes as many transactions and
+    statements as a new address's (bench/signup_timing.py measures the times)."""
+    settings = app.config["SETTINGS"]
+    consent = Consent(None, settings.consent_version, None, None)
+    active = "active@exemple.fr"
+    _active_reader(app, active)
+    work: list[str] = []
+
+    def statement(*_args: object) -> None:
+        work.append("statement")
+
+    def begin(*_args: object) -> None:
+        work.append("transaction")
+
+    def signup(email: str, *, new: bool = False) -> list[str]:
+        work.clear()
+        result = subscribe(
+            email, locale="fr", consent=consent, now=datetime.now(UTC), settings=settings
+        )
+        assert result.confirmation_due is new
+        return list(work)
+
+    with app.app_context():
+        engine = db.engine
+        event.listen(engine, "before_cursor_execute", statement)
+        event.listen(engine, "begin", begin)
+        try:
+            new = signup("nouveau@exemple.fr", new=True)
+            # Now pending, its mail owed: nothing changes.
+            pending = signup("nouveau@exemple.fr")
+            known_active = signup(active)
+        finally:
+            event.remove(engine, "before_cursor_execute", statement)
+            event.remove(engine, "begin", begin)
+    assert new and pending == new and known_active == new, (new, pending, known_active)
+
+
+def _queued_sweeps(env: dict[str, str]) -> int:
+    """Messages waiting in the broker's `confirm` queue (the confirmation sweeps)."""
+    if BROKER_URL.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(BROKER_URL)
+        try:
+            return int(client.llen(CONFIRM_QUEUE))
+        finally:
+            client.close()
+    folder = Path(env["HEBDO_DATA_DIR"]) / "broker" / "queue"
+    return sum(1 for f in folder.iterdir() if f.name.endswith(f".{CONFIRM_QUEUE}.msg"))
+
+
+def test_a_known_address_queues_the_sweep_a_new_one_queues(
+    app: Flask, client: FlaskClient, env: dict[str, str]
+) -> None:
+    """The sweep that sends confirmation mails is queued about once a second, and a new
+    address's post paid for it where a known one's did not: posted a second apart, the
+    time of the answer told them apart. A known address's post queues it too."""
+    _active_reader(app, "active@exemple.fr")
+    assert _queued_sweeps(env) == 0
+    assert accepted(post(client, "active@exemple.fr", "203.0.113.30"))
+    assert _queued_sweeps(env) == 1

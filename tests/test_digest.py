@@ -7,6 +7,8 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from email import message_from_bytes, policy
+from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
 import pytest
@@ -398,3 +400,55 @@ def test_the_week_commands_mean_follows_the_schedule(
     assert upcoming_week(s, datetime(2026, 12, 3, 9, 0, tzinfo=UTC)) == "2026-W49"
     assert i18n.format_date("fr", date(2027, 3, 1)) == "1er mars 2027"
     assert i18n.format_date("en", date(2027, 3, 1)) == "1 March 2027"
+
+
+class _Links(HTMLParser):
+    """Each link of an HTML part with the text a screen reader would name it by (its text,
+    or the alt of an image inside), and the page's headings and landmarks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.tags: list[str] = []
+        self._open: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "a":
+            self._open = []
+        elif tag == "img" and self._open is not None:
+            self._open.append(dict(attrs).get("alt") or "")
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._open.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._open is not None:
+            self.links.append(" ".join("".join(self._open).split()))
+            self._open = None
+
+
+def test_every_link_of_the_digest_has_a_name_and_the_web_version_a_main_and_h1(
+    app: Flask,
+) -> None:
+    add_subscribers(app, 1)
+    add_article(
+        app, 1, NOW - timedelta(days=1), title="Une photo", image_url="https://lhebdo.example/1.jpg"
+    )
+    add_article(app, 2, NOW - timedelta(days=2), title="Sans photo")
+    plan(app, "2026-W48", NOW)
+    message = message_from_bytes(_render(app), policy=policy.default)
+    html = message.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+    mail = _Links()
+    mail.feed(html)
+    # No image link without a name: the picture is inside its title's link.
+    assert "Une photo" in mail.links and "Sans photo" in mail.links
+    assert all(mail.links), mail.links
+    assert mail.tags.count("img") == 1 and "h1" in mail.tags
+
+    start_week(app)
+    web = _Links()
+    web.feed(app.test_client().get("/archive/2026-W48").get_data(as_text=True))
+    assert all(web.links), web.links
+    assert web.tags.count("main") == 1 and web.tags.count("h1") == 1

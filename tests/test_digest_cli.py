@@ -82,7 +82,7 @@ def test_send_status_pause_resume_cancel_from_the_command_line(
 
     code, out = _cli(app, "digest", "send")
     assert code == 0 and "scheduled" in out  # without --now: at the scheduled time
-    code, out = _cli(app, "digest", "send", "--now")
+    code, out = _cli(app, "digest", "send", "--now", "--yes")
     assert code == 0 and "sending to 5 subscribers (3 batch tasks queued)" in out
     code, out = _cli(app, "digest", "status")
     assert code == 0 and f"{week} sending: 0/5 done (0.0 %)" in out and "queued 5" in out
@@ -93,7 +93,7 @@ def test_send_status_pause_resume_cancel_from_the_command_line(
     assert _cli(app, "digest", "cancel")[0] == 0
     code, out = _cli(app, "digest", "status")
     assert "cancelled" in out and "skipped 5" in out
-    code, out = _cli(app, "digest", "send", "--now")
+    code, out = _cli(app, "digest", "send", "--now", "--yes")
     assert code == 1 and "cancelled" in out
     code, out = _cli(app, "digest", "status", "--week", "2026-W01")
     assert code == 1 and "no issue for 2026-W01" in out

@@ -33,7 +33,7 @@ def test_digest_send_now_reaches_every_confirmed_subscriber_once(
     add_subscribers(app, 20, status="pending", start=300)
     celery_worker(values, concurrency=2)
     runner = app.test_cli_runner()
-    result = runner.invoke(args=["digest", "send", "--now"])
+    result = runner.invoke(args=["digest", "send", "--now", "--yes"])
     assert result.exit_code == 0, result.output
     assert "sending to 300 subscribers (6 batch tasks queued)" in result.output
     week = result.output.split(":", 1)[0]
@@ -42,7 +42,7 @@ def test_digest_send_now_reaches_every_confirmed_subscriber_once(
     received = Counter(m.rcpt_tos[0] for m in smtp_server.messages)
     assert len(received) == 300 and set(received.values()) == {1}
     assert all("À la une cette semaine" in m.message["Subject"] for m in smtp_server.messages[:5])
-    again = runner.invoke(args=["digest", "send", "--now", "--week", week])
+    again = runner.invoke(args=["digest", "send", "--now", "--yes", "--week", week])
     assert again.exit_code == 0 and "already sent; nothing sent twice" in again.output
     status = runner.invoke(args=["digest", "status", "--week", week])
     assert "300/300 done (100.0 %), sent 300, queued 0" in status.output
@@ -69,7 +69,7 @@ def test_a_worker_killed_mid_send_loses_nothing_and_duplicates_stay_bounded(
     add_subscribers(app, total)
     smtp_server.data_delay = 0.01  # ~100 messages/s per connection: the kill lands mid-send
     worker = celery_worker(values, concurrency=concurrency)
-    result = app.test_cli_runner().invoke(args=["digest", "send", "--now"])
+    result = app.test_cli_runner().invoke(args=["digest", "send", "--now", "--yes"])
     assert result.exit_code == 0, result.output
     week = result.output.split(":", 1)[0]
     smtp_server.wait_for(100, timeout=60)

@@ -18,7 +18,8 @@ from service.subscribers.tokens import Purpose, read_token
 from service.web.embed import script_texts
 from tests.support.settings import BASE_URL
 
-ASSET_BUDGET = 8 * 1024
+# 8 KiB until the box named itself (a landmark) and said that a corrected address is unsent.
+ASSET_BUDGET = 9 * 1024
 
 
 class Inputs(HTMLParser):
@@ -64,6 +65,8 @@ def assert_box(html: str, action: str) -> Inputs:
             "action": action,
             "accept-charset": "utf-8",
             "lang": page.named("locale")["value"],
+            # Named by its heading: a form landmark.
+            "aria-labelledby": "hebdo-heading",
         }
     ]
     email = page.named("email")
@@ -183,7 +186,10 @@ def test_subscribe_page_shows_the_box_with_a_fresh_token(app: Flask, client: Fla
     html = response.get_data(as_text=True)
     page = assert_box(html, "/api/v1/subscriptions")
     assert_fresh(page.named("ts")["value"], app)
-    assert '<h1 class="hebdo-heading">Rejoignez gratuitement la communauté</h1>' in html
+    assert (
+        '<h1 class="hebdo-heading" id="hebdo-heading">Rejoignez gratuitement la communauté</h1>'
+        in html
+    )
     # The page's own copy of the box's script: versioned, cached for a year (test_static).
     assert re.search(r'<script src="/static/embed/embed.js\?v=[0-9a-f]{12}" defer></script>', html)
     csp = response.headers["Content-Security-Policy"]

@@ -306,7 +306,10 @@ def test_a_typo_is_offered_its_fix_in_one_click(site: Site, page: Page) -> None:
     page.get_by_role("button", name="Corriger en lea@gmail.com").click()
     expect(field(page)).to_have_value("lea@gmail.com")
     expect(field(page)).to_be_focused()
-    expect(message(page)).to_have_text("")
+    # The corrected address is not sent yet, and the box says so (in its live region).
+    expect(message(page)).to_have_text(
+        "Adresse corrigée : appuyez sur « S’inscrire » pour l’envoyer."
+    )
 
 
 def test_english_page_with_a_consent_line(make_site: Callable[..., Site], page: Page) -> None:

@@ -166,7 +166,7 @@ def watcher(make_app: Callable[[dict[str, str]], Flask]) -> Iterator[Callable[[F
 def start_send(app: Flask, sink: SMTPSink, subscribers: int, watch: Watcher) -> Send:
     add_article(app, 1, datetime.now(UTC) - timedelta(days=1), title="À la une")
     add_subscribers(app, subscribers)
-    result = app.test_cli_runner().invoke(args=["digest", "send", "--now"])
+    result = app.test_cli_runner().invoke(args=["digest", "send", "--now", "--yes"])
     assert result.exit_code == 0, result.output
     return Send(app, sink, result.output.split(":", 1)[0], subscribers, watch)
 
@@ -512,7 +512,7 @@ LAUNCHER = textwrap.dedent(
     go = pathlib.Path(sys.argv[1])
     while not go.exists():
         time.sleep(0.001)
-    result = runner.invoke(args=["digest", "send", "--now"])
+    result = runner.invoke(args=["digest", "send", "--now", "--yes"])
     print(result.output, end="")
     sys.exit(result.exit_code)
     """

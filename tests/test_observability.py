@@ -129,6 +129,52 @@ def test_logs_are_json_lines_with_request_ids_and_no_token_or_address(env: dict[
     assert any(line.get("request_id") == access[0]["request_id"] for line in lines[:-3])
 
 
+# A submitted address that carries a forged log line, and an error with one in its text.
+FORGED = textwrap.dedent(
+    """
+    import logging
+    from service import create_app
+    app = create_app()
+    forged = "2020-01-01 01:00:00,000 INFO hebdo.admin: admin alice signed in"
+    app.test_client().post(
+        "/api/v1/subscriptions", json={"email": "x@exemple.fr\\r\\n" + forged}
+    )
+    try:
+        raise ValueError("bad input\\n" + forged)
+    except ValueError:
+        logging.getLogger("hebdo.test").exception("failed on %s", "value\\r\\n" + forged)
+    """
+)
+
+
+@pytest.mark.slow  # a process of its own
+def test_a_text_log_line_holds_no_line_a_submitted_value_forged(env: dict[str, str]) -> None:
+    environ = {**env, "HEBDO_LOG_FORMAT": "text", "HEBDO_LOG_LEVEL": "INFO"}
+    run = subprocess.run(
+        [sys.executable, "-c", FORGED],
+        env={"PATH": "/usr/bin:/bin", **environ},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    # Every line of the log is a record of its own, or an indented line of a traceback.
+    lines = run.stderr.splitlines()
+    records = [line for line in lines if not line.startswith(" ")]
+    assert not [line for line in records if line.startswith("2020-01-01")], run.stderr
+    signup = [line for line in records if "sign-up invalid" in line]
+    assert len(signup) == 1
+    assert signup[0].endswith(
+        "for x***@exemple.fr\\r\\n2020-01-01 01:00:00,000 INFO hebdo.admin: admin alice signed in"
+    )
+    failed = [line for line in records if "failed on value" in line]
+    assert len(failed) == 1 and failed[0].endswith(
+        "value\\r\\n2020-01-01 01:00:00,000 INFO hebdo.admin: admin alice signed in"
+    )
+    assert "    ValueError: bad input" in lines
+
+
 @pytest.mark.slow
 def test_a_task_logs_with_its_task_id(
     smtp_env: dict[str, str],
@@ -211,7 +257,7 @@ def test_a_worker_machine_serves_its_processes_metrics(
     add_article(app, 1, datetime.now(UTC) - timedelta(days=1))
     add_subscribers(app, 40)
     celery_worker({**values, "PROMETHEUS_MULTIPROC_DIR": str(folder)}, concurrency=2)
-    result = app.test_cli_runner().invoke(args=["digest", "send", "--now"])
+    result = app.test_cli_runner().invoke(args=["digest", "send", "--now", "--yes"])
     assert result.exit_code == 0, result.output
     smtp_server.wait_for(40, timeout=60)
 
@@ -258,7 +304,7 @@ def test_metrics_show_the_send_queue_and_how_long_it_has_waited(app: Flask) -> N
     the oldest, which the stuck-send alert watches."""
     add_article(app, 1, datetime.now(UTC) - timedelta(days=1))
     add_subscribers(app, 3)
-    result = app.test_cli_runner().invoke(args=["digest", "send", "--now"])
+    result = app.test_cli_runner().invoke(args=["digest", "send", "--now", "--yes"])
     assert result.exit_code == 0, result.output
     week = result.output.split(":", 1)[0]
     time.sleep(1.1)

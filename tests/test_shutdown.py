@@ -60,7 +60,7 @@ def test_a_worker_stopped_mid_send_finishes_its_batches_and_nothing_goes_twice(
     # ≈ 50 messages/s per SMTP connection: a batch of 100 takes about 2 s, the send ≈ 10 s.
     smtp_server.data_delay = 0.02
     worker = celery_worker(values, concurrency=concurrency)
-    result = app.test_cli_runner().invoke(args=["digest", "send", "--now"])
+    result = app.test_cli_runner().invoke(args=["digest", "send", "--now", "--yes"])
     assert result.exit_code == 0, result.output
     week = result.output.split(":", 1)[0]
 

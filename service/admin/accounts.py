@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import string
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 
+from flask_babel import gettext as _
 from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -35,6 +38,33 @@ class AccountError(ValueError):
     """An account command cannot be carried out; the message says why."""
 
 
+@cache
+def _common_passwords() -> frozenset[str]:
+    """The 30,000 most common passwords of zxcvbn's frequency lists (Dropbox's estimator,
+    ported by the zxcvbn package; from leaked password sets), loaded once, on first use."""
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    return frozenset(FREQUENCY_LISTS["passwords"])
+
+
+def _check_password(password: str) -> None:
+    """Refuse a password of the wrong length, or a common one: as it is, or once the
+    digits and punctuation around it are taken off ("Password2024!" is "password"), since
+    guessers try those variants first."""
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise AccountError(f"the password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    lowered = password.lower()
+    core = lowered.strip(string.digits + string.punctuation + string.whitespace)
+    common = _common_passwords()
+    if lowered in common or (core and core in common):
+        raise AccountError(
+            _(
+                "this password is one of the most common ones (zxcvbn's list of 30,000 "
+                "leaked passwords): choose another"
+            )
+        )
+
+
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -46,8 +76,7 @@ def create_user(
         raise AccountError(f"role must be one of {', '.join(AdminRole)}")
     if not name or len(name) > 64 or not name.isprintable() or name != name.strip():
         raise AccountError("name must be 1 to 64 printable characters")
-    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-        raise AccountError(f"the password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    _check_password(password)
     user = AdminUser(
         name=name,
         password_hash=generate_password_hash(password, "scrypt"),
@@ -68,8 +97,7 @@ def set_password(name: str, password: str) -> None:
     user = _user_named(name)
     if user is None:
         raise AccountError(f"no user named {name!r}")
-    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-        raise AccountError(f"the password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    _check_password(password)
     user.password_hash = generate_password_hash(password, "scrypt")
     # A new password ends every session opened with the old one.
     db.session.execute(delete(AdminSession).where(AdminSession.user_id == user.id))

@@ -36,10 +36,16 @@ def token_group() -> None:
 @token_group.command("create")
 @click.argument("name")
 @click.option("--role", type=click.Choice(apitokens.ROLES), default="publisher", show_default=True)
-def token_create(name: str, role: str) -> None:
+@click.option(
+    "--expires-in",
+    metavar="LIFETIME",
+    help="Refuse the token after this long: 36h, 90d, 12w (default: until revoked).",
+)
+def token_create(name: str, role: str, expires_in: str | None) -> None:
     """Create a token; it is printed once and stored hashed."""
     try:
-        token = apitokens.create_token(name, role, _now())
+        lifetime = apitokens.parse_lifetime(expires_in) if expires_in else None
+        token = apitokens.create_token(name, role, _now(), expires_in=lifetime)
     except apitokens.TokenError as exc:
         _fail(str(exc))
         return
@@ -66,10 +72,15 @@ def token_revoke(name: str) -> None:
 @token_group.command("list")
 def token_list() -> None:
     """Tokens with their role and state (never the token itself)."""
+    moment = _now()
     for t in apitokens.list_tokens():
         state = _("live")
         if t.revoked_at:
             state = _("revoked %(date)s", date=f"{t.revoked_at:%Y-%m-%d}")
+        elif t.expires_at and t.expires_at <= moment:
+            state = _("expired %(moment)s", moment=f"{t.expires_at:%Y-%m-%d %H:%M}")
+        elif t.expires_at:
+            state = _("live, expires %(moment)s", moment=f"{t.expires_at:%Y-%m-%d %H:%M}")
         used = _("never used")
         if t.last_used_at:
             used = _("last used %(moment)s", moment=f"{t.last_used_at:%Y-%m-%d %H:%M}")

@@ -17,7 +17,15 @@ from sqlalchemy import select
 from service import i18n
 from service.admin.audit import Actor
 from service.digest import actions, feeds, previews, progress
-from service.digest.planning import DigestError, Refused, get_issue, parse_week, upcoming_week
+from service.digest.planning import (
+    DigestError,
+    Refused,
+    ahead_of_schedule,
+    get_issue,
+    parse_week,
+    upcoming_week,
+    week_start,
+)
 from service.digest.rendering import Recipient
 from service.extensions import current_settings, db
 from service.jobs import enqueue_batch
@@ -138,11 +146,15 @@ def digest_plan(week: str | None) -> None:
     )
 
 
-def _when(issue: Issue) -> str:
-    local = issue.send_at.astimezone(current_settings().timezone)
-    moment = f"{local:%a %d %b %Y %H:%M %Z}"
+def _moment(when: datetime) -> str:
+    local = when.astimezone(current_settings().timezone)
     if i18n.current_locale() != "en":
-        moment = format_datetime(local, "EEE d MMM y HH:mm zzz", locale=i18n.current_locale())
+        return format_datetime(local, "EEE d MMM y HH:mm zzz", locale=i18n.current_locale())
+    return f"{local:%a %d %b %Y %H:%M %Z}"
+
+
+def _when(issue: Issue) -> str:
+    moment = _moment(issue.send_at)
     if issue.send_at <= _now():
         return _("due since %(moment)s: send it with `hebdo digest send --now`", moment=moment)
     return _("goes out %(moment)s", moment=moment)
@@ -219,12 +231,20 @@ def digest_test(week: str | None, to: str, locale: str | None) -> None:
     "--now", "now_flag", is_flag=True, help="Send at once instead of at the scheduled time."
 )
 @click.option("--wait", is_flag=True, help="Follow the progress until the send ends.")
-def digest_send(week: str | None, now_flag: bool, wait: bool) -> None:
+@click.option(
+    "--yes", is_flag=True, help="With --now, send ahead of the scheduled time without asking."
+)
+def digest_send(week: str | None, now_flag: bool, wait: bool, yes: bool) -> None:
     """Approve the issue for its scheduled time, or with --now send it at once.
 
     Sending twice is harmless: an issue goes to each subscriber once.
     """
     week = _week(week)
+    # --yes: the caller knows (a script, or an editor who read this once); say nothing more.
+    ahead = _ahead_notice(week) if now_flag and not yes else None
+    if ahead:
+        click.echo(ahead)
+        click.confirm(_("Send it now?"), abort=True)
     try:
         result = actions.send(
             current_settings(), week, _now(), enqueue_batch, Actor.cli(), at_once=now_flag
@@ -267,6 +287,24 @@ def digest_send(week: str | None, now_flag: bool, wait: bool) -> None:
         _follow(week)
 
 
+def _ahead_notice(week: str) -> str | None:
+    """What sending `week` now does to its scheduled send, when that is still ahead: it
+    uses it up (a Saturday's "this week's" issue is next Monday's, which surprises)."""
+    issue = get_issue(week)
+    if issue is not None and issue.status not in (IssueStatus.DRAFT, IssueStatus.SCHEDULED):
+        return None  # already going out or gone: `send` says so and sends nothing
+    due = ahead_of_schedule(current_settings(), week, _now())
+    if due is None:
+        return None
+    return _(
+        "%(week)s is the issue of the week of %(monday)s, due %(moment)s. Sent now, it "
+        "takes the place of that send: nothing more goes out then.",
+        week=week,
+        monday=i18n.format_date(i18n.current_locale(), week_start(week)),
+        moment=_moment(due),
+    )
+
+
 def _follow(week: str) -> None:
     while True:
         db.session.expire_all()
@@ -279,16 +317,15 @@ def _follow(week: str) -> None:
 
 def _progress_line(p: progress.Progress) -> str:
     c = p.counts
-    return _(
+    line = _(
         "%(week)s %(status)s: %(done)s/%(recipients)s done (%(percent).1f %%), sent %(sent)s, "
         "queued %(queued)s, sending %(sending)s, failed %(failed)s, bounced %(bounced)s, "
-        "skipped %(skipped)s; %(rate).1f msg/s over the last minute",
+        "skipped %(skipped)s",
         week=p.week,
         status=p.status,
         done=p.done,
         recipients=p.recipients,
         percent=p.percent,
-        rate=p.rate_last_minute,
         sent=c["sent"],
         queued=c["queued"],
         sending=c["sending"],
@@ -296,6 +333,19 @@ def _progress_line(p: progress.Progress) -> str:
         bounced=c["bounced"],
         skipped=c["skipped"],
     )
+    if p.status != IssueStatus.SENDING:
+        # A pace is news only while sending (a finished send of 3 mails is not "0.1 msg/s").
+        return line
+    last_minute = round(p.rate_last_minute * 60)
+    if last_minute >= 60:
+        pace = _("%(rate).0f msg/s over the last minute", rate=p.rate_last_minute)
+    else:
+        pace = ngettext(
+            "%(num)s message sent over the last minute",
+            "%(num)s messages sent over the last minute",
+            last_minute,
+        )
+    return f"{line}; {pace}"
 
 
 @digest_group.command("status")
@@ -312,13 +362,13 @@ def digest_status(week: str | None) -> None:
     if p.started_at:
         end = p.finished_at or _now()
         seconds = max((end - p.started_at).total_seconds(), 0.001)
-        click.echo(
-            _(
-                "started %(start)s UTC, average %(rate).1f msg/s",
-                start=f"{p.started_at:%Y-%m-%d %H:%M:%S}",
-                rate=p.counts["sent"] / seconds,
-            )
-        )
+        start = f"{p.started_at:%Y-%m-%d %H:%M:%S}"
+        if p.counts["sent"]:
+            # Three significant digits: a slow little send is 0.0333 msg/s, not "0.0".
+            rate = f"{p.counts['sent'] / seconds:.3g}"
+            click.echo(_("started %(start)s UTC, average %(rate)s msg/s", start=start, rate=rate))
+        else:
+            click.echo(_("started %(start)s UTC", start=start))
     if p.note:
         click.echo(_("note: %(note)s", note=p.note))
 

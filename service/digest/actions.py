@@ -34,7 +34,7 @@ from service.digest.planning import (
     send_time,
     week_of,
 )
-from service.digest.previews import send_test
+from service.digest.previews import SuppressedAddress, send_test
 from service.digest.rendering import Recipient
 from service.extensions import db
 from service.models import Issue, IssueStatus
@@ -185,15 +185,32 @@ def test(
     by: Actor,
     *,
     own_address: str | None = None,
-) -> tuple[Recipient, str]:
+    reveal_suppression: bool = True,
+) -> tuple[Recipient, str | None]:
     """Send the issue to `to` now, marked [TEST], without recording a delivery; returns the
     recipient and the server's reply. The audit event holds no address (see AuditEvent):
-    only whether it was the actor's own (`own_address`)."""
+    only whether it was the actor's own (`own_address`).
+
+    A suppressed address is never mailed. With `reveal_suppression` (admins, who may look
+    the list up) that raises SuppressedAddress; without it (editors) the call returns as if
+    the mail went out, with no reply, so the answer does not tell whether the address is
+    on the list; the audit event (admins only) says it was withheld.
+    """
     issue = require_issue(week)
     if not to:
         raise InvalidEmail("empty")
-    recipient, reply = send_test(settings, issue, to, locale, now)
-    _record("test", issue.week, by, now, {"own_address": recipient.email == (own_address or "")})
+    withheld = False
+    reply: str | None = None
+    try:
+        recipient, reply = send_test(settings, issue, to, locale, now)
+    except SuppressedAddress as exc:
+        if reveal_suppression:
+            raise
+        recipient, withheld = exc.recipient, True
+    detail: dict[str, Any] = {"own_address": recipient.email == (own_address or "")}
+    if withheld:
+        detail["withheld"] = "suppressed"
+    _record("test", issue.week, by, now, detail)
     return recipient, reply
 
 

@@ -111,6 +111,14 @@ def upcoming_week(settings: Settings, now: datetime, late: timedelta = MAX_LATE)
     raise AssertionError("next week's send time is ahead")
 
 
+def ahead_of_schedule(settings: Settings, week: str, now: datetime) -> datetime | None:
+    """When `week`'s issue is due, if that is still ahead of `now`; else None. Sending it
+    before then takes the place of that send: the weekly tick finds it sent and sends
+    nothing more that day (on a Saturday, "this week's" issue is next Monday's)."""
+    due = send_time(settings, week)
+    return due if due > now else None
+
+
 def week_start(week: str) -> date:
     year, number = (int(x) for x in parse_week(week).split("-W"))
     return date.fromisocalendar(year, number, 1)

@@ -52,7 +52,11 @@ def preview(settings: Settings, issue: Issue, recipient: Recipient, now: datetim
 
 
 class SuppressedAddress(ValueError):
-    """A test send to an address on the suppression list: refused."""
+    """A test send to an address on the suppression list: refused (nothing is sent)."""
+
+    def __init__(self, recipient: Recipient) -> None:
+        super().__init__(f"{recipient.email} is on the suppression list")
+        self.recipient = recipient
 
 
 def send_test(
@@ -63,7 +67,7 @@ def send_test(
     InvalidEmail, SuppressedAddress (never mailed, even a test) or mail.errors.DeliveryError."""
     recipient = sample_recipient(to, locale, now)
     if is_suppressed(settings, recipient.email):
-        raise SuppressedAddress(f"{recipient.email} is on the suppression list")
+        raise SuppressedAddress(recipient)
     template = mail_template(settings, issue, recipient.locale, subject_prefix="[TEST] ")
     mail = mail_for(settings, template, recipient, now)
     with open_transport(settings) as transport:

@@ -33,6 +33,12 @@ class Rendered:
     html: str
 
 
+def week_label(week: str, locale: str) -> str:
+    """How readers name an issue, "Semaine du 23 novembre 2026": ISO weeks are ours."""
+    with force_locale(locale):
+        return _("Week of %(date)s", date=i18n.format_date(locale, week_start(week)))
+
+
 def render_issue(
     settings: Settings, issue: Issue, locale: str, *, markers: Markers | None = None
 ) -> Rendered:
@@ -48,9 +54,7 @@ def render_issue(
         context = {
             "locale": locale,
             "site": settings.site_name,
-            "week_label": _(
-                "Week of %(date)s", date=i18n.format_date(locale, week_start(issue.week))
-            ),
+            "week_label": week_label(issue.week, locale),
             "groups": groups,
             # The web version in the mail's language, whatever the browser prefers.
             "online_url": public_url(settings, f"/archive/{issue.week}?lang={locale}"),

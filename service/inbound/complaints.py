@@ -33,7 +33,7 @@ import quopri
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from email import message_from_bytes, policy
+from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 from itertools import pairwise
@@ -45,6 +45,7 @@ from sqlalchemy import select, update
 from service.admin.audit import audit
 from service.config import Settings
 from service.extensions import db, rowcount
+from service.inbound import reading
 from service.mail.errors import mask_addresses
 from service.models import Delivery, DeliveryStatus, Issue, Status, Subscriber
 from service.subscribers.addresses import InvalidEmail, normalise_email
@@ -54,7 +55,8 @@ from service.subscribers.tokens import BadToken
 from service.telemetry.metrics import COMPLAINTS, UNSUBSCRIBES
 
 # An ARF report carries the reported mail, often whole: a digest with its HTML is ~100 KB.
-MAX_REPORT_BYTES = 2 * 1024 * 1024
+# The limit of every way in, as its parts and nesting are (inbound.reading).
+MAX_REPORT_BYTES = reading.MAX_BYTES
 
 # RFC 5965 feedback types that mean "I did not want this mail". `not-spam` (RFC 6430) and
 # `auth-failure` (RFC 6591, an authentication report) are not complaints.
@@ -152,10 +154,13 @@ def _parse_fields(raw: bytes) -> Message:
 
 def parse_report(raw: bytes) -> Report:
     """Read an ARF report (RFC 5965). Raises NotAReport with the reason when it is not one."""
-    if len(raw) > MAX_REPORT_BYTES:
-        raise NotAReport(f"larger than {MAX_REPORT_BYTES} bytes")
     try:
-        return _read(message_from_bytes(raw, policy=policy.default), raw)
+        # Bounded as every mail from outside is: size, MIME parts, nesting.
+        message = reading.parse(raw)
+    except reading.NotMail as exc:
+        raise NotAReport(str(exc)) from None
+    try:
+        return _read(message, raw)
     except NotAReport:
         raise
     except Exception as exc:

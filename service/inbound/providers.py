@@ -156,7 +156,8 @@ Model = TypeVar("Model", bound=BaseModel)
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    # RecursionError: a body nested too deep for Python's decoder (`[` × 20,000).
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise Malformed("the body is not valid UTF-8 JSON", status=400) from None
 
 

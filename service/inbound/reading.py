@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from email import message_from_bytes, policy
+from email import policy
+from email.feedparser import BytesFeedParser
 from email.message import EmailMessage, Message
 from email.utils import getaddresses
 
@@ -86,6 +87,47 @@ def _addresses(values: list[str]) -> list[str]:
     return out
 
 
+class _TooManyParts(Exception):
+    """Raised from inside the parser at the part past MAX_PARTS: the rest is never read."""
+
+
+def parse(raw: bytes) -> EmailMessage:
+    """The bytes as a message, at most MAX_BYTES, MAX_PARTS parts, MAX_DEPTH deep.
+
+    Every way in that parses a mail from outside goes through here: Python's parser costs
+    ~0.2 ms a part, so a 2 MiB report of 50,000 empty parts held a web worker for 10 s
+    when the parts were counted after parsing. Here the parser's own factory counts each
+    part (and message/rfc822 part) as it makes it, and the part after MAX_PARTS stops the
+    parsing there. Raises NotMail with the reason; the email package's own exceptions on
+    broken input become NotMail too."""
+    if len(raw) > MAX_BYTES:
+        raise NotMail(f"larger than {MAX_BYTES} bytes")
+    made = 0
+
+    def counted(*args: object, **kwargs: object) -> EmailMessage:
+        nonlocal made
+        made += 1
+        if made > MAX_PARTS:
+            raise _TooManyParts
+        return EmailMessage(*args, **kwargs)  # type: ignore[arg-type]
+
+    try:
+        parser = BytesFeedParser(_factory=counted, policy=policy.default)
+        parser.feed(raw)
+        message = parser.close()
+        assert isinstance(message, EmailMessage)
+        _check_shape(message)
+    except _TooManyParts:
+        raise NotMail(f"more than {MAX_PARTS} MIME parts") from None
+    except NotMail:
+        raise
+    except Exception as exc:
+        # The email package raises all sorts on broken input (IndexError, TypeError,
+        # binascii.Error…): what it cannot read is refused like any non-mail.
+        raise NotMail(f"unreadable ({type(exc).__name__})") from None
+    return message
+
+
 def read_mail(
     raw: bytes,
     *,
@@ -97,16 +139,7 @@ def read_mail(
         raise NotMail(f"larger than {MAX_BYTES} bytes")
     if not raw.strip():
         raise NotMail("empty")
-    try:
-        message = message_from_bytes(raw, policy=policy.default)
-        assert isinstance(message, EmailMessage)
-        _check_shape(message)
-    except NotMail:
-        raise
-    except Exception as exc:
-        # The email package raises all sorts on broken input (IndexError, TypeError,
-        # binascii.Error…): what it cannot read is refused like any non-mail.
-        raise NotMail(f"unreadable ({type(exc).__name__})") from None
+    message = parse(raw)
     if len(message.keys()) == 0:
         raise NotMail("no header fields")
     if not any(message.get(name) for name in ("From", "Subject", "Date", "Message-ID")):

@@ -9,9 +9,12 @@ is worse than a stopped one.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -93,7 +96,90 @@ def metrics_environment(settings: Settings) -> dict[str, str]:
     folder = settings.data_dir / "metrics"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    # Celery's banner against running as root is for production machines; the image runs
+    # as its own user, and a laptop's container as root is no news to its owner.
+    quiet = "ignore:You're running the worker with superuser privileges"
+    warnings = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), quiet)))
+    return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder), "PYTHONWARNINGS": warnings}
+
+
+def public_url(settings: Settings, host: str, port: int) -> str:
+    """The base URL of every link and of the sample page's box. Outside production an
+    unset HEBDO_BASE_URL follows --host and --port: a newcomer on `--port 8101` must not
+    get a box posting to :8000 and mails linking there."""
+    if settings.env == "production" or "base_url" in settings.model_fields_set:
+        return settings.base_url
+    return listen_url(host, port)
+
+
+def listen_url(host: str, port: int) -> str:
+    """Where the web app answers on this machine."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 (any address: reach it on loopback)
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def lock_data_dir(settings: Settings) -> IO[str] | int:
+    """Hold the data folder for this `hebdo run` (an flock the system drops when this
+    process ends, however it ends): a second one would start a second worker and a second
+    beat on the same files. The open lock file, or the PID of the run holding it."""
+    path = settings.data_dir / "run.lock"
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        return int(holder) if holder.isdigit() else 0
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the web app could not listen on host:port, said before anything starts (else
+    the banner prints and gunicorn fails seconds later amid the worker's start-up)."""
+    error = _bind_error(host, port)
+    if error is None:
+        return None
+    if error.errno == errno.EADDRINUSE:
+        # The first free port above, to suggest (8001 after 8000).
+        other = next(
+            (p for p in range(port + 1, min(port + 50, 65536)) if not _bind_error(host, p)),
+            port + 1,
+        )
+        return _(
+            "hebdo: port %(port)s on %(host)s is already in use (another `hebdo run`, "
+            "or another server); stop it, or choose another port: `hebdo run --port %(other)s`",
+            port=port,
+            host=host,
+            other=other,
+        )
+    return _(
+        "hebdo: cannot listen on %(host)s port %(port)s: %(error)s",
+        host=host,
+        port=port,
+        error=error.strerror,
+    )
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Bind as gunicorn will (SO_REUSEADDR: a port left in TIME_WAIT by the previous run
+    is free), and let go at once."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _name, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:  # socket.gaierror too: a host that does not resolve
+        return exc
+    return None
 
 
 def _pump(name: str, stream: IO[bytes]) -> None:
@@ -105,6 +191,24 @@ def _pump(name: str, stream: IO[bytes]) -> None:
 
 def run_all(app: Flask, *, host: str, port: int) -> int:
     settings: Settings = app.config["SETTINGS"]
+    # Held (open) until this function returns: the lock goes with the supervisor.
+    lock = lock_data_dir(settings)
+    if isinstance(lock, int):
+        print(
+            _(
+                "hebdo: another `hebdo run` (PID %(pid)s) is using the data folder %(folder)s; "
+                "stop it first, or give this one its own HEBDO_DATA_DIR",
+                pid=lock or "?",
+                folder=settings.data_dir,
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
+    problem = port_problem(host, port)
+    if problem:
+        print(problem, file=sys.stderr, flush=True)
+        return 2
     print(
         _("hebdo: migrating %(database)s", database=settings.database_url.split("@")[-1]),
         flush=True,
@@ -128,6 +232,8 @@ def run_all(app: Flask, *, host: str, port: int) -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     environ = metrics_environment(settings)
+    # Every child (gunicorn's pages, the worker's mails) builds its links from this.
+    environ["HEBDO_BASE_URL"] = public_url(settings, host, port)
     for name, argv in commands(settings, host, port).items():
         child = subprocess.Popen(  # noqa: S603 (our own fixed argv)
             argv,
@@ -143,7 +249,7 @@ def run_all(app: Flask, *, host: str, port: int) -> int:
         if settings.capture_mail
         else _("SMTP %(host)s", host=settings.smtp_host)
     )
-    url = f"http://{host}:{port}"
+    url = listen_url(host, port)
     print(_("hebdo: %(url)s  (%(mode)s; Ctrl-C stops)", url=url, mode=mode), flush=True)
     if not accounts.list_users():
         print(

@@ -262,6 +262,8 @@ def box_messages(locale: str) -> dict[str, str]:
             ),
             "rate_limited": _("Too many attempts. Please try again in a few minutes."),
             "consent_required": _("Tick the box to agree to receive the newsletter."),
+            # After the "Change it to …" button: the corrected address is not sent yet.
+            "box.corrected": _("Address corrected: press “Subscribe” to send it."),
         }
 
 

@@ -108,8 +108,9 @@ class SignupPost(BaseModel):
         AfterValidator(_printable),
     ] = Field(
         default=None,
-        description="The version of the consent text shown; absent, empty or `true`: "
-        "HEBDO_CONSENT_VERSION.",
+        description="The version of the consent text shown: HEBDO_CONSENT_VERSION, which "
+        "absent, empty or `true` also mean; any other is refused (422 "
+        "`unknown_consent_version`).",
     )
     consent_given: Any = Field(
         default=None,
@@ -153,8 +154,10 @@ class Accepted:
 
     suggestion: str | None
     source: str | None
-    # A confirmation mail is owed: the caller queues the sweep that sends it.
-    confirmation_due: bool
+    # A person's post: the caller queues the sweep that sends the confirmation mail, if one
+    # is owed. For a known address too: queueing costs a broker message about once a
+    # second, which only new addresses paid, and the answer's time told them apart.
+    queue_sweep: bool
 
 
 class Refused(Exception):
@@ -168,10 +171,13 @@ class Refused(Exception):
         self.captcha = captcha
 
 
-def consent_version(settings: Settings, value: str | Literal[True] | None) -> str:
+def consent_version(settings: Settings, value: str | Literal[True] | None) -> str | None:
+    """The consent text version a post agreed to: HEBDO_CONSENT_VERSION, named or not. Any
+    other is None: the proof of consent records only a text this service showed, never a
+    caller's words (which went into exports as they were)."""
     if value is True or value is None or value in CURRENT_CONSENT:
         return settings.consent_version
-    return value
+    return value if value == settings.consent_version else None
 
 
 def check_origin(settings: Settings, visitor: Visitor) -> None:
@@ -219,17 +225,22 @@ def screen(
     if consent_line(settings, locale) and post.consent_given not in TICKED:
         record("consent_missing", ip=visitor.ip, email=email)
         raise Refused(422, "consent_required")
+    version = consent_version(settings, post.consent)
+    if version is None:
+        # A page shown before the version changed, or a post made by hand.
+        record("invalid", ip=visitor.ip, email=email)
+        raise Refused(422, "unknown_consent_version")
     verdict = check_form(settings, {HONEYPOT_FIELD: post.website, "ts": post.ts})
     if not verdict.ok:
         # A bot: the same answer as a person's, nothing stored, nothing sent.
         record(verdict.outcome, ip=visitor.ip, email=email)
-        return Accepted(suggest_fix(email), source, confirmation_due=False)
+        return Accepted(suggest_fix(email), source, queue_sweep=False)
     consent = Consent(
         source=source,
-        text_version=consent_version(settings, post.consent),
+        text_version=version,
         ip=visitor.ip,
         user_agent=visitor.user_agent,
     )
     result = subscribe(email, locale=locale, consent=consent, now=now, settings=settings)
     record("accepted", ip=visitor.ip, email=email)
-    return Accepted(result.suggestion, source, result.confirmation_due)
+    return Accepted(result.suggestion, source, queue_sweep=True)

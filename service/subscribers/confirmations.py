@@ -33,12 +33,19 @@ MAX_CONFIRM_ATTEMPTS = 8
 
 
 def _mail_allowed(sub: Subscriber, settings: Settings, now: datetime) -> bool:
-    """One confirmation mail per HEBDO_CONFIRM_RESEND_HOURS per address, one owed at a time."""
-    if sub.confirm_due_at is not None:
+    return mail_allowed(sub.confirm_due_at, sub.confirm_sent_at, settings, now)
+
+
+def mail_allowed(
+    due_at: datetime | None, sent_at: datetime | None, settings: Settings, now: datetime
+) -> bool:
+    """One confirmation mail per HEBDO_CONFIRM_RESEND_HOURS per address, one owed at a time
+    (from the row's two columns: the sign-up reads them without loading the row)."""
+    if due_at is not None:
         return False
-    if sub.confirm_sent_at is None:
+    if sent_at is None:
         return True
-    return now - sub.confirm_sent_at >= timedelta(hours=settings.confirm_resend_hours)
+    return now - sent_at >= timedelta(hours=settings.confirm_resend_hours)
 
 
 def owe_confirmation(sub: Subscriber, settings: Settings, now: datetime) -> bool:

@@ -45,7 +45,7 @@ from service.models import (
     search_key,
 )
 from service.subscribers.addresses import InvalidEmail, normalise_email
-from service.subscribers.csv_cells import FORMULA_STARTS, csv_chunks
+from service.subscribers.csv_cells import csv_chunks, undefuse
 from service.subscribers.search import Filters, iterate
 from service.subscribers.suppressions import suppression_hashes
 
@@ -160,13 +160,6 @@ def decode(data: bytes) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BadImportFile("encoding", position=exc.start) from None
-
-
-def undefuse(cell: str) -> str:
-    """Undo the export's formula guard: `'=x` back to `=x`, so an export imports as it was."""
-    if len(cell) > 1 and cell[0] == "'" and cell[1] in FORMULA_STARTS:
-        return cell[1:]
-    return cell
 
 
 @dataclass(frozen=True)

@@ -66,14 +66,41 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
+def _escaped(char: int) -> str:
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return named.get(chr(char), f"\\x{char:02x}" if char < 0x100 else f"\\u{char:04x}")
+
+
+# Every character that could end or rewrite a line on a terminal or in a log file: C0 and
+# C1 controls, DEL, and Unicode's own line and paragraph separators.
+_CONTROLS = {char: _escaped(char) for char in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)}
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line: each control character written as its escape (`\\r`, `\\n`, `\\x1b`)."""
+    return text.translate(_CONTROLS)
+
+
 class TextFormatter(logging.Formatter):
+    """One record, one line: whatever a message or its arguments hold (an address posted
+    with a CR/LF in it), control characters are escaped, so nobody can forge a line. A
+    traceback follows on lines of its own, each indented, so no line of it reads as a
+    record either."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s%(ids)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         ids = [f"{k}={v}" for k in ("request_id", "task_id") if (v := getattr(record, k, None))]
         record.ids = f" [{' '.join(ids)}]" if ids else ""
-        return super().format(record)
+        # The record's own line is escaped (formatMessage): every line after it is a
+        # traceback's or a stack's, indented (the record keeps its traceback unindented
+        # for the other handlers).
+        head, *rest = super().format(record).split("\n")
+        return "\n".join([head, *("    " + escape_controls(line) for line in rest)])
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
 
 
 def configure(level: str, fmt: str) -> None:

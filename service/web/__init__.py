@@ -19,11 +19,14 @@ from service.web.admin import base as admin
 from service.web.admin import dashboard, imports, inbound, issues, subscribers  # noqa: F401
 from service.web.admin import embed as admin_embed  # noqa: F401
 from service.web.api import ingest, openapi, webhooks
+from service.web.payloads import SafeJSONProvider
 
 
 def register(app: Flask, *, devmail: bool) -> None:
     """Register every blueprint; `/dev/mailbox` only with `devmail` (local capture, outside
     production)."""
+    # Every request body read as JSON is decoded by it (a body too deep is a 400).
+    app.json = SafeJSONProvider(app)
     app.register_blueprint(ingest.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(public.bp)

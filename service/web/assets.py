@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from flask import Flask, Response, current_app, request, url_for
+from flask import Flask, Response, current_app, request, send_from_directory, url_for
 
 # A versioned URL names one content for ever.
 IMMUTABLE_SECONDS = 365 * 24 * 3600
@@ -51,6 +51,18 @@ def _cache(response: Response) -> Response:
     return response
 
 
+def favicon() -> Response:
+    """The tab icon, at the address every browser asks for (pages without a <link> too)."""
+    folder = Path(current_app.static_folder or "static")
+    response = send_from_directory(
+        folder, "favicon.svg", mimetype="image/svg+xml", conditional=True
+    )
+    response.cache_control.public = True
+    response.cache_control.max_age = UNVERSIONED_SECONDS
+    return response
+
+
 def init_app(app: Flask) -> None:
     app.jinja_env.globals["static_url"] = static_url
+    app.add_url_rule("/favicon.ico", "favicon", favicon)
     app.after_request(_cache)

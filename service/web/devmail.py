@@ -1,23 +1,71 @@
 """/dev/mailbox: the mail captured in local mode, for a developer's browser.
 
-Registered only when no SMTP relay is configured and not in production.
+Registered only when no SMTP relay is configured and not in production, and served only
+while the web server listens on a loopback address: it has no login and shows every
+reader's address and confirmation link, so on 0.0.0.0 (a container, a shared machine)
+it answers 403 with the reason instead, and logs a warning once. The mailbox goes off
+rather than the start failing: the rest of a development run (sign-up, admin) works the
+same on any address, and the mails are still saved as .eml files.
 Captured HTML is shown in a sandboxed iframe (no scripts, no same-origin).
 In French, or English as the other public pages (?lang=en, Accept-Language).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import re
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, render_template
+from flask import Blueprint, Response, abort, render_template, request
+from flask_babel import gettext as _
 
 from service.web.common import page_locale, settings
 
 bp = Blueprint("devmail", __name__, url_prefix="/dev/mailbox")
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+def loopback(address: str) -> bool:
+    """Whether a listening address is reachable from this machine only."""
+    if address == "localhost" or address.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@bp.before_request
+def _on_loopback_only() -> tuple[str, int] | None:
+    # SERVER_NAME is the address the server listens on (gunicorn and Werkzeug both set it
+    # from the listening socket), not the client's Host header.
+    address = request.environ.get("SERVER_NAME", "")
+    if loopback(address):
+        return None
+    if address not in _warned:
+        _warned.add(address)
+        log.warning(
+            "/dev/mailbox is off: hebdo listens on %s, not a loopback address, and the "
+            "mailbox has no login; listen on 127.0.0.1 to use it",
+            address,
+        )
+    page = render_template(
+        "pages/message.html",
+        locale=page_locale(),
+        title=_("The development mailbox is off"),
+        body=_(
+            "It is served only while hebdo listens on a loopback address (127.0.0.1): it "
+            "has no login and shows every reader's address and confirmation link. The "
+            "mails are still saved as .eml files in the data folder."
+        ),
+    )
+    return page, 403
+
 
 _NAME = re.compile(r"\d{8}T\d{12}-[0-9a-f]{8}\.eml")
 MAX_LISTED = 200

@@ -1,11 +1,14 @@
 """Reading a JSON or form body into a dict, and into its model (`shapes`), with errors that
-name the field: shared by the public, token and admin APIs."""
+name the field: shared by the public, token and admin APIs. Every JSON body a view reads
+(`request.get_json`, here and in the rate limits' key functions) is decoded by
+`SafeJSONProvider`, installed on the app: the one place a body becomes Python."""
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
 from flask import request
+from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import BadRequest
 
@@ -24,6 +27,19 @@ class PayloadError(Exception):
         self.detail = detail
         # The field at fault, when one is (a shape's validation names it).
         self.field = field
+
+
+class SafeJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, where a body nested too deep for Python's decoder (`[` × 20,000 raises
+    RecursionError, which is not a ValueError) is malformed JSON like any other: a 400 for
+    `get_json()`, None for `get_json(silent=True)`, never a 500 that skips the rate limit
+    counted after it."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deep") from None
 
 
 def read_payload() -> dict[str, Any]:

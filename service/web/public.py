@@ -13,7 +13,7 @@ import ipaddress
 from flask import Blueprint, Response, abort, jsonify, render_template, request
 
 from service.digest.planning import DigestError, archived_issues, get_issue, is_archived, parse_week
-from service.digest.rendering import render_issue
+from service.digest.rendering import render_issue, week_label
 from service.models import Status, Subscriber
 from service.ops import readiness
 from service.resources import MIGRATIONS
@@ -22,6 +22,7 @@ from service.subscribers.lifecycle import (
     Consent,
     check_confirm_token,
     confirm,
+    may_resubscribe,
     resubscribe_by_token,
     subscriber_for_unsubscribe,
     unsubscribe,
@@ -58,30 +59,36 @@ def healthz() -> Response:
     return Response('{"status": "ok"}\n', mimetype="application/json")
 
 
+def _from_private_network() -> bool:
+    """Whether the client is on this machine or a private network (behind a proxy, as
+    HEBDO_TRUSTED_PROXIES says): the rule for what only operators may read."""
+    try:
+        ip = ipaddress.ip_address(client_ip() or "")
+    except ValueError:
+        return False
+    return not ip.is_global
+
+
 @bp.get("/metrics")
 def metrics_page() -> Response:
     """Prometheus metrics, for scrapers on this machine or a private network only: counts of
     subscribers and queues are the business's, not the public's (a client seen from a
     public address gets a 404; behind a proxy, set HEBDO_TRUSTED_PROXIES)."""
-    address = client_ip() or ""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        abort(404)
-    if ip.is_global:
+    if not _from_private_network():
         abort(404)
     return Response(metrics.exposition(settings()), mimetype=metrics.CONTENT_TYPE)
 
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Readiness: database (schema current), broker, SMTP; 200 or 503, each check's verdict."""
+    """Readiness: database (schema current), broker, SMTP; 200 or 503. Each check's verdict
+    (schema version, SMTP host, errors) only for a private network, as /metrics: the public
+    gets the status alone."""
     checks = readiness.check_all(settings(), MIGRATIONS)
     ready = all(c.ok for c in checks.values())
-    body = {
-        "status": "ready" if ready else "not ready",
-        "checks": {name: c.as_json() for name, c in checks.items()},
-    }
+    body: dict[str, object] = {"status": "ready" if ready else "not ready"}
+    if _from_private_network():
+        body["checks"] = {name: c.as_json() for name, c in checks.items()}
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response, 200 if ready else 503
@@ -97,6 +104,9 @@ def subscribe_page() -> Response:
     html, _status = _page("subscribe", locale, form=form_context(settings(), locale, now()))
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = page_csp(settings())
+    # The no-JS post must carry this page's Origin (under the default `no-referrer`, browsers
+    # send `Origin: null`, which the origin check refuses); nothing leaves the site.
+    response.headers["Referrer-Policy"] = "same-origin"
     return response
 
 
@@ -140,9 +150,10 @@ def confirm_post(token: str) -> tuple[str, int]:
 
 
 def _unsubscribed(sub: Subscriber | None, locale: str) -> tuple[str, int]:
-    """The "you are unsubscribed" page, with a resubscribe button when the row can be restored."""
+    """The "you are unsubscribed" page, with a resubscribe button while the unsubscription
+    is recent enough to undo (see `may_resubscribe`)."""
     resubscribe = None
-    if sub is not None and sub.status == Status.UNSUBSCRIBED and sub.unsubscribed_at:
+    if sub is not None and may_resubscribe(sub, now()):
         resubscribe = resubscribe_token(settings(), sub)
     return _page("unsubscribed", locale, resubscribe=resubscribe)
 
@@ -195,7 +206,7 @@ def resubscribe_post(token: str) -> tuple[str, int]:
 def archive() -> tuple[str, int]:
     """Issues that went out, newest first."""
     locale = page_locale()
-    return _page("archive", locale, issues=archived_issues())
+    return _page("archive", locale, issues=archived_issues(), week_label=week_label)
 
 
 @bp.get("/archive/<week>")

@@ -200,8 +200,8 @@ def _refused(status: int, error: str, locale: str, message: str, **extra: Any) -
         413: error("Body too large"),
         415: error("Unsupported media type"),
         422: error(
-            "Invalid address (the message says why), or consent not given (form posts: an "
-            "HTML page saying so)",
+            "Invalid address (the message says why), consent not given, or a consent version "
+            "other than HEBDO_CONSENT_VERSION (form posts: an HTML page saying so)",
             html=True,
         ),
         429: error(
@@ -246,7 +246,7 @@ def create_subscription() -> Any:
         if exc.captcha is not None:
             return _refused(exc.status, exc.error, locale, message, captcha=exc.captcha)
         return _refused(exc.status, exc.error, locale, message)
-    if accepted.confirmation_due:
+    if accepted.queue_sweep:
         jobs.enqueue_confirmation_sweep()
     return _accepted(locale, accepted.suggestion, accepted.source)
 
@@ -257,4 +257,7 @@ _REFUSALS = {
     "captcha_required": lazy_gettext("A check is needed: complete it, then submit again."),
     "captcha_failed": lazy_gettext("The check failed: please do it again."),
     "consent_required": lazy_gettext("Tick the box to agree to receive the newsletter."),
+    "unknown_consent_version": lazy_gettext(
+        "This form is out of date: reload the page, then submit again."
+    ),
 }

@@ -22,8 +22,8 @@ function init(root) {
   let f = root.querySelector("form");
   if (!f || f.lang != lang) {
     const typed = f && f.elements.email ? f.elements.email.value : "";
-    root.innerHTML = `<form class="hebdo-box" method="post" lang="${lang}" action="${API}">
-<h2 class="hebdo-heading">${t[0]}</h2><p class="hebdo-lead">${t[1]}</p><input type="hidden" name="locale" value="${lang}">
+    root.innerHTML = `<form class="hebdo-box" method="post" lang="${lang}" action="${API}" aria-labelledby="hebdo-heading">
+<h2 class="hebdo-heading" id="hebdo-heading">${t[0]}</h2><p class="hebdo-lead">${t[1]}</p><input type="hidden" name="locale" value="${lang}">
 <div class="hebdo-hp" aria-hidden="true"><input name="website" tabindex="-1" autocomplete="off"></div><div class="hebdo-row">
 <label class="hebdo-label">${t[2]} <input type="text" name="email" inputmode="email" autocomplete="email" maxlength="254">
 </label><button type="submit">${t[3]}</button></div><p class="hebdo-msg" role="status" aria-live="polite"></p></form>`;
@@ -48,7 +48,7 @@ function init(root) {
     fix.onclick = () => {
       email.value = sug;
       email.removeAttribute("aria-invalid");
-      say("");
+      say(tx("box.corrected"));
       email.focus();
     };
     msg.append(" ", fix);

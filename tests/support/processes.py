@@ -149,7 +149,7 @@ def send_now(values: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`hebdo digest send --now` in another process, with these settings only."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "digest", "send", "--now"],
+        [sys.executable, "-m", "service.cli", "digest", "send", "--now", "--yes"],
         env={**environ, **values},
         capture_output=True,
         text=True,
@@ -159,17 +159,19 @@ def send_now(values: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def start_hebdo_run(
-    env: dict[str, str], spawn: Callable[..., Process], *, ready: str
+    env: dict[str, str], spawn: Callable[..., Process], *, ready: str, base_url: bool = True
 ) -> tuple[Process, str, dict[str, str]]:
     """`hebdo run` on a free port, once it printed `ready` and its web app answers:
-    the process, its base URL and its settings."""
+    the process, its base URL and its settings (`base_url=False`: no HEBDO_BASE_URL,
+    as a newcomer runs it)."""
     port = free_port()
     values = {
-        **env,
-        "HEBDO_BASE_URL": f"http://127.0.0.1:{port}",
+        **{k: v for k, v in env.items() if base_url or k != "HEBDO_BASE_URL"},
         "HEBDO_WEB_WORKERS": "1",
         "HEBDO_WORKER_CONCURRENCY": "1",
     }
+    if base_url:
+        values["HEBDO_BASE_URL"] = f"http://127.0.0.1:{port}"
     hebdo = [sys.executable, "-m", "service.cli", "run", "--port", str(port)]
     process = spawn(hebdo, values, ready=ready, timeout=120)
     base = f"http://127.0.0.1:{port}"

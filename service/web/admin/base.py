@@ -125,8 +125,9 @@ def _locale(user_locale: str | None) -> str:
 
 def safe_target(target: str | None, default: str, inside: str = "/admin") -> str:
     """`target` when it is a path inside `inside` (never another site: no open redirect),
-    else `default`."""
-    if not target:
+    else `default`. A control character (a CR/LF typed into `?next=`) cannot go into a
+    Location header: such a target is the default too, not a 500."""
+    if not target or any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in target):
         return default
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not parts.path.startswith(inside) or "\\" in target:
@@ -254,7 +255,13 @@ def _account_key() -> str:
 
 def _too_many(_limit: Any) -> Response:
     flash(_("Too many sign-in attempts. Try again in a few minutes."), "error")
-    html, _status = page("login.html", 429, next=_safe_next(request.args.get("next")))
+    html, _status = page(
+        "login.html",
+        429,
+        next=_safe_next(request.args.get("next")),
+        name=request.form.get("name", "").strip()[:64],
+        failed=True,
+    )
     response = Response(html, 429, mimetype="text/html")
     response.headers["Retry-After"] = "60"
     return response
@@ -279,7 +286,7 @@ def login() -> Response | tuple[str, int]:
     if user is None:
         g.login_failed = True
         flash(_("Wrong user name or password."), "error")
-        return page("login.html", 401, next=target)
+        return page("login.html", 401, next=target, name=name[:64], failed=True)
     old = session.get(SESSION_KEY)
     if isinstance(old, str):
         accounts.close_session(old)

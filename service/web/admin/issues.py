@@ -16,6 +16,7 @@ from flask_babel import lazy_gettext, ngettext
 
 from service import i18n
 from service.admin.audit import Actor
+from service.admin.visibility import sees_suppressions
 from service.digest import actions, editorial, previews, progress
 from service.digest.planning import (
     NoIssue,
@@ -101,12 +102,31 @@ def _act(week: str, action: str, to: str | None, locale: str | None) -> _Outcome
         return _Outcome(require_issue(planned.week), message, articles=planned.articles)
     extra: dict[str, Any] = {}
     if action == "test":
+        # Editors may not learn whether an address is suppressed: the same answer either
+        # way, without the server's reply (see actions.test).
+        reveal = sees_suppressions(current().role)
         recipient, reply = actions.test(
-            s, week, to or "", locale, moment, by, own_address=current().email
+            s,
+            week,
+            to or "",
+            locale,
+            moment,
+            by,
+            own_address=current().email,
+            reveal_suppression=reveal,
         )
-        extra = {"to": recipient.email, "reply": reply}
+        extra = {"to": recipient.email, **({"reply": reply} if reveal else {})}
         issue = require_issue(week)
-        message = _("Test of issue %(week)s sent to %(to)s.", week=issue.week, to=recipient.email)
+        if reveal:
+            message = _(
+                "Test of issue %(week)s sent to %(to)s.", week=issue.week, to=recipient.email
+            )
+        else:
+            message = _(
+                "Test of issue %(week)s sent to %(to)s, unless hebdo may not mail that address.",
+                week=issue.week,
+                to=recipient.email,
+            )
     elif action == "send":
         result = actions.send(s, week, moment, enqueue_batch, by, at_once=True)
         if not result.started:
@@ -449,7 +469,10 @@ ACTION_REPLIES = {
     roles=API_ROLES,
     replies={
         **ACTION_REPLIES,
-        422: error("No address, or one that cannot be mailed (invalid, suppressed)"),
+        422: error(
+            "No address, or one that cannot be mailed (invalid; suppressed: told to admin "
+            "tokens only, an editor's answer is the same as for any address)"
+        ),
         429: error("More than 30 test sends in an hour from this client"),
         502: error("The mail server refused the test"),
     },

@@ -21,8 +21,9 @@ from pydantic import BaseModel
 
 from service.admin import audit as audit_log
 from service.admin.audit import Actor
+from service.admin.visibility import EventSeen, event_seen_by, subscriber_seen_by
 from service.extensions import db
-from service.models import AdminRole, AuditEvent, DeliveryStatus, Status, Subscriber
+from service.models import DeliveryStatus, Status, Subscriber
 from service.subscribers import search
 from service.subscribers.addresses import InvalidEmail, normalise_email
 from service.subscribers.bulk import (
@@ -168,7 +169,7 @@ def subscriber(subscriber_id: int) -> tuple[str, int]:
     return page(
         "subscriber.html",
         sub=sub,
-        history=search.history(subscriber_id),
+        seen=subscriber_seen_by(current().role, sub, search.history(subscriber_id)),
         deliveries=search.recent_deliveries(subscriber_id),
         bounces=search.bounces(subscriber_id),
         actions=list(Action),
@@ -356,8 +357,8 @@ def _subscriber(sub: Subscriber) -> shapes.Subscriber:
     )
 
 
-def _event(e: AuditEvent) -> shapes.AuditEvent:
-    return shapes.AuditEvent(
+def _event(e: EventSeen, traces: bool) -> shapes.AuditEvent:
+    event = shapes.AuditEvent(
         id=e.id,
         created_at=e.created_at,
         actor=e.actor,
@@ -366,24 +367,28 @@ def _event(e: AuditEvent) -> shapes.AuditEvent:
         subscriber_id=e.subscriber_id,
         before_status=e.before_status,
         after_status=e.after_status,
-        ip=e.ip,
         detail=e.detail,
     )
+    if traces:
+        # Left unset otherwise, so an editor's answer has no `ip` key at all.
+        event.ip = e.ip
+    return event
 
 
 def _record(sub: Subscriber) -> shapes.SubscriberRecord:
+    # What an editor sees is decided once, for this answer and the HTML page alike.
+    seen = subscriber_seen_by(current().role, sub, search.history(sub.id))
     consent = shapes.Consent(
-        at=sub.consent_at, source=sub.consent_source, text_version=sub.consent_text_version
+        at=seen.consent.at, source=seen.consent.source, text_version=seen.consent.text_version
     )
-    if current().role == AdminRole.ADMIN:
-        # IPs and browsers are the admin's to see (proof of consent), not an editor's.
-        consent.ip, consent.user_agent = sub.consent_ip, sub.consent_user_agent
+    if seen.traces:
+        consent.ip, consent.user_agent = seen.consent.ip, seen.consent.user_agent
     return shapes.SubscriberRecord(
         **_subscriber(sub).model_dump(),
         unsubscribed_at=sub.unsubscribed_at,
         unsubscribe_channel=sub.unsubscribe_channel,
         consent=consent,
-        history=[_event(e) for e in search.history(sub.id)],
+        history=[_event(e, seen.traces) for e in seen.history],
         deliveries=[
             shapes.DeliveryLine(
                 week=d.week,
@@ -584,4 +589,6 @@ def api_audit() -> Response | tuple[Response, int]:
         return json_error(422, "invalid_parameter", str(exc))
     before = search.bounded_int(request.args.get("before"))
     events, more = audit_log.page(filters, before, limit)
-    return _answer(shapes.AuditPage(items=[_event(e) for e in events], next_before=more))
+    role = current().role
+    items = [_event(event_seen_by(role, e), traces=True) for e in events]
+    return _answer(shapes.AuditPage(items=items, next_before=more))

@@ -297,8 +297,10 @@ class AuditEvent(BaseModel):
     subscriber_id: int | None
     before_status: str | None
     after_status: str | None
-    ip: str | None
-    detail: dict[str, Any] | None
+    ip: str | None = Field(default=None, description="Admin tokens only")
+    detail: dict[str, Any] | None = Field(
+        description="What else the event records; an editor's view has no IP or browser in it"
+    )
 
 
 class DeliveryLine(BaseModel):
@@ -518,7 +520,9 @@ class IssueActionResult(BaseModel):
     recipients: int | None = Field(default=None, description="send: deliveries planned")
     queued: int | None = Field(default=None, description="send: batches queued")
     to: str | None = Field(default=None, description="test: the address it went to")
-    reply: str | None = Field(default=None, description="test: the mail server's answer")
+    reply: str | None = Field(
+        default=None, description="test: the mail server's answer (admin tokens only)"
+    )
 
 
 # The actions a POST /issues/{week}/{action} takes (test has its own route: it takes a body).

@@ -379,9 +379,11 @@ def test_names_for_buttons_progress_scrolling_boxes_and_a_favicon(
         expect(preview).to_have_attribute("tabindex", "0")
         expect(preview).to_have_role("region")
         expect(preview).to_have_accessible_name("Version texte")
-        preview.focus()
-        page.keyboard.press("End")
-        assert preview.evaluate("box => box.scrollTop") > 0
+        preview.press("End")  # focuses it, then the key
+        # The key scrolls it (smoothly, where the browser animates: wait for it).
+        page.wait_for_function(
+            "box => box.scrollTop > 0", arg=preview.element_handle(), timeout=TIMEOUT_MS
+        )
     finally:
         context.close()
 

@@ -17,6 +17,7 @@ import difflib
 import os
 import re
 import secrets
+import string
 from collections.abc import Mapping
 from datetime import time
 from email.utils import parseaddr
@@ -153,6 +154,49 @@ def _upper(value: object) -> object:
 Flag = Annotated[bool, BeforeValidator(_flag)]
 CommaList = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
 RateLimit = Annotated[str, AfterValidator(_rate_limit)]
+# The digest subject's placeholders (documented with HEBDO_SUBJECT_TEMPLATE).
+SUBJECT_PLACEHOLDERS = ("lead", "others", "site", "week")
+
+
+def _subject_template(value: str) -> str:
+    """Unknown or malformed placeholders are refused when the settings load, not when the
+    first digest is rendered on Monday morning."""
+    try:
+        names = [
+            name
+            for _text, name, _spec, _conv in string.Formatter().parse(value)
+            if name is not None
+        ]
+    except ValueError as exc:
+        raise ValueError(
+            f"is not a valid template ({exc}); write {{{{ and }}}} for braces"
+        ) from None
+    unknown = [n for n in names if n not in SUBJECT_PLACEHOLDERS]
+    if unknown:
+        known = ", ".join("{" + n + "}" for n in SUBJECT_PLACEHOLDERS)
+        raise ValueError(f"has unknown placeholder {{{unknown[0]}}}; known: {known}")
+    if any(c in value for c in "\r\n"):
+        raise ValueError("must be one line")
+    return value
+
+
+def _https_url(value: str) -> str:
+    """A mail fetches its images from the reader's client: mixed content and http images
+    are blocked or flagged by many clients, so only https (or nothing)."""
+    if value and not re.fullmatch(r"https://[^\s\"'<>]+", value):
+        raise ValueError(f"must be an https:// URL, got {value!r}")
+    return value
+
+
+def _brand_color(value: str) -> str:
+    if not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+        raise ValueError(f"must be a colour like #b3122e, got {value!r}")
+    return value.lower()
+
+
+SubjectTemplate = Annotated[str, AfterValidator(_subject_template)]
+HttpsUrl = Annotated[str, AfterValidator(_https_url)]
+BrandColor = Annotated[str, AfterValidator(_brand_color)]
 # gunicorn's --log-level and Celery's --loglevel both take these five.
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
@@ -492,6 +536,15 @@ class Settings(BaseSettings):
         le=144,
     )
     digest_max_articles: int = setting("20", "Most articles in one issue (the newest win).", ge=1)
+    click_counts: Flag = setting(
+        "1",
+        "`1`: the digest's article links go through `/c/<week>/<n>/<signature>`, which counts clicks per article (no reader is identified) and redirects; `0`: direct links.",
+    )
+    click_burst_seconds: int = setting(
+        "30",
+        "Clicks within this many seconds after the issue last handed mail to the relay are not counted (link scanners fetch every link on delivery); `0` counts them.",
+        ge=0,
+    )
     send_batch: int = setting(
         "100", "Deliveries per Celery task, sent over one SMTP connection.", ge=1
     )
@@ -515,6 +568,30 @@ class Settings(BaseSettings):
     sender_identity: str = setting(
         "L'Hebdo, 1 rue de l'Exemple, 75000 Paris, France",
         "Postal/identity line of the sender printed in every digest's footer.",
+    )
+    subject_template: SubjectTemplate = setting(
+        "",
+        "Subject of the digest, with the placeholders `{lead}` (the lead article's title, shortened on a word so the subject fits 70 characters), `{others}` (how many other articles), `{site}` and `{week}`; empty: the lead title and the number of other articles, in the reader's language (« Lead » et 4 autres articles).",
+    )
+    default_intro_fr: str = setting(
+        "",
+        "Editor's note at the top of every French digest whose issue has none of its own (plain text; a blank line starts a paragraph; https links); empty: no note.",
+        max_length=1000,
+    )
+    default_intro_en: str = setting(
+        "",
+        "The same for English readers.",
+        max_length=1000,
+    )
+    logo_url: HttpsUrl = setting(
+        "",
+        "Logo shown in the masthead of every mail instead of the site name's heading (https only; its alt text is `HEBDO_SITE_NAME`); empty: the name in text.",
+    )
+    logo_width: int = setting("160", "Width of the logo in pixels (at most 536).", ge=1, le=536)
+    logo_height: int = setting("40", "Height of the logo in pixels.", ge=1, le=400)
+    brand_color: BrandColor = setting(
+        "#b3122e",
+        "Colour of the masthead band and headings in the mails, `#rrggbb`; text on it is white or black, whichever keeps WCAG AA contrast (4.5:1).",
     )
     dkim_key_file: str = setting(
         "", "PEM private key to DKIM-sign every mail; empty: no DKIM signature."

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import unicodedata
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -108,6 +108,11 @@ class Subscriber(db.Model):  # type: ignore[name-defined]
     confirm_sent_at: Mapped[datetime | None]
     confirm_attempts: Mapped[int] = mapped_column(default=0)
     confirm_last_error: Mapped[str | None] = mapped_column(String(512))
+
+    # The reader's own choices (/preferences/<token>): the categories of articles they want
+    # (None or empty: every category), and a pause, the digest skipped until this date.
+    categories: Mapped[list[str] | None] = mapped_column(JSON)
+    paused_until: Mapped[date | None]
 
 
 class Suppression(db.Model):  # type: ignore[name-defined]
@@ -245,6 +250,9 @@ class Issue(db.Model):  # type: ignore[name-defined]
     hard_bounce_count: Mapped[int] = mapped_column(default=0, server_default="0")
     soft_bounce_count: Mapped[int] = mapped_column(default=0, server_default="0")
     mailto_unsubscribe_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The editor's note at the top of the issue (plain text, paragraphs and links; None: the
+    # locale's default intro from the settings).
+    intro: Mapped[str | None] = mapped_column(Text)
     # Batch tasks queued and finished, so the sweep knows whether the queue still holds some.
     batches_queued: Mapped[int] = mapped_column(default=0)
     batches_done: Mapped[int] = mapped_column(default=0)
@@ -273,6 +281,8 @@ class IssueArticle(db.Model):  # type: ignore[name-defined]
     category: Mapped[str] = mapped_column(String(100), default="")
     author: Mapped[str] = mapped_column(String(200), default="")
     image_url: Mapped[str | None] = mapped_column(String(2000))
+    # Readers' clicks on this article's link in this issue (no reader is identified).
+    clicks: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class DeliveryStatus(enum.StrEnum):

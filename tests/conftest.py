@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, text
 
 from service import create_app
 from service.config import load_settings
+from service.digest import delivery
 from service.extensions import db
 from service.ops.runner import commands
 from tests.support.admin import Admin, create_admin
@@ -176,6 +177,12 @@ def smtp_env(env: dict[str, str], smtp_server: SMTPSink) -> dict[str, str]:
 
 
 def _build(values: dict[str, str]) -> Iterator[Flask]:
+    # The worker's render cache lives as long as the process and knows an issue by its id
+    # and planning time, which every test's fresh database repeats: a render of another
+    # test's issue 1 (other articles, other settings) must not be served to this one.
+    for cache in vars(delivery.TEMPLATES).values():
+        if isinstance(cache, dict):
+            cache.clear()
     app = create_app(values)
     yield app
     with app.app_context():

@@ -27,7 +27,7 @@ from service.extensions import db
 from service.mail.transport import open_transport
 from service.models import Subscriber
 from service.subscribers.lifecycle import Consent, subscribe
-from service.subscribers.tokens import confirm_token, unsubscribe_token
+from service.subscribers.tokens import confirm_token, preferences_token_for, unsubscribe_token
 from tests.support.admin import ADMIN_PASSWORD, Admin, create_admin
 from tests.support.browser import (
     TIMEOUT_MS,
@@ -139,6 +139,8 @@ def _every_page(live: LiveServer) -> tuple[list[str], list[str]]:
         ).scalar_one()
         confirm_path = f"/confirm/{confirm_token(settings, pending)}"
         unsubscribe_path = f"/unsubscribe/{unsubscribe_token(settings, reader)}"
+        preferences_token = preferences_token_for(settings, reader.id, reader.created_at)
+        preferences_path = f"/preferences/{preferences_token}"
         subscriber_id = reader.id
         db.session.remove()
     bounce = take(app, dsn(BOUNCES, "reader2@exemple.fr"), recipients=[BOUNCES])
@@ -157,6 +159,8 @@ def _every_page(live: LiveServer) -> tuple[list[str], list[str]]:
         "/merci?domain=gmail.com",
         confirm_path,
         unsubscribe_path,
+        preferences_path,
+        f"{preferences_path}?done=pause",
         "/confirm/pas-un-jeton",
         "/archive",
         f"/archive/{WEEK}",

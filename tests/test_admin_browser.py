@@ -205,7 +205,7 @@ def test_issue_page_previews_in_a_sandbox_and_sends_a_test_to_me(
     assert sandbox is not None
     assert not {"allow-scripts", "allow-same-origin"} <= set(sandbox.split()), sandbox
     inside = page.frame_locator("iframe.preview")
-    expect(inside.get_by_text("Grand titre de la semaine").first).to_be_visible()
+    expect(inside.get_by_role("heading", name="Grand titre de la semaine")).to_be_visible()
     # The sandboxed frame is an opaque origin: the page's scripts cannot reach into it.
     assert page.evaluate("document.querySelector('iframe.preview').contentDocument") is None
 

@@ -343,7 +343,13 @@ def test_export_then_import_round_trip(app: Flask, client: Any) -> None:
     applied = post_csv(client, headers, first.data, dry_run="0").json
     assert applied["counts"]["new_active"] == 31
     assert applied["counts"]["new_pending"] == 5
-    assert applied["ignored_columns"] == ["created_at", "confirmed_at", "unsubscribed_at"]
+    assert applied["ignored_columns"] == [
+        "created_at",
+        "confirmed_at",
+        "unsubscribed_at",
+        "categories",
+        "paused_until",
+    ]
 
     second = client.get(view, headers=headers)
     kept = ("email", "status", "locale", "consent_source", "consent_text_version")

@@ -3,15 +3,22 @@ killed mid-send and restarted (nothing lost; duplicates bounded by what was in f
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from flask import Flask
+from sqlalchemy import select
 
-from tests.support.data import add_article, add_subscribers, issue_status
+from service.digest.delivery import NOTHING_CHOSEN, PAUSED
+from service.digest.lifecycle import status_counts
+from service.digest.planning import get_issue
+from service.extensions import db
+from service.models import Delivery, DeliveryStatus, Subscriber
+from tests.support.data import add_article, add_readers, add_subscribers, issue_status
 from tests.support.processes import Process, kill_tree, wait_until
 from tests.support.smtp import SMTPSink
 
@@ -90,3 +97,85 @@ def test_a_worker_killed_mid_send_loses_nothing_and_duplicates_stay_bounded(
     print(f"killed after {at_kill} of {total} messages; {duplicates} duplicate(s)")
     # At most the batches that were in flight in the killed worker's processes.
     assert duplicates <= batch * concurrency
+
+
+def test_each_reader_gets_only_their_categories_and_paused_or_empty_choices_get_nothing(
+    make_app: Callable[[dict[str, str]], Flask],
+    smtp_env: dict[str, str],
+    smtp_server: SMTPSink,
+    celery_worker: Callable[..., Process],
+) -> None:
+    values = {**smtp_env, "HEBDO_SEND_BATCH": "3"}
+    app = make_app(values)
+    now = datetime.now(UTC)
+    titles = {"International": "Sommet climat", "IA": "Modeles ouverts", "Startups": "Levee record"}
+    for n, (category, title) in enumerate(titles.items(), 1):
+        add_article(app, n, now - timedelta(days=1), category=category, title=title)
+    choices: dict[str, list[str] | None] = {
+        "all@exemple.fr": None,
+        "none-chosen@exemple.fr": [],
+        "every@exemple.fr": ["Startups", "Sport", "IA", "International"],
+        "ia@exemple.fr": ["IA"],
+        "ia-startups@exemple.fr": ["IA", "Startups"],
+        "startups-ia@exemple.fr": ["Startups", "IA", "Startups"],
+        "sport@exemple.fr": ["Sport"],
+        "paused@exemple.fr": None,
+    }
+    ids = add_readers(app, list(choices))
+    ids |= add_readers(app, ["ia-en@exemple.fr"], locale="en")
+    choices["ia-en@exemple.fr"] = ["IA"]
+    with app.app_context():
+        for email, categories in choices.items():
+            db.session.get(Subscriber, ids[email]).categories = categories  # type: ignore[union-attr]
+        paused = db.session.get(Subscriber, ids["paused@exemple.fr"])
+        paused.paused_until = date.today() + timedelta(days=14)  # type: ignore[union-attr]
+        db.session.commit()
+    worker = celery_worker(values)
+    result = app.test_cli_runner().invoke(args=["digest", "send", "--now", "--yes"])
+    assert result.exit_code == 0, result.output
+    week = result.output.split(":", 1)[0]
+    wait_until(lambda: issue_status(app, week) == "sent", 60, "the issue to be marked sent")
+
+    expected = {
+        "all@exemple.fr": set(titles),
+        "none-chosen@exemple.fr": set(titles),
+        "every@exemple.fr": set(titles),
+        "ia@exemple.fr": {"IA"},
+        "ia-en@exemple.fr": {"IA"},
+        "ia-startups@exemple.fr": {"IA", "Startups"},
+        "startups-ia@exemple.fr": {"IA", "Startups"},
+    }
+    received = {m.rcpt_tos[0]: m for m in smtp_server.messages}
+    assert len(smtp_server.messages) == len(received) == len(expected)
+    assert set(received) == set(expected)
+    for email, wanted in expected.items():
+        for part in ("plain", "html"):
+            body = received[email].part(part)
+            shown = {c for c, title in titles.items() if title in body}
+            assert shown == wanted, (email, part)
+    with app.app_context():
+        issue = get_issue(week)
+        assert issue is not None
+        counts = status_counts(issue.id)
+        reasons = dict(
+            db.session.execute(
+                select(Subscriber.email, Delivery.last_error)
+                .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+                .where(Delivery.status == DeliveryStatus.SKIPPED)
+            )
+            .tuples()
+            .all()
+        )
+    assert (counts["sent"], counts["skipped"], counts["failed"]) == (7, 2, 0)
+    assert reasons == {"paused@exemple.fr": PAUSED, "sport@exemple.fr": NOTHING_CHOSEN}
+    status = app.test_cli_runner().invoke(args=["digest", "status", "--week", week])
+    assert "9/9 done (100.0 %), sent 7," in status.output and "skipped 2" in status.output
+    # One rendering per variant present, not per reader (one pool process, batches of 3):
+    # fr × every category, fr × IA, fr × IA + Startups, en × IA.
+    renders = re.findall(r"rendered the (\w+) digest for (.+)", worker.output())
+    assert sorted((locale, what.strip()) for locale, what in renders) == [
+        ("en", "IA"),
+        ("fr", "IA"),
+        ("fr", "IA, Startups"),
+        ("fr", "every category"),
+    ]

@@ -27,8 +27,14 @@ from sqlalchemy import delete
 
 from service.config import Settings, load_settings
 from service.digest.articles import MAX_TITLE, ArticleInput, plain_text, store_article
-from service.digest.planning import get_issue, plan_issue
-from service.digest.rendering import Recipient, mail_for, mail_template
+from service.digest.planning import get_issue, issue_articles, plan_issue
+from service.digest.rendering import (
+    SUBJECT_MAX,
+    Recipient,
+    digest_subject,
+    mail_for,
+    mail_template,
+)
 from service.extensions import db
 from service.inbound.verp import unsubscribe_signed, unsubscribe_subscriber_id
 from service.mail.message import build_message, wire_address
@@ -534,9 +540,13 @@ def test_every_digest_mail_has_the_headers_hebdo_wrote_whatever_the_articles_say
             Recipient(42, email, locale, created),
             NOW,
         )
+        others = len(issue_articles(issue.id)) - 1
     assert mail.envelope.recipient == wire_address(email)[0]
     with app.app_context(), force_locale(locale):
-        expected_subject = gettext("%(site)s: %(lead)s", site=settings_.site_name, lead=lead)
+        # The subject hebdo chose from the lead title (at most 70 characters, the title
+        # cut on a word): whatever the title holds, the reader sees that very text.
+        expected_subject = digest_subject(settings_, lead, others, WEEK, locale)
+    assert 0 < len(expected_subject) <= SUBJECT_MAX
     message = check_wire(
         settings_,
         mail.data,

@@ -617,3 +617,19 @@ def test_a_rate_slot_far_ahead_hands_the_rows_back_instead_of_holding_them(
     waiting = [r for r in sender.deliveries().values() if r.status == "queued"]
     assert len(waiting) == 3 and all(r.attempts == 0 for r in waiting)
     assert all(r.next_attempt_at > NOW + timedelta(seconds=15) for r in waiting)
+
+
+def test_equivalent_category_choices_share_one_variant_and_odd_values_stop_nothing() -> None:
+    present = frozenset({"IA", "Startups", "International"})
+    both = frozenset({"IA", "Startups"})
+    # Another order, a repeat, a category this issue lacks: the same rendering.
+    assert delivery.variant_of(["Startups", "IA", "IA"], present) == both
+    assert delivery.variant_of(["IA", "Startups", "Sport"], present) == both
+    # Every category the issue has, or no choice at all: the whole issue.
+    for whole in (["International", "Startups", "IA", "Sport"], [], None):
+        assert delivery.variant_of(whole, present) is None
+    # Nothing of theirs this week: the empty variant, which is never sent.
+    assert delivery.variant_of(["Sport"], present) == frozenset()
+    # A value written by hand into the JSON column neither crashes a batch nor narrows.
+    assert delivery.variant_of("IA", present) is None
+    assert delivery.variant_of([["IA"], 3], present) == frozenset()  # type: ignore[list-item]

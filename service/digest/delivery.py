@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -50,7 +50,15 @@ from service.extensions import UTCDateTime, db, rowcount
 from service.mail.errors import DeliveryError, PermanentFailure, TransientFailure
 from service.mail.message import MailTemplate
 from service.mail.transport import Transport
-from service.models import Delivery, DeliveryStatus, Issue, IssueStatus, Status, Subscriber
+from service.models import (
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueArticle,
+    IssueStatus,
+    Status,
+    Subscriber,
+)
 from service.subscribers.suppressions import mark_bounced
 
 log = logging.getLogger(__name__)
@@ -87,27 +95,63 @@ def backoff(attempts: int, base_seconds: int = 60) -> timedelta:
 # ---------------------------------------------------------------- starting a send
 
 
+PAUSED = "paused by the reader"
+NOTHING_CHOSEN = "none of the reader's categories in this issue"
+
+
+def send_date(settings: Settings, now: datetime) -> date:
+    """The day an issue goes out, in HEBDO_TIMEZONE: what a reader's pause is compared with."""
+    return now.astimezone(settings.timezone).date()
+
+
 def start_send(settings: Settings, issue_id: int, now: datetime) -> int:
-    """scheduled → sending, snapshotting every active subscriber as a queued delivery.
+    """scheduled → sending, snapshotting every active subscriber as a delivery: queued, or
+    skipped at once for a reader who paused the digest.
 
     One transaction: either the issue is sending with all its rows, or nothing
-    changed. Returns the number of recipients, or -1 when the issue was not
-    scheduled (already started by someone else, a draft, paused…).
+    changed. Returns the number of recipients (paused ones included: their rows
+    say they were skipped), or -1 when the issue was not scheduled (already
+    started by someone else, a draft, paused…).
+
+    A pause is decided here, not when a batch claims the row: the answer is then
+    written in the same transaction that starts the send, so every worker, retry,
+    sweep and resumed send sees one answer for the whole issue (a send crossing
+    midnight, or paused and resumed the next day, does not change who is paused),
+    and a paused reader's row never enters the queue (no claim, no batch task, no
+    lock spent on it). A reader is paused while `paused_until` is later than the day
+    the send starts (the day it names is their first issue again, as the preference
+    page counts it); no job ends a pause: the next send simply finds the date passed.
     """
     if not lifecycle.start(issue_id, now):
         db.session.rollback()
         return -1
+    paused = and_(
+        Subscriber.paused_until.is_not(None),
+        Subscriber.paused_until > send_date(settings, now),
+    )
     rows = select(
         literal(issue_id),
         Subscriber.id,
-        literal(DeliveryStatus.QUEUED.value),
+        case(
+            (paused, literal(DeliveryStatus.SKIPPED.value)),
+            else_=literal(DeliveryStatus.QUEUED.value),
+        ),
         literal(0),
         literal(now, UTCDateTime()),
         literal(False),
+        case((paused, literal(PAUSED)), else_=None),
     ).where(Subscriber.status == Status.ACTIVE)
     db.session.execute(
         insert(Delivery).from_select(
-            ["issue_id", "subscriber_id", "status", "attempts", "next_attempt_at", "uncertain"],
+            [
+                "issue_id",
+                "subscriber_id",
+                "status",
+                "attempts",
+                "next_attempt_at",
+                "uncertain",
+                "last_error",
+            ],
             rows,
         )
     )
@@ -186,6 +230,7 @@ def _recipients() -> Any:
         Subscriber.locale,
         Subscriber.created_at,
         Subscriber.status,
+        Subscriber.categories,
     ).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
 
 
@@ -298,14 +343,22 @@ class _Row:
     subscriber_status: str
     # The claim this batch holds: an outcome is written only while the row still carries it.
     claimed_at: datetime
+    # The reader's category choice as it is now (None or empty: every category).
+    categories: list[str] | None = None
 
 
 def _row(values: Any, claimed_at: datetime, *, claimed: bool) -> _Row:
-    d_id, attempts, uncertain, s_id, email, locale, created, status = values
+    d_id, attempts, uncertain, s_id, email, locale, created, status, categories = values
     # Read before the claim's UPDATE (PostgreSQL path): count the claim in.
     attempts = attempts + 1 if claimed else attempts
     return _Row(
-        d_id, attempts, uncertain, Recipient(s_id, email, locale, created), status, claimed_at
+        d_id,
+        attempts,
+        uncertain,
+        Recipient(s_id, email, locale, created),
+        status,
+        claimed_at,
+        categories,
     )
 
 
@@ -338,20 +391,74 @@ class BatchReport:
         self.outcomes.append(_outcome(row, status, **values))
 
 
+def variant_of(choice: Iterable[str] | None, present: frozenset[str]) -> frozenset[str] | None:
+    """A reader's category choice as the variant of an issue they get: None for the whole
+    issue (no choice, or one that covers every category the issue has), else the chosen
+    categories this issue has, empty when it has none of them (nothing to send).
+
+    Normalised so that readers whose choices are equivalent for this issue (another order,
+    repeats, categories it does not have) share one rendering. Anything but a list of names
+    (a JSON value written by hand) counts as no choice: one odd row must not stop a batch."""
+    if not choice or not isinstance(choice, list | tuple):
+        return None
+    chosen = present.intersection(c for c in choice if isinstance(c, str))
+    return None if chosen == present else frozenset(chosen)
+
+
 class Templates:
-    """Rendered issues per (issue, locale), kept by a worker process between batches."""
+    """Rendered issues per variant (issue, locale, categories: see variant_of), kept by a
+    worker process between batches: an issue is rendered once per variant its readers
+    actually need, not once per reader. Least recently used variants go first when more
+    than `size` are in play (still correct, only rendered again)."""
 
-    def __init__(self, size: int = 8) -> None:
+    def __init__(self, size: int = 128) -> None:
         self.size = size
-        self._cache: dict[tuple[int, str, datetime], MailTemplate] = {}
+        self._cache: OrderedDict[tuple[int, datetime, str, frozenset[str] | None], MailTemplate] = (
+            OrderedDict()
+        )
+        self._categories: dict[tuple[int, datetime], frozenset[str]] = {}
 
-    def get(self, settings: Settings, issue: Issue, locale: str) -> MailTemplate:
-        key = (issue.id, locale, issue.planned_at)
+    def categories(self, issue: Issue) -> frozenset[str]:
+        """The categories the issue's articles have (read once per issue and plan)."""
+        key = (issue.id, issue.planned_at)
+        present = self._categories.get(key)
+        if present is None:
+            if len(self._categories) >= self.size:
+                self._categories.pop(next(iter(self._categories)))
+            present = self._categories[key] = frozenset(
+                db.session.execute(
+                    select(IssueArticle.category).where(IssueArticle.issue_id == issue.id)
+                ).scalars()
+            )
+        return present
+
+    def variant(self, issue: Issue, choice: Iterable[str] | None) -> frozenset[str] | None:
+        return variant_of(choice, self.categories(issue))
+
+    def get(
+        self,
+        settings: Settings,
+        issue: Issue,
+        locale: str,
+        categories: frozenset[str] | None = None,
+    ) -> MailTemplate:
+        key = (issue.id, issue.planned_at, locale, categories)
         template = self._cache.get(key)
-        if template is None:
-            if len(self._cache) >= self.size:
-                self._cache.pop(next(iter(self._cache)))
-            template = self._cache[key] = mail_template(settings, issue, locale)
+        if template is not None:
+            self._cache.move_to_end(key)
+            return template
+        template = mail_template(settings, issue, locale, categories=categories)
+        # One line per rendering: how an operator (and the worker tests) see that renders
+        # follow the variants, not the readers.
+        log.info(
+            "issue %s: rendered the %s digest for %s",
+            issue.week,
+            locale,
+            "every category" if categories is None else ", ".join(sorted(categories)),
+        )
+        if len(self._cache) >= self.size:
+            self._cache.popitem(last=False)
+        self._cache[key] = template
         return template
 
 
@@ -418,6 +525,10 @@ def send_batch(
             if row.subscriber_status != Status.ACTIVE:
                 report.note(row, DeliveryStatus.SKIPPED, error="no longer subscribed")
                 continue
+            if templates.variant(issue, row.categories) == frozenset():
+                # Never an empty digest: this week has nothing of what the reader chose.
+                report.note(row, DeliveryStatus.SKIPPED, error=NOTHING_CHOSEN)
+                continue
             wait = rate.reserve()
             if wait > deadline / 2:
                 # A slot this far ahead would hold the claims too long: let others take them.
@@ -470,10 +581,15 @@ def _close_out(
 def _render_all(
     settings: Settings, issue: Issue, rows: list[_Row], templates: Templates
 ) -> str | None:
-    """Render the issue for every locale of the batch; the reason when it cannot be."""
+    """Render the issue for every variant of the batch (locale, categories); the reason when
+    it cannot be."""
     try:
-        for locale in sorted({row.recipient.locale for row in rows}):
-            templates.get(settings, issue, locale)
+        variants = {
+            (row.recipient.locale, templates.variant(issue, row.categories)) for row in rows
+        }
+        for locale, categories in sorted(variants, key=lambda v: (v[0], sorted(v[1] or ()))):
+            if categories != frozenset():
+                templates.get(settings, issue, locale, categories)
     except Exception as exc:  # a broken issue must stop the send, not fail every reader
         log.exception("issue %s cannot be rendered; pausing it", issue.week)
         return f"the issue cannot be rendered ({type(exc).__name__}: {exc}); fix it and resume"
@@ -573,7 +689,9 @@ def _send_one(
     refused this recipient for a reason on our side (see PermanentFailure.kind).
     """
     try:
-        template = templates.get(settings, issue, row.recipient.locale)
+        template = templates.get(
+            settings, issue, row.recipient.locale, templates.variant(issue, row.categories)
+        )
         mail = mail_for(settings, template, row.recipient, now, issue.id)
     except PermanentFailure as exc:
         report.note(row, DeliveryStatus.FAILED, error=str(exc))

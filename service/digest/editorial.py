@@ -1,4 +1,5 @@
-"""Editors' choices for the coming issue: leave an article out, take it back, move it.
+"""Editors' choices for the coming issue: leave an article out, take it back, move it,
+make it the lead (first: the large block with its picture, and the subject's title).
 
 The choices live on the article (`Article.excluded`, `Article.pinned`), not on the issue,
 so they hold whenever the issue is (re)planned: by the beat, by `hebdo digest plan`, or
@@ -210,6 +211,18 @@ def include(
     return _after_change(settings, week, "article.include", article_id, actor=actor, now=now, ip=ip)
 
 
+def _pin(order: list[int]) -> None:
+    """Pin the coming issue's articles in `order`, so later planning keeps it."""
+    # Pins are for the coming issue only: older pins must not outrank the new order.
+    db.session.execute(
+        update(Article)
+        .where(Article.pinned.is_not(None), Article.id.not_in(order))
+        .values(pinned=None)
+    )
+    for n, pinned_id in enumerate(order):
+        db.session.execute(update(Article).where(Article.id == pinned_id).values(pinned=n))
+
+
 def move(
     settings: Settings,
     article_id: int,
@@ -231,14 +244,7 @@ def move(
     here = order.index(article_id)
     there = min(max(here + offset, 0), len(order) - 1)
     order.insert(there, order.pop(here))
-    # Pins are for the coming issue only: older pins must not outrank the new order.
-    db.session.execute(
-        update(Article)
-        .where(Article.pinned.is_not(None), Article.id.not_in(order))
-        .values(pinned=None)
-    )
-    for n, pinned_id in enumerate(order):
-        db.session.execute(update(Article).where(Article.id == pinned_id).values(pinned=n))
+    _pin(order)
     action = "article.move_up" if offset < 0 else "article.move_down"
     return _after_change(
         settings,
@@ -249,4 +255,29 @@ def move(
         now=now,
         ip=ip,
         detail={"from": here + 1, "to": there + 1},
+    )
+
+
+def make_lead(
+    settings: Settings, article_id: int, *, actor: str, now: datetime, ip: str | None = None
+) -> Change:
+    """Make the article the coming issue's lead: first, so it gets the large block with its
+    picture and gives the subject its title. A move to the top, audited as its own action
+    (`article.lead`) so the log says what the editor meant."""
+    _article(article_id)
+    week, order, _planned = coming_order(settings, now)
+    if article_id not in order:
+        raise EditorialError(f"article {article_id} is not in the coming issue ({week})")
+    here = order.index(article_id)
+    order.insert(0, order.pop(here))
+    _pin(order)
+    return _after_change(
+        settings,
+        week,
+        "article.lead",
+        article_id,
+        actor=actor,
+        now=now,
+        ip=ip,
+        detail={"from": here + 1, "to": 1},
     )

@@ -9,7 +9,8 @@ cancel, expire, finish.
                    │                     │             ▼    │
                    └──────── cancel ─────┴──────────▶ paused ──▶ cancelled
 ```
-(`cancelled` is reached from every status but `sent`; a week without new articles is
+(A changed editor's note also takes a scheduled issue back to draft in review mode:
+`unapprove`. `cancelled` is reached from every status but `sent`; a week without new articles is
 planned straight to `cancelled`, and a draft nobody approved in time expires to it.)
 
 Each change is one conditional UPDATE (`WHERE status IN (…allowed)`), so two workers, a
@@ -92,6 +93,25 @@ def approve(issue_id: int, now: datetime) -> bool:
     """draft → scheduled (review mode); committed."""
     return _committed(
         _change(issue_id, (IssueStatus.DRAFT,), status=IssueStatus.SCHEDULED, approved_at=now)
+    )
+
+
+def unapprove(issue_id: int) -> bool:
+    """scheduled → draft (review mode), while it has not started: what was approved changed
+    (not committed: the change that calls for it commits)."""
+    return bool(
+        rowcount(
+            db.session.execute(
+                update(Issue)
+                .where(
+                    Issue.id == issue_id,
+                    Issue.status == IssueStatus.SCHEDULED,
+                    Issue.started_at.is_(None),
+                )
+                .values(status=IssueStatus.DRAFT, approved_at=None)
+                .execution_options(synchronize_session=False)
+            )
+        )
     )
 
 

@@ -5,23 +5,27 @@ mail.message.MailTemplate).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
 
 import css_inline
 from flask import render_template
-from flask_babel import force_locale
+from flask_babel import force_locale, ngettext
 from flask_babel import gettext as _
 from markupsafe import escape
 
 from service import i18n
 from service.config import Settings
+from service.digest import intro
+from service.digest.clicks import link_for
 from service.digest.planning import issue_articles, week_start
 from service.inbound.verp import bounce_address, unsubscribe_address
+from service.mail import brand
 from service.mail.message import DIGEST, TEST, MailTemplate, Markers, Outgoing
 from service.models import Issue
-from service.subscribers.tokens import public_url, unsubscribe_token_for
+from service.subscribers.tokens import preferences_token_for, public_url, unsubscribe_token_for
 
 _INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
 
@@ -39,43 +43,127 @@ def week_label(week: str, locale: str) -> str:
         return _("Week of %(date)s", date=i18n.format_date(locale, week_start(week)))
 
 
+# Subjects longer than this are cut in most inbox lists (and on phones well before).
+SUBJECT_MAX = 70
+# What inbox lists show of the preview text; padding keeps the body out of the rest.
+PREHEADER_MAX = 110
+_BLANKS = re.compile(r"[ \t\r\n]+")
+_PREHEADER_PAD = "\u200c\u00a0" * 90
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters, cut on a word and ended with "…"."""
+    # Runs of blanks become one space; no-break spaces stay (French punctuation).
+    text = _BLANKS.sub(" ", text).strip()
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - 1, 1)]
+    # Cut inside a word: drop that word (unless it is the only one).
+    if text[len(cut)] != " " and " " in cut.strip():
+        cut = cut[: cut.rstrip().rfind(" ")]
+    return cut.rstrip(" ,;:.-–—") + "…"
+
+
+def digest_subject(
+    settings: Settings, lead: str | None, others: int, week: str, locale: str
+) -> str:
+    """The subject from HEBDO_SUBJECT_TEMPLATE (or the locale's default), at most
+    SUBJECT_MAX characters: the lead title gives way, never the count. The sender's
+    name is already in the From line, so the default does not repeat it."""
+    label = week_label(week, locale)
+    if not lead:
+        return shorten(f"{settings.site_name}: {label}", SUBJECT_MAX)
+    with force_locale(locale):
+        if settings.subject_template:
+            template = settings.subject_template
+        elif others:
+            template = ngettext(
+                "“{lead}” and %(num)s other article", "“{lead}” and %(num)s other articles", others
+            )
+        else:
+            template = "{lead}"
+
+    def fill(title: str) -> str:
+        filled = template.format(lead=title, others=others, site=settings.site_name, week=label)
+        return _BLANKS.sub(" ", filled).strip()
+
+    room = SUBJECT_MAX - len(fill(""))
+    return shorten(fill(shorten(lead, max(room, 8))), SUBJECT_MAX)
+
+
+def preheader(intro_text: str, titles: list[str]) -> str:
+    """What the inbox shows after the subject: the issue's own note's first sentences, else
+    the top headlines (a default note is the same every week: it would say nothing)."""
+    if intro_text:
+        return shorten(intro.opening(intro_text, PREHEADER_MAX), PREHEADER_MAX)
+    return shorten(" · ".join(titles[:3]), PREHEADER_MAX)
+
+
 def render_issue(
-    settings: Settings, issue: Issue, locale: str, *, markers: Markers | None = None
+    settings: Settings,
+    issue: Issue,
+    locale: str,
+    *,
+    markers: Markers | None = None,
+    categories: frozenset[str] | None = None,
 ) -> Rendered:
     """The issue in one locale: with `markers`, the mail (per-subscriber pieces left as
     markers); without, the web version, which holds no personal data. The texts are in
-    `locale`, whatever the request or command that renders it speaks."""
+    `locale`, whatever the request or command that renders it speaks.
+
+    The first article is the lead (the editor chooses it by putting it first): a larger
+    block with its picture; the others follow, compact, grouped by category."""
     articles = issue_articles(issue.id)
+    if categories is not None:
+        articles = [a for a in articles if a.category in categories]
+    lead, rest = (articles[0], articles[1:]) if articles else (None, [])
+    note = intro.effective(settings, issue, locale)
     with force_locale(locale):
         groups = [
             (category or _("Other stories"), list(items))
-            for category, items in groupby(articles, key=lambda a: a.category)
+            for category, items in groupby(rest, key=lambda a: a.category)
         ]
         context = {
             "locale": locale,
-            "site": settings.site_name,
             "week_label": week_label(issue.week, locale),
+            "lead": lead,
             "groups": groups,
+            "intro_html": intro.as_html(note),
+            "intro_text": intro.as_text(note),
+            "preheader": preheader(issue.intro or "", [a.title for a in articles]),
+            "preheader_pad": _PREHEADER_PAD,
+            **brand.masthead(settings),
             # The web version in the mail's language, whatever the browser prefers.
             "online_url": public_url(settings, f"/archive/{issue.week}?lang={locale}"),
             "subscribe_url": public_url(settings, "/subscribe"),
             "sender_identity": settings.sender_identity,
             "web": markers is None,
             "unsubscribe_url": markers["unsubscribe_url"] if markers else "",
+            "preferences_url": markers["preferences_url"] if markers else "",
+            # Where an article's links lead (the templates call it for every article link).
+            "link": link_for(settings, issue.week, mail=markers is not None),
             "email": markers["email"] if markers else "",
         }
-        subject = _("%(site)s: %(lead)s", site=settings.site_name, lead=issue.subject or issue.week)
+        subject = digest_subject(
+            settings, lead.title if lead else None, len(rest), issue.week, locale
+        )
         html = _INLINER.inline(render_template("email/digest.html", subject=subject, **context))
         text = render_template("email/digest.txt", subject=subject, **context)
     return Rendered(subject, text, html)
 
 
 def mail_template(
-    settings: Settings, issue: Issue, locale: str, *, subject_prefix: str = ""
+    settings: Settings,
+    issue: Issue,
+    locale: str,
+    *,
+    subject_prefix: str = "",
+    categories: frozenset[str] | None = None,
 ) -> MailTemplate:
-    """The issue's mail in one locale, ready to be filled in per subscriber."""
+    """The issue's mail in one locale (and, given `categories`, only their articles), ready
+    to be filled in per subscriber."""
     markers = Markers()
-    rendered = render_issue(settings, issue, locale, markers=markers)
+    rendered = render_issue(settings, issue, locale, markers=markers, categories=categories)
     return MailTemplate(
         settings,
         subject=subject_prefix + rendered.subject,
@@ -103,8 +191,14 @@ def personal_values(
     """(unsubscribe URL, values for the text part, escaped values for the HTML part)."""
     token = unsubscribe_token_for(settings, recipient.subscriber_id, recipient.created_at)
     url = public_url(settings, f"/unsubscribe/{token}")
-    text = {"unsubscribe_url": url, "email": recipient.email}
-    html = {"unsubscribe_url": url, "email": str(escape(recipient.email))}
+    choose = preferences_token_for(settings, recipient.subscriber_id, recipient.created_at)
+    preferences = public_url(settings, f"/preferences/{choose}")
+    text = {"unsubscribe_url": url, "preferences_url": preferences, "email": recipient.email}
+    html = {
+        "unsubscribe_url": url,
+        "preferences_url": preferences,
+        "email": str(escape(recipient.email)),
+    }
     return url, text, html
 
 

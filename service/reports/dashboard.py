@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from service.digest.progress import IssueSummary, recent_issues
 from service.extensions import db
-from service.models import Delivery, DeliveryStatus, Feed, Issue, IssueStatus
+from service.models import Delivery, DeliveryStatus, Feed, Issue, IssueArticle, IssueStatus
 from service.subscribers.search import signups_and_unsubscribes, status_counts
 from service.telemetry.metrics import RECENT_ISSUES
 
@@ -30,6 +30,8 @@ COMPLAINT_ALERT = 0.001
 STALL_AFTER = timedelta(minutes=10)
 CHART_WEEKS = 12
 LAST_ISSUES = 5
+# Most-read articles and categories shown (clicks of the issues of the last CHART_WEEKS).
+MOST_READ = 10
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,52 @@ class Dashboard:
     weeks: list[tuple[date, int, int]]
     issues: list[IssueSummary]
     alerts: list[Alert]
+    articles: list[ReadArticle] = field(default_factory=list)
+    categories: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReadArticle:
+    week: str
+    title: str
+    url: str
+    category: str
+    clicks: int
+
+
+def most_read(now: datetime) -> tuple[list[ReadArticle], list[tuple[str, int]]]:
+    """The articles readers clicked most in the issues started over the last CHART_WEEKS
+    weeks, and the categories by their articles' clicks (digest.clicks counts them, with no
+    reader named). Articles nobody clicked are left out."""
+    since = now - timedelta(weeks=CHART_WEEKS)
+    recent = (IssueArticle.issue_id == Issue.id, Issue.started_at >= since, IssueArticle.clicks > 0)
+    articles = [
+        ReadArticle(week, title, url, category, clicks)
+        for week, title, url, category, clicks in db.session.execute(
+            select(
+                Issue.week,
+                IssueArticle.title,
+                IssueArticle.url,
+                IssueArticle.category,
+                IssueArticle.clicks,
+            )
+            .where(*recent)
+            .order_by(IssueArticle.clicks.desc(), Issue.week.desc(), IssueArticle.position)
+            .limit(MOST_READ)
+        )
+    ]
+    total = func.sum(IssueArticle.clicks)
+    categories = [
+        (category, int(clicks))
+        for category, clicks in db.session.execute(
+            select(IssueArticle.category, total)
+            .where(*recent)
+            .group_by(IssueArticle.category)
+            .order_by(total.desc(), IssueArticle.category)
+            .limit(MOST_READ)
+        )
+    ]
+    return articles, categories
 
 
 def bounce_alert() -> Alert | None:
@@ -154,9 +202,12 @@ def alerts(now: datetime) -> list[Alert]:
 
 
 def dashboard(now: datetime) -> Dashboard:
+    articles, categories = most_read(now)
     return Dashboard(
         subscribers=status_counts(),
         weeks=signups_and_unsubscribes(CHART_WEEKS, now),
         issues=recent_issues(LAST_ISSUES),
         alerts=alerts(now),
+        articles=articles,
+        categories=categories,
     )

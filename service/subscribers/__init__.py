@@ -1,4 +1,4 @@
 """Subscribers: their lifecycle (subscribe, confirm, unsubscribe, resubscribe), addresses,
-the suppression list, confirmation mails, signed links, search, bulk actions, and CSV
-import and export.
+the suppression list, confirmation mails, signed links, search, bulk actions, CSV
+import and export, and the reader's own preferences (topics, language, pause, address).
 """

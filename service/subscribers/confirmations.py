@@ -16,6 +16,7 @@ from sqlalchemy import or_, select, update
 from service.config import Settings
 from service.extensions import db, rowcount
 from service.inbound.verp import bounce_address, unsubscribe_address
+from service.mail import brand
 from service.mail.errors import PermanentFailure, TransientFailure
 from service.mail.message import build_message
 from service.mail.transport import Transport
@@ -61,7 +62,8 @@ def render_confirmation(settings: Settings, sub: Subscriber, now: datetime) -> t
     """Subject, text and HTML of the confirmation mail, in the subscriber's locale."""
     context = {
         "locale": sub.locale,
-        "site": settings.site_name,
+        # The same masthead and colours as the digest: one family of mails.
+        **brand.masthead(settings),
         "confirm_url": public_url(settings, f"/confirm/{confirm_token(settings, sub)}"),
         "unsubscribe_url": public_url(settings, f"/unsubscribe/{unsubscribe_token(settings, sub)}"),
         "hours": settings.confirm_ttl_hours,

@@ -70,7 +70,13 @@ ALIASES = {
     "consent_text_version": "consent_text",
 }
 # Export columns an import reads past (status is read, see _status_refusal).
-IGNORED_COLUMNS = ("created_at", "confirmed_at", "unsubscribed_at")
+IGNORED_COLUMNS = (
+    "created_at",
+    "confirmed_at",
+    "unsubscribed_at",
+    "categories",
+    "paused_until",
+)
 EXPORT_COLUMNS = (
     "email",
     "status",
@@ -81,6 +87,10 @@ EXPORT_COLUMNS = (
     "consent_source",
     "consent_text_version",
     "unsubscribed_at",
+    # The reader's own choices (/preferences): topics joined by "; " (empty: every one),
+    # and the day a pause ends.
+    "categories",
+    "paused_until",
 )
 
 # Why a line is not imported, for the report (`PlannedLine.reason`), by `PlannedLine.code`.
@@ -601,6 +611,13 @@ class ExportProgress:
     complete: bool = False
 
 
+def _export_value(sub: Subscriber, column: str) -> object:
+    value = getattr(sub, column)
+    if column == "categories":
+        return "; ".join(value or [])
+    return value
+
+
 def export_csv(
     filters: Filters, *, progress: ExportProgress, bom: bool = False, chunk_rows: int = 500
 ) -> Iterator[str]:
@@ -610,7 +627,7 @@ def export_csv(
     def rows() -> Iterator[list[object]]:
         for sub in iterate(filters):
             progress.rows += 1
-            yield [getattr(sub, column) for column in EXPORT_COLUMNS]
+            yield [_export_value(sub, column) for column in EXPORT_COLUMNS]
         progress.complete = True
 
     return csv_chunks(EXPORT_COLUMNS, rows(), bom=bom, every=chunk_rows)

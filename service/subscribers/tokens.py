@@ -24,6 +24,10 @@ class Purpose(enum.StrEnum):
     CONFIRM = "hebdo.confirm"
     UNSUBSCRIBE = "hebdo.unsubscribe"
     RESUBSCRIBE = "hebdo.resubscribe"
+    # The reader's preference page, linked from every digest.
+    PREFERENCES = "hebdo.preferences"
+    # A change of address, sent to the new address: it names the row and that address.
+    ADDRESS = "hebdo.address"
     # The sign-up form's timestamp (minimum fill time), not a link.
     FORM = "hebdo.form"
 
@@ -115,6 +119,12 @@ def unsubscribe_token(settings: Settings, sub: Subscriber) -> str:
 def unsubscribe_token_for(settings: Settings, subscriber_id: int, created_at: datetime) -> str:
     """The one-click unsubscribe token, from columns alone (the digest sender has no rows)."""
     return make_token(settings, Purpose.UNSUBSCRIBE, _identity(subscriber_id, created_at))
+
+
+def preferences_token_for(settings: Settings, subscriber_id: int, created_at: datetime) -> str:
+    """The preference page's token, from columns alone (as the unsubscribe token): it names
+    the reader's row and nothing else, so it lasts as long as the row."""
+    return make_token(settings, Purpose.PREFERENCES, _identity(subscriber_id, created_at))
 
 
 def resubscribe_token(settings: Settings, sub: Subscriber) -> str:

@@ -69,6 +69,12 @@ DELIVERIES = Counter(
 FEED_FETCHES = Counter(
     "hebdo_feed_fetches", "Feed fetches, by result (ok, not_modified, error)", ["result"]
 )
+CLICKS = Counter(
+    "hebdo_clicks",
+    "Digest article links followed (/c/…), by result: counted, or not counted and why (head, "
+    "scanner, not_sent, burst, error); every one was redirected",
+    ["result"],
+)
 
 # How long after its send an issue's complaint rate is served: reports trickle in for days.
 RECENT_ISSUES = timedelta(days=30)

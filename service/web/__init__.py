@@ -1,6 +1,8 @@
 """hebdo's HTTP faces: thin blueprints over the domain.
 
-`public` (confirmation and unsubscribe pages, archive, health, readiness, metrics),
+`public` (confirmation and unsubscribe pages, archive, health, readiness, metrics), `clicks`
+(the digest's counted article links),
+`preferences` (the reader's preference page and its JSON twin),
 `signup` (the sign-up endpoint), `embed` (the embeddable box), `admin/` (the admin area in
 the browser and the admin API), `api/` (the token API, the providers' webhooks and the
 OpenAPI document) and `devmail` (the local mailbox, outside production only).
@@ -11,8 +13,8 @@ from __future__ import annotations
 from flask import Flask
 
 from service.extensions import csrf
+from service.web import clicks, embed, preferences, public, signup
 from service.web import devmail as mailbox
-from service.web import embed, public, signup
 from service.web.admin import base as admin
 
 # The admin modules add their routes (and texts) to admin.base's two blueprints.
@@ -30,8 +32,11 @@ def register(app: Flask, *, devmail: bool) -> None:
     app.register_blueprint(ingest.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(public.bp)
+    app.register_blueprint(clicks.bp)
     app.register_blueprint(embed.bp)
     app.register_blueprint(signup.bp)
+    app.register_blueprint(preferences.bp)
+    app.register_blueprint(preferences.api_bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(admin.api_bp)
     app.register_blueprint(openapi.bp)

@@ -27,7 +27,8 @@ from service.subscribers.lifecycle import (
     subscriber_for_unsubscribe,
     unsubscribe,
 )
-from service.subscribers.tokens import BadToken, resubscribe_token
+from service.subscribers.preferences import MAX_PAUSE_WEEKS
+from service.subscribers.tokens import BadToken, preferences_token_for, resubscribe_token
 from service.telemetry import metrics
 from service.web.common import (
     client_ip,
@@ -144,8 +145,12 @@ def confirm_post(token: str) -> tuple[str, int]:
     except BadToken as exc:
         return _bad_link(exc, page_locale())
     locale = page_locale(check.subscriber.locale)
+    sub = check.subscriber
     return _page(
-        "message", locale, **message_page("already" if check.already_confirmed else "confirmed")
+        "message",
+        locale,
+        **message_page("already" if check.already_confirmed else "confirmed"),
+        preferences=preferences_token_for(settings(), sub.id, sub.created_at),
     )
 
 
@@ -167,7 +172,10 @@ def unsubscribe_page(token: str) -> tuple[str, int]:
         return _bad_link(exc, page_locale())
     locale = page_locale(sub.locale if sub else None)
     if sub is not None and sub.status in (Status.ACTIVE, Status.PENDING):
-        return _page("unsubscribe", locale, token=token)
+        # A pause first: a reader who wants fewer mails for a while need not leave.
+        preferences = preferences_token_for(settings(), sub.id, sub.created_at)
+        weeks = range(1, MAX_PAUSE_WEEKS + 1)
+        return _page("unsubscribe", locale, token=token, preferences=preferences, weeks=weeks)
     return _unsubscribed(sub, locale)
 
 

@@ -17,7 +17,7 @@ from flask_babel import lazy_gettext, ngettext
 from service import i18n
 from service.admin.audit import Actor
 from service.admin.visibility import sees_suppressions
-from service.digest import actions, editorial, previews, progress
+from service.digest import actions, editorial, intro, previews, progress
 from service.digest.planning import (
     NoIssue,
     Refused,
@@ -193,6 +193,9 @@ def issue(week: str) -> tuple[str, int]:
         text=text,
         status_text=_status,
         live=found.status in (IssueStatus.SCHEDULED, IssueStatus.SENDING, IssueStatus.PAUSED),
+        intro_editable=found.status in intro.EDITABLE and found.started_at is None,
+        intro_max=intro.INTRO_MAX,
+        review=settings().review,
         tz=settings().timezone,
         preview_locale=request.args.get("locale")
         if request.args.get("locale") in i18n.LOCALES
@@ -236,6 +239,48 @@ def issue_progress(week: str) -> Response:
     return jsonify({**figures, "status_text": _status(figures["status"])})
 
 
+@bp.post("/issues/<week>/intro")
+def issue_intro(week: str) -> Response:
+    """Write the editor's note (digest.intro.set_intro audits it)."""
+    found = _issue_or_404(week)
+    try:
+        change = intro.set_intro(
+            settings(),
+            found.week,
+            request.form.get("intro", ""),
+            now(),
+            Actor(actor(), client_ip()),
+        )
+    except intro.IntroTooLong as exc:
+        flash(
+            _(
+                "The note is %(length)s characters long: at most %(max)s.",
+                length=exc.length,
+                max=intro.INTRO_MAX,
+            ),
+            "error",
+        )
+    except Refused as exc:
+        _flash_refused(exc)
+    else:
+        flash(_("Editor’s note saved."), "info")
+        if change.needs_approval:
+            flash(_("Issue %(week)s is a draft again: approve it to send it.", week=found.week))
+    return cast(Response, redirect(url_for("admin.issue", week=found.week) + "#intro"))
+
+
+def _flash_refused(exc: Refused) -> None:
+    """What an editor reads when the issue's status does not allow the action."""
+    flash(
+        _(
+            "Not possible: issue %(week)s is “%(status)s”.",
+            week=exc.week,
+            status=_status(exc.status),
+        ),
+        "error",
+    )
+
+
 def _not_a_test() -> bool:
     return (request.view_args or {}).get("action") != "test"
 
@@ -266,14 +311,7 @@ def issue_action(week: str, action: str) -> Response:
             outcome = _act(week, action, to, request.form.get("locale") or None)
             flash(outcome.message, "info")
         except Refused as exc:
-            flash(
-                _(
-                    "Not possible: issue %(week)s is “%(status)s”.",
-                    week=exc.week,
-                    status=_status(exc.status),
-                ),
-                "error",
-            )
+            _flash_refused(exc)
         except InvalidEmail:
             flash(_("Invalid test address."), "error")
         except previews.SuppressedAddress:
@@ -303,7 +341,7 @@ def articles() -> tuple[str, int]:
 
 @bp.post("/articles/<int:article_id>/<action>")
 def article_action(article_id: int, action: str) -> Response:
-    """Exclude, include, move up or down; the coming issue is re-planned after."""
+    """Exclude, include, move up or down, make lead; the coming issue is re-planned after."""
     s, moment, who, ip = settings(), now(), actor(), client_ip()
     try:
         if action == "exclude":
@@ -313,6 +351,8 @@ def article_action(article_id: int, action: str) -> Response:
         elif action in ("up", "down"):
             offset = -1 if action == "up" else 1
             change = editorial.move(s, article_id, offset, actor=who, now=moment, ip=ip)
+        elif action == "lead":
+            change = editorial.make_lead(s, article_id, actor=who, now=moment, ip=ip)
         else:
             abort(404)
     except editorial.EditorialError:
@@ -322,6 +362,8 @@ def article_action(article_id: int, action: str) -> Response:
             flash(_("Article left out of the coming issue."))
         elif action == "include":
             flash(_("Article included again."))
+        elif action == "lead":
+            flash(_("This article now leads the coming issue."))
         else:
             flash(_("The coming issue's order changed."))
         if change.replanned and change.status:
@@ -422,12 +464,75 @@ def api_issue(week: str) -> Response | tuple[Response, int]:
         **_figures(progress.progress(found.week, now())),
         subject=found.subject,
         send_at=found.send_at,
+        intro=found.intro,
         articles=[
-            shapes.IssueArticle(position=a.position, title=a.title, url=a.url, category=a.category)
+            shapes.IssueArticle(
+                position=a.position, title=a.title, url=a.url, category=a.category, clicks=a.clicks
+            )
             for a in issue_articles(found.id)
         ],
     )
     return jsonify(answer.model_dump(mode="json"))
+
+
+@api_bp.patch("/issues/<week>")
+@operation(
+    summary="Write the issue's editor's note, or choose its lead story, before it goes out",
+    body=shapes.IssuePatch,
+    roles=API_ROLES,
+    replies={
+        200: Reply("Done", shapes.IssuePatchResult),
+        400: error("Malformed JSON"),
+        **ISSUE_ERRORS,
+        409: error("The issue started going out (or, for `lead`, is not the coming issue)"),
+        422: error(
+            f"Invalid field: an intro over {intro.INTRO_MAX} characters, an unknown article"
+        ),
+    },
+)
+def api_issue_patch(week: str) -> Response | tuple[Response, int]:
+    """`{"intro": "…"}` and/or `{"lead": article id}`; in review mode an approved issue
+    is a draft again afterwards (`needs_approval`)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return json_error(400, "malformed_json", "send a JSON object")
+    try:
+        change = parse(shapes.IssuePatch, body)
+    except PayloadError as exc:
+        return json_error(exc.status, exc.code, exc.detail)
+    try:
+        found = require_issue(week)
+    except NoIssue as exc:
+        return json_error(404, "not_found", str(exc))
+    s, moment, by = settings(), now(), Actor(actor(), client_ip())
+    needs_approval = False
+    try:
+        if change.lead is not None:
+            if editorial.coming_week(s, moment) != found.week:
+                return json_error(
+                    409, "conflict", f"{found.week} is not the coming issue: its lead is fixed"
+                )
+            replanned = editorial.make_lead(s, change.lead, actor=by.name, now=moment, ip=by.ip)
+            needs_approval = replanned.replanned and replanned.status == IssueStatus.DRAFT
+        if "intro" in change.model_fields_set:
+            needs_approval = (
+                intro.set_intro(s, found.week, change.intro, moment, by).needs_approval
+                or needs_approval
+            )
+    except editorial.EditorialError as exc:
+        return json_error(422, "invalid_field", str(exc))
+    except intro.IntroTooLong as exc:
+        return json_error(422, "invalid_field", str(exc))
+    except Refused as exc:
+        return json_error(409, "conflict", f"{exc.week} is {exc.status}: cannot change it")
+    fresh = require_issue(found.week)
+    result = shapes.IssuePatchResult(
+        week=fresh.week,
+        status=IssueStatus(fresh.status),
+        intro=fresh.intro,
+        needs_approval=needs_approval and settings().review,
+    )
+    return jsonify(result.model_dump(mode="json"))
 
 
 def _api_act(

@@ -9,7 +9,7 @@ limits), never a second literal here.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -23,8 +23,9 @@ from pydantic import (
 )
 
 from service.digest import actions
+from service.digest.intro import INTRO_MAX
 from service.inbound.complaints import Result as ComplaintResult
-from service.models import DeliveryStatus, InboundVerdict, IssueStatus, Status
+from service.models import Article, DeliveryStatus, InboundVerdict, IssueStatus, Status
 from service.signup.screening import blank_is_none, unicode_text
 from service.subscribers.bulk import MAX_BULK, REASON_MAX, Outcome
 from service.subscribers.csv_io import OUTCOMES as IMPORT_OUTCOMES
@@ -137,6 +138,52 @@ class SignupForm(BaseModel):
     captcha: dict[str, str] | None
     honeypot: str
     messages: dict[str, str]
+
+
+# ---------------------------------------------------------------- reader preferences (public)
+
+CATEGORY_MAX = Article.__table__.c.category.type.length
+
+
+class CategoryCount(BaseModel):
+    name: str
+    articles: int = Field(description="Articles of this category over the last 4 weeks")
+
+
+class PreferencesOut(BaseModel):
+    """A reader's choices, as the preference link's holder sees them."""
+
+    categories: list[str] = Field(description="The categories wanted; empty: every category")
+    locale: Literal["fr", "en"]
+    paused_until: date | None = Field(
+        description="The digest is skipped until this day (null: not paused)"
+    )
+    available: list[CategoryCount] = Field(
+        description="The categories one may choose, with their recent article counts"
+    )
+
+
+class PreferencesIn(Shape):
+    """The choices to change: a field left out stays as it is."""
+
+    categories: list[Annotated[str, Field(max_length=CATEGORY_MAX)]] | None = Field(
+        default=None,
+        max_length=200,
+        description="Categories from `available` (else 422); empty: every category",
+    )
+    locale: Literal["fr", "en"] | None = None
+    paused_until: date | None = Field(
+        default=None,
+        description="A day after today, at most 8 weeks away (else 422); null: resume now",
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [{"categories": ["Culture"], "locale": "fr", "paused_until": None}]
+        },
+    )
 
 
 # ---------------------------------------------------------------- token API
@@ -485,6 +532,11 @@ class IssueArticle(BaseModel):
     title: str
     url: str
     category: str | None
+    clicks: int = Field(
+        ge=0,
+        description="Readers' clicks on this article's link in the mail (no reader is "
+        "identified; scanners, HEAD and the burst right after the send are not counted)",
+    )
 
 
 class Issue(IssueProgress):
@@ -492,7 +544,46 @@ class Issue(IssueProgress):
 
     subject: str
     send_at: Timestamp
+    intro: str | None = Field(
+        default=None, description="The editor's note; null: the locale's default intro"
+    )
     articles: list[IssueArticle]
+
+
+class IssuePatch(Shape):
+    """The editor's steering of an issue before it goes out: its note, its lead story."""
+
+    intro: str | None = Field(
+        default=None,
+        max_length=INTRO_MAX,
+        description=(
+            "The editor's note at the top of the mail, its text part and the archive: plain "
+            "text, a blank line between paragraphs, links as `https://…` or "
+            "`[words](https://…)`; HTML is removed. Empty or null: the locale's default intro"
+        ),
+    )
+    lead: int | None = Field(
+        default=None,
+        ge=1,
+        description="Id of the article that leads the issue (the coming issue only)",
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [{"intro": "Bonjour !\n\nCette semaine : https://exemple.fr/dossier"}]
+        },
+    )
+
+
+class IssuePatchResult(BaseModel):
+    week: str
+    status: IssueStatus
+    intro: str | None
+    needs_approval: bool = Field(
+        description="Review mode: the change took an approved issue back to draft"
+    )
 
 
 class IssueList(BaseModel):

@@ -419,10 +419,10 @@ def crash_on_poison(tmp_path: Path) -> dict[str, str]:
             _build = delivery.mail_for
 
 
-            def mail_for(settings, template, recipient, now):
+            def mail_for(settings, template, recipient, *args, **kwargs):
                 if recipient.email == {POISON!r}:
                     os._exit(70)
-                return _build(settings, template, recipient, now)
+                return _build(settings, template, recipient, *args, **kwargs)
 
 
             delivery.mail_for = mail_for

@@ -43,7 +43,7 @@ from tests.support.data import add_article, add_subscribers
 from tests.support.inbound import BOUNCES, dsn, take
 
 # Real browsers: the full suite's, not the fast lane's.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.backend_neutral]
 
 AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 WEEK = "2026-W48"

@@ -36,7 +36,7 @@ from tests.support.data import add_article, add_subscribers
 from tests.support.smtp import SMTPSink
 
 # Real processes, browsers or many requests: the full suite's, not the fast lane's.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.backend_neutral]
 
 
 @dataclass

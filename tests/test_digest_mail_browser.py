@@ -34,7 +34,7 @@ from tests.support.browser import (
 )
 from tests.support.data import add_article
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.backend_neutral]
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "images"
 # A stand-in picture for the articles' images (the mail's are on the news site).

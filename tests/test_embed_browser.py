@@ -41,7 +41,7 @@ from tests.support.browser import (
 from tests.support.smtp import SMTPSink
 
 # Real processes, browsers or many requests: the full suite's, not the fast lane's.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.backend_neutral]
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

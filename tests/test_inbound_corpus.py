@@ -30,6 +30,10 @@ from tests.support.inbound import CORPUS, DESK, READER, Entry, corpus, fill
 from tests.support.mail import subscriber
 from tests.support.smtp import Received, SMTPSink, free_port
 
+# 43 messages x 3 ways in, a sent issue each (about 2 minutes): the full suite's, on both
+# backends; the fast lane keeps tests/test_inbound.py.
+pytestmark = pytest.mark.slow
+
 ENTRIES = corpus()
 WAYS = ("pipe", "webhook", "smtp")
 # What each verdict leaves the reader as (they start active).

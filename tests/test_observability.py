@@ -100,16 +100,27 @@ REQUESTS = textwrap.dedent(
 )
 
 
-def test_logs_are_json_lines_with_request_ids_and_no_token_or_address(env: dict[str, str]) -> None:
-    environ = {**env, "HEBDO_LOG_FORMAT": "json", "HEBDO_LOG_LEVEL": "INFO"}
-    run = subprocess.run(
-        [sys.executable, "-c", REQUESTS],
-        env={"PATH": "/usr/bin:/bin", **environ},
+def run_logging(
+    script: str, env: dict[str, str], log_format: str
+) -> subprocess.CompletedProcess[str]:
+    """`script` in a process of its own, logging at INFO in `log_format` to its stderr."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        env={
+            "PATH": "/usr/bin:/bin",
+            **env,
+            "HEBDO_LOG_FORMAT": log_format,
+            "HEBDO_LOG_LEVEL": "INFO",
+        },
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_logs_are_json_lines_with_request_ids_and_no_token_or_address(env: dict[str, str]) -> None:
+    run = run_logging(REQUESTS, env, "json")
     assert run.returncode == 0, run.stderr
     token, kept, replaced = run.stdout.split()
     lines = [json.loads(line) for line in run.stderr.splitlines() if line.strip()]
@@ -149,15 +160,7 @@ FORGED = textwrap.dedent(
 
 @pytest.mark.slow  # a process of its own
 def test_a_text_log_line_holds_no_line_a_submitted_value_forged(env: dict[str, str]) -> None:
-    environ = {**env, "HEBDO_LOG_FORMAT": "text", "HEBDO_LOG_LEVEL": "INFO"}
-    run = subprocess.run(
-        [sys.executable, "-c", FORGED],
-        env={"PATH": "/usr/bin:/bin", **environ},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_logging(FORGED, env, "text")
     assert run.returncode == 0, run.stderr
     # Every line of the log is a record of its own, or an indented line of a traceback.
     lines = run.stderr.splitlines()

@@ -33,7 +33,7 @@ from tests.support.browser import (
 )
 from tests.support.data import add_article, add_readers
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.backend_neutral]
 
 IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]

@@ -27,7 +27,7 @@ from tests.support.processes import (
 from tests.support.settings import ROOT
 from tests.support.smtp import free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.backend_neutral, pytest.mark.timeout(300)]
 
 # What an operator's copy must hold besides the code, and where the wheel puts it.
 DATA = (

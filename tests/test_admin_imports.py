@@ -235,6 +235,7 @@ def test_consent_claims_are_checked(app: Flask, client: Any) -> None:
         assert summary.detail["consent_texts"] == {sub.consent_text_version: long_text.strip()}
 
 
+@pytest.mark.slow
 def test_whole_file_errors(
     app: Flask, client: Any, make_app: Callable[..., Flask], env: Any
 ) -> None:
@@ -619,6 +620,7 @@ def test_export_audit_keeps_which_filters_not_their_text(app: Flask, admin: Admi
         assert "reader0" not in str(event.detail) and "bob" not in str(event.detail)
 
 
+@pytest.mark.slow
 def test_french_texts_count_as_french_does(app: Flask, admin: Admin, client: Any) -> None:
     form = admin.get("/admin/imports").text
     assert "Au plus 100\u202f000 lignes et 8\u202f192 Ko par fichier." in form

@@ -198,6 +198,7 @@ def test_sessions_end_after_idle_and_absolute_timeouts(app: Flask, admin: Admin)
     assert admin.get("/admin/subscribers").status_code == 302
 
 
+@pytest.mark.slow
 def test_failed_logins_are_limited_per_account_and_per_ip(
     app: Flask, make_app: Any, env: dict[str, str]
 ) -> None:

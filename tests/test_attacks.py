@@ -106,6 +106,7 @@ VICTIM_SPELLINGS = [
 ]
 
 
+@pytest.mark.slow
 def test_a_victim_bombed_from_200_ips_gets_one_confirmation_mail(
     make_app: Callable[[dict[str, str]], Flask], smtp_env: dict[str, str], smtp_server: SMTPSink
 ) -> None:

@@ -94,6 +94,7 @@ def test_bad_configuration_is_a_clear_startup_error(
         load_settings({"HEBDO_DATA_DIR": str(tmp_path), **environ})
 
 
+@pytest.mark.slow
 def test_production_without_a_secret_key_refuses_to_start(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "config"],

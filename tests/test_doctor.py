@@ -396,6 +396,7 @@ def test_a_database_from_a_newer_hebdo_is_not_called_behind(
     assert "db upgrade" not in found["migrations"].fix
 
 
+@pytest.mark.slow
 def test_a_locked_database_is_a_failure_within_the_budget_not_a_hang(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -664,6 +665,7 @@ def test_dkim_public_key_matches_openssl(dkim_keys: tuple[Key, Key]) -> None:
         assert dkim_public_key(private["modulus"], private["publicExponent"]) == key.public
 
 
+@pytest.mark.slow
 def test_no_dns_server_answering_is_skipped_not_failed(env: dict[str, str]) -> None:
     started = time.monotonic()
     results = check_dns(load_settings(env), nameserver=("127.0.0.1", free_port()), timeout=1)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from flask import Flask
 from sqlalchemy import select, update
 
@@ -54,6 +55,7 @@ def test_timed_out_sessions_and_forgotten_uploads_are_deleted(app: Flask, admin:
     assert bob.get("/admin/subscribers").status_code == 200
 
 
+@pytest.mark.slow
 def test_beat_runs_it_hourly_on_the_default_queue(env: dict[str, str]) -> None:
     """The schedule as a real beat reads it (worker.celery_app builds it from the settings)."""
     script = (

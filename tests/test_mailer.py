@@ -75,6 +75,7 @@ def test_internationalised_addresses_on_the_wire(smtp_app: Flask, smtp_server: S
     assert "\r\nTo: josé@exemple.fr\r\n".encode() in utf8.data
 
 
+@pytest.mark.slow
 def test_one_connection_for_many_messages_and_reconnect_after_idle_hangup(
     smtp_env: dict[str, str], make_app: object
 ) -> None:

@@ -119,6 +119,7 @@ def run_logging(
     )
 
 
+@pytest.mark.slow
 def test_logs_are_json_lines_with_request_ids_and_no_token_or_address(env: dict[str, str]) -> None:
     run = run_logging(REQUESTS, env, "json")
     assert run.returncode == 0, run.stderr
@@ -302,6 +303,7 @@ def test_the_alert_rules_and_the_dashboard_use_metrics_hebdo_exports(
     assert used and used <= exported, used - exported
 
 
+@pytest.mark.slow
 def test_metrics_show_the_send_queue_and_how_long_it_has_waited(app: Flask) -> None:
     """Deliveries due and not yet claimed (no worker runs here): their count and the age of
     the oldest, which the stuck-send alert watches."""

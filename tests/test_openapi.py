@@ -79,6 +79,7 @@ def test_limits_come_from_one_declaration(client: FlaskClient) -> None:
     assert SOURCE_MAX in [option.get("maxLength") for option in sign_up.get("anyOf", [sign_up])]
 
 
+@pytest.mark.slow
 def test_docs_openapi_json_is_the_document_the_app_serves(client: FlaskClient) -> None:
     """docs/openapi.json is generated: `python -m service.web.api > docs/openapi.json`."""
     served = client.get("/openapi.json").json

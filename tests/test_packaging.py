@@ -36,6 +36,7 @@ def _imported_top_level(folder: Path) -> set[str]:
     return found - set(sys.stdlib_module_names) - {"service", "worker"}
 
 
+@pytest.mark.slow
 def test_every_imported_package_is_a_declared_dependency() -> None:
     """A package the code imports but does not declare works today only because another
     package happens to bring it; the next upgrade of that one breaks the install."""

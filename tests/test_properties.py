@@ -500,6 +500,7 @@ def _clear_articles(app: Flask) -> None:
         db.session.commit()
 
 
+@pytest.mark.slow
 @DB_BOUND
 @given(
     st.lists(st.tuples(hostile_texts, hostile_texts), min_size=1, max_size=3),
@@ -580,6 +581,7 @@ confirmable = st.builds(
 )
 
 
+@pytest.mark.slow
 @DB_BOUND
 @given(confirmable, st.sampled_from(["fr", "en"]))
 def test_every_confirmation_mail_reaches_one_recipient_with_hebdos_headers(

@@ -555,6 +555,10 @@ class Settings(BaseSettings):
         ge=0,
         allow_inf_nan=False,
     )
+    send_journal: str = setting(
+        "auto",
+        "Where each worker notes a message the moment its SMTP server accepted it, so a killed worker's sent messages are not sent again (docs/delivery.md): `redis://…`, `file` (`<HEBDO_DATA_DIR>/journal`, one machine only) or `off`; `auto`: the broker when it is Redis, else `file`.",
+    )
     retry_base_seconds: int = setting(
         "60",
         "Wait before retrying a mail after a temporary SMTP failure, doubled at each further try (capped at 2 hours); a longer delay asked by the server is honoured.",
@@ -790,6 +794,16 @@ class Settings(BaseSettings):
             return value
         broker_url = str(info.data.get("broker_url", ""))
         return broker_url if broker_url.startswith(("redis://", "rediss://")) else "memory://"
+
+    @field_validator("send_journal")
+    @classmethod
+    def _send_journal(cls, value: str, info: ValidationInfo) -> str:
+        if value in ("off", "file") or value.startswith(("redis://", "rediss://")):
+            return value
+        if value != "auto":
+            raise ValueError(f"must be auto, off, file or a redis:// URL, got {value!r}")
+        broker_url = str(info.data.get("broker_url", ""))
+        return broker_url if broker_url.startswith(("redis://", "rediss://")) else "file"
 
     @field_validator("log_format")
     @classmethod

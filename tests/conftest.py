@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 
 from service import create_app
 from service.config import load_settings
-from service.digest import delivery
+from service.digest import delivery, journal
 from service.extensions import db
 from service.ops.runner import commands
 from tests.support.admin import Admin, create_admin
@@ -183,6 +183,8 @@ def _build(values: dict[str, str]) -> Iterator[Flask]:
     for cache in vars(delivery.TEMPLATES).values():
         if isinstance(cache, dict):
             cache.clear()
+    # The same for the send journals kept per process (and their Redis connections).
+    journal.reset()
     app = create_app(values)
     yield app
     with app.app_context():
@@ -250,12 +252,19 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
         ready: str,
         timeout: float = 60,
         cwd: Path = ROOT,
+        group: bool = False,
     ) -> Process:
         log = tmp_path / f"proc-{len(started)}.log"
         handle = log.open("wb")
         environ = {k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}
         popen = subprocess.Popen(
-            argv, env={**environ, **values}, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd
+            argv,
+            env={**environ, **values},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            # Its own process group, which a test can kill as a whole (os.killpg).
+            start_new_session=group,
         )
         handle.close()
         process = Process(popen, log)
@@ -276,13 +285,22 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
 def celery_worker(spawn: Callable[..., Process]) -> Callable[..., Process]:
     """Start a real Celery worker (prefork) on the given settings; `beat=True` embeds beat."""
 
-    def start(values: dict[str, str], *, beat: bool = False, concurrency: int = 1) -> Process:
+    def start(
+        values: dict[str, str],
+        *,
+        beat: bool = False,
+        concurrency: int = 1,
+        group: bool = False,
+        hostname: str = "",
+    ) -> Process:
         values = {**values, "HEBDO_WORKER_CONCURRENCY": str(concurrency), "HEBDO_LOG_LEVEL": "INFO"}
         # The worker exactly as `hebdo run` starts it, without heartbeats (tests stop it).
         argv = [*commands(load_settings(values), "127.0.0.1", 0)["worker"], "--without-heartbeat"]
         if beat:
             argv += ["--beat", "--schedule", str(Path(values["HEBDO_DATA_DIR"]) / "beat-schedule")]
-        return spawn(argv, values, ready="ready.")
+        if hostname:
+            argv += ["--hostname", hostname]
+        return spawn(argv, values, ready="ready.", group=group)
 
     return start
 

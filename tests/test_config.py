@@ -73,6 +73,10 @@ def _error(tmp_path: Path, **values: str) -> str:
             "HEBDO_RATELIMIT_STORAGE must be redis:// or memory://, got 'memcached://cache'",
         ),
         (
+            {"HEBDO_SEND_JOURNAL": "memory"},
+            "HEBDO_SEND_JOURNAL must be auto, off, file or a redis:// URL, got 'memory'",
+        ),
+        (
             {"HEBDO_SEND_SCHEDULE": "mon"},
             "HEBDO_SEND_SCHEDULE must look like 'mon 08:00' (day, then 24 h local time), got 'mon'",
         ),
@@ -174,6 +178,8 @@ def test_defaults_computed_from_other_settings(tmp_path: Path) -> None:
     assert settings.base_url == "https://Hebdo.Example.fr"
     assert settings.allowed_origins == ("https://hebdo.example.fr", "https://www.site.fr")
     assert settings.ratelimit_storage == "redis://127.0.0.1:6379/0"
+    assert settings.send_journal == "redis://127.0.0.1:6379/0"
+    assert load_settings({"HEBDO_DATA_DIR": str(tmp_path)}).send_journal == "file"
     assert settings.broker_transport_options["visibility_timeout"] == 3600
     assert settings.broker_folders == ()
     assert (settings.send_weekday, str(settings.send_time)) == (4, "17:30:00")

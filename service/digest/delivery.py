@@ -9,10 +9,11 @@ nothing left to claim, and the database work per batch is a fixed handful of
 statements whatever the number of subscribers.
 
 A worker killed mid-batch leaves its rows claimed: after
-HEBDO_CLAIM_TIMEOUT_SECONDS the sweep puts them back in the queue. Messages
-the dead worker had already handed to the SMTP server are then sent again:
-that window (at most one batch per killed worker) is the price of not writing
-to the database once per message.
+HEBDO_CLAIM_TIMEOUT_SECONDS the sweep puts them back in the queue. Which of them
+the dead worker's SMTP server had already accepted, the send journal says (see
+journal: one write per message, no round trip): those are recorded as sent, the
+others sent. So a killed process sends again at most the one message whose 250
+it was holding.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import redis
 from sqlalchemy import (
     String,
     and_,
@@ -43,6 +45,7 @@ from sqlalchemy import (
 
 from service.config import Settings
 from service.digest import lifecycle
+from service.digest.journal import BatchJournal, Entry, Journal, send_journal
 from service.digest.planning import DigestError
 from service.digest.rendering import Recipient, mail_for, mail_template
 from service.digest.send_rate import SendRate, Unlimited
@@ -378,6 +381,8 @@ class BatchReport:
     # Rows given an outcome (one each, ever), and the row whose message is on the wire.
     noted: set[int] = field(default_factory=set)
     in_flight: int | None = None
+    # A message went out that the journal could not note: its outcome is written at once.
+    unjournaled: bool = False
 
     def note(self, row: _Row, status: DeliveryStatus, *, counter: str = "", **values: Any) -> None:
         """Count and keep one row's outcome, to be written by the next flush."""
@@ -481,15 +486,20 @@ def send_batch(
     clock: Clock,
     rate: SendRate | None = None,
     templates: Templates = TEMPLATES,
+    journal: Journal | None = None,
 ) -> BatchReport:
     """Claim one batch of an issue's deliveries, send them, record every outcome.
 
+    Each message the server accepts is noted in the send journal before the next one
+    is sent, and its outcome reaches the database with the batch's next write.
     However it ends (the task's soft time limit, a worker shutting down, a
     database error), it writes the outcomes it has, hands back the rows it never
     tried, and flags the one that was on the wire as uncertain (retried once).
     """
     report = BatchReport()
     rate = rate or Unlimited()
+    journal = journal or send_journal(settings)
+    noted: BatchJournal | None = None
     started = time.monotonic()
     deadline = min(BATCH_SECONDS, settings.claim_timeout_seconds / 2)
     now = clock()
@@ -499,6 +509,8 @@ def send_batch(
         report.claimed = len(rows)
         if not rows:
             return report
+        noted = journal.batch(issue_id)
+        _already_sent(journal, issue_id, rows, report)
         issue = get_issue_by_id(issue_id)
         broken = _render_all(settings, issue, rows, templates)
         if broken:
@@ -513,8 +525,10 @@ def send_batch(
             status: str | None = None
             stop = time.monotonic() - started > deadline
             if not stop and time.monotonic() - last_flush > FLUSH_SECONDS:
-                _flush(settings, issue_id, report, now, renew=rows[position:])
+                _flush(settings, issue_id, report, now, renew=rows[position:], journal=noted)
                 last_flush = time.monotonic()
+                if row.delivery_id in report.noted:
+                    continue  # this very row was taken back by the sweep meanwhile
                 status = _issue_status(issue_id)
                 stop = status != IssueStatus.SENDING
             if stop:
@@ -536,7 +550,13 @@ def send_batch(
                 break
             if wait > 0:
                 time.sleep(wait)
-            halt, refused = _send_one(settings, issue, row, transport, templates, report, clock())
+            halt, refused = _send_one(
+                settings, issue, row, transport, templates, report, clock(), noted
+            )
+            if report.unjournaled:
+                # Not in the journal: in the database before anything else is sent.
+                _flush(settings, issue_id, report, clock(), journal=noted)
+                report.unjournaled = False
             refusals = refusals + 1 if refused else 0
             if refusals >= POLICY_BREAKER and halt is None:
                 halt = Halt(
@@ -552,9 +572,47 @@ def send_batch(
                 break
     finally:
         _close_out(report, rows, clock(), settings.retry_base_seconds)
-        _flush_for_sure(settings, issue_id, report, clock())
+        try:
+            _flush_for_sure(settings, issue_id, report, clock(), noted)
+        finally:
+            if noted is not None:
+                # Outcomes unwritten (the database stayed away): the entries stay for the sweep.
+                noted.close(recorded=not report.outcomes)
     lifecycle.finish_if_done(issue_id, clock())
     return report
+
+
+def _already_sent(journal: Journal, issue_id: int, rows: list[_Row], report: BatchReport) -> None:
+    """Rows flagged uncertain (a lost worker or a cut send had them) that the journal says
+    went out: recorded as sent, with what the worker saw, and not sent again."""
+    suspects = [row.delivery_id for row in rows if row.uncertain]
+    if not suspects or not journal.enabled:
+        return
+    found = _read_journal(journal, issue_id, suspects)
+    if found is None:
+        found = {}
+    for row in rows:
+        if entry := found.get(row.delivery_id):
+            report.note(
+                row,
+                DeliveryStatus.SENT,
+                # The claim that found it sent was no attempt.
+                attempts=row.attempts - 1,
+                sent_at=entry.sent_at,
+                smtp_response=entry.reply,
+                message_id=entry.message_id,
+            )
+
+
+def _read_journal(
+    journal: Journal, issue_id: int, delivery_ids: list[int]
+) -> dict[int, Entry] | None:
+    """The journal's entries for these rows; None when it cannot be read."""
+    try:
+        return journal.read(issue_id, delivery_ids)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("issue %s: the send journal cannot be read (%s)", issue_id, exc)
+        return None
 
 
 def _close_out(
@@ -682,8 +740,9 @@ def _send_one(
     templates: Templates,
     report: BatchReport,
     now: datetime,
+    journal: BatchJournal,
 ) -> tuple[Halt | None, bool]:
-    """Send one delivery and note its outcome.
+    """Send one delivery and note its outcome (in the journal too, when it went out).
 
     Returns a Halt when the rest of the batch must wait, and whether the server
     refused this recipient for a reason on our side (see PermanentFailure.kind).
@@ -725,6 +784,8 @@ def _send_one(
         return _retry_later(settings, issue, row, exc, report, now), True
     except TransientFailure as exc:
         return _retry_later(settings, issue, row, exc, report, now), False
+    if not journal.sent(row.delivery_id, Entry(now, mail.message_id, reply)):
+        report.unjournaled = True
     report.note(
         row, DeliveryStatus.SENT, sent_at=now, smtp_response=reply, message_id=mail.message_id
     )
@@ -785,11 +846,14 @@ def _flush(
     *,
     done: bool = False,
     renew: list[_Row] | None = None,
+    journal: BatchJournal | None = None,
 ) -> None:
     """Write the outcomes noted so far, counters in the same transaction; renew the claim
-    on the rows still to send, so the sweep never takes back a batch that is alive."""
+    on the rows still to send, so the sweep never takes back a batch that is alive; then
+    let the journal drop what the database now has."""
     if not report.outcomes and not done and not renew:
         return
+    journaled = [o["b_id"] for o in report.outcomes if o["b_status"] == DeliveryStatus.SENT.value]
     written = _record(report.outcomes) if report.outcomes else Counter[str]()
     for subscriber_id, code in report.bounced_subscribers:
         _bounce_subscriber(settings, subscriber_id, code, issue_id, now)
@@ -809,6 +873,8 @@ def _flush(
     db.session.commit()
     report.outcomes = []
     report.bounced_subscribers = []
+    if journal is not None:
+        journal.recorded(journaled)
 
 
 def _renew_claims(report: BatchReport, rows: list[_Row], now: datetime) -> None:
@@ -891,14 +957,20 @@ def _record(outcomes: list[dict[str, Any]]) -> Counter[str]:
     return Counter(result.scalars())
 
 
-def _flush_for_sure(settings: Settings, issue_id: int, report: BatchReport, now: datetime) -> None:
+def _flush_for_sure(
+    settings: Settings,
+    issue_id: int,
+    report: BatchReport,
+    now: datetime,
+    journal: BatchJournal | None = None,
+) -> None:
     """The batch's last write, retried for up to a quarter of the claim timeout (a database
-    failover): losing it would send these messages again."""
+    failover): losing it would leave these outcomes to the journal and the sweep."""
     give_up = time.monotonic() + max(settings.claim_timeout_seconds / 4, 5)
     pause = 0.5
     while True:
         try:
-            _flush(settings, issue_id, report, now, done=True)
+            _flush(settings, issue_id, report, now, done=True, journal=journal)
             return
         except Exception:
             try:
@@ -908,7 +980,8 @@ def _flush_for_sure(settings: Settings, issue_id: int, report: BatchReport, now:
             if time.monotonic() + pause > give_up:
                 log.exception(
                     "issue %s: outcomes of deliveries %s could not be written; "
-                    "the sweep will send them again",
+                    "the sweep takes them back (those the journal names as sent are not "
+                    "sent again)",
                     issue_id,
                     [o["b_id"] for o in report.outcomes],
                 )
@@ -930,12 +1003,62 @@ def _bounce_subscriber(
 # ---------------------------------------------------------------- sweep
 
 
+def _recover_sent(journal: Journal, issue_id: int, abandoned: Any) -> bool:
+    """Record as sent the abandoned rows the journal names (their worker died before its
+    next write); False when the journal cannot be read (nothing is taken back then)."""
+    if not journal.enabled:
+        return True
+    ids = list(db.session.execute(select(Delivery.id).where(abandoned)).scalars())
+    if not ids:
+        return True
+    found = _read_journal(journal, issue_id, ids)
+    if found is None:
+        db.session.rollback()
+        return False
+    recovered = 0
+    for delivery_id, entry in found.items():
+        recovered += rowcount(
+            db.session.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.SENDING)
+                .values(
+                    status=DeliveryStatus.SENT,
+                    claimed_at=None,
+                    sent_at=entry.sent_at,
+                    message_id=entry.message_id,
+                    smtp_response=entry.reply[:512],
+                )
+                .execution_options(synchronize_session=False)
+            )
+        )
+    if recovered:
+        db.session.execute(
+            update(Issue)
+            .where(Issue.id == issue_id)
+            .values(sent_count=Issue.sent_count + recovered)
+        )
+    db.session.commit()
+    if recovered:
+        log.warning(
+            "issue %s: %d deliveries of a lost worker had gone out (send journal): "
+            "recorded as sent, not sent again",
+            issue_id,
+            recovered,
+        )
+    try:
+        journal.forget(issue_id, found)
+    except (redis.RedisError, OSError) as exc:  # entries expire anyway
+        log.info("issue %s: journal entries not dropped (%s)", issue_id, exc)
+    return True
+
+
 def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
     """Keep every issue in flight moving: take back claims abandoned by a lost worker
     (sending and paused issues requeue them, cancelled ones skip them), re-dispatch due
     rows whose tasks are gone or done, and mark finished issues sent. Returns tasks queued."""
     stale = now - timedelta(seconds=settings.claim_timeout_seconds)
     queued = 0
+    journal = send_journal(settings)
     open_rows = exists().where(Delivery.issue_id == Issue.id, Delivery.status.in_(lifecycle.OPEN))
     in_flight = db.session.execute(
         select(Issue.id, Issue.status).where(
@@ -951,6 +1074,8 @@ def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
             Delivery.status == DeliveryStatus.SENDING,
             Delivery.claimed_at < stale,
         )
+        if not _recover_sent(journal, issue_id, abandoned):
+            continue  # the journal is away: the rows wait for it rather than go out twice
         if status == IssueStatus.CANCELLED:
             db.session.execute(
                 update(Delivery)

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -153,8 +154,8 @@ def narrow(share: float) -> int:
 
 def prepare(values: dict[str, str], subscribers: int, narrowed: float = 0.0) -> float:
     """Empty database, N active subscribers (`narrowed` of them with a choice of categories),
-    the sample feed, a planned issue. Returns seconds."""
-    started = time.perf_counter()
+    the sample feed, a planned issue. Returns the seconds planning the issue took (part of
+    the send, end to end)."""
     reset_database(values["HEBDO_DATABASE_URL"])
     app = create_app(values)
     with app.app_context():
@@ -178,7 +179,9 @@ def prepare(values: dict[str, str], subscribers: int, narrowed: float = 0.0) -> 
             db.session.execute(insert(Subscriber), rows)
             db.session.commit()
         feeds.ingest_all(app.config["SETTINGS"], now)
+        started = time.perf_counter()
         plan_issue(app.config["SETTINGS"], WEEK, now)
+        planning = time.perf_counter() - started
         if narrowed > 0:
             print(f"{narrow(narrowed):,} of {subscribers:,} readers on a narrowed choice")
         # A database in steady state has statistics; a freshly bulk-loaded one has none yet.
@@ -186,7 +189,7 @@ def prepare(values: dict[str, str], subscribers: int, narrowed: float = 0.0) -> 
         db.session.commit()
         db.session.remove()
         db.engine.dispose()
-    return time.perf_counter() - started
+    return planning
 
 
 def statements_per_batch(values: dict[str, str], batch: int) -> tuple[int, int, float]:
@@ -226,11 +229,12 @@ def worker_pids(pid: int) -> list[str]:
     return [str(pid), *children.stdout.split()]
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) used so far by a process and its children: what a send costs
-    the worker, which other load on the machine disturbs far less than a wall-clock rate."""
+def cpu_seconds(pid: int, *, pool_only: bool = False) -> float:
+    """CPU time (user + system) used so far by a process and its children (or its children
+    alone): what a send costs the worker, which other load on the machine disturbs far less
+    than a wall-clock rate."""
     ticks = 0
-    for p in worker_pids(pid):
+    for p in worker_pids(pid)[1 if pool_only else 0 :]:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -239,25 +243,57 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def peak_memory(pid: int) -> int:
-    """Largest peak RSS (kB) among a process and its children."""
-    peak = 0
+def peak_memory(pid: int) -> dict[str, int]:
+    """Peak RSS (kB) of a process and of each of its children, by pid."""
+    peaks = {}
     for p in worker_pids(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
+                    peaks[p] = int(line.split()[1])
         except OSError:
             continue
-    return peak
+    return peaks
 
 
-def send(values: dict[str, str]) -> tuple[float, int, int, float, float, float]:
-    """Start a worker, send the planned issue, wait until it is sent.
+def database_size(url: str) -> int:
+    """Bytes the database takes on disk (tables, indexes, TOAST; SQLite: the files)."""
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        return sum(
+            Path(path + suffix).stat().st_size
+            for suffix in ("", "-wal")
+            if Path(path + suffix).exists()
+        )
+    return int(db.session.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
 
-    Returns (seconds from start to sent, messages sent, peak worker kB, seconds to snapshot,
-    messages/s from the first message sent to the last, worker CPU ms per message).
-    """
+
+@dataclass
+class Run:
+    """One send, as the benchmark saw it."""
+
+    subscribers: int
+    narrowed: float
+    journal: str
+    sent: int = 0
+    seconds: float = 0.0  # plan + snapshot + dispatch + send + record, to the issue `sent`
+    snapshot: float = 0.0
+    sustained: float = 0.0  # messages/s from the first message sent to the last
+    cpu_ms: float = 0.0  # worker CPU (parent and pool) per message
+    pool_cpu_ms: float = 0.0  # the pool processes' part of it
+    main_kb: int = 0  # peak RSS of the worker's parent process
+    pool_kb: int = 0  # largest peak RSS among its pool processes
+    database_bytes: int = 0
+    redis_peak_bytes: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds
+
+
+def send(values: dict[str, str], run: Run) -> None:
+    """Start a worker, send the planned issue, wait until it is sent; fill in `run` (its
+    `seconds` already hold the planning time)."""
     environ = {**{k: v for k, v in os.environ.items() if not k.startswith("HEBDO_")}, **values}
     log = Path(values["HEBDO_DATA_DIR"]) / "worker.log"
     # The worker exactly as `hebdo run` starts it (HEBDO_WORKER_CONCURRENCY processes).
@@ -277,32 +313,40 @@ def send(values: dict[str, str]) -> tuple[float, int, int, float, float, float]:
             issue = get_issue(WEEK)
             assert issue is not None
             cpu_before = cpu_seconds(worker.pid)
+            pool_before = cpu_seconds(worker.pid, pool_only=True)
             started = time.perf_counter()
             delivery.start_send(settings, issue.id, datetime.now(UTC))
-            snapshot = time.perf_counter() - started
+            run.snapshot = time.perf_counter() - started
             delivery.dispatch(settings, issue.id, datetime.now(UTC), enqueue_batch(app))
-            peak = 0
+            peaks: dict[str, int] = {}
             deadline = time.monotonic() + TIMEOUT
             while True:
                 db.session.expire_all()
                 issue = get_issue(WEEK)
                 assert issue is not None
-                peak = max(peak, peak_memory(worker.pid))
+                for pid, kb in peak_memory(worker.pid).items():
+                    peaks[pid] = max(peaks.get(pid, 0), kb)
                 if issue.status == "sent":
                     break
                 if time.monotonic() > deadline:
                     sys.exit(f"send did not finish in {TIMEOUT}s")
                 time.sleep(0.2)
-            elapsed = time.perf_counter() - started
-            sent = issue.sent_count
+            run.seconds += time.perf_counter() - started
+            run.sent = issue.sent_count
             first, last = db.session.execute(
                 select(func.min(Delivery.sent_at), func.max(Delivery.sent_at))
             ).one()
-            sustained = sent / max((last - first).total_seconds(), 0.001)
+            run.sustained = run.sent / max((last - first).total_seconds(), 0.001)
+            run.cpu_ms = (cpu_seconds(worker.pid) - cpu_before) * 1000 / max(run.sent, 1)
+            pool = cpu_seconds(worker.pid, pool_only=True) - pool_before
+            run.pool_cpu_ms = pool * 1000 / max(run.sent, 1)
+            run.main_kb = peaks.pop(str(worker.pid), 0)
+            run.pool_kb = max(peaks.values(), default=0)
+            run.database_bytes = database_size(values["HEBDO_DATABASE_URL"])
+            info = redis.Redis.from_url(REDIS_URL).info("memory")
+            run.redis_peak_bytes = int(info["used_memory_peak"])
             db.session.remove()
             db.engine.dispose()
-            cpu = (cpu_seconds(worker.pid) - cpu_before) * 1000 / max(sent, 1)
-        return elapsed, sent, peak, snapshot, sustained, cpu
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -343,10 +387,16 @@ def main() -> None:
         help="share(s) of readers on a narrowed choice of categories, e.g. 0 0.2",
     )
     parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument(
+        "--journal",
+        nargs="+",
+        default=["auto"],
+        help="HEBDO_SEND_JOURNAL for each send, e.g. `auto off` to price the journal",
+    )
     args = parser.parse_args()
     print(f"CPU check: {cpu_check():.2f} s for 5,000,000 Python additions (lower is faster)")
     sink, port = start_sink()
-    rows = []
+    rows: list[Run] = []
     try:
         with tempfile.TemporaryDirectory(prefix="hebdo-bench-") as folder:
             url = sqlite_url(Path(folder)) if args.database == "sqlite" else PG_URL
@@ -364,33 +414,49 @@ def main() -> None:
             print(f"smtp-source ceiling (2 sessions, {size} bytes): {top:,.0f} msg/s")
             for n in args.subscribers:
                 for share in args.narrowed:
-                    prepare(values, n, share)
-                    elapsed, sent, peak, snapshot, sustained, cpu = send(
-                        {**values, "HEBDO_WORKER_CONCURRENCY": str(args.concurrency)}
-                    )
-                    rate = sent / elapsed
-                    rows.append((n, share, sent, elapsed, rate, rate / top, peak, sustained, cpu))
-                    print(
-                        f"{n:,} subscribers, {share:.0%} narrowed: {sent:,} sent in "
-                        f"{elapsed:.1f} s = {rate:,.0f} msg/s "
-                        f"({rate / top:.2f} of the ceiling), {sustained:,.0f} msg/s from the "
-                        f"first message to the last, peak worker RSS {peak / 1024:.0f} MiB, "
-                        f"snapshot of recipients {snapshot:.2f} s, worker CPU {cpu:.3f} ms/message"
-                    )
+                    for journal in args.journal:
+                        run = Run(n, share, journal)
+                        redis.Redis.from_url(REDIS_URL).config_resetstat()
+                        run.seconds = prepare(values, n, share)
+                        send(
+                            {
+                                **values,
+                                "HEBDO_WORKER_CONCURRENCY": str(args.concurrency),
+                                "HEBDO_SEND_JOURNAL": journal,
+                            },
+                            run,
+                        )
+                        rows.append(run)
+                        print(
+                            f"{n:,} subscribers, {share:.0%} narrowed, journal {journal}: "
+                            f"{run.sent:,} sent in {run.seconds:.1f} s = {run.rate:,.0f} msg/s "
+                            f"({run.rate / top:.2f} of the ceiling), {run.sustained:,.0f} msg/s "
+                            f"from the first message to the last, snapshot of recipients "
+                            f"{run.snapshot:.2f} s, worker CPU {run.cpu_ms:.3f} ms/message "
+                            f"({run.pool_cpu_ms:.3f} in the pool), peak "
+                            f"RSS {run.main_kb / 1024:.0f} MiB (worker parent) and "
+                            f"{run.pool_kb / 1024:.0f} MiB (largest pool process), database "
+                            f"{run.database_bytes / 2**20:,.0f} MiB",
+                            flush=True,
+                        )
     finally:
         sink.terminate()
         sink.wait(10)
     print()
     print(
-        "| Subscribers | Narrowed | Sent | Time, start to `sent` | Messages/s end to end "
+        "| Subscribers | Narrowed | Journal | Sent | Time, plan to `sent` | Messages/s end to end "
         f"| Share of smtp-source ({top:,.0f}/s) | Messages/s, first to last message "
-        "| Peak worker RSS | Worker CPU per message |"
+        "| Snapshot | Worker CPU per message | Peak RSS, worker parent / pool process "
+        "| Database | Redis peak |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for n, narrowed, sent, elapsed, rate, share, peak, sustained, cpu in rows:
+    print("|" + " ---: |" * 2 + " --- |" + " ---: |" * 10)
+    for r in rows:
         print(
-            f"| {n:,} | {narrowed:.0%} | {sent:,} | {elapsed:.1f} s | {rate:,.0f} | {share:.2f} "
-            f"| {sustained:,.0f} | {peak / 1024:.0f} MiB | {cpu:.3f} ms |"
+            f"| {r.subscribers:,} | {r.narrowed:.0%} | {r.journal} | {r.sent:,} "
+            f"| {r.seconds:.1f} s | {r.rate:,.0f} | {r.rate / top:.2f} | {r.sustained:,.0f} "
+            f"| {r.snapshot:.2f} s | {r.cpu_ms:.3f} ms | {r.main_kb / 1024:.0f} / "
+            f"{r.pool_kb / 1024:.0f} MiB | {r.database_bytes / 2**20:,.0f} MiB "
+            f"| {r.redis_peak_bytes / 2**20:.1f} MiB |"
         )
 
 

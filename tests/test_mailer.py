@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from service.mail.capture import CaptureTransport
 from service.mail.errors import PermanentFailure, TransientFailure
-from service.mail.message import build_message
+from service.mail.message import MailTemplate, Markers, build_message, dot_stuffed
 from service.mail.smtp import SMTPTransport
 from tests.support.mail import sweep
 from tests.support.settings import BASE_URL
@@ -60,6 +60,34 @@ def test_wire_bytes_are_standards_clean(smtp_app: Flask, smtp_server: SMTPSink) 
     assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
     assert received.part("plain") == "Bonjour, voilà.\n"
     assert received.mail_from == "newsletter@news.example.fr"
+
+
+def test_lines_starting_with_a_dot_arrive_as_written(
+    smtp_app: Flask, smtp_server: SMTPSink
+) -> None:
+    """SMTP ends a message at a line holding a lone dot, so a line starting with one is sent
+    with a second (RFC 5321 transparency). A digest's template is dot-stuffed once, its
+    per-reader lines at each fill: what arrives is exactly the message built."""
+    markers = Markers()
+    template = MailTemplate(
+        smtp_app.config["SETTINGS"],
+        subject="Points",
+        text=f".\n.. deux\n.{markers['email']}\nfin .\n.",
+        html=f"<style>\n.lead {{ color: red }}\n</style>\n.{markers['email']}\n<p>.</p>",
+        markers=markers,
+    )
+    mail = template.fill(
+        to="lecteur@exemple.fr",
+        unsubscribe_url=f"{BASE_URL}/unsubscribe/x",
+        values={"email": "lecteur@exemple.fr"},
+    )
+    assert mail.data_payload() == dot_stuffed(mail.data) + b".\r\n"
+    assert b"\r\n..lecteur@exemple.fr" in mail.data_payload()
+    with SMTPTransport(smtp_app.config["SETTINGS"]) as transport:
+        assert transport.send(mail).startswith("250")
+    (received,) = smtp_server.wait_for(1)
+    assert received.data == mail.data
+    assert received.part("plain").rstrip("\n") == ".\n.. deux\n.lecteur@exemple.fr\nfin .\n."
 
 
 def test_internationalised_addresses_on_the_wire(smtp_app: Flask, smtp_server: SMTPSink) -> None:

@@ -188,11 +188,14 @@ class RedisJournal:
         self.down_until = time.monotonic() + RETRY_SECONDS
 
     def _send(self, *args: str | int) -> bool:
+        return self._send_packed(_packed(*(str(a).encode() for a in args)))
+
+    def _send_packed(self, command: bytes) -> bool:
         writer = self._connection()
         if writer is None:
             return False
         try:
-            writer.send_command(*args, check_health=False)
+            writer.send_packed_command([command], check_health=False)
         except (redis.RedisError, OSError) as exc:
             self._fail(exc)
             return False
@@ -224,9 +227,19 @@ class _RedisBatch:
         self.journal = journal
         self.key = key
         self.expiring = False
+        # HSET <key> packed once: a message's entry only adds its two fields.
+        self._hset = _packed(b"HSET", key.encode()).replace(b"*2", b"*4", 1)
 
     def sent(self, delivery_id: int, entry: Entry) -> bool:
-        if not self.journal._send("HSET", self.key, delivery_id, entry.encode()):
+        field, value = str(delivery_id).encode(), entry.encode().encode()
+        command = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            self._hset,
+            len(field),
+            field,
+            len(value),
+            value,
+        )
+        if not self.journal._send_packed(command):
             return False
         if not self.expiring:
             # Once per batch, after the key exists (EXPIRE on a missing key does nothing).
@@ -328,6 +341,11 @@ class _FileBatch:
             self.path.unlink(missing_ok=True)
         os.close(self.fd)  # releases the lock: the sweep may read and delete what is left
         self.fd = None
+
+
+def _packed(*parts: bytes) -> bytes:
+    """A command in RESP, Redis's wire format (an array of bulk strings)."""
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

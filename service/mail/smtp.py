@@ -4,7 +4,6 @@ the failures it meets, classified as transient (retry later) or permanent (the a
 
 from __future__ import annotations
 
-import re
 import smtplib
 import ssl
 from functools import lru_cache
@@ -160,7 +159,7 @@ class SMTPTransport:
                 code, resp = replies[index]
                 if code not in accepted:
                     raise self._refused(conn, code, resp, stage, drop=waiting)
-            conn.send(_dot_stuffed(mail.data) + b".\r\n")
+            conn.send(mail.data_payload())
             # Written in full: from here a lost connection may hide an accepted message.
             handed_over = True
             code, resp = conn.getreply()
@@ -216,16 +215,6 @@ def connect(
 
 class _StaleConnection(Exception):
     pass
-
-
-_LEADING_DOT = re.compile(rb"(?m)^\.")
-
-
-def _dot_stuffed(data: bytes) -> bytes:
-    """RFC 5321 transparency: a line starting with "." gets a second one; ends with CRLF."""
-    if data.startswith(b".") or b"\n." in data:
-        data = _LEADING_DOT.sub(b"..", data)
-    return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 def _text(value: bytes | str) -> str:

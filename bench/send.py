@@ -118,8 +118,8 @@ def environment(port: int, data_dir: Path, batch: int, database_url: str) -> dic
         HEBDO_BROKER_URL=REDIS_URL,
         HEBDO_SMTP_HOST="127.0.0.1",
         HEBDO_SMTP_PORT=str(port),
-        HEBDO_SEND_BATCH=str(batch),
         HEBDO_FEEDS="sample",
+        **({"HEBDO_SEND_BATCH": str(batch)} if batch else {}),
     )
 
 
@@ -378,7 +378,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subscribers", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument(
+        "--batch", type=int, default=0, help="HEBDO_SEND_BATCH (default: the setting's default)"
+    )
     parser.add_argument(
         "--narrowed",
         type=float,
@@ -406,6 +408,7 @@ def main() -> None:
             large = statements_per_batch(values, 100)
             size = int(large[2])
             print(f"digest size on the wire: {size} bytes")
+            print(f"batches of {load_settings(values).send_batch} (HEBDO_SEND_BATCH)")
             print(
                 f"SQL statements per batch: {small[0]} for {small[1]} messages, "
                 f"{large[0]} for {large[1]} messages"

@@ -52,8 +52,8 @@ def test_a_worker_stopped_mid_send_finishes_its_batches_and_nothing_goes_twice(
     celery_worker: Callable[..., Process],
 ) -> None:
     total, concurrency = 1000, 2
-    # Batches of HEBDO_SEND_BATCH's default (100); a 1 s tick for the new worker's beat.
-    values = {**smtp_env, "HEBDO_SWEEP_SECONDS": "1"}
+    # Batches of 100; a 1 s tick for the new worker's beat.
+    values = {**smtp_env, "HEBDO_SWEEP_SECONDS": "1", "HEBDO_SEND_BATCH": "100"}
     app = make_app(values)
     add_article(app, 1, datetime.now(UTC) - timedelta(days=1))
     add_subscribers(app, total)

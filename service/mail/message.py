@@ -43,23 +43,46 @@ class Envelope:
     smtputf8: bool
 
 
-@dataclass(frozen=True)
 class Outgoing:
-    """A serialised message and its envelope: what a transport sends."""
+    """A serialised message and its envelope: what a transport sends.
 
-    envelope: Envelope
-    data: bytes
-    message_id: str
-    # What SMTP's DATA carries (see data_payload), when the builder made it along the way.
-    wire: bytes | None = None
+    Built from the message (`data`) or from what SMTP's DATA carries (`wire`: dot-stuffed,
+    ending with CRLF . CRLF), or both; the other form is worked out when first asked for. A
+    digest's template builds the wire form from pieces stuffed once: scanning an 18 KB
+    digest for line-leading dots per reader cost more than building it, and without DKIM
+    (which signs the message itself) the message form is then never built for SMTP.
+    """
+
+    __slots__ = ("_data", "_wire", "envelope", "message_id")
+
+    def __init__(
+        self,
+        envelope: Envelope,
+        data: bytes | None,
+        message_id: str,
+        *,
+        wire: bytes | None = None,
+    ) -> None:
+        if data is None and wire is None:
+            raise ValueError("a message needs its bytes")
+        self.envelope = envelope
+        self.message_id = message_id
+        self._data = data
+        self._wire = wire
+
+    @property
+    def data(self) -> bytes:
+        """The message, as the recipient's server stores it."""
+        if self._data is None:
+            assert self._wire is not None
+            self._data = dot_unstuffed(self._wire)
+        return self._data
 
     def data_payload(self) -> bytes:
-        """The message as DATA sends it: dot-stuffed, ending with the CRLF . CRLF that
-        ends it. A template builds it from pieces stuffed once (scanning an 18 KB digest
-        for line-leading dots per reader cost more than building it); other mails here."""
-        if self.wire is not None:
-            return self.wire
-        return dot_stuffed(self.data) + b".\r\n"
+        """The message as DATA sends it."""
+        if self._wire is None:
+            self._wire = dot_stuffed(self.data) + b".\r\n"
+        return self._wire
 
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -70,6 +93,17 @@ def dot_stuffed(data: bytes) -> bytes:
     if data.startswith(b".") or b"\n." in data:
         data = _LEADING_DOT.sub(b"..", data)
     return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+_LEADING_DOTS = re.compile(rb"(?m)^\.\.")
+
+
+def dot_unstuffed(wire: bytes) -> bytes:
+    """The message DATA carried (`wire`, with its final CRLF . CRLF), as the server stores it."""
+    data = wire.removesuffix(b".\r\n")
+    if data.startswith(b"..") or b"\n.." in data:
+        data = _LEADING_DOTS.sub(b".", data)
+    return data
 
 
 def wire_address(address: str) -> tuple[str, bool]:
@@ -125,8 +159,9 @@ class _Body:
         # Every piece starts a line: the static ones are dot-stuffed here, once.
         self.wire_pieces = [dot_stuffed(p) if isinstance(p, bytes) else p for p in self.pieces]
 
-    def fill(self, values: dict[str, str]) -> tuple[bytes, bytes]:
-        """The part for one recipient, as it is and as SMTP's DATA carries it."""
+    def fill(self, values: dict[str, str], *, need_raw: bool = True) -> tuple[bytes, bytes]:
+        """The part for one recipient as SMTP's DATA carries it, and (`need_raw`) as it is
+        (else b"")."""
         out = []
         wire = []
         for piece, wired in zip(self.pieces, self.wire_pieces, strict=True):
@@ -139,7 +174,7 @@ class _Body:
             else:
                 out.append(piece)
                 wire.append(cast(bytes, wired))
-        return b"".join(out), b"".join(wire)
+        return (b"".join(out) if need_raw else b""), b"".join(wire)
 
 
 # What a mail is, for the headers that say how to treat it.
@@ -248,19 +283,17 @@ class MailTemplate:
                 self._mime,
             )
         )
-        text, text_wire = self._text.fill(text_values)
-        html, html_wire = self._html.fill(html_subst)
-        data = b"".join((head, self._text_head, text, self._html_head, html, self._end))
+        text, text_wire = self._text.fill(text_values, need_raw=bool(s.dkim_key))
+        html, html_wire = self._html.fill(html_subst, need_raw=bool(s.dkim_key))
         # No header or MIME boundary line starts with a dot: only the parts needed stuffing.
         wire = (head, self._text_head, text_wire, self._html_head, html_wire, self._end, b".\r\n")
-        signature = dkim_signature(s, data, self._dkim_headers) if s.dkim_key else b""
         sender = envelope_from or s.mail_from_address
-        return Outgoing(
-            Envelope(sender, recipient, smtputf8),
-            signature + data,
-            message_id,
-            wire=b"".join((signature, *wire)),
-        )
+        envelope = Envelope(sender, recipient, smtputf8)
+        if not s.dkim_key:
+            return Outgoing(envelope, None, message_id, wire=b"".join(wire))
+        data = b"".join((head, self._text_head, text, self._html_head, html, self._end))
+        signature = dkim_signature(s, data, self._dkim_headers)
+        return Outgoing(envelope, signature + data, message_id, wire=b"".join((signature, *wire)))
 
 
 def _header_block(raw: bytes) -> bytes:

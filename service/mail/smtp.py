@@ -124,18 +124,19 @@ class SMTPTransport:
                     "unsupported",
                 )
             options = " SMTPUTF8 BODY=8BITMIME"
-        conn.command_encoding = "utf-8" if env.smtputf8 else "ascii"
-        commands = [f"MAIL FROM:<{env.sender}>{options}", f"RCPT TO:<{env.recipient}>", "DATA"]
+        encoding = "utf-8" if env.smtputf8 else "ascii"
+        commands = [
+            f"MAIL FROM:<{env.sender}>{options}\r\n".encode(encoding),
+            f"RCPT TO:<{env.recipient}>\r\n".encode(encoding),
+            b"DATA\r\n",
+        ]
         pipelined = conn.has_extn("pipelining")
         stage = "mail"
         handed_over = False
         try:
             try:
-                if pipelined:
-                    conn.send("".join(c + "\r\n" for c in commands))
-                else:
-                    conn.send(commands[0] + "\r\n")
-                code, resp = conn.getreply()
+                _write(conn, b"".join(commands) if pipelined else commands[0])
+                code, resp = _reply(conn)
             except (smtplib.SMTPServerDisconnected, OSError):
                 # Nothing of this message was handed over yet: safe to reconnect and retry.
                 raise _StaleConnection() from None
@@ -146,7 +147,7 @@ class SMTPTransport:
             # Every pipelined command gets its reply, even after a refusal; after a 421
             # the server hangs up, so there is nothing more to read.
             while pipelined and len(replies) < 3 and replies[-1][0] != 421:
-                replies.append(conn.getreply())
+                replies.append(_reply(conn))
             # A server that answered 354 to a pipelined DATA despite a refusal now waits
             # for a message: that connection cannot be reset, only dropped.
             waiting = len(replies) == 3 and replies[2][0] == 354
@@ -154,15 +155,15 @@ class SMTPTransport:
                 (("mail", (250,)), ("rcpt", (250, 251)), ("data", (354,)))
             ):
                 if index == len(replies):
-                    conn.send(commands[index] + "\r\n")
-                    replies.append(conn.getreply())
+                    _write(conn, commands[index])
+                    replies.append(_reply(conn))
                 code, resp = replies[index]
                 if code not in accepted:
                     raise self._refused(conn, code, resp, stage, drop=waiting)
-            conn.send(mail.data_payload())
+            _write(conn, mail.data_payload())
             # Written in full: from here a lost connection may hide an accepted message.
             handed_over = True
-            code, resp = conn.getreply()
+            code, resp = _reply(conn)
         except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
             # Lost after the message went out: the server may have accepted it.
@@ -215,6 +216,44 @@ def connect(
 
 class _StaleConnection(Exception):
     pass
+
+
+# smtplib's limit on a reply line (its _MAXLINE).
+_MAXLINE = 8192
+
+
+def _write(conn: smtplib.SMTP, data: bytes) -> None:
+    """What smtplib's send does for bytes, minus its per-call checks (a transaction sends
+    pre-encoded commands and a message whose line ends are CRLF by construction)."""
+    if conn.sock is None:
+        raise smtplib.SMTPServerDisconnected("not connected")
+    conn.sock.sendall(data)
+
+
+def _reply(conn: smtplib.SMTP) -> tuple[int, bytes]:
+    """One (possibly multi-line) reply, read as smtplib's getreply reads it, without its
+    debug output: four of them per message."""
+    if conn.file is None:
+        if conn.sock is None:
+            raise smtplib.SMTPServerDisconnected("not connected")
+        conn.file = conn.sock.makefile("rb")
+    lines = []
+    while True:
+        line = conn.file.readline(_MAXLINE + 1)
+        if not line:
+            conn.close()
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        if len(line) > _MAXLINE:
+            conn.close()
+            raise smtplib.SMTPResponseException(500, "Line too long.")
+        lines.append(line[4:].strip(b" \t\r\n"))
+        if line[3:4] != b"-":
+            break
+    try:
+        code = int(line[:3])
+    except ValueError:
+        code = -1
+    return code, b"\n".join(lines)
 
 
 def _text(value: bytes | str) -> str:

@@ -539,7 +539,8 @@ def send_batch(
             if row.subscriber_status != Status.ACTIVE:
                 report.note(row, DeliveryStatus.SKIPPED, error="no longer subscribed")
                 continue
-            if templates.variant(issue, row.categories) == frozenset():
+            variant = templates.variant(issue, row.categories)
+            if variant == frozenset():
                 # Never an empty digest: this week has nothing of what the reader chose.
                 report.note(row, DeliveryStatus.SKIPPED, error=NOTHING_CHOSEN)
                 continue
@@ -551,7 +552,7 @@ def send_batch(
             if wait > 0:
                 time.sleep(wait)
             halt, refused = _send_one(
-                settings, issue, row, transport, templates, report, clock(), noted
+                settings, issue, row, transport, templates, report, clock(), noted, variant
             )
             if report.unjournaled:
                 # Not in the journal: in the database before anything else is sent.
@@ -741,6 +742,7 @@ def _send_one(
     report: BatchReport,
     now: datetime,
     journal: BatchJournal,
+    variant: frozenset[str] | None,
 ) -> tuple[Halt | None, bool]:
     """Send one delivery and note its outcome (in the journal too, when it went out).
 
@@ -748,9 +750,7 @@ def _send_one(
     refused this recipient for a reason on our side (see PermanentFailure.kind).
     """
     try:
-        template = templates.get(
-            settings, issue, row.recipient.locale, templates.variant(issue, row.categories)
-        )
+        template = templates.get(settings, issue, row.recipient.locale, variant)
         mail = mail_for(settings, template, row.recipient, now, issue.id)
     except PermanentFailure as exc:
         report.note(row, DeliveryStatus.FAILED, error=str(exc))

@@ -272,7 +272,7 @@ class MailTemplate:
                 self._from,
                 b"To: " + recipient.encode() + b"\r\n",
                 self._subject,
-                f"Date: {format_datetime(now or datetime.now(UTC))}\r\n".encode(),
+                _date_header(now or datetime.now(UTC)),
                 f"Message-ID: {message_id}\r\n".encode(),
                 self._list,
                 _raw_header(
@@ -294,6 +294,20 @@ class MailTemplate:
         data = b"".join((head, self._text_head, text, self._html_head, html, self._end))
         signature = dkim_signature(s, data, self._dkim_headers)
         return Outgoing(envelope, signature + data, message_id, wire=b"".join((signature, *wire)))
+
+
+# The last Date line written: the messages of one second share it (formatting a date is
+# a few µs, per message).
+_last_date: list[tuple[datetime, bytes]] = []
+
+
+def _date_header(now: datetime) -> bytes:
+    second = now.replace(microsecond=0)
+    if _last_date and _last_date[0][0] == second and _last_date[0][0].tzinfo == now.tzinfo:
+        return _last_date[0][1]
+    line = f"Date: {format_datetime(second)}\r\n".encode()
+    _last_date[:] = [(second, line)]
+    return line
 
 
 def _header_block(raw: bytes) -> bytes:

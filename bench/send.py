@@ -9,12 +9,18 @@ batch costs (for two batch sizes, to show it does not grow with the batch).
     .venv/bin/python bench/send.py                 # 10,000 and 100,000 subscribers
     .venv/bin/python bench/send.py --subscribers 2000
     .venv/bin/python bench/send.py --narrowed 0 0.2 --database sqlite
+    .venv/bin/python bench/send.py --subscribers 100000 --journal off auto off auto
+    .venv/bin/python bench/send.py --subscribers 1000000
 
 `--narrowed` runs each size once per share of readers who chose some categories
 only (spread over three choices of the issue's categories, one written in
 another order): each such share is a send with more variants of the issue to
 render, the figure issue 17 holds within 5 % of the all-categories one.
 `--database sqlite` puts the data in a SQLite file of the run's folder instead.
+`--journal` runs each size once per HEBDO_SEND_JOURNAL value: `off auto off auto` prices
+the send journal. Each send prints messages/s end to end (plan, snapshot, dispatch, send,
+record) and its share of the ceiling, the worker's CPU per message, the peak memory of the
+worker's parent and of its largest pool process, the snapshot's time and the database's size.
 
 Talks only to 127.0.0.1. Uses the PostgreSQL database `hebdo_bench` (created if
 missing, emptied) and Redis database 14. Needs Debian's `postfix` package for

@@ -184,27 +184,33 @@ def test_two_machines_killed_in_turn_keep_the_same_bound(
     tmp_path: Path,
 ) -> None:
     app = make_app(send_env)
-    machines = [machine_env(send_env, tmp_path, n) for n in range(2)]
 
     def start(group: int) -> Process:
-        return celery_worker(
-            machines[group],
-            # The first machine also runs the clock (beat and the default queue).
-            beat=group == 0,
-            concurrency=CONCURRENCY,
-            group=True,
-            hostname=f"mail@machine{group + 1}",
-        )
+        return machine(celery_worker, send_env, tmp_path, group, killable=True)
 
     at_kill, workers = send_with_kills(app, smtp_server, start, groups=2)
     check_once(smtp_server, "two machines", at_kill, workers)
 
 
-def machine_env(env: dict[str, str], tmp_path: Path, n: int) -> dict[str, str]:
-    """A machine's settings: its own data folder; the database and Redis shared."""
+def machine(
+    celery_worker: Callable[..., Process],
+    env: dict[str, str],
+    tmp_path: Path,
+    n: int,
+    *,
+    killable: bool = False,
+) -> Process:
+    """Machine n's worker (2 processes): its own host name and data folder, the database
+    and Redis shared; the first machine also runs the clock (beat)."""
     data = tmp_path / f"machine{n + 1}"
     data.mkdir(exist_ok=True)
-    return {**env, "HEBDO_DATA_DIR": str(data)}
+    return celery_worker(
+        {**env, "HEBDO_DATA_DIR": str(data)},
+        beat=n == 0,
+        concurrency=CONCURRENCY,
+        group=killable,
+        hostname=f"mail@machine{n + 1}",
+    )
 
 
 @needs_redis
@@ -221,12 +227,7 @@ def test_two_machines_keep_to_one_global_send_rate(
     env = {**send_env, "HEBDO_SEND_RATE": str(rate), "HEBDO_SEND_BATCH": "20"}
     app = make_app(env)
     for n in range(2):
-        celery_worker(
-            {**machine_env(env, tmp_path, n)},
-            beat=n == 0,
-            concurrency=CONCURRENCY,
-            hostname=f"mail@machine{n + 1}",
-        )
+        machine(celery_worker, env, tmp_path, n)
     week = start_issue(app, total)
     wait_until(lambda: finished(app, week)[0] == "sent", 120, "the issue to be sent")
     arrivals = sorted(m.at for m in smtp_server.messages)

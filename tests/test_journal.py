@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import Engine, create_engine, func, select
 
 from service import create_app
+from service.config import Settings
 from service.digest import delivery, journal
 from service.digest.journal import Entry, FileJournal, RedisJournal, send_journal
 from service.extensions import db
@@ -71,6 +72,20 @@ def die_after(values: dict[str, str], issue_id: int, accepted: int) -> int:
                 delivery.send_batch(settings, issue_id, transport=transport, clock=lambda: NOW)
     finally:
         os._exit(1)  # never back into pytest
+
+
+def counting(settings: Settings, engine: Engine, seen: list[int]) -> SMTPTransport:
+    """A transport that notes, before each message, how many deliveries the database says
+    are sent (read by another connection, as the sweep of another process would)."""
+
+    class Counting(SMTPTransport):
+        def send(self, mail: Outgoing) -> str:
+            with engine.connect() as conn:
+                sent = select(func.count()).where(Delivery.status == DeliveryStatus.SENT)
+                seen.append(conn.execute(sent).scalar_one())
+            return super().send(mail)
+
+    return Counting(settings)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -127,19 +142,7 @@ def test_with_the_journal_away_each_outcome_reaches_the_database_before_the_next
     away = RedisJournal(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     engine = create_engine(smtp_env["HEBDO_DATABASE_URL"])
     seen: list[int] = []
-
-    class Checking(SMTPTransport):
-        def send(self, mail: Outgoing) -> str:
-            # Read by another connection, as the sweep of another process would.
-            with engine.connect() as conn:
-                seen.append(
-                    conn.execute(
-                        select(func.count()).where(Delivery.status == DeliveryStatus.SENT)
-                    ).scalar_one()
-                )
-            return super().send(mail)
-
-    with app.app_context(), Checking(sender.settings) as transport:
+    with app.app_context(), counting(sender.settings, engine, seen) as transport:
         report = delivery.send_batch(
             sender.settings, issue_id, transport=transport, clock=lambda: NOW, journal=away
         )
@@ -159,18 +162,7 @@ def test_with_the_journal_working_outcomes_are_written_per_batch(
     sender = started(app, 5)
     engine = create_engine(smtp_env["HEBDO_DATABASE_URL"])
     seen: list[int] = []
-
-    class Checking(SMTPTransport):
-        def send(self, mail: Outgoing) -> str:
-            with engine.connect() as conn:
-                seen.append(
-                    conn.execute(
-                        select(func.count()).where(Delivery.status == DeliveryStatus.SENT)
-                    ).scalar_one()
-                )
-            return super().send(mail)
-
-    with app.app_context(), Checking(sender.settings) as transport:
+    with app.app_context(), counting(sender.settings, engine, seen) as transport:
         delivery.send_batch(
             sender.settings, sender.issue().id, transport=transport, clock=lambda: NOW
         )

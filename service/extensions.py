@@ -143,6 +143,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             else settings.broker_url
         ),
         "broker_transport_options": settings.broker_transport_options,
+        # The file-system broker as service.filebroker writes and reads it (safe to kill).
+        **(
+            {"broker_transport": "service.filebroker:Transport"}
+            if settings.broker_url.startswith("filesystem:")
+            else {}
+        ),
         "broker_connection_retry_on_startup": True,
         # A web request must not hang when the broker is down: fail fast, the sweep catches up.
         "broker_connection_timeout": 2,

@@ -21,6 +21,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
             "service.resources",
             "service.i18n",
             "service.extensions",
+            "service.filebroker",
             "service.models",
             "service.jobs",
             "service.telemetry",

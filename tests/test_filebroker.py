@@ -11,10 +11,19 @@ import pytest
 
 from service import create_app
 
+# The embedded broker itself: the same on either backend run.
+pytestmark = pytest.mark.backend_neutral
+
 
 def channel(tmp_path: Path):  # type: ignore[no-untyped-def]
     app = create_app(
-        {"HEBDO_ENV": "test", "HEBDO_DATA_DIR": str(tmp_path), "HEBDO_SECRET_KEY": "k" * 40}
+        {
+            "HEBDO_ENV": "test",
+            "HEBDO_DATA_DIR": str(tmp_path),
+            "HEBDO_SECRET_KEY": "k" * 40,
+            # The embedded broker whatever the run's HEBDO_BROKER_URL.
+            "HEBDO_BROKER_URL": "filesystem://",
+        }
     )
     connection = app.extensions["celery"].connection_for_write()
     return connection, connection.default_channel, Path(app.config["SETTINGS"].broker_folders[0])

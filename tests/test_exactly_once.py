@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -140,8 +139,8 @@ def send_with_kills(
 
 
 def check_once(sink: SMTPSink, label: str, at_kill: list[int], workers: list[Process]) -> None:
-    received = Counter(m.rcpt_tos[0] for m in sink.messages)
-    duplicates = sum(n - 1 for n in received.values())
+    received = sink.per_recipient()
+    duplicates = sink.duplicates()
     print(
         f"\n[exactly once] {label}: {TOTAL:,} readers, {KILLS} SIGKILLs of a 2-process group; "
         f"rows claimed at each kill {at_kill}, {recovered(*workers)} found sent in the journal, "

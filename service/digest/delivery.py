@@ -589,9 +589,8 @@ def _already_sent(journal: Journal, issue_id: int, rows: list[_Row], report: Bat
     suspects = [row.delivery_id for row in rows if row.uncertain]
     if not suspects or not journal.enabled:
         return
-    found = _read_journal(journal, issue_id, suspects)
-    if found is None:
-        found = {}
+    # Unreadable: the rows go out again, as they would without a journal.
+    found = _read_journal(journal, issue_id, suspects) or {}
     for row in rows:
         if entry := found.get(row.delivery_id):
             report.note(

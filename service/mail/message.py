@@ -169,12 +169,13 @@ class _Body:
                 for marker, value in values.items():
                     piece = piece.replace(marker, value)
                 encoded = _qp(piece)
-                out.append(encoded)
                 wire.append(dot_stuffed(encoded))  # a line or two
             else:
-                out.append(piece)
+                encoded = piece
                 wire.append(cast(bytes, wired))
-        return (b"".join(out) if need_raw else b""), b"".join(wire)
+            if need_raw:
+                out.append(encoded)
+        return b"".join(out), b"".join(wire)
 
 
 # What a mail is, for the headers that say how to treat it.

@@ -142,6 +142,14 @@ class SMTPSink:
             server.transport.close()
         return "250 2.0.0 Message accepted"
 
+    def per_recipient(self) -> Counter[str]:
+        """How many messages each recipient got (a snapshot: the server may still receive)."""
+        return Counter(m.rcpt_tos[0] for m in list(self.messages))
+
+    def duplicates(self) -> int:
+        """Messages beyond the first to the same recipient."""
+        return sum(n - 1 for n in self.per_recipient().values())
+
     def wait_for(self, count: int, timeout: float = 60) -> list[Received]:
         deadline = time.monotonic() + timeout
         with self._cond:

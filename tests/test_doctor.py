@@ -340,6 +340,49 @@ def test_production_pitfalls_are_warnings_not_refusals(env: dict[str, str]) -> N
     assert statuses(check_configuration(env)[1]) == {"configuration": Status.OK}
 
 
+@pytest.mark.parametrize(
+    ("journal", "broker", "production", "says"),
+    [
+        (
+            "file",
+            "redis://127.0.0.1:6379/0",
+            False,
+            "rows taken back from a worker that died on another machine",
+        ),
+        ("off", None, True, "a worker killed mid-send takes with it which of its messages"),
+        ("file", None, True, None),
+        ("auto", "redis://127.0.0.1:6379/0", True, None),
+        ("off", None, False, None),
+    ],
+)
+def test_a_send_journal_that_cannot_keep_its_promise_is_a_warning(
+    env: dict[str, str], journal: str, broker: str | None, production: bool, says: str | None
+) -> None:
+    values = {**env, "HEBDO_SEND_JOURNAL": journal, "HEBDO_SEND_BATCH": "250"}
+    values.pop("HEBDO_BROKER_URL", None)
+    if broker:
+        values["HEBDO_BROKER_URL"] = broker
+    if production:
+        values |= {
+            "HEBDO_ENV": "production",
+            "HEBDO_SMTP_HOST": "127.0.0.1",
+            "HEBDO_SECRET_KEY": "k" * 48,
+            "HEBDO_SENDER_IDENTITY": "Rédaction, 3 rue Réelle, 69001 Lyon",
+            "HEBDO_MAIL_FROM": "L'Hebdo <lettre@news.lhebdo.fr>",
+            "HEBDO_BASE_URL": "https://news.lhebdo.fr",
+            "HEBDO_RATELIMIT_STORAGE": "redis://127.0.0.1:6379/0",
+        }
+    settings, results = check_configuration(values)
+    assert settings is not None
+    if says is None:
+        assert statuses(results) == {"configuration": Status.OK}, format_results(results)
+    else:
+        (result,) = results
+        assert result.status is Status.WARN and says in result.message
+        assert "up to 250 per process" in result.message
+        assert "HEBDO_SEND_JOURNAL=auto" in result.fix
+
+
 # --- Database ---------------------------------------------------------------------------
 
 

@@ -128,7 +128,34 @@ def configuration_warnings(settings: Settings) -> list[CheckResult]:
                 "set HEBDO_RATELIMIT_STORAGE=redis://… (a Redis broker is used by default)",
             )
         )
+    found += _journal_warnings(settings)
     return [CheckResult("configuration", Status.WARN, m, f) for m, f in found]
+
+
+def _journal_warnings(settings: Settings) -> list[tuple[str, str]]:
+    """The send journal set so that it cannot keep its promise (docs/delivery.md)."""
+    batch = settings.send_batch
+    if settings.send_journal == "file" and not settings.broker_url.startswith("filesystem://"):
+        # A worker on one machine never reads another machine's files: the sweep that takes
+        # back a dead worker's rows on machine B sends again what it had sent on machine A.
+        return [
+            (
+                f"HEBDO_SEND_JOURNAL=file with a network broker: each machine's workers note "
+                f"what they sent in their own data folder, so rows taken back from a worker "
+                f"that died on another machine are sent again (up to {batch} per process)",
+                "set HEBDO_SEND_JOURNAL=auto (the broker's Redis) or a redis://… URL that "
+                "every worker reaches",
+            )
+        ]
+    if settings.send_journal == "off" and settings.env == "production":
+        return [
+            (
+                f"HEBDO_SEND_JOURNAL=off: a worker killed mid-send takes with it which of its "
+                f"messages had gone, and they are sent again (up to {batch} per process)",
+                "set HEBDO_SEND_JOURNAL=auto",
+            )
+        ]
+    return []
 
 
 def _placeholder_key(key: str) -> bool:

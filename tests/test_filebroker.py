@@ -35,9 +35,10 @@ def test_a_torn_message_file_is_dropped_and_the_next_one_delivered(
     connection, chan, queue = channel(tmp_path)
     chan._put("mail", {"body": "first"})
     # What a producer killed between creating the file and writing it leaves (kombu's own
-    # transport wrote messages that way), sorted before the real one.
+    # transport wrote messages that way), sorted before the real one (whose name starts
+    # with the monotonic clock in ms, never with a 0).
     (queue / "0_torn.mail.msg").write_bytes(b"")
-    (queue / "1_half.mail.msg").write_bytes(b'{"body": "cut')
+    (queue / "00_half.mail.msg").write_bytes(b'{"body": "cut')
     with caplog.at_level(logging.WARNING, logger="service.filebroker"):
         assert chan._get("mail") == {"body": "first"}
     assert sum("not a whole message" in r.getMessage() for r in caplog.records) == 2

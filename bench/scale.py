@@ -72,9 +72,11 @@ class Instant:
         self.count = 0
         self.bytes = 0
 
-    def send(self, mail: Outgoing) -> str:
+    def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
         self.count += 1
         self.bytes += len(mail.data)
+        if meanwhile is not None:
+            meanwhile()
         return "250 2.0.0 accepted"
 
 

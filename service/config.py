@@ -871,9 +871,11 @@ class Settings(BaseSettings):
     def send_time(self) -> time:
         return self.send_schedule.clock
 
-    @property
+    @cached_property
     def dkim_key(self) -> bytes | None:
-        """The PEM private key read from HEBDO_DKIM_KEY_FILE; None when mail is not signed."""
+        """The PEM private key read from HEBDO_DKIM_KEY_FILE; None when mail is not signed.
+        Cached as a plain attribute: a private attribute of a pydantic model is looked up
+        through its __getattr__ (4 µs), and every message asks for it."""
         return self._dkim_key
 
     @cached_property

@@ -59,9 +59,11 @@ def die_after(values: dict[str, str], issue_id: int, accepted: int) -> int:
             sent = 0
 
             class Dying(SMTPTransport):
-                def send(self, mail: Outgoing) -> str:
+                def send(
+                    self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None
+                ) -> str:
                     nonlocal sent
-                    reply = super().send(mail)
+                    reply = super().send(mail, meanwhile=meanwhile)
                     sent += 1
                     if sent == accepted:
                         os._exit(9)  # killed holding this message's 250
@@ -78,11 +80,11 @@ def counting(settings: Settings, engine: Engine, seen: list[int]) -> SMTPTranspo
     are sent (read by another connection, as the sweep of another process would)."""
 
     class Counting(SMTPTransport):
-        def send(self, mail: Outgoing) -> str:
+        def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
             with engine.connect() as conn:
                 sent = select(func.count()).where(Delivery.status == DeliveryStatus.SENT)
                 seen.append(conn.execute(sent).scalar_one())
-            return super().send(mail)
+            return super().send(mail, meanwhile=meanwhile)
 
     return Counting(settings)
 

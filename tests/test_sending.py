@@ -428,11 +428,11 @@ def test_a_batch_cut_by_the_time_limit_hands_back_what_it_never_tried(
 
         calls = 0
 
-        def send(self, mail: Outgoing) -> str:
+        def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
             TimeLimited.calls += 1
             if TimeLimited.calls == 3:
                 raise SoftTimeLimitExceeded()
-            return super().send(mail)
+            return super().send(mail, meanwhile=meanwhile)
 
     issue_id = sender.issue().id
     with (
@@ -513,8 +513,8 @@ def test_cancelling_under_a_running_batch_skips_the_rest_and_closes_the_issue(
     monkeypatch.setattr(delivery, "FLUSH_SECONDS", -1.0)
 
     class CancelledMidway(SMTPTransport):
-        def send(self, mail: Outgoing) -> str:
-            reply = super().send(mail)
+        def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+            reply = super().send(mail, meanwhile=meanwhile)
             if mail.envelope.recipient == "reader2@exemple.fr":
                 lifecycle.cancel(issue_id, NOW)  # an editor, from another process
             return reply
@@ -581,8 +581,8 @@ def test_a_slow_but_live_batch_renews_its_claims_so_the_sweep_leaves_them(
         return NOW + timedelta(seconds=5 * next(ticks))  # time runs fast for this batch
 
     class SweptMidway(SMTPTransport):
-        def send(self, mail: Outgoing) -> str:
-            reply = super().send(mail)
+        def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+            reply = super().send(mail, meanwhile=meanwhile)
             if mail.envelope.recipient == "reader5@exemple.fr":
                 # Long after the batch claimed its rows: a sweep elsewhere looks for stale ones.
                 delivery.sweep(sender.settings, clock(), sender.enqueue)

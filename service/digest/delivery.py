@@ -25,6 +25,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import redis
@@ -51,7 +52,7 @@ from service.digest.rendering import Recipient, mail_for, mail_template
 from service.digest.send_rate import SendRate, Unlimited
 from service.extensions import UTCDateTime, db, rowcount
 from service.mail.errors import DeliveryError, PermanentFailure, TransientFailure
-from service.mail.message import MailTemplate
+from service.mail.message import MailTemplate, Outgoing
 from service.mail.transport import Transport
 from service.models import (
     Delivery,
@@ -518,6 +519,7 @@ def send_batch(
             return report  # the rows are handed back below, untried
         last_flush = time.monotonic()
         refusals = 0
+        ahead = _Ahead()
         for position, row in enumerate(rows):
             if row.delivery_id in report.noted:
                 continue  # taken back by the sweep (see _renew_claims)
@@ -551,8 +553,19 @@ def send_batch(
                 break
             if wait > 0:
                 time.sleep(wait)
+            following = rows[position + 1] if position + 1 < len(rows) else None
             halt, refused = _send_one(
-                settings, issue, row, transport, templates, report, clock(), noted, variant
+                settings,
+                issue,
+                row,
+                transport,
+                templates,
+                report,
+                clock(),
+                noted,
+                variant,
+                ahead.take(row.delivery_id),
+                partial(ahead.build, settings, issue, following, templates, clock),
             )
             if report.unjournaled:
                 # Not in the journal: in the database before anything else is sent.
@@ -732,6 +745,58 @@ _RECORD = (
 )
 
 
+def _build(
+    settings: Settings,
+    issue: Issue,
+    row: _Row,
+    templates: Templates,
+    now: datetime,
+    variant: frozenset[str] | None,
+) -> Outgoing:
+    template = templates.get(settings, issue, row.recipient.locale, variant)
+    return mail_for(settings, template, row.recipient, now, issue.id)
+
+
+class _Ahead:
+    """The next reader's copy, built while the server reads the current one (the
+    transport's `meanwhile`): a message's build and the server's reply to the previous
+    one overlap instead of following each other, and a send no longer waits for a round
+    trip it can fill. Only a finished build is kept; one that fails is dropped, and the
+    row is built again in its turn, where its failure is handled as always."""
+
+    __slots__ = ("delivery_id", "mail")
+
+    def __init__(self) -> None:
+        self.delivery_id: int | None = None
+        self.mail: Outgoing | None = None
+
+    def build(
+        self,
+        settings: Settings,
+        issue: Issue,
+        row: _Row | None,
+        templates: Templates,
+        clock: Clock,
+    ) -> None:
+        self.delivery_id, self.mail = None, None
+        if row is None or row.subscriber_status != Status.ACTIVE:
+            return
+        variant = templates.variant(issue, row.categories)
+        if variant == frozenset():
+            return
+        try:
+            self.mail = _build(settings, issue, row, templates, clock(), variant)
+        except Exception:  # built again in its turn, where a failure is handled
+            return
+        self.delivery_id = row.delivery_id
+
+    def take(self, delivery_id: int) -> Outgoing | None:
+        """The copy built for this delivery, if the last build was for it."""
+        mail = self.mail if self.delivery_id == delivery_id else None
+        self.delivery_id, self.mail = None, None
+        return mail
+
+
 def _send_one(
     settings: Settings,
     issue: Issue,
@@ -742,15 +807,17 @@ def _send_one(
     now: datetime,
     journal: BatchJournal,
     variant: frozenset[str] | None,
+    built: Outgoing | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> tuple[Halt | None, bool]:
     """Send one delivery and note its outcome (in the journal too, when it went out).
+    `built` is its copy when built ahead; `meanwhile` runs while the server reads it.
 
     Returns a Halt when the rest of the batch must wait, and whether the server
     refused this recipient for a reason on our side (see PermanentFailure.kind).
     """
     try:
-        template = templates.get(settings, issue, row.recipient.locale, variant)
-        mail = mail_for(settings, template, row.recipient, now, issue.id)
+        mail = built or _build(settings, issue, row, templates, now, variant)
     except PermanentFailure as exc:
         report.note(row, DeliveryStatus.FAILED, error=str(exc))
         return None, False
@@ -769,7 +836,7 @@ def _send_one(
         return None, False
     report.in_flight = row.delivery_id
     try:
-        reply = transport.send(mail)
+        reply = transport.send(mail, meanwhile=meanwhile)
     except PermanentFailure as exc:
         if exc.kind == "mailbox":
             report.note(row, DeliveryStatus.BOUNCED, error=str(exc), smtp_response=str(exc))

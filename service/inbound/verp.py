@@ -18,7 +18,6 @@ keep verifying after a rotation.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import re
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ def _base36(number: int) -> str:
 
 
 def _mac(key: str, purpose: str, payload: str) -> str:
-    digest = hmac.new(key.encode(), f"{purpose}|{payload}".encode(), hashlib.sha256).digest()
+    digest = hmac.digest(key.encode(), f"{purpose}|{payload}".encode(), "sha256")
     return base64.b32encode(digest[:_MAC_BYTES]).decode().lower()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,10 +26,12 @@ class CaptureTransport:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def send(self, mail: Outgoing) -> str:
+    def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
         name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{secrets.token_hex(4)}.eml"
         temporary = self.folder / f".{name}.tmp"
         temporary.write_bytes(mail.data)
         # Atomic rename: the mailbox view never shows a half-written file.
         os.replace(temporary, self.folder / name)
+        if meanwhile is not None:
+            meanwhile()
         return f"250 captured as {name}"

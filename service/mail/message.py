@@ -19,7 +19,6 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from io import BytesIO
 from time import time_ns
-from typing import cast
 
 import dkim
 from email_validator import EmailNotValidError, validate_email
@@ -145,19 +144,22 @@ class _Body:
     """
 
     def __init__(self, content: str, markers: tuple[str, ...]) -> None:
-        self.pieces: list[bytes | str] = []
+        # A marked line is kept split around its markers (text at even places, markers at
+        # odd ones), so a mail fills it with one join instead of a replace per value.
+        marker = re.compile("(" + "|".join(f"{re.escape(m)}[^%]*%%" for m in markers) + ")")
+        self.pieces: list[bytes | list[str]] = []
         static: list[str] = []
         for line in content.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-            if any(marker in line for marker in markers):
+            if any(m in line for m in markers):
                 if static:
                     self.pieces.append(_qp("\n".join(static) + "\n"))
                     static = []
-                self.pieces.append(line + "\n")
+                self.pieces.append(marker.split(line + "\n"))
             else:
                 static.append(line)
         self.pieces.append(_qp("\n".join(static) + "\n"))
         # Every piece starts a line: the static ones are dot-stuffed here, once.
-        self.wire_pieces = [dot_stuffed(p) if isinstance(p, bytes) else p for p in self.pieces]
+        self.wire_pieces = [dot_stuffed(p) if isinstance(p, bytes) else b"" for p in self.pieces]
 
     def fill(self, values: dict[str, str], *, need_raw: bool = True) -> tuple[bytes, bytes]:
         """The part for one recipient as SMTP's DATA carries it, and (`need_raw`) as it is
@@ -165,14 +167,14 @@ class _Body:
         out = []
         wire = []
         for piece, wired in zip(self.pieces, self.wire_pieces, strict=True):
-            if isinstance(piece, str):
-                for marker, value in values.items():
-                    piece = piece.replace(marker, value)
-                encoded = _qp(piece)
+            if isinstance(piece, list):
+                filled = piece.copy()
+                filled[1::2] = [values.get(m, m) for m in piece[1::2]]
+                encoded = _qp("".join(filled))
                 wire.append(dot_stuffed(encoded))  # a line or two
             else:
                 encoded = piece
-                wire.append(cast(bytes, wired))
+                wire.append(wired)
             if need_raw:
                 out.append(encoded)
         return b"".join(out), b"".join(wire)

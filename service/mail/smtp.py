@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+from collections.abc import Callable
 from functools import lru_cache
 from types import TracebackType
 
@@ -88,13 +89,15 @@ class SMTPTransport:
         self._exchanges = 0
         return conn
 
-    def send(self, mail: Outgoing) -> str:
+    def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+        """Send `mail`; `meanwhile` runs once the message is written, before its reply is
+        read (the caller's work then overlaps the server's: see delivery.send_batch)."""
         for attempt in (1, 2):
             if self._conn is None:
                 self._conn = self._connect()
             reused = self._exchanges > 0
             try:
-                return self._transaction(self._conn, mail)
+                return self._transaction(self._conn, mail, meanwhile)
             except _StaleConnection:
                 self._drop()
                 if attempt == 1 and reused:
@@ -104,7 +107,9 @@ class SMTPTransport:
                 ) from None
         raise AssertionError("unreachable")
 
-    def _transaction(self, conn: smtplib.SMTP, mail: Outgoing) -> str:
+    def _transaction(
+        self, conn: smtplib.SMTP, mail: Outgoing, meanwhile: Callable[[], None] | None = None
+    ) -> str:
         """MAIL, RCPT, DATA, then the message.
 
         Written by hand: smtplib's helpers re-parse the (already validated)
@@ -163,6 +168,10 @@ class SMTPTransport:
             _write(conn, mail.data_payload())
             # Written in full: from here a lost connection may hide an accepted message.
             handed_over = True
+            if meanwhile is not None:
+                # The server reads the message meanwhile: its reply is usually there when
+                # asked for, and one of the two round trips a message costs is hidden.
+                meanwhile()
             code, resp = _reply(conn)
         except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -13,8 +13,11 @@ from service.mail.smtp import SMTPTransport
 
 
 class Transport(Protocol):
-    def send(self, mail: Outgoing) -> str:
-        """Send one message; return the server's final reply. Raises DeliveryError."""
+    def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+        """Send one message; return the server's final reply. Raises DeliveryError.
+
+        `meanwhile` is called once the message is handed over, before its reply is read:
+        a send builds the next reader's copy there while the server reads this one."""
 
 
 @contextmanager

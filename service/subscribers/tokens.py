@@ -10,7 +10,9 @@ import base64
 import binascii
 import enum
 import hmac
+import json
 import re
+import time
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -107,10 +109,52 @@ def _cached_serializer(keys: tuple[str, ...], purpose: Purpose) -> URLSafeTimedS
     return _Serializer(list(keys), salt=purpose.value)
 
 
+class _Minter:
+    """Writes a short payload's token straight in itsdangerous's URL-safe timed format
+    (`base64(json).base64(timestamp).base64(hmac-sha1)`, no padding), byte for byte what
+    _Serializer.dumps writes, without its layers of calls: a digest mints two tokens per
+    reader, and through the serializer they were a fifth of a message's CPU. Longer
+    payloads (compressed when that pays) go through the serializer."""
+
+    __slots__ = ("_key", "_second", "_serializer", "_stamp")
+
+    def __init__(self, keys: tuple[str, ...], purpose: Purpose) -> None:
+        self._serializer = _cached_serializer(keys, purpose)
+        # itsdangerous signs with the last key (see _cached_serializer).
+        self._key = _derived_key(TimestampSigner, keys[-1].encode(), purpose.value.encode())
+        self._second = -1
+        self._stamp = b""
+
+    def __call__(self, payload: list[Any]) -> str:
+        if all(type(item) is int for item in payload):
+            # A link's `[id, timestamp]`: the JSON json.dumps writes, without its encoder.
+            compact = f"[{','.join(map(str, payload))}]".encode()
+        else:
+            compact = json.dumps(payload, separators=(",", ":")).encode()
+        if len(compact) >= COMPRESS_FROM:
+            token = self._serializer.dumps(payload)
+            assert isinstance(token, str)
+            return token
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            # itsdangerous's int_to_bytes: 8 bytes big-endian, leading zeros dropped.
+            self._stamp = b"." + _b64(now.to_bytes(8, "big").lstrip(b"\x00"))
+        value = _b64(compact) + self._stamp
+        return (value + b"." + _b64(hmac.digest(self._key, value, "sha1"))).decode("ascii")
+
+
+def _b64(raw: bytes) -> bytes:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+
+@lru_cache(maxsize=32)
+def _minter(keys: tuple[str, ...], purpose: Purpose) -> _Minter:
+    return _Minter(keys, purpose)
+
+
 def make_token(settings: Settings, purpose: Purpose, payload: list[Any]) -> str:
-    token = _serializer(settings, purpose).dumps(payload)
-    assert isinstance(token, str)
-    return token
+    return _minter(tuple(settings.signing_keys), purpose)(payload)
 
 
 # payload.timestamp.signature in URL-safe base64 without padding, as make_token writes it

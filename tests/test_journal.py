@@ -212,3 +212,37 @@ def test_a_redis_journal_drops_what_the_database_has(env: dict[str, str]) -> Non
     redis_journal.forget(3, [4, 5])
     assert redis_journal.read(3, range(1, 6)) == {}
     assert not redis_journal.client.exists("hebdo:journal:3")
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "off"])
+def test_an_issue_sent_leaves_no_journal_behind(
+    kind: str,
+    make_app: Callable[[dict[str, str]], Flask],
+    smtp_env: dict[str, str],
+    smtp_server: SMTPSink,
+) -> None:
+    """Entries a worker could not drop (killed between its batch's write and their
+    removal) name rows the database has: once the issue is sent, its journal goes."""
+    where = BROKER_URL if kind == "redis" else kind
+    values = {**smtp_env, "HEBDO_SEND_JOURNAL": where}
+    app = make_app(values)
+    sender = started(app, 4)
+    issue_id = sender.issue().id
+    with app.app_context():
+        dead = send_journal(sender.settings)
+        left = dead.batch(issue_id)
+        # What a dead worker left: an entry for a row it had recorded (an id none of this
+        # send's batches write or drop, so only the end of the issue removes it).
+        stray = max(row.id for row in sender.deliveries().values()) + 1
+        assert left.sent(stray, Entry(NOW, "<stray@news.example.fr>", "250 ok"))
+        left.close(recorded=False)
+        assert stray in dead.read(issue_id, [stray])
+    sender.queue = [issue_id]
+    sender.run()
+    assert sender.issue().status == "sent" and len(smtp_server.messages) == 4
+    with app.app_context():
+        assert send_journal(sender.settings).read(issue_id, [stray]) == {}
+    if kind == "file":
+        assert list((Path(values["HEBDO_DATA_DIR"]) / "journal").iterdir()) == []
+    else:
+        assert not RedisJournal(BROKER_URL).client.exists(f"hebdo:journal:{issue_id}")

@@ -18,7 +18,7 @@ import dkim
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from service.digest import delivery, lifecycle, progress
 from service.digest.planning import get_issue, plan_issue
@@ -28,10 +28,11 @@ from service.extensions import db
 from service.mail.message import Outgoing, build_message
 from service.mail.smtp import SMTPTransport
 from service.mail.transport import open_transport
-from service.models import AuditEvent, Status, Subscriber
+from service.models import AuditEvent, Delivery, Status, Subscriber
 from service.subscribers.lifecycle import unsubscribe
 from service.subscribers.suppressions import is_suppressed
-from tests.support.data import add_article, add_subscribers
+from service.subscribers.tokens import Purpose, read_token
+from tests.support.data import add_article, add_readers, add_subscribers
 from tests.support.sending import NOW, WEEK, Sender
 from tests.support.settings import BROKER_URL
 from tests.support.smtp import SMTPSink, free_port
@@ -158,6 +159,45 @@ def test_unsubscribed_before_their_turn_are_skipped(
     ]
     assert sender.deliveries()["reader0@exemple.fr"].status == "skipped"
     assert sender.issue().status == "sent"
+
+
+def test_each_copy_built_ahead_goes_to_its_own_reader_whatever_happens_around_it(
+    batch_app: Flask, smtp_server: SMTPSink
+) -> None:
+    """A reader's copy is built while the server reads the previous one: around a reader
+    skipped, a recipient refused and an address that cannot be built, every message still
+    carries its own reader's address, links and Message-ID."""
+    ids = add_readers(batch_app, [f"reader{n}@exemple.fr" for n in range(6)])
+    ids |= add_readers(batch_app, ["sp ace@exemple.fr"])  # no copy can be built for it
+    ids |= add_readers(batch_app, [f"reader{n}@exemple.fr" for n in range(6, 12)])
+    smtp_server.rcpt_sequences["reader8@exemple.fr"] = ["550 5.1.1 No such user"]
+    sender = Sender(batch_app)
+    sender.start()
+    with batch_app.app_context():
+        unsubscribe(
+            ids["reader3@exemple.fr"], channel="one-click", now=NOW, ip=None, actor="subscriber"
+        )
+    sender.run()
+
+    rows = sender.deliveries()
+    assert {email: row.status for email, row in rows.items()} == {
+        **{email: "sent" for email in ids},
+        "reader3@exemple.fr": "skipped",
+        "reader8@exemple.fr": "bounced",
+        "sp ace@exemple.fr": "failed",
+    }
+    delivered = {m.rcpt_tos[0]: m for m in smtp_server.messages}
+    assert sorted(delivered) == sorted(e for e, r in rows.items() if r.status == "sent")
+    for email, received in delivered.items():
+        message = received.message
+        assert message["To"] == email
+        assert message["Message-ID"] == rows[email].message_id
+        https = message["List-Unsubscribe"].split(",")[0].strip(" <>")
+        token = https.rsplit("/", 1)[1]
+        with batch_app.app_context():
+            payload = read_token(sender.settings, Purpose.UNSUBSCRIBE, token)
+        assert payload[0] == ids[email]
+        assert f"/unsubscribe/{token}" in received.part("plain")
 
 
 def test_pause_resume_and_cancel(batch_app: Flask, smtp_server: SMTPSink) -> None:
@@ -594,6 +634,58 @@ def test_a_slow_but_live_batch_renews_its_claims_so_the_sweep_leaves_them(
     assert sorted(received) == sorted(f"reader{n}@exemple.fr" for n in range(8))
     assert all("claim expired" not in (r.last_error or "") for r in sender.deliveries().values())
     assert sender.issue().status == "sent"
+
+
+def test_rows_taken_back_under_a_batch_are_left_to_their_new_holder_and_no_copy_strays(
+    make_app: Callable[[dict[str, str]], Flask],
+    smtp_env: dict[str, str],
+    smtp_server: SMTPSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While reader2's message is on the wire, reader3's copy is built ahead; then the
+    sweep (another process) takes reader3 and reader4 back. The batch leaves them, sends
+    the rest, each to its own reader, and the next batch sends those two: once each."""
+    app = make_app(smtp_env)
+    sender = begin(app, 8, article=True)
+    issue_id = sender.issue().id
+    monkeypatch.setattr(delivery, "FLUSH_SECONDS", -1.0)  # renew the claims at every row
+    with app.app_context():
+        ids = {
+            row.email: row.id for row in db.session.execute(select(Subscriber.email, Subscriber.id))
+        }
+        taken = [sender.deliveries()[f"reader{n}@exemple.fr"].id for n in (3, 4)]
+
+    class TakenBackMidway(SMTPTransport):
+        def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+            reply = super().send(mail, meanwhile=meanwhile)
+            if mail.envelope.recipient == "reader2@exemple.fr":
+                with db.engine.begin() as other:  # as the sweep does, in its own transaction
+                    other.execute(
+                        update(Delivery)
+                        .where(Delivery.id.in_(taken))
+                        .values(status="queued", claimed_at=None)
+                    )
+            return reply
+
+    with app.app_context(), TakenBackMidway(sender.settings) as transport:
+        report = delivery.send_batch(
+            sender.settings, issue_id, transport=transport, clock=lambda: NOW
+        )
+    assert report.sent == 6 and report.lost == 2
+    first = [m.rcpt_tos[0] for m in smtp_server.messages]
+    assert sorted(first) == sorted(f"reader{n}@exemple.fr" for n in (0, 1, 2, 5, 6, 7))
+    sender.queue = [issue_id]
+    sender.run()
+    rows = sender.deliveries()
+    assert smtp_server.duplicates() == 0
+    assert len(smtp_server.messages) == 8 and sender.issue().status == "sent"
+    for received in smtp_server.messages:
+        email = received.rcpt_tos[0]
+        message = received.message
+        assert message["To"] == email and message["Message-ID"] == rows[email].message_id
+        token = message["List-Unsubscribe"].split(",")[0].strip(" <>").rsplit("/", 1)[1]
+        with app.app_context():
+            assert read_token(sender.settings, Purpose.UNSUBSCRIBE, token)[0] == ids[email]
 
 
 def test_a_rate_slot_far_ahead_hands_the_rows_back_instead_of_holding_them(

@@ -592,8 +592,21 @@ def send_batch(
             if noted is not None:
                 # Outcomes unwritten (the database stayed away): the entries stay for the sweep.
                 noted.close(recorded=not report.outcomes)
-    lifecycle.finish_if_done(issue_id, clock())
+    _finish_if_done(journal, issue_id, clock())
     return report
+
+
+def _finish_if_done(journal: Journal, issue_id: int, now: datetime) -> bool:
+    """Mark the issue sent once nothing is left to send, and drop its journal: an entry
+    left by a worker killed between its batch's write and the entries' removal names a
+    row the database already has, and would otherwise wait for its key to expire."""
+    if not lifecycle.finish_if_done(issue_id, now):
+        return False
+    try:
+        journal.drop(issue_id)
+    except (redis.RedisError, OSError) as exc:  # entries expire anyway
+        log.info("issue %s: send journal not dropped (%s)", issue_id, exc)
+    return True
 
 
 def _already_sent(journal: Journal, issue_id: int, rows: list[_Row], report: BatchReport) -> None:
@@ -1196,7 +1209,7 @@ def sweep(settings: Settings, now: datetime, enqueue: Enqueue) -> int:
                 issue_id,
                 rowcount(requeued),
             )
-        if status != IssueStatus.SENDING or lifecycle.finish_if_done(issue_id, now):
+        if status != IssueStatus.SENDING or _finish_if_done(journal, issue_id, now):
             continue
         issue = get_issue_by_id(issue_id)
         outstanding = issue.batches_queued - issue.batches_done

@@ -106,6 +106,9 @@ class Journal(Protocol):
     def forget(self, issue_id: int, delivery_ids: Iterable[int]) -> None:
         """Drop entries whose rows have been recorded from them."""
 
+    def drop(self, issue_id: int) -> None:
+        """Drop an issue's whole journal: it is sent, every row has its outcome."""
+
 
 # ---------------------------------------------------------------- none
 
@@ -133,6 +136,9 @@ class NoJournal:
         return {}
 
     def forget(self, issue_id: int, delivery_ids: Iterable[int]) -> None:
+        return None
+
+    def drop(self, issue_id: int) -> None:
         return None
 
 
@@ -220,6 +226,9 @@ class RedisJournal:
     def forget(self, issue_id: int, delivery_ids: Iterable[int]) -> None:
         for chunk in _chunks(list(delivery_ids), 1000):
             self.client.hdel(_key(issue_id), *chunk)
+
+    def drop(self, issue_id: int) -> None:
+        self.client.delete(_key(issue_id))
 
 
 class _RedisBatch:
@@ -314,6 +323,9 @@ class FileJournal:
                 path.unlink(missing_ok=True)
             finally:
                 os.close(fd)
+
+    def drop(self, issue_id: int) -> None:
+        self.forget(issue_id, ())
 
 
 class _FileBatch:

@@ -72,7 +72,9 @@ class Instant:
         self.count = 0
         self.bytes = 0
 
-    def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+    def send(
+        self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
+    ) -> str:
         self.count += 1
         self.bytes += len(mail.data)
         if meanwhile is not None:

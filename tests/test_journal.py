@@ -60,7 +60,7 @@ def die_after(values: dict[str, str], issue_id: int, accepted: int) -> int:
 
             class Dying(SMTPTransport):
                 def send(
-                    self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None
+                    self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
                 ) -> str:
                     nonlocal sent
                     reply = super().send(mail, meanwhile=meanwhile)
@@ -80,7 +80,9 @@ def counting(settings: Settings, engine: Engine, seen: list[int]) -> SMTPTranspo
     are sent (read by another connection, as the sweep of another process would)."""
 
     class Counting(SMTPTransport):
-        def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+        def send(
+            self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
+        ) -> str:
             with engine.connect() as conn:
                 sent = select(func.count()).where(Delivery.status == DeliveryStatus.SENT)
                 seen.append(conn.execute(sent).scalar_one())

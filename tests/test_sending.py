@@ -200,6 +200,47 @@ def test_each_copy_built_ahead_goes_to_its_own_reader_whatever_happens_around_it
         assert f"/unsubscribe/{token}" in received.part("plain")
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_the_next_message_is_announced_behind_the_final_dot_when_the_server_pipelines(
+    batch_app: Flask, smtp_server: SMTPSink, pipelining: bool
+) -> None:
+    """One round trip a message: when the server answers a message, the next one's MAIL,
+    RCPT and DATA have already arrived behind its final dot (never after the last one, and
+    never to a server without PIPELINING)."""
+    smtp_server.pipelining = pipelining
+    smtp_server.data_delay = 0.05  # the server takes its time: the announce is there
+    add_subscribers(batch_app, 5)
+    sender = Sender(batch_app)
+    sender.start()
+    assert sender.run()[0].sent == 5
+    assert smtp_server.next_waiting == [pipelining] * 4 + [False]
+    assert smtp_server.sessions == 1 and smtp_server.duplicates() == 0
+    assert sorted(smtp_server.per_recipient()) == [f"reader{n}@exemple.fr" for n in range(5)]
+
+
+def test_a_message_refused_or_cut_after_its_dot_leaves_the_announced_one_undelivered(
+    batch_app: Flask, smtp_server: SMTPSink
+) -> None:
+    """reader1's text is refused after its dot, and the server hangs up on reader3's
+    unanswered: the message announced behind each is not delivered on that connection
+    (hanging up mid-DATA leaves nothing), but sent whole on a new one, once."""
+    add_subscribers(batch_app, 6)
+    smtp_server.data_replies["reader1@exemple.fr"] = ["554 5.6.0 Message content rejected"]
+    smtp_server.drop_after_data["reader3@exemple.fr"] = 1
+    sender = Sender(batch_app)
+    sender.start()
+    sender.run()
+    rows = sender.deliveries()
+    assert rows["reader1@exemple.fr"].status == "failed"
+    assert "content rejected" in (rows["reader1@exemple.fr"].last_error or "")
+    # Cut after the dot: maybe delivered (it was), so retried once, flagged uncertain.
+    assert rows["reader3@exemple.fr"].status == "queued" and rows["reader3@exemple.fr"].uncertain
+    assert smtp_server.per_recipient() == {f"reader{n}@exemple.fr": 1 for n in (0, 2, 3, 4, 5)}
+    for received in smtp_server.messages:
+        assert received.message["To"] == received.rcpt_tos[0]
+        assert received.part("plain").strip()  # whole messages only
+
+
 def test_pause_resume_and_cancel(batch_app: Flask, smtp_server: SMTPSink) -> None:
     sender = begin(batch_app, 100)
     issue_id = sender.issue().id
@@ -468,7 +509,9 @@ def test_a_batch_cut_by_the_time_limit_hands_back_what_it_never_tried(
 
         calls = 0
 
-        def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+        def send(
+            self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
+        ) -> str:
             TimeLimited.calls += 1
             if TimeLimited.calls == 3:
                 raise SoftTimeLimitExceeded()
@@ -553,7 +596,9 @@ def test_cancelling_under_a_running_batch_skips_the_rest_and_closes_the_issue(
     monkeypatch.setattr(delivery, "FLUSH_SECONDS", -1.0)
 
     class CancelledMidway(SMTPTransport):
-        def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+        def send(
+            self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
+        ) -> str:
             reply = super().send(mail, meanwhile=meanwhile)
             if mail.envelope.recipient == "reader2@exemple.fr":
                 lifecycle.cancel(issue_id, NOW)  # an editor, from another process
@@ -621,7 +666,9 @@ def test_a_slow_but_live_batch_renews_its_claims_so_the_sweep_leaves_them(
         return NOW + timedelta(seconds=5 * next(ticks))  # time runs fast for this batch
 
     class SweptMidway(SMTPTransport):
-        def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+        def send(
+            self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
+        ) -> str:
             reply = super().send(mail, meanwhile=meanwhile)
             if mail.envelope.recipient == "reader5@exemple.fr":
                 # Long after the batch claimed its rows: a sweep elsewhere looks for stale ones.
@@ -656,7 +703,9 @@ def test_rows_taken_back_under_a_batch_are_left_to_their_new_holder_and_no_copy_
         taken = [sender.deliveries()[f"reader{n}@exemple.fr"].id for n in (3, 4)]
 
     class TakenBackMidway(SMTPTransport):
-        def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+        def send(
+            self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
+        ) -> str:
             reply = super().send(mail, meanwhile=meanwhile)
             if mail.envelope.recipient == "reader2@exemple.fr":
                 with db.engine.begin() as other:  # as the sweep does, in its own transaction

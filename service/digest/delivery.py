@@ -772,10 +772,12 @@ def _build(
 
 class _Ahead:
     """The next reader's copy, built while the server reads the current one (the
-    transport's `meanwhile`): a message's build and the server's reply to the previous
-    one overlap instead of following each other, and a send no longer waits for a round
-    trip it can fill. Only a finished build is kept; one that fails is dropped, and the
-    row is built again in its turn, where its failure is handled as always."""
+    transport's `meanwhile`), and announced to the server behind it: a message's build
+    and the server's work on the previous one overlap instead of following each other,
+    and a message costs one round trip instead of two. Only a finished build is kept;
+    one that fails is dropped, and the row is built again in its turn, where its failure
+    is handled as always. The journal keeps its order: a message's text goes only after
+    the previous message's entry."""
 
     __slots__ = ("delivery_id", "mail")
 
@@ -790,18 +792,21 @@ class _Ahead:
         row: _Row | None,
         templates: Templates,
         clock: Clock,
-    ) -> None:
+    ) -> Outgoing | None:
+        """Build `row`'s copy, and return it for the transport to announce (see
+        SMTPTransport.send); None when the row will not be sent or its build failed."""
         self.delivery_id, self.mail = None, None
         if row is None or row.subscriber_status != Status.ACTIVE:
-            return
+            return None
         variant = templates.variant(issue, row.categories)
         if variant == frozenset():
-            return
+            return None
         try:
             self.mail = _build(settings, issue, row, templates, clock(), variant)
         except Exception:  # built again in its turn, where a failure is handled
-            return
+            return None
         self.delivery_id = row.delivery_id
+        return self.mail
 
     def take(self, delivery_id: int) -> Outgoing | None:
         """The copy built for this delivery, if the last build was for it."""
@@ -821,7 +826,7 @@ def _send_one(
     journal: BatchJournal,
     variant: frozenset[str] | None,
     built: Outgoing | None = None,
-    meanwhile: Callable[[], None] | None = None,
+    meanwhile: Callable[[], Outgoing | None] | None = None,
 ) -> tuple[Halt | None, bool]:
     """Send one delivery and note its outcome (in the journal too, when it went out).
     `built` is its copy when built ahead; `meanwhile` runs while the server reads it.

@@ -26,7 +26,9 @@ class CaptureTransport:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+    def send(
+        self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
+    ) -> str:
         name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{secrets.token_hex(4)}.eml"
         temporary = self.folder / f".{name}.tmp"
         temporary.write_bytes(mail.data)

@@ -34,6 +34,9 @@ class SMTPTransport:
         self.settings = settings
         self._conn: smtplib.SMTP | None = None
         self._exchanges = 0
+        # The next message whose MAIL, RCPT and DATA went out behind the previous
+        # message's final dot (see send): its replies are still to be read.
+        self._announced: Outgoing | None = None
 
     def __enter__(self) -> SMTPTransport:
         return self
@@ -47,6 +50,10 @@ class SMTPTransport:
         self.close()
 
     def close(self) -> None:
+        if self._announced is not None:
+            # The server may be waiting for a message after its 354: a QUIT would be read as
+            # message text. Hanging up mid-DATA delivers nothing.
+            self._drop()
         if self._conn is not None:
             try:
                 self._conn.quit()
@@ -58,6 +65,7 @@ class SMTPTransport:
         if self._conn is not None:
             self._conn.close()
         self._conn = None
+        self._announced = None
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
@@ -89,9 +97,21 @@ class SMTPTransport:
         self._exchanges = 0
         return conn
 
-    def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+    def send(
+        self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
+    ) -> str:
         """Send `mail`; `meanwhile` runs once the message is written, before its reply is
-        read (the caller's work then overlaps the server's: see delivery.send_batch)."""
+        read (the caller's work then overlaps the server's: see delivery.send_batch).
+
+        When `meanwhile` returns the next message and the server offers PIPELINING, that
+        message's MAIL, RCPT and DATA follow this one's final dot in the same round trip
+        (RFC 2920 lets message content start a group): its own send then finds their
+        replies waiting, and a message costs one round trip instead of two. Its text goes
+        only when its own send is called, after this one's reply was read and returned.
+        A send of another message, a failure or close() first hangs up on an announced
+        one (after a 354, only hanging up leaves it undelivered)."""
+        if self._announced is not None and self._announced is not mail:
+            self._drop()
         for attempt in (1, 2):
             if self._conn is None:
                 self._conn = self._connect()
@@ -108,7 +128,10 @@ class SMTPTransport:
         raise AssertionError("unreachable")
 
     def _transaction(
-        self, conn: smtplib.SMTP, mail: Outgoing, meanwhile: Callable[[], None] | None = None
+        self,
+        conn: smtplib.SMTP,
+        mail: Outgoing,
+        meanwhile: Callable[[], Outgoing | None] | None = None,
     ) -> str:
         """MAIL, RCPT, DATA, then the message.
 
@@ -116,31 +139,18 @@ class SMTPTransport:
         addresses and regex the whole message for line ends, which costs more
         than the rest of a send (our messages have CRLF line ends by
         construction). When the server offers PIPELINING (RFC 2920) the three
-        commands go out in one write and their replies are read together:
-        two round trips per message instead of four.
+        commands go out in one write and their replies are read together,
+        behind the previous message when it announced this one (see send).
         """
-        env = mail.envelope
-        options = ""
-        if env.smtputf8:
-            if not conn.has_extn("smtputf8"):
-                raise PermanentFailure(
-                    None,
-                    "the server does not support SMTPUTF8, needed for this address",
-                    "unsupported",
-                )
-            options = " SMTPUTF8 BODY=8BITMIME"
-        encoding = "utf-8" if env.smtputf8 else "ascii"
-        commands = [
-            f"MAIL FROM:<{env.sender}>{options}\r\n".encode(encoding),
-            f"RCPT TO:<{env.recipient}>\r\n".encode(encoding),
-            b"DATA\r\n",
-        ]
+        commands = _commands(conn, mail)
         pipelined = conn.has_extn("pipelining")
+        announced, self._announced = self._announced is mail, None
         stage = "mail"
         handed_over = False
         try:
             try:
-                _write(conn, b"".join(commands) if pipelined else commands[0])
+                if not announced:
+                    _write(conn, b"".join(commands) if pipelined else commands[0])
                 code, resp = _reply(conn)
             except (smtplib.SMTPServerDisconnected, OSError):
                 # Nothing of this message was handed over yet: safe to reconnect and retry.
@@ -170,8 +180,10 @@ class SMTPTransport:
             handed_over = True
             if meanwhile is not None:
                 # The server reads the message meanwhile: its reply is usually there when
-                # asked for, and one of the two round trips a message costs is hidden.
-                meanwhile()
+                # asked for.
+                following = meanwhile()
+                if following is not None and pipelined:
+                    self._announce(conn, following)
             code, resp = _reply(conn)
         except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
@@ -187,14 +199,23 @@ class SMTPTransport:
         self._exchanges += 1
         return f"{code} {_text(resp)}"
 
+    def _announce(self, conn: smtplib.SMTP, following: Outgoing) -> None:
+        try:
+            commands = _commands(conn, following)
+        except PermanentFailure:
+            return  # its own send says why
+        _write(conn, b"".join(commands))
+        self._announced = following
+
     def _refused(
         self, conn: smtplib.SMTP, code: int, resp: bytes | str, stage: str, drop: bool = False
     ) -> DeliveryError:
         error = classify(code, _text(resp), stage)
         # The connection works: a later hang-up on it is an idle timeout, worth a reconnect.
         self._exchanges += 1
-        if code == 421 or drop:
-            # The server is closing the connection: do not reuse it.
+        if code == 421 or drop or self._announced is not None:
+            # The server is closing the connection, or waits for a message: do not reuse it
+            # (an RSET behind an announced DATA would be read as message text).
             self._drop()
         else:
             try:
@@ -225,6 +246,27 @@ def connect(
 
 class _StaleConnection(Exception):
     pass
+
+
+def _commands(conn: smtplib.SMTP, mail: Outgoing) -> list[bytes]:
+    """MAIL FROM, RCPT TO and DATA for `mail`, encoded; PermanentFailure when its address
+    needs an extension the server lacks."""
+    env = mail.envelope
+    options = ""
+    if env.smtputf8:
+        if not conn.has_extn("smtputf8"):
+            raise PermanentFailure(
+                None,
+                "the server does not support SMTPUTF8, needed for this address",
+                "unsupported",
+            )
+        options = " SMTPUTF8 BODY=8BITMIME"
+    encoding = "utf-8" if env.smtputf8 else "ascii"
+    return [
+        f"MAIL FROM:<{env.sender}>{options}\r\n".encode(encoding),
+        f"RCPT TO:<{env.recipient}>\r\n".encode(encoding),
+        b"DATA\r\n",
+    ]
 
 
 # smtplib's limit on a reply line (its _MAXLINE).

@@ -13,11 +13,14 @@ from service.mail.smtp import SMTPTransport
 
 
 class Transport(Protocol):
-    def send(self, mail: Outgoing, *, meanwhile: Callable[[], None] | None = None) -> str:
+    def send(
+        self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
+    ) -> str:
         """Send one message; return the server's final reply. Raises DeliveryError.
 
         `meanwhile` is called once the message is handed over, before its reply is read:
-        a send builds the next reader's copy there while the server reads this one."""
+        a send builds the next reader's copy there while the server reads this one, and
+        returns it (SMTP may then announce it behind this one: see SMTPTransport.send)."""
 
 
 @contextmanager

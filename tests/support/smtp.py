@@ -79,6 +79,12 @@ class SMTPSink:
     # address -> how many times to stall at its RCPT for `stall_seconds` before answering
     stall_rcpt: dict[str, int] = field(default_factory=dict)
     stall_seconds: float = 0.0
+    # address -> replies to give after its message's final dot, in order (the message is
+    # then not accepted); accepted once they run out
+    data_replies: dict[str, list[str]] = field(default_factory=dict)
+    # per message answered, in order: whether the client's next MAIL FROM had already
+    # arrived when the server answered it (the client pipelined it behind the final dot)
+    next_waiting: list[bool] = field(default_factory=list)
     # every RCPT seen: address -> how many times, and each refusal given (address, reply, when)
     rcpt_attempts: Counter[str] = field(default_factory=Counter)
     refusals: list[tuple[str, str, float]] = field(default_factory=list)
@@ -124,6 +130,11 @@ class SMTPSink:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
+        # What the client sent after the final dot, not yet read (aiosmtpd's stream buffer).
+        self.next_waiting.append(bytes(server._reader._buffer).startswith(b"MAIL FROM:"))
+        refusals = [self.data_replies[a] for a in envelope.rcpt_tos if self.data_replies.get(a)]
+        if refusals:
+            return refusals[0].pop(0)
         drop = [a for a in envelope.rcpt_tos if self.drop_after_data.get(a)]
         with self._cond:
             self.messages.append(

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -59,11 +60,9 @@ def die_after(values: dict[str, str], issue_id: int, accepted: int) -> int:
             sent = 0
 
             class Dying(SMTPTransport):
-                def send(
-                    self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
-                ) -> str:
+                def send(self, mail: Outgoing, **options: Any) -> str:
                     nonlocal sent
-                    reply = super().send(mail, meanwhile=meanwhile)
+                    reply = super().send(mail, **options)
                     sent += 1
                     if sent == accepted:
                         os._exit(9)  # killed holding this message's 250
@@ -80,13 +79,11 @@ def counting(settings: Settings, engine: Engine, seen: list[int]) -> SMTPTranspo
     are sent (read by another connection, as the sweep of another process would)."""
 
     class Counting(SMTPTransport):
-        def send(
-            self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
-        ) -> str:
+        def send(self, mail: Outgoing, **options: Any) -> str:
             with engine.connect() as conn:
                 sent = select(func.count()).where(Delivery.status == DeliveryStatus.SENT)
                 seen.append(conn.execute(sent).scalar_one())
-            return super().send(mail, meanwhile=meanwhile)
+            return super().send(mail, **options)
 
     return Counting(settings)
 

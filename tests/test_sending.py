@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dkim
 import pytest
@@ -509,13 +510,11 @@ def test_a_batch_cut_by_the_time_limit_hands_back_what_it_never_tried(
 
         calls = 0
 
-        def send(
-            self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
-        ) -> str:
+        def send(self, mail: Outgoing, **options: Any) -> str:
             TimeLimited.calls += 1
             if TimeLimited.calls == 3:
                 raise SoftTimeLimitExceeded()
-            return super().send(mail, meanwhile=meanwhile)
+            return super().send(mail, **options)
 
     issue_id = sender.issue().id
     with (
@@ -596,10 +595,8 @@ def test_cancelling_under_a_running_batch_skips_the_rest_and_closes_the_issue(
     monkeypatch.setattr(delivery, "FLUSH_SECONDS", -1.0)
 
     class CancelledMidway(SMTPTransport):
-        def send(
-            self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
-        ) -> str:
-            reply = super().send(mail, meanwhile=meanwhile)
+        def send(self, mail: Outgoing, **options: Any) -> str:
+            reply = super().send(mail, **options)
             if mail.envelope.recipient == "reader2@exemple.fr":
                 lifecycle.cancel(issue_id, NOW)  # an editor, from another process
             return reply
@@ -666,10 +663,8 @@ def test_a_slow_but_live_batch_renews_its_claims_so_the_sweep_leaves_them(
         return NOW + timedelta(seconds=5 * next(ticks))  # time runs fast for this batch
 
     class SweptMidway(SMTPTransport):
-        def send(
-            self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
-        ) -> str:
-            reply = super().send(mail, meanwhile=meanwhile)
+        def send(self, mail: Outgoing, **options: Any) -> str:
+            reply = super().send(mail, **options)
             if mail.envelope.recipient == "reader5@exemple.fr":
                 # Long after the batch claimed its rows: a sweep elsewhere looks for stale ones.
                 delivery.sweep(sender.settings, clock(), sender.enqueue)
@@ -703,10 +698,8 @@ def test_rows_taken_back_under_a_batch_are_left_to_their_new_holder_and_no_copy_
         taken = [sender.deliveries()[f"reader{n}@exemple.fr"].id for n in (3, 4)]
 
     class TakenBackMidway(SMTPTransport):
-        def send(
-            self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
-        ) -> str:
-            reply = super().send(mail, meanwhile=meanwhile)
+        def send(self, mail: Outgoing, **options: Any) -> str:
+            reply = super().send(mail, **options)
             if mail.envelope.recipient == "reader2@exemple.fr":
                 with db.engine.begin() as other:  # as the sweep does, in its own transaction
                     other.execute(

@@ -48,11 +48,11 @@ from service.config import Settings
 from service.digest import lifecycle
 from service.digest.journal import BatchJournal, Entry, Journal, send_journal
 from service.digest.planning import DigestError
-from service.digest.rendering import Recipient, mail_for, mail_template
+from service.digest.rendering import Recipient, envelope_for, mail_for, mail_template
 from service.digest.send_rate import SendRate, Unlimited
 from service.extensions import UTCDateTime, db, rowcount
 from service.mail.errors import DeliveryError, PermanentFailure, TransientFailure
-from service.mail.message import MailTemplate, Outgoing
+from service.mail.message import Envelope, MailTemplate, Outgoing
 from service.mail.transport import Transport
 from service.models import (
     Delivery,
@@ -565,6 +565,7 @@ def send_batch(
                 noted,
                 variant,
                 ahead.take(row.delivery_id),
+                ahead.envelope(settings, issue, following, templates),
                 partial(ahead.build, settings, issue, following, templates, clock),
             )
             if report.unjournaled:
@@ -771,8 +772,9 @@ def _build(
 
 
 class _Ahead:
-    """The next reader's copy, built while the server reads the current one (the
-    transport's `meanwhile`), and announced to the server behind it: a message's build
+    """The next reader's copy, prepared while the server reads the current one: its
+    envelope first (cheap: the transport announces it behind the current message's
+    final dot), then the copy itself (the transport's `meanwhile`). A message's build
     and the server's work on the previous one overlap instead of following each other,
     and a message costs one round trip instead of two. Only a finished build is kept;
     one that fails is dropped, and the row is built again in its turn, where its failure
@@ -785,6 +787,20 @@ class _Ahead:
         self.delivery_id: int | None = None
         self.mail: Outgoing | None = None
 
+    @staticmethod
+    def envelope(
+        settings: Settings, issue: Issue, row: _Row | None, templates: Templates
+    ) -> Envelope | None:
+        """The envelope `row`'s copy will have; None when it will not be sent."""
+        if row is None or row.subscriber_status != Status.ACTIVE:
+            return None
+        if templates.variant(issue, row.categories) == frozenset():
+            return None
+        try:
+            return envelope_for(settings, row.recipient, issue.id)
+        except Exception:  # its own turn says why
+            return None
+
     def build(
         self,
         settings: Settings,
@@ -792,21 +808,18 @@ class _Ahead:
         row: _Row | None,
         templates: Templates,
         clock: Clock,
-    ) -> Outgoing | None:
-        """Build `row`'s copy, and return it for the transport to announce (see
-        SMTPTransport.send); None when the row will not be sent or its build failed."""
+    ) -> None:
         self.delivery_id, self.mail = None, None
         if row is None or row.subscriber_status != Status.ACTIVE:
-            return None
+            return
         variant = templates.variant(issue, row.categories)
         if variant == frozenset():
-            return None
+            return
         try:
             self.mail = _build(settings, issue, row, templates, clock(), variant)
         except Exception:  # built again in its turn, where a failure is handled
-            return None
+            return
         self.delivery_id = row.delivery_id
-        return self.mail
 
     def take(self, delivery_id: int) -> Outgoing | None:
         """The copy built for this delivery, if the last build was for it."""
@@ -826,10 +839,12 @@ def _send_one(
     journal: BatchJournal,
     variant: frozenset[str] | None,
     built: Outgoing | None = None,
-    meanwhile: Callable[[], Outgoing | None] | None = None,
+    following: Envelope | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> tuple[Halt | None, bool]:
     """Send one delivery and note its outcome (in the journal too, when it went out).
-    `built` is its copy when built ahead; `meanwhile` runs while the server reads it.
+    `built` is its copy when built ahead; `following` is the next copy's envelope, and
+    `meanwhile` runs while the server reads this one (see _Ahead).
 
     Returns a Halt when the rest of the batch must wait, and whether the server
     refused this recipient for a reason on our side (see PermanentFailure.kind).
@@ -854,7 +869,7 @@ def _send_one(
         return None, False
     report.in_flight = row.delivery_id
     try:
-        reply = transport.send(mail, meanwhile=meanwhile)
+        reply = transport.send(mail, following=following, meanwhile=meanwhile)
     except PermanentFailure as exc:
         if exc.kind == "mailbox":
             report.note(row, DeliveryStatus.BOUNCED, error=str(exc), smtp_response=str(exc))

@@ -23,7 +23,15 @@ from service.digest.clicks import link_for
 from service.digest.planning import issue_articles, week_start
 from service.inbound.verp import bounce_address, unsubscribe_address
 from service.mail import brand
-from service.mail.message import DIGEST, TEST, MailTemplate, Markers, Outgoing
+from service.mail.message import (
+    DIGEST,
+    TEST,
+    Envelope,
+    MailTemplate,
+    Markers,
+    Outgoing,
+    wire_address,
+)
 from service.models import Issue
 from service.subscribers.tokens import preferences_token_for, public_url, unsubscribe_token_for
 
@@ -200,6 +208,19 @@ def personal_values(
         "email": str(escape(recipient.email)),
     }
     return url, text, html
+
+
+def envelope_for(settings: Settings, recipient: Recipient, issue_id: int | None) -> Envelope:
+    """The envelope mail_for gives a subscriber's copy (the VERP sender, the address as the
+    wire has it), without building the copy: what a send announces ahead (delivery._Ahead)."""
+    subscriber = recipient.subscriber_id
+    sender = (
+        bounce_address(settings, subscriber, issue_id=issue_id)
+        if subscriber and issue_id
+        else bounce_address(settings, None)
+    )
+    address, smtputf8 = wire_address(recipient.email)
+    return Envelope(sender or settings.mail_from_address, address, smtputf8)
 
 
 def mail_for(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.mail.message import Outgoing
+from service.mail.message import Envelope, Outgoing
 
 
 class CaptureTransport:
@@ -27,7 +27,11 @@ class CaptureTransport:
         return None
 
     def send(
-        self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
+        self,
+        mail: Outgoing,
+        *,
+        following: Envelope | None = None,
+        meanwhile: Callable[[], object] | None = None,
     ) -> str:
         name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{secrets.token_hex(4)}.eml"
         temporary = self.folder / f".{name}.tmp"

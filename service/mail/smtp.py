@@ -5,6 +5,7 @@ the failures it meets, classified as transient (retry later) or permanent (the a
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 from collections.abc import Callable
 from functools import lru_cache
@@ -18,7 +19,7 @@ from service.mail.errors import (
     _retry_after,
     classify,
 )
-from service.mail.message import Outgoing
+from service.mail.message import Envelope, Outgoing
 
 
 class SMTPTransport:
@@ -34,9 +35,9 @@ class SMTPTransport:
         self.settings = settings
         self._conn: smtplib.SMTP | None = None
         self._exchanges = 0
-        # The next message whose MAIL, RCPT and DATA went out behind the previous
-        # message's final dot (see send): its replies are still to be read.
-        self._announced: Outgoing | None = None
+        # The envelope of the next message, whose MAIL, RCPT and DATA went out behind the
+        # previous message's final dot (see send): their replies are still to be read.
+        self._announced: Envelope | None = None
 
     def __enter__(self) -> SMTPTransport:
         return self
@@ -72,6 +73,10 @@ class SMTPTransport:
         conn: smtplib.SMTP
         try:
             conn = connect(s.smtp_host, s.smtp_port, s.smtp_tls, s.smtp_timeout)
+            if conn.sock is not None:
+                # Small writes (an announced envelope behind a message) go at once, not
+                # when the message's last segment is acknowledged.
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.ehlo()
             if s.smtp_tls == "starttls":
                 conn.starttls(context=tls_context())
@@ -98,26 +103,30 @@ class SMTPTransport:
         return conn
 
     def send(
-        self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
+        self,
+        mail: Outgoing,
+        *,
+        following: Envelope | None = None,
+        meanwhile: Callable[[], object] | None = None,
     ) -> str:
         """Send `mail`; `meanwhile` runs once the message is written, before its reply is
         read (the caller's work then overlaps the server's: see delivery.send_batch).
 
-        When `meanwhile` returns the next message and the server offers PIPELINING, that
-        message's MAIL, RCPT and DATA follow this one's final dot in the same round trip
-        (RFC 2920 lets message content start a group): its own send then finds their
+        With `following` (the next message's envelope) and a server that offers
+        PIPELINING, that message's MAIL, RCPT and DATA go right behind this one's final
+        dot (RFC 2920 lets message content start a group): its own send then finds their
         replies waiting, and a message costs one round trip instead of two. Its text goes
         only when its own send is called, after this one's reply was read and returned.
         A send of another message, a failure or close() first hangs up on an announced
         one (after a 354, only hanging up leaves it undelivered)."""
-        if self._announced is not None and self._announced is not mail:
+        if self._announced is not None and self._announced != mail.envelope:
             self._drop()
         for attempt in (1, 2):
             if self._conn is None:
                 self._conn = self._connect()
             reused = self._exchanges > 0
             try:
-                return self._transaction(self._conn, mail, meanwhile)
+                return self._transaction(self._conn, mail, following, meanwhile)
             except _StaleConnection:
                 self._drop()
                 if attempt == 1 and reused:
@@ -131,7 +140,8 @@ class SMTPTransport:
         self,
         conn: smtplib.SMTP,
         mail: Outgoing,
-        meanwhile: Callable[[], Outgoing | None] | None = None,
+        following: Envelope | None = None,
+        meanwhile: Callable[[], object] | None = None,
     ) -> str:
         """MAIL, RCPT, DATA, then the message.
 
@@ -142,9 +152,9 @@ class SMTPTransport:
         commands go out in one write and their replies are read together,
         behind the previous message when it announced this one (see send).
         """
-        commands = _commands(conn, mail)
+        commands = _commands(conn, mail.envelope)
         pipelined = conn.has_extn("pipelining")
-        announced, self._announced = self._announced is mail, None
+        announced, self._announced = self._announced == mail.envelope, None
         stage = "mail"
         handed_over = False
         try:
@@ -178,12 +188,12 @@ class SMTPTransport:
             _write(conn, mail.data_payload())
             # Written in full: from here a lost connection may hide an accepted message.
             handed_over = True
+            if following is not None and pipelined:
+                self._announce(conn, following)
             if meanwhile is not None:
-                # The server reads the message meanwhile: its reply is usually there when
-                # asked for.
-                following = meanwhile()
-                if following is not None and pipelined:
-                    self._announce(conn, following)
+                # The server reads the message (and the next envelope) meanwhile: the
+                # replies are usually there when asked for.
+                meanwhile()
             code, resp = _reply(conn)
         except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
@@ -199,7 +209,7 @@ class SMTPTransport:
         self._exchanges += 1
         return f"{code} {_text(resp)}"
 
-    def _announce(self, conn: smtplib.SMTP, following: Outgoing) -> None:
+    def _announce(self, conn: smtplib.SMTP, following: Envelope) -> None:
         try:
             commands = _commands(conn, following)
         except PermanentFailure:
@@ -248,10 +258,9 @@ class _StaleConnection(Exception):
     pass
 
 
-def _commands(conn: smtplib.SMTP, mail: Outgoing) -> list[bytes]:
-    """MAIL FROM, RCPT TO and DATA for `mail`, encoded; PermanentFailure when its address
-    needs an extension the server lacks."""
-    env = mail.envelope
+def _commands(conn: smtplib.SMTP, env: Envelope) -> list[bytes]:
+    """MAIL FROM, RCPT TO and DATA for a message, encoded; PermanentFailure when its
+    address needs an extension the server lacks."""
     options = ""
     if env.smtputf8:
         if not conn.has_extn("smtputf8"):

@@ -8,19 +8,24 @@ from typing import Protocol
 
 from service.config import Settings
 from service.mail.capture import CaptureTransport
-from service.mail.message import Outgoing
+from service.mail.message import Envelope, Outgoing
 from service.mail.smtp import SMTPTransport
 
 
 class Transport(Protocol):
     def send(
-        self, mail: Outgoing, *, meanwhile: Callable[[], Outgoing | None] | None = None
+        self,
+        mail: Outgoing,
+        *,
+        following: Envelope | None = None,
+        meanwhile: Callable[[], object] | None = None,
     ) -> str:
         """Send one message; return the server's final reply. Raises DeliveryError.
 
-        `meanwhile` is called once the message is handed over, before its reply is read:
-        a send builds the next reader's copy there while the server reads this one, and
-        returns it (SMTP may then announce it behind this one: see SMTPTransport.send)."""
+        `following` is the next message's envelope, which SMTP may announce behind this
+        one (see SMTPTransport.send); `meanwhile` is called once the message is handed
+        over, before its reply is read: a send builds the next reader's copy there while
+        the server reads this one."""
 
 
 @contextmanager

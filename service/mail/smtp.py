@@ -5,7 +5,6 @@ the failures it meets, classified as transient (retry later) or permanent (the a
 from __future__ import annotations
 
 import smtplib
-import socket
 import ssl
 from collections.abc import Callable
 from functools import lru_cache
@@ -73,10 +72,6 @@ class SMTPTransport:
         conn: smtplib.SMTP
         try:
             conn = connect(s.smtp_host, s.smtp_port, s.smtp_tls, s.smtp_timeout)
-            if conn.sock is not None:
-                # Small writes (an announced envelope behind a message) go at once, not
-                # when the message's last segment is acknowledged.
-                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.ehlo()
             if s.smtp_tls == "starttls":
                 conn.starttls(context=tls_context())

@@ -195,6 +195,33 @@ def test_a_file_journal_skips_a_torn_line_and_keeps_a_live_batchs_file(tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_journal_keeps_a_dead_batchs_file_until_its_own_rows_are_taken_back(
+    tmp_path: Path,
+) -> None:
+    """Two batches killed together: the sweep takes back the first one's rows (the other's
+    claims expire a moment later). Dropping every dead file then would lose what the second
+    one had sent, and send it again (seen in the SIGKILL test: 21 duplicates)."""
+    files = FileJournal(tmp_path)
+    entry = Entry(datetime(2026, 12, 6, 9, 0, tzinfo=UTC), "<1@news.example.fr>", "250 ok")
+    first, second = files.batch(7), files.batch(7)
+    for delivery_id in (1, 2):
+        assert first.sent(delivery_id, entry)
+    for delivery_id in (11, 12):
+        assert second.sent(delivery_id, entry)
+    first.close(recorded=False)
+    second.close(recorded=False)  # both killed before writing their outcomes
+    assert sorted(files.read(7, [1, 2, 3])) == [1, 2]  # the first batch's rows, swept
+    files.forget(7, [1, 2])
+    assert sorted(files.read(7, [11, 12, 13])) == [11, 12]  # still there for the next sweep
+    files.forget(7, [11, 12])
+    assert list(tmp_path.iterdir()) == []
+    third = files.batch(7)
+    third.sent(21, entry)
+    third.close(recorded=False)
+    files.drop(7)  # the issue is sent: whatever is left goes
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(not BROKER_URL.startswith("redis"), reason="needs HEBDO_BROKER_URL (Redis)")
 def test_a_redis_journal_drops_what_the_database_has(env: dict[str, str]) -> None:
     settings = create_app({**env, "HEBDO_SEND_JOURNAL": BROKER_URL}).config["SETTINGS"]

@@ -349,6 +349,13 @@ def test_a_new_address_takes_over_only_once_its_link_is_followed(
     assert client.post(link.group(1)[:-3] + "abc").status_code == 400
 
 
+def _signed_when(page: str) -> str:
+    """The page with its links' timestamps and signatures blanked (each answer signs its
+    links when drawn, and two answers may fall in different seconds); the payload, the
+    reader a link names, stays compared."""
+    return re.sub(r"(/(?:unsubscribe|preferences)/[\w-]+)\.[\w-]+\.[\w-]+", r"\1.…", page)
+
+
 def test_a_taken_or_suppressed_address_gets_the_same_answer_and_no_mail(
     smtp_app: Flask, smtp_client: FlaskClient, smtp_server: SMTPSink
 ) -> None:
@@ -359,7 +366,7 @@ def test_a_taken_or_suppressed_address_gets_the_same_answer_and_no_mail(
         suppress(app.config["SETTINGS"], "banni@exemple.fr", "complaint", datetime.now(UTC))
         db.session.commit()
     answers = {
-        email: re.sub(r"\s+", " ", _ask_address(client, token, email))
+        email: _signed_when(re.sub(r"\s+", " ", _ask_address(client, token, email)))
         for email in ("autre@exemple.fr", "banni@exemple.fr", "libre@exemple.fr")
     }
     assert len(set(answers.values())) == 1

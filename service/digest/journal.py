@@ -38,7 +38,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -296,20 +296,24 @@ class FileJournal:
         if not wanted:
             return found
         for path in self._files(issue_id):
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                continue  # its batch ended meanwhile: its outcomes are in the database
-            # A line without its newline is being written (or was cut by a crash): skipped.
-            for line in data.decode(errors="replace").split("\n")[:-1]:
-                head, _, rest = line.partition("\t")
-                if head.isdigit() and int(head) in wanted and (entry := Entry.decode(rest)):
-                    found[int(head)] = entry
+            for delivery_id, entry in _entries(path).items():
+                if delivery_id in wanted:
+                    found[delivery_id] = entry
         return found
 
     def forget(self, issue_id: int, delivery_ids: Iterable[int]) -> None:
-        """Delete the files of batches that are over (nobody holds their lock): what they
-        say is in the database now. A live batch's file stays until its batch ends."""
+        """Delete the files of batches that are over (nobody holds their lock) and whose
+        every entry is among `delivery_ids`, the rows just recorded from them. A live
+        batch's file stays until its batch ends, and so does a dead batch's whose rows
+        the sweep has not taken back yet (their claims expire a moment later): deleting
+        it would send them again."""
+        recorded = set(delivery_ids)
+        self._delete_over(issue_id, lambda ids: ids <= recorded)
+
+    def drop(self, issue_id: int) -> None:
+        self._delete_over(issue_id, lambda ids: True)
+
+    def _delete_over(self, issue_id: int, deletable: Callable[[set[int]], bool]) -> None:
         for path in self._files(issue_id):
             try:
                 fd = os.open(path, os.O_RDONLY)
@@ -320,12 +324,25 @@ class FileJournal:
             except BlockingIOError:
                 continue
             else:
-                path.unlink(missing_ok=True)
+                if deletable(set(_entries(path))):
+                    path.unlink(missing_ok=True)
             finally:
                 os.close(fd)
 
-    def drop(self, issue_id: int) -> None:
-        self.forget(issue_id, ())
+
+def _entries(path: Path) -> dict[int, Entry]:
+    """A batch file's entries by delivery id ({} once its batch ended and deleted it)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}  # its batch ended meanwhile: its outcomes are in the database
+    found: dict[int, Entry] = {}
+    # A line without its newline is being written (or was cut by a crash): skipped.
+    for line in data.decode(errors="replace").split("\n")[:-1]:
+        head, _, rest = line.partition("\t")
+        if head.isdigit() and (entry := Entry.decode(rest)):
+            found[int(head)] = entry
+    return found
 
 
 class _FileBatch:

@@ -566,7 +566,7 @@ def send_batch(
                 variant,
                 ahead.take(row.delivery_id),
                 ahead.envelope(settings, issue, following, templates),
-                partial(ahead.build, settings, issue, following, templates, clock),
+                partial(ahead.build, settings, issue, templates, clock),
             )
             if report.unjournaled:
                 # Not in the journal: in the database before anything else is sent.
@@ -781,42 +781,40 @@ class _Ahead:
     is handled as always. The journal keeps its order: a message's text goes only after
     the previous message's entry."""
 
-    __slots__ = ("delivery_id", "mail")
+    __slots__ = ("_row", "_variant", "delivery_id", "mail")
 
     def __init__(self) -> None:
         self.delivery_id: int | None = None
         self.mail: Outgoing | None = None
+        self._row: _Row | None = None
+        self._variant: frozenset[str] | None = None
 
-    @staticmethod
     def envelope(
-        settings: Settings, issue: Issue, row: _Row | None, templates: Templates
+        self, settings: Settings, issue: Issue, row: _Row | None, templates: Templates
     ) -> Envelope | None:
-        """The envelope `row`'s copy will have; None when it will not be sent."""
+        """The envelope `row`'s copy will have, the row kept for `build`; None when it
+        will not be sent (the loop's own tests, read ahead)."""
+        self._row = None
         if row is None or row.subscriber_status != Status.ACTIVE:
             return None
-        if templates.variant(issue, row.categories) == frozenset():
-            return None
-        try:
-            return envelope_for(settings, row.recipient, issue.id)
-        except Exception:  # its own turn says why
-            return None
-
-    def build(
-        self,
-        settings: Settings,
-        issue: Issue,
-        row: _Row | None,
-        templates: Templates,
-        clock: Clock,
-    ) -> None:
-        self.delivery_id, self.mail = None, None
-        if row is None or row.subscriber_status != Status.ACTIVE:
-            return
         variant = templates.variant(issue, row.categories)
         if variant == frozenset():
+            return None
+        try:
+            envelope = envelope_for(settings, row.recipient, issue.id)
+        except Exception:  # its own turn says why
+            return None
+        self._row, self._variant = row, variant
+        return envelope
+
+    def build(self, settings: Settings, issue: Issue, templates: Templates, clock: Clock) -> None:
+        """Build the copy of the row `envelope` kept."""
+        self.delivery_id, self.mail = None, None
+        row = self._row
+        if row is None:
             return
         try:
-            self.mail = _build(settings, issue, row, templates, clock(), variant)
+            self.mail = _build(settings, issue, row, templates, clock(), self._variant)
         except Exception:  # built again in its turn, where a failure is handled
             return
         self.delivery_id = row.delivery_id

@@ -213,14 +213,19 @@ def personal_values(
 def envelope_for(settings: Settings, recipient: Recipient, issue_id: int | None) -> Envelope:
     """The envelope mail_for gives a subscriber's copy (the VERP sender, the address as the
     wire has it), without building the copy: what a send announces ahead (delivery._Ahead)."""
-    subscriber = recipient.subscriber_id
-    sender = (
-        bounce_address(settings, subscriber, issue_id=issue_id)
-        if subscriber and issue_id
-        else bounce_address(settings, None)
-    )
     address, smtputf8 = wire_address(recipient.email)
-    return Envelope(sender or settings.mail_from_address, address, smtputf8)
+    return Envelope(
+        _bounce(settings, recipient, issue_id) or settings.mail_from_address, address, smtputf8
+    )
+
+
+def _bounce(settings: Settings, recipient: Recipient, issue_id: int | None) -> str | None:
+    """The copy's VERP bounce address (None without HEBDO_BOUNCE_ADDRESS): the delivery's
+    when it has a subscriber and an issue, else the bare bounce address."""
+    subscriber = recipient.subscriber_id
+    if subscriber and issue_id:
+        return bounce_address(settings, subscriber, issue_id=issue_id)
+    return bounce_address(settings, None)
 
 
 def mail_for(
@@ -242,9 +247,7 @@ def mail_for(
         now=now,
         values=text_values,
         html_values=html_values,
-        envelope_from=bounce_address(settings, subscriber, issue_id=issue_id)
-        if subscriber and issue_id
-        else bounce_address(settings, None),
+        envelope_from=_bounce(settings, recipient, issue_id),
         unsubscribe_mailto=unsubscribe_address(settings, subscriber, recipient.created_at)
         if subscriber
         else None,

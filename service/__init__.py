@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, render_template, request
+from jinja2 import BytecodeCache
+from jinja2.bccache import Bucket
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -19,6 +21,31 @@ from service.telemetry import logs
 from service.web import assets
 from service.web.api import ingest
 from service.web.common import message_page, page_locale
+
+
+class _ProcessTemplateCode(BytecodeCache):
+    """Compiled templates kept for the life of the process, shared by every app it builds.
+
+    Compiling the pages and mails is most of what building an app costs after its routes,
+    and a process builds several: the test suite one per test, a worker one per pool
+    process and task set-up. Jinja keys the code by template file and checks the source's
+    checksum, so an edited template is compiled again; the code is only right for the
+    environment options every hebdo app is built with (`create_app`'s `jinja_options`).
+    """
+
+    def __init__(self) -> None:
+        self._code: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        code = self._code.get(bucket.key)
+        if code is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        self._code[bucket.key] = bucket.bytecode_to_string()
+
+
+_TEMPLATE_CODE = _ProcessTemplateCode()
 
 
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
@@ -39,6 +66,13 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         static_folder=str(STATIC),
         static_url_path="/static",
     )
+    app.jinja_options = {
+        **app.jinja_options,
+        # Block tags leave no blank lines behind: the plain-text mails depend on it.
+        "trim_blocks": True,
+        "lstrip_blocks": True,
+        "bytecode_cache": _TEMPLATE_CODE,
+    }
     app.config.update(
         SETTINGS=settings,
         SECRET_KEY=settings.secret_key,
@@ -83,9 +117,6 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     web.register(app, devmail=settings.capture_mail and settings.env != "production")
     assets.init_app(app)
 
-    # Block tags leave no blank lines behind: the plain-text mails depend on it.
-    app.jinja_env.trim_blocks = True
-    app.jinja_env.lstrip_blocks = True
     app.jinja_env.globals["site_name"] = settings.site_name
 
     @app.errorhandler(HTTPException)

@@ -57,6 +57,25 @@ def _compile_catalogs() -> None:
 _compile_catalogs()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """The fast lane (`pytest -m "not slow"`) runs on one process per core (pytest-xdist),
+    at least two: its CPU is spread over many small tests, each with its own data folder,
+    SQLite file and ports, so nothing is shared between processes. Only on the embedded
+    default: on PostgreSQL and Redis every test empties the one database and Redis
+    database. `-n 0` (or any `-n`) decides instead; the full suite stays on one process."""
+    option = config.option
+    if (
+        getattr(option, "markexpr", "") == "not slow"
+        and config.pluginmanager.hasplugin("xdist")
+        and getattr(option, "numprocesses", None) is None
+        and not hasattr(config, "workerinput")
+        and not DATABASE_URL
+        and not BROKER_URL
+    ):
+        option.numprocesses = max(2, min(os.cpu_count() or 2, 8))
+
+
 class BufferedClient(FlaskClient):
     """Reads each answer whole and closes it, as a WSGI server does: a file sent by Flask's
     static handling would otherwise stay open until garbage collection (a ResourceWarning,

@@ -114,6 +114,24 @@ def test_the_honeypot_gets_a_persons_answer_and_nothing_is_stored(
     assert "v***@exemple.fr" in caplog.text and "victim@exemple.fr" not in caplog.text
 
 
+def test_what_a_sender_typed_cannot_forge_or_break_a_log_line(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    for email in (
+        "\ud800@exemple.fr",
+        "x@exemple.fr\nINFO sign-up accepted",
+        "\x1b[31m@exemple.fr",
+    ):
+        assert client.post(URL, json={"email": email}).status_code == 422
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sign-up")]
+    assert len(lines) == 3
+    for line in lines:
+        line.encode("utf-8")  # a UTF-8 log file can take it
+        assert line.isprintable(), line
+    assert lines[1].endswith("***@exemple.fr\\nINFO sign-up accepted")
+
+
 def test_a_form_posted_faster_than_a_person_types_is_dropped(configured: Any) -> None:
     app = configured(form_min_seconds="2")
     client = app.test_client()

@@ -76,11 +76,16 @@ CAPTCHA_SCRIPTS = {
 
 
 def mask(email: object) -> str:
-    """An address as logs may show it: `j***@exemple.fr` (never the whole local part)."""
+    """An address as logs may show it: `j***@exemple.fr` (never the whole local part).
+
+    What is shown is the sender's raw input, so anything unprintable is escaped: a line
+    break would forge a log line of its own, and a lone surrogate (valid JSON, `"\\ud800"`)
+    cannot be written to a UTF-8 log at all (the handler drops the line with an error)."""
     if not isinstance(email, str) or "@" not in email:
         return "<no address>"
     local, _, domain = email.strip().rpartition("@")
-    return f"{local[:1]}***@{domain[:100]}"
+    shown = f"{local[:1]}***@{domain[:100]}"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
 
 
 def record(outcome: str, *, ip: str | None, email: object = None) -> None:

@@ -4,23 +4,45 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.security import generate_password_hash
 
 # --- Admin ------------------------------------------------------------------------
 
 ADMIN_PASSWORD = "correct horse battery staple"
 
 
+@cache
+def _light_hash() -> str:
+    """ADMIN_PASSWORD hashed once per process with scrypt at 1/32 of the accounts' work
+    factor (N = 2**10, not werkzeug's 2**15). check_password_hash reads the parameters from
+    the stored hash, so logging in still goes through the real check; at full cost, hashing
+    for each test's admin and checking at its login took a seventh of the fast lane's CPU.
+    The accounts' own hashing is tested through create_user (test_admin_subscribers.py)."""
+    return generate_password_hash(ADMIN_PASSWORD, "scrypt:1024:8:1")
+
+
 def create_admin(
     app: Flask, name: str = "alice", role: str = "admin", email: str | None = "alice@exemple.fr"
 ) -> None:
-    from service.admin import accounts
+    """An enabled admin user, stored as `accounts.create_user` stores one, with a lighter hash."""
+    from service.extensions import db
+    from service.models import AdminUser
 
     with app.app_context():
-        accounts.create_user(name, ADMIN_PASSWORD, role, datetime.now(UTC), email=email)
+        user = AdminUser(
+            name=name,
+            password_hash=_light_hash(),
+            role=role,
+            email=email,
+            created_at=datetime.now(UTC),
+        )
+        db.session.add(user)
+        db.session.commit()
 
 
 def page_csrf(client: FlaskClient, path: str = "/admin/login") -> str:

@@ -234,11 +234,13 @@ def mail_for(
     recipient: Recipient,
     now: datetime,
     issue_id: int | None = None,
+    envelope: Envelope | None = None,
 ) -> Outgoing:
     """One subscriber's copy: the shared rendering plus their address and unsubscribe link,
     and the addresses that bring back what concerns this delivery: its VERP bounce address
     (`issue_id` and a subscriber) and the reader's own unsubscribe mailto. A preview or a
-    test to someone who is no subscriber (id 0) has neither."""
+    test to someone who is no subscriber (id 0) has neither. `envelope`: what
+    `envelope_for` gave for the same recipient and issue, when the caller has it."""
     unsubscribe_url, text_values, html_values = personal_values(settings, recipient)
     subscriber = recipient.subscriber_id
     return template.fill(
@@ -247,8 +249,9 @@ def mail_for(
         now=now,
         values=text_values,
         html_values=html_values,
-        envelope_from=_bounce(settings, recipient, issue_id),
+        envelope_from=None if envelope else _bounce(settings, recipient, issue_id),
         unsubscribe_mailto=unsubscribe_address(settings, subscriber, recipient.created_at)
         if subscriber
         else None,
+        envelope=envelope,
     )

@@ -22,6 +22,7 @@ import hmac
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from service.config import Settings
 
@@ -45,9 +46,16 @@ def _base36(number: int) -> str:
             return out
 
 
+@lru_cache(maxsize=8)
+def _keyed(key: str) -> hmac.HMAC:
+    """HMAC-SHA256 keyed once per signing key; each MAC copies it (two per digest sent)."""
+    return hmac.new(key.encode(), digestmod="sha256")
+
+
 def _mac(key: str, purpose: str, payload: str) -> str:
-    digest = hmac.digest(key.encode(), f"{purpose}|{payload}".encode(), "sha256")
-    return base64.b32encode(digest[:_MAC_BYTES]).decode().lower()
+    mac = _keyed(key).copy()
+    mac.update(f"{purpose}|{payload}".encode())
+    return base64.b32encode(mac.digest()[:_MAC_BYTES]).decode().lower()
 
 
 def _signed(settings: Settings, purpose: str, payload: str, mac: str) -> bool:

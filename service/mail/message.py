@@ -259,14 +259,19 @@ class MailTemplate:
         html_values: dict[str, str] | None = None,
         envelope_from: str | None = None,
         unsubscribe_mailto: str | None = None,
+        envelope: Envelope | None = None,
     ) -> Outgoing:
         """The message for one recipient: `values` fill markers in the text part, and in
         the HTML part unless `html_values` (already escaped) says otherwise. `envelope_from`
         is the recipient's VERP bounce address and `unsubscribe_mailto` their own
         unsubscribe address (inbound.verp); without them, HEBDO_MAIL_FROM's address and
-        HEBDO_UNSUBSCRIBE_MAILTO."""
+        HEBDO_UNSUBSCRIBE_MAILTO. `envelope`, when the caller already worked it out for `to`
+        (a send announces it ahead), is used as it is."""
         s = self.settings
-        recipient, smtputf8 = wire_address(to)
+        if envelope is None:
+            address, smtputf8 = wire_address(to)
+            envelope = Envelope(envelope_from or s.mail_from_address, address, smtputf8)
+        recipient = envelope.recipient
         message_id = f"<{time_ns()}.{secrets.token_hex(6)}@{s.mail_domain}>"
         text_values = {self.markers[k]: v for k, v in (values or {}).items()}
         html_subst = {self.markers[k]: v for k, v in (html_values or values or {}).items()}
@@ -290,8 +295,6 @@ class MailTemplate:
         html, html_wire = self._html.fill(html_subst, need_raw=bool(s.dkim_key))
         # No header or MIME boundary line starts with a dot: only the parts needed stuffing.
         wire = (head, self._text_head, text_wire, self._html_head, html_wire, self._end, b".\r\n")
-        sender = envelope_from or s.mail_from_address
-        envelope = Envelope(sender, recipient, smtputf8)
         if not s.dkim_key:
             return Outgoing(envelope, None, message_id, wire=b"".join(wire))
         data = b"".join((head, self._text_head, text, self._html_head, html, self._end))

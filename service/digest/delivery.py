@@ -271,9 +271,7 @@ def _claim(
         Delivery.lost_claims > 0 if suspects else Delivery.lost_claims == 0,
         sending,
     )
-    take = update(Delivery).values(
-        status=DeliveryStatus.SENDING, claimed_at=now, attempts=Delivery.attempts + 1
-    )
+    taken = {"status": DeliveryStatus.SENDING, "claimed_at": now, "attempts": _TABLE.c.attempts + 1}
     if db.engine.dialect.name == "postgresql":
         # One statement, one round trip: lock the batch's rows, skipping those another
         # claimer holds (ix_deliveries_queued, partial: queued rows only, gives the id order
@@ -291,7 +289,7 @@ def _claim(
         found = db.session.execute(
             update(_TABLE)
             .where(_TABLE.c.id == picked.c.id, _SUBSCRIBERS.c.id == _TABLE.c.subscriber_id)
-            .values(status=DeliveryStatus.SENDING, claimed_at=now, attempts=_TABLE.c.attempts + 1)
+            .values(taken)
             .returning(*_RECIPIENT_COLUMNS)
         ).all()
         db.session.commit()
@@ -302,7 +300,9 @@ def _claim(
     # SQLite has one writer at a time: a single UPDATE … RETURNING is atomic.
     ids = list(
         db.session.execute(
-            take.where(
+            update(Delivery)
+            .values(taken)
+            .where(
                 Delivery.id.in_(
                     select(Delivery.id)
                     .where(*due)

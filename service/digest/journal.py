@@ -150,6 +150,9 @@ def _key(issue_id: int) -> str:
     return f"hebdo:journal:{issue_id}"
 
 
+_TCP_CORK: int = getattr(socket, "TCP_CORK", 0)
+
+
 def _cork(writer: ConnectionInterface) -> None:
     """Let the kernel gather the entries into full segments (TCP_CORK, Linux) instead of
     sending each one at once.
@@ -166,20 +169,25 @@ def _cork(writer: ConnectionInterface) -> None:
     writes (`_push`), so nothing written after them (an issue's journal dropped by another
     connection) can overtake them.
     """
-    sock = getattr(writer, "_sock", None)
-    if _TCP_CORK and isinstance(sock, socket.socket) and sock.family != socket.AF_UNIX:
+    sock = _corkable(writer)
+    if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
 
 
 def _push(writer: ConnectionInterface | None) -> None:
     """Send what the cork holds now (uncorking pushes it; corked again for what follows)."""
-    sock = getattr(writer, "_sock", None)
-    if _TCP_CORK and isinstance(sock, socket.socket) and sock.family != socket.AF_UNIX:
+    sock = _corkable(writer)
+    if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
 
 
-_TCP_CORK: int = getattr(socket, "TCP_CORK", 0)
+def _corkable(writer: ConnectionInterface | None) -> socket.socket | None:
+    """The writer's TCP socket, where the system has TCP_CORK (not a Unix socket's)."""
+    sock = getattr(writer, "_sock", None)
+    if _TCP_CORK and isinstance(sock, socket.socket) and sock.family != socket.AF_UNIX:
+        return sock
+    return None
 
 
 class RedisJournal:

@@ -153,9 +153,11 @@ def _key(issue_id: int) -> str:
 _TCP_CORK: int = getattr(socket, "TCP_CORK", 0)
 
 
-def _cork(writer: ConnectionInterface) -> None:
-    """Let the kernel gather the entries into full segments (TCP_CORK, Linux) instead of
-    sending each one at once.
+def _cork(writer: ConnectionInterface | None) -> None:
+    """Send what the writer's socket holds now, and let the kernel gather what follows into
+    full segments (TCP_CORK, Linux: uncorking pushes, corking again gathers) instead of
+    sending each entry at once. Called when the connection opens and at each database
+    write of a batch (`RedisJournal.push`).
 
     An entry must have left the process before the next message goes, and it has once
     `send()` returns: it is in the kernel's socket buffer, which the kernel still delivers
@@ -165,29 +167,13 @@ def _cork(writer: ConnectionInterface) -> None:
     the worker's system call, 22-25 µs of CPU per message (measured, a tenth of a message's
     cost); corked, a write is a copy into the buffer, 4-5 µs. What it widens is the window
     of a crash of the worker's machine, or of its Redis connection cut, to the entries of
-    the last 200 ms (docs/delivery.md). A batch's writes are pushed out at its database
-    writes (`_push`), so nothing written after them (an issue's journal dropped by another
-    connection) can overtake them.
+    the last 200 ms (docs/delivery.md). Pushed at the batch's database writes, nothing
+    written after them (an issue's journal dropped by another connection) can overtake them.
     """
-    sock = _corkable(writer)
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
-
-
-def _push(writer: ConnectionInterface | None) -> None:
-    """Send what the cork holds now (uncorking pushes it; corked again for what follows)."""
-    sock = _corkable(writer)
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
-
-
-def _corkable(writer: ConnectionInterface | None) -> socket.socket | None:
-    """The writer's TCP socket, where the system has TCP_CORK (not a Unix socket's)."""
     sock = getattr(writer, "_sock", None)
     if _TCP_CORK and isinstance(sock, socket.socket) and sock.family != socket.AF_UNIX:
-        return sock
-    return None
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
 
 
 class RedisJournal:
@@ -238,7 +224,7 @@ class RedisJournal:
     def push(self) -> None:
         """Send the entries written so far now (see _cork)."""
         try:
-            _push(self._writer)
+            _cork(self._writer)
         except OSError as exc:
             self._fail(exc)
 
@@ -358,12 +344,12 @@ class FileJournal:
         the sweep has not taken back yet (their claims expire a moment later): deleting
         it would send them again."""
         recorded = set(delivery_ids)
-        self._delete_over(issue_id, lambda ids: ids <= recorded)
+        self._delete_over(issue_id, lambda path: set(_entries(path)) <= recorded)
 
     def drop(self, issue_id: int) -> None:
-        self._delete_over(issue_id, lambda ids: True)
+        self._delete_over(issue_id, lambda path: True)
 
-    def _delete_over(self, issue_id: int, deletable: Callable[[set[int]], bool]) -> None:
+    def _delete_over(self, issue_id: int, deletable: Callable[[Path], bool]) -> None:
         for path in self._files(issue_id):
             try:
                 fd = os.open(path, os.O_RDONLY)
@@ -374,7 +360,7 @@ class FileJournal:
             except BlockingIOError:
                 continue
             else:
-                if deletable(set(_entries(path))):
+                if deletable(path):
                     path.unlink(missing_ok=True)
             finally:
                 os.close(fd)
